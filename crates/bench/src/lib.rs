@@ -1,0 +1,2 @@
+//! Benchmark client (placeholder: being written).
+pub mod cli;

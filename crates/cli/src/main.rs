@@ -1,0 +1,42 @@
+//! The `lapsd` binary: command-line glue only. Each subcommand's flags and behaviour live in the
+//! crate that owns the concern (simulator, engine, server, bench).
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lapsd", version, about = "Speculative-decoding LLM server with the LAPS-SD scheduler")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Discrete-event simulation of an SD server under every scheduling policy.
+    Sim(lapsd_sim::cli::SimArgs),
+    /// Generate text from one prompt with speculative decoding (real model).
+    Generate(lapsd_engine::cli::GenerateArgs),
+    /// Measure draft/target step costs on this machine and write a cost profile for `lapsd sim`.
+    Calibrate(lapsd_engine::cli::CalibrateArgs),
+    /// OpenAI-compatible HTTP server whose batches are chosen by the scheduling core.
+    Serve(lapsd_server::cli::ServeArgs),
+    /// Benchmark client: replay a workload against any OpenAI-compatible server.
+    Bench(lapsd_bench::cli::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(args) => lapsd_sim::cli::run(args),
+        Command::Generate(args) => lapsd_engine::cli::run_generate(args),
+        Command::Calibrate(args) => lapsd_engine::cli::run_calibrate(args),
+        Command::Serve(args) => lapsd_server::cli::run(args),
+        Command::Bench(args) => lapsd_bench::cli::run(args),
+    }
+}

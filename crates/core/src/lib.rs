@@ -1,0 +1,30 @@
+//! lapsd scheduling core: request state, capacity/KV accounting, the `Policy` trait and every
+//! policy, output-length predictors and the step-cost model.
+//!
+//! Pure and deterministic: no I/O, no async, no clocks. Time comes in as `now_s` arguments, so the
+//! simulator (`lapsd-sim`) and the server (`lapsd-server`) drive exactly the same code.
+//!
+//! A step is two calls, as in vLLM's v1 scheduler: [`Scheduler::schedule`] returns what runs next
+//! (and what is preempted), then [`Scheduler::update`] feeds back what the step produced.
+
+pub mod cost;
+pub mod error;
+pub mod kv;
+pub mod policy;
+pub mod predictor;
+pub mod request;
+pub mod scheduler;
+
+pub use cost::{LinearCost, StepCostModel};
+pub use error::CoreError;
+pub use kv::{KvAccountant, KvFit};
+pub use policy::{BatchBuilder, Policy, PolicyConfig, PolicyKind, ScheduleContext};
+pub use predictor::{LengthPredictor, OnlineQuantilePredictor};
+pub use request::{
+    AcceptanceTracker, FinishReason, RequestId, RequestPhase, RequestSpec, RequestState,
+    StabilityRule,
+};
+pub use scheduler::{
+    Capacity, PreemptKind, Preemption, ScheduledRequest, Scheduler, SchedulerConfig,
+    SchedulerOutput, StepKind, StepResult,
+};

@@ -1,0 +1,157 @@
+//! Draft methods (the "small speculative model" of LAPS-SD): which one a request uses
+//! ([`DraftSpec`], parsed from `--draft`), and prompt-lookup n-gram drafting (Saxena 2023,
+//! "Prompt Lookup Decoding"), which needs no model: the proposal is copied from earlier text.
+//! Model drafters (a separate GGUF, or the target's first N layers) run inside
+//! [`crate::engine::SdEngine`], which batches their forwards.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Default longest n-gram matched by `ngram` without `:N`.
+pub const DEFAULT_NGRAM_N: usize = 3;
+
+/// Which draft method proposes tokens. Parsed from `none`, `ngram`, `ngram:N`, `self:N`, or a
+/// path to a `.gguf` file (a separate draft model sharing the target's tokenizer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftSpec {
+    /// No drafting: every step is plain decoding.
+    None,
+    /// Prompt lookup: match the last `n` (down to 1) tokens against the prompt and output so far.
+    NGram {
+        /// Longest suffix length tried first.
+        n: usize,
+    },
+    /// Self-speculative: the target's first `n_layers` layers plus its final norm and head.
+    SelfLayers {
+        /// Number of leading target layers the draft runs.
+        n_layers: usize,
+    },
+    /// A separate draft model (GGUF) with the target's tokenizer.
+    Model(PathBuf),
+}
+
+/// Why a `--draft` string was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid draft spec {spec:?}: {reason} (expected none, ngram, ngram:N, self:N or a path to a .gguf file)")]
+pub struct DraftSpecParseError {
+    /// The string as given.
+    pub spec: String,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for DraftSpec {
+    type Err = DraftSpecParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| DraftSpecParseError { spec: s.to_string(), reason: reason.to_string() };
+        let positive = |v: &str, what: &str| -> Result<usize, DraftSpecParseError> {
+            match v.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(err(&format!("{what} must be a positive integer, got {v:?}"))),
+            }
+        };
+        let trimmed = s.trim();
+        match trimmed {
+            "" => Err(err("empty")),
+            "none" => Ok(DraftSpec::None),
+            "ngram" => Ok(DraftSpec::NGram { n: DEFAULT_NGRAM_N }),
+            _ => {
+                if let Some(v) = trimmed.strip_prefix("ngram:") {
+                    Ok(DraftSpec::NGram { n: positive(v, "the n-gram length")? })
+                } else if let Some(v) = trimmed.strip_prefix("self:") {
+                    Ok(DraftSpec::SelfLayers { n_layers: positive(v, "the layer count")? })
+                } else if trimmed.to_ascii_lowercase().ends_with(".gguf") {
+                    Ok(DraftSpec::Model(PathBuf::from(trimmed)))
+                } else {
+                    Err(err("unknown draft method"))
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for DraftSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DraftSpec::None => write!(f, "none"),
+            DraftSpec::NGram { n } => write!(f, "ngram:{n}"),
+            DraftSpec::SelfLayers { n_layers } => write!(f, "self:{n_layers}"),
+            DraftSpec::Model(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Prompt-lookup proposal: finds the most recent earlier occurrence of the last `m` tokens of
+/// `tokens` (trying `m = max_n` down to 1) and proposes up to `k` tokens that followed it.
+/// Returns fewer than `k` tokens (or none) when the match is near the end or nothing matches.
+pub fn ngram_propose(tokens: &[u32], max_n: usize, k: usize) -> Vec<u32> {
+    let len = tokens.len();
+    if k == 0 || len < 2 {
+        return Vec::new();
+    }
+    for m in (1..=max_n.min(len - 1)).rev() {
+        let suffix = &tokens[len - m..];
+        // Candidate starts: the match must end before the suffix's last token so that at least
+        // one token follows it; scan from the most recent.
+        for start in (0..len - m).rev() {
+            if &tokens[start..start + m] == suffix {
+                let from = start + m;
+                let to = (from + k).min(len);
+                return tokens[from..to].to_vec();
+            }
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_displays_every_form() {
+        assert_eq!("none".parse::<DraftSpec>(), Ok(DraftSpec::None));
+        assert_eq!("ngram".parse::<DraftSpec>(), Ok(DraftSpec::NGram { n: DEFAULT_NGRAM_N }));
+        assert_eq!("ngram:2".parse::<DraftSpec>(), Ok(DraftSpec::NGram { n: 2 }));
+        assert_eq!("self:8".parse::<DraftSpec>(), Ok(DraftSpec::SelfLayers { n_layers: 8 }));
+        assert_eq!(
+            "models/draft.Q4_K_M.gguf".parse::<DraftSpec>(),
+            Ok(DraftSpec::Model(PathBuf::from("models/draft.Q4_K_M.gguf")))
+        );
+        for s in ["none", "ngram:3", "self:12", "a/b.gguf"] {
+            assert_eq!(s.parse::<DraftSpec>().map(|d| d.to_string()).as_deref(), Ok(s));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_the_reason() {
+        let e = "self:0".parse::<DraftSpec>().unwrap_err();
+        assert_eq!(e.spec, "self:0");
+        assert!(e.reason.contains("layer count"), "{e}");
+        assert!("ngram:x".parse::<DraftSpec>().unwrap_err().reason.contains("n-gram length"));
+        assert_eq!("medusa".parse::<DraftSpec>().unwrap_err().reason, "unknown draft method");
+        assert_eq!("".parse::<DraftSpec>().unwrap_err().reason, "empty");
+    }
+
+    #[test]
+    fn ngram_copies_the_continuation_of_the_latest_match() {
+        // ... 1 2 3 [4 5 6 7] ... 1 2 3 [9 9] ... 1 2 3  -> latest match is the one followed by 9 9.
+        let t = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 9, 9, 1, 2, 3];
+        assert_eq!(ngram_propose(&t, 3, 4), vec![9, 9, 1, 2]);
+        assert_eq!(ngram_propose(&t, 3, 1), vec![9]);
+        assert_eq!(ngram_propose(&t, 3, 0), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn ngram_falls_back_to_shorter_suffixes_and_may_propose_nothing() {
+        // Suffix [8, 3]: no 2-gram match, 1-gram [3] matches at index 2 -> proposes 4 5.
+        let t = [1, 2, 3, 4, 5, 8, 3];
+        assert_eq!(ngram_propose(&t, 2, 2), vec![4, 5]);
+        assert_eq!(ngram_propose(&[1, 2, 3, 4], 3, 4), Vec::<u32>::new());
+        assert_eq!(ngram_propose(&[7], 3, 4), Vec::<u32>::new());
+        // A match whose continuation runs into the end proposes fewer than k.
+        assert_eq!(ngram_propose(&[5, 6, 5, 6, 5], 2, 8), vec![6, 5]);
+    }
+}

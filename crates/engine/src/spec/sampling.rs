@@ -1,0 +1,337 @@
+//! Token selection for speculative decoding: logits processing (temperature, top-p), greedy and
+//! seeded sampling, and the verification rule that keeps the output distributed exactly as the
+//! target's: speculative sampling (Leviathan, Kalman & Matias 2023, "Fast Inference from
+//! Transformers via Speculative Decoding", Algorithm 1; Chen et al. 2023, "Accelerating Large
+//! Language Model Decoding with Speculative Sampling", Algorithm 2).
+//!
+//! Both the target's `p` and the draft's `q` go through the same [`SamplingMode`], so the emitted
+//! tokens follow the target's *processed* distribution (temperature, then nucleus truncation).
+
+use rand::Rng;
+
+/// How a token is chosen from logits. Built from a request's temperature and top-p.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplingMode {
+    /// Argmax (temperature 0). Ties go to the lowest token id.
+    Greedy,
+    /// Softmax of `logits / temperature`, truncated to the smallest set of most likely tokens
+    /// whose mass reaches `top_p` (nucleus sampling), renormalised.
+    Sample {
+        /// Strictly positive softmax temperature.
+        temperature: f32,
+        /// Nucleus mass in (0, 1]; 1 keeps the whole vocabulary.
+        top_p: f32,
+    },
+}
+
+impl SamplingMode {
+    /// `temperature <= 0` (or not finite) means greedy; `top_p` outside (0, 1] is clamped into it.
+    pub fn new(temperature: f32, top_p: f32) -> Self {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return SamplingMode::Greedy;
+        }
+        let top_p = if top_p.is_finite() && top_p > 0.0 { top_p.min(1.0) } else { 1.0 };
+        SamplingMode::Sample { temperature, top_p }
+    }
+
+    /// Whether this mode is [`SamplingMode::Greedy`].
+    pub fn is_greedy(&self) -> bool {
+        matches!(self, SamplingMode::Greedy)
+    }
+
+    /// The processed distribution over the vocabulary for `logits` (one-hot on the argmax when
+    /// greedy). Always sums to 1 (up to rounding) and has the length of `logits`.
+    pub fn probs(&self, logits: &[f32]) -> Vec<f32> {
+        match *self {
+            SamplingMode::Greedy => {
+                let mut p = vec![0.0; logits.len()];
+                if !logits.is_empty() {
+                    p[argmax(logits) as usize] = 1.0;
+                }
+                p
+            }
+            SamplingMode::Sample { temperature, top_p } => {
+                let mut p = softmax(logits, temperature);
+                if top_p < 1.0 {
+                    nucleus_truncate(&mut p, top_p);
+                }
+                p
+            }
+        }
+    }
+
+    /// Picks one token from `logits`: the argmax when greedy, else a draw from [`Self::probs`].
+    pub fn pick<R: Rng>(&self, logits: &[f32], rng: &mut R) -> u32 {
+        match self {
+            SamplingMode::Greedy => argmax(logits),
+            SamplingMode::Sample { .. } => sample(&self.probs(logits), rng),
+        }
+    }
+}
+
+/// Index of the largest value (the first one on ties; NaN never wins). 0 for an empty slice.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best as u32
+}
+
+/// Softmax of `logits / temperature`, computed in f64 for the normaliser.
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let inv_t = 1.0 / f64::from(temperature);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut out: Vec<f32> = Vec::with_capacity(logits.len());
+    let mut total = 0.0f64;
+    for &l in logits {
+        let e = ((f64::from(l) - f64::from(max)) * inv_t).exp();
+        let e = if e.is_finite() { e } else { 0.0 };
+        total += e;
+        out.push(e as f32);
+    }
+    if total > 0.0 {
+        let inv = (1.0 / total) as f32;
+        out.iter_mut().for_each(|x| *x *= inv);
+    }
+    out
+}
+
+/// Keeps the smallest set of most likely tokens whose mass reaches `top_p`, zeroes the rest and
+/// renormalises (Holtzman et al. 2020). Ties at the boundary are broken by token id.
+fn nucleus_truncate(p: &mut [f32], top_p: f32) {
+    let mut order: Vec<u32> = (0..p.len() as u32).filter(|&i| p[i as usize] > 0.0).collect();
+    order.sort_unstable_by(|&a, &b| {
+        p[b as usize]
+            .partial_cmp(&p[a as usize])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
+    let mut mass = 0.0f64;
+    let mut keep = order.len();
+    for (rank, &i) in order.iter().enumerate() {
+        mass += f64::from(p[i as usize]);
+        if mass >= f64::from(top_p) {
+            keep = rank + 1;
+            break;
+        }
+    }
+    for &i in &order[keep..] {
+        p[i as usize] = 0.0;
+    }
+    let kept: f64 = order[..keep].iter().map(|&i| f64::from(p[i as usize])).sum();
+    if kept > 0.0 {
+        let inv = (1.0 / kept) as f32;
+        p.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Draws a token from an (unnormalised, non-negative) distribution. Falls back to the argmax
+/// when the mass is zero or not finite, so a degenerate distribution never panics.
+pub fn sample<R: Rng>(probs: &[f32], rng: &mut R) -> u32 {
+    let total: f64 = probs.iter().map(|&x| f64::from(x.max(0.0))).sum();
+    if !(total.is_finite() && total > 0.0) {
+        return argmax(probs);
+    }
+    let target = rng.gen::<f64>() * total;
+    let mut acc = 0.0f64;
+    let mut last_positive = 0usize;
+    for (i, &x) in probs.iter().enumerate() {
+        if x > 0.0 {
+            acc += f64::from(x);
+            last_positive = i;
+            if target < acc {
+                return i as u32;
+            }
+        }
+    }
+    // Rounding left `target` just above the accumulated mass: the last token with mass wins.
+    last_positive as u32
+}
+
+/// The distribution `q` a draft token was sampled from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DraftProbs {
+    /// A deterministic proposal (n-gram lookup, or any greedy drafter): `q(x) = 1`.
+    OneHot,
+    /// A draft model's processed distribution over the whole vocabulary.
+    Dense(Vec<f32>),
+}
+
+impl DraftProbs {
+    /// `q(token)`.
+    fn at(&self, token: u32) -> f32 {
+        match self {
+            DraftProbs::OneHot => 1.0,
+            DraftProbs::Dense(q) => q.get(token as usize).copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// Outcome of verifying one sequence's draft against the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// How many draft tokens (a prefix of the draft) were accepted.
+    pub accepted: usize,
+    /// The token the target adds after the accepted prefix: the correction on a rejection, or the
+    /// bonus token when every draft token was accepted.
+    pub next_token: u32,
+}
+
+/// Greedy verification: accept while the draft token equals the target's argmax at that position,
+/// then emit the target's argmax. `target_logits[i]` scores the position after `i` draft tokens;
+/// it needs `draft.len() + 1` rows.
+pub fn verify_greedy<L: AsRef<[f32]>>(draft: &[u32], target_logits: &[L]) -> Verdict {
+    debug_assert!(target_logits.len() > draft.len());
+    let mut accepted = 0;
+    while accepted < draft.len() {
+        let best = argmax(target_logits[accepted].as_ref());
+        if best != draft[accepted] {
+            return Verdict { accepted, next_token: best };
+        }
+        accepted += 1;
+    }
+    Verdict { accepted, next_token: argmax(target_logits[accepted].as_ref()) }
+}
+
+/// Speculative sampling: draft token `x_i` is accepted with probability `min(1, p_i(x)/q_i(x))`;
+/// at the first rejection the next token is drawn from `norm(max(0, p_i - q_i))`; if all are
+/// accepted, the bonus token is drawn from `p_{k+1}`. `target_probs[i]` is the target's processed
+/// distribution after `i` draft tokens (`draft.len() + 1` rows); `draft_probs[i]` the `q` that
+/// `draft[i]` was drawn from.
+pub fn verify_sampled<P: AsRef<[f32]>, R: Rng>(
+    draft: &[u32],
+    draft_probs: &[DraftProbs],
+    target_probs: &[P],
+    rng: &mut R,
+) -> Verdict {
+    debug_assert_eq!(draft.len(), draft_probs.len());
+    debug_assert!(target_probs.len() > draft.len());
+    for (i, (&x, q)) in draft.iter().zip(draft_probs).enumerate() {
+        let p = target_probs[i].as_ref();
+        let p_x = p.get(x as usize).copied().unwrap_or(0.0);
+        let q_x = q.at(x);
+        // u < p/q, written without the division; q_x > 0 whenever x was drawn from q.
+        let u: f32 = rng.gen();
+        if u * q_x < p_x {
+            continue;
+        }
+        return Verdict { accepted: i, next_token: sample_residual(p, q, x, rng) };
+    }
+    let bonus = sample(target_probs[draft.len()].as_ref(), rng);
+    Verdict { accepted: draft.len(), next_token: bonus }
+}
+
+/// Draws from `norm(max(0, p - q))`; when that mass is zero (p == q up to rounding, where a
+/// rejection has probability zero) it draws from `p`.
+fn sample_residual<R: Rng>(p: &[f32], q: &DraftProbs, rejected: u32, rng: &mut R) -> u32 {
+    let residual: Vec<f32> = match q {
+        DraftProbs::OneHot => {
+            let mut r = p.to_vec();
+            if let Some(slot) = r.get_mut(rejected as usize) {
+                *slot = 0.0;
+            }
+            r
+        }
+        DraftProbs::Dense(q) => {
+            p.iter().enumerate().map(|(i, &pi)| (pi - q.get(i).copied().unwrap_or(0.0)).max(0.0)).collect()
+        }
+    };
+    if residual.iter().any(|&x| x > 0.0) {
+        sample(&residual, rng)
+    } else {
+        sample(p, rng)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn temperature_zero_is_greedy_and_top_p_is_clamped() {
+        assert_eq!(SamplingMode::new(0.0, 0.9), SamplingMode::Greedy);
+        assert_eq!(SamplingMode::new(-1.0, 0.9), SamplingMode::Greedy);
+        assert_eq!(SamplingMode::new(0.5, 1.5), SamplingMode::Sample { temperature: 0.5, top_p: 1.0 });
+        assert_eq!(SamplingMode::new(0.5, 0.0), SamplingMode::Sample { temperature: 0.5, top_p: 1.0 });
+    }
+
+    #[test]
+    fn argmax_takes_first_of_ties_and_ignores_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, -1.0, -2.0]), 1);
+    }
+
+    #[test]
+    fn probs_apply_temperature_then_nucleus() {
+        let logits = [2.0f32.ln(), 1.0f32.ln(), 1.0f32.ln(), 0.0f32.ln().max(-1e30)];
+        // Temperature 1: [0.5, 0.25, 0.25, 0].
+        let p = SamplingMode::new(1.0, 1.0).probs(&logits);
+        for (got, want) in p.iter().zip([0.5, 0.25, 0.25, 0.0]) {
+            assert!((got - want).abs() < 1e-6, "{p:?}");
+        }
+        // Temperature 0.5 squares the odds: [4, 1, 1] / 6.
+        let p = SamplingMode::new(0.5, 1.0).probs(&logits);
+        for (got, want) in p.iter().zip([4.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 0.0]) {
+            assert!((got - want).abs() < 1e-6, "{p:?}");
+        }
+        // top_p 0.6 keeps {0, 1} (0.5 < 0.6 <= 0.75; tie between 1 and 2 goes to the lower id).
+        let p = SamplingMode::new(1.0, 0.6).probs(&logits);
+        for (got, want) in p.iter().zip([2.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]) {
+            assert!((got - want).abs() < 1e-6, "{p:?}");
+        }
+        // top_p 0.5 keeps the argmax only (mass reaches exactly 0.5).
+        assert_eq!(SamplingMode::new(1.0, 0.5).probs(&logits), vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn sample_never_picks_zero_mass_and_is_seeded() {
+        let p = [0.0, 0.3, 0.0, 0.7];
+        let mut a = StdRng::seed_from_u64(7);
+        let mut b = StdRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let x = sample(&p, &mut a);
+            assert!(x == 1 || x == 3);
+            assert_eq!(x, sample(&p, &mut b));
+        }
+        assert_eq!(sample(&[0.0, 0.0], &mut a), 0);
+    }
+
+    #[test]
+    fn greedy_verification_accepts_matching_prefix() {
+        let rows = [vec![0.0, 5.0, 1.0], vec![3.0, 0.0, 1.0], vec![0.0, 0.0, 9.0]];
+        assert_eq!(verify_greedy(&[1, 0], &rows), Verdict { accepted: 2, next_token: 2 });
+        assert_eq!(verify_greedy(&[1, 2], &rows), Verdict { accepted: 1, next_token: 0 });
+        assert_eq!(verify_greedy(&[2, 0], &rows), Verdict { accepted: 0, next_token: 1 });
+        assert_eq!(verify_greedy(&[], &rows[..1]), Verdict { accepted: 0, next_token: 1 });
+    }
+
+    #[test]
+    fn one_hot_draft_with_one_hot_target_behaves_greedily() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let p = [vec![0.0, 1.0, 0.0], vec![1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0]];
+        let q = [DraftProbs::OneHot, DraftProbs::OneHot];
+        for _ in 0..100 {
+            assert_eq!(verify_sampled(&[1, 0], &q, &p, &mut rng), Verdict { accepted: 2, next_token: 2 });
+            assert_eq!(verify_sampled(&[1, 2], &q, &p, &mut rng), Verdict { accepted: 1, next_token: 0 });
+        }
+    }
+
+    #[test]
+    fn rejected_one_hot_token_is_never_the_correction() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let p = [vec![0.5, 0.3, 0.2], vec![1.0, 0.0, 0.0]];
+        for _ in 0..2000 {
+            let v = verify_sampled(&[0], &[DraftProbs::OneHot], &p, &mut rng);
+            if v.accepted == 0 {
+                assert_ne!(v.next_token, 0);
+            }
+        }
+    }
+}

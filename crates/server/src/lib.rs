@@ -1,0 +1,2 @@
+//! OpenAI-compatible server (placeholder: being written).
+pub mod cli;

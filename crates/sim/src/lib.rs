@@ -1,0 +1,2 @@
+//! Discrete-event simulator of a speculative-decoding server (placeholder: being written).
+pub mod cli;
