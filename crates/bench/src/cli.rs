@@ -1,6 +1,283 @@
-//! `lapsd bench` flags (placeholder until the client lands).
+//! `lapsd bench`: flags and command glue (anyhow lives here only). `lapsd bench --url ...` runs a
+//! benchmark; `lapsd bench plot --inputs a.json b.json --out DIR` draws latency-vs-rate plots from
+//! result files.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::arrivals::ArrivalProcess;
+use crate::client::{self, ClientConfig, Endpoint};
+use crate::plot;
+use crate::profiles::Profile;
+use crate::report::{BenchReport, RunSettings};
+use crate::runner::{self, RunConfig};
+use crate::stats::Slo;
+use crate::tokens::TokenCounter;
+use crate::trace;
+use crate::workload::{self, PlanConfig, WorkloadSource};
+
+/// `lapsd bench` flags.
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("lapsd bench is not implemented yet")
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Modes other than running a benchmark.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Draw mean/p99 latency vs request rate from several result files (one line per --label).
+    Plot(PlotArgs),
+}
+
+/// `lapsd bench plot` flags.
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// Result JSON files written by `lapsd bench --out`.
+    #[arg(long, num_args = 1.., required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output folder for the PNG and SVG files.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also draw each input's latency CDF.
+    #[arg(long)]
+    pub cdf: bool,
+}
+
+/// Where the prompts come from: exactly one of these.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct SourceArgs {
+    /// Built-in profile: prompts of real text, output lengths from the profile's distribution.
+    #[arg(long, value_enum)]
+    pub workload: Option<Profile>,
+    /// A dataset file: `sharegpt PATH` (vLLM's ShareGPT JSON) or `gsm8k PATH` (test.jsonl or its folder).
+    #[arg(long, num_args = 2, value_names = ["KIND", "PATH"])]
+    pub dataset: Option<Vec<String>>,
+    /// JSONL trace, one {"prompt", "max_tokens", "arrival_s"} per line (its arrival times are used).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+/// Flags of a benchmark run.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Server base URL, e.g. http://127.0.0.1:8080 (the /v1/... path is added).
+    #[arg(long, required_unless_present = "dry_run")]
+    pub url: Option<String>,
+    #[arg(long, value_enum, default_value = "completions")]
+    pub endpoint: Endpoint,
+    /// Model name to send; default: the first id of GET /v1/models, else "default".
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Mean request rate in requests/s ("inf" sends everything at once). Not used with --trace.
+    #[arg(long, required_unless_present = "trace")]
+    pub rate: Option<f64>,
+    /// Gamma shape of inter-arrival gaps (1 = Poisson; < 1 burstier).
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// At most this many requests in flight.
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    /// Number of requests (with --trace: the first N lines; default all).
+    #[arg(long, required_unless_present = "trace")]
+    pub requests: Option<usize>,
+    /// Seed of prompt choice and arrival times.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Cap on max_tokens for profiles and datasets.
+    #[arg(long, default_value_t = 512)]
+    pub max_output_tokens: u32,
+    /// Label stored in the result (e.g. the server's policy); names the line in vs-rate plots.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Write the result JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Draw this run's latency CDF (PNG + SVG) into this folder.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// TTFT bound for goodput, in ms.
+    #[arg(long)]
+    pub slo_ttft_ms: Option<f64>,
+    /// TPOT bound for goodput, in ms.
+    #[arg(long)]
+    pub slo_tpot_ms: Option<f64>,
+    /// Write the workload in `lapsd sim --trace` format ({"arrival_s", "prompt_tokens", "output_tokens"}).
+    #[arg(long)]
+    pub emit_sim_trace: Option<PathBuf>,
+    /// Count workload tokens with this Hugging Face tokenizer.json instead of characters/4.
+    #[arg(long, conflicts_with = "tokenizer_free")]
+    pub tokenizer: Option<PathBuf>,
+    /// Count workload tokens as ceil(characters / 4) (the default without --tokenizer).
+    #[arg(long)]
+    pub tokenizer_free: bool,
+    /// Sampling temperature sent with each request.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Send ignore_eos: true so servers that support it generate exactly max_tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// A request unfinished after this many seconds counts as a timeout.
+    #[arg(long, default_value_t = 600.0)]
+    pub request_timeout_s: f64,
+    /// Build the workload (and --emit-sim-trace) without sending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Entry point of `lapsd bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(BenchCommand::Plot(plot_args)) => run_plot(plot_args),
+        None => run_bench(args.run),
+    }
+}
+
+fn run_plot(args: PlotArgs) -> anyhow::Result<()> {
+    let reports = args
+        .inputs
+        .iter()
+        .map(|path| BenchReport::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut files = plot::plot_vs_rate(&reports, &args.out)?;
+    if args.cdf {
+        for report in &reports {
+            files.extend(plot::plot_latency_cdf(report, &args.out)?);
+        }
+    }
+    for file in files {
+        println!("wrote {}", file.display());
+    }
+    Ok(())
+}
+
+fn workload_source(source: &SourceArgs) -> anyhow::Result<WorkloadSource> {
+    if let Some(profile) = source.workload {
+        return Ok(WorkloadSource::Profile { profile });
+    }
+    if let Some(trace) = &source.trace {
+        return Ok(WorkloadSource::Trace { path: trace.clone() });
+    }
+    match source.dataset.as_deref() {
+        Some([kind, path]) => match kind.as_str() {
+            "sharegpt" => Ok(WorkloadSource::ShareGpt { path: path.into() }),
+            "gsm8k" => Ok(WorkloadSource::Gsm8k { path: path.into() }),
+            other => bail!("--dataset KIND must be sharegpt or gsm8k, got {other:?}"),
+        },
+        _ => bail!("one of --workload, --dataset KIND PATH or --trace is required"),
+    }
+}
+
+fn run_bench(args: RunArgs) -> anyhow::Result<()> {
+    let source = workload_source(&args.source)?;
+    let is_trace = matches!(source, WorkloadSource::Trace { .. });
+    let rate_per_s = args.rate.unwrap_or(f64::INFINITY);
+    let arrivals = ArrivalProcess::new(rate_per_s, args.burstiness)?;
+    let tokens = match &args.tokenizer {
+        Some(path) => TokenCounter::from_file(path)?,
+        None => TokenCounter::CharsPerFour,
+    };
+    let plan = workload::build_plan(&PlanConfig {
+        source: &source,
+        requests: args.requests,
+        arrivals,
+        seed: args.seed,
+        max_output_tokens: args.max_output_tokens,
+        tokens: &tokens,
+    })?;
+    if let Some(path) = &args.emit_sim_trace {
+        trace::write_sim_trace(&plan, path)?;
+        eprintln!("wrote simulator trace {} ({} requests)", path.display(), plan.items.len());
+    }
+    if args.dry_run {
+        let output_tokens: u64 = plan.items.iter().map(|i| u64::from(i.max_tokens)).sum();
+        let prompt_tokens: u64 = plan.items.iter().map(|i| u64::from(i.prompt_tokens)).sum();
+        let last_arrival_s = plan.arrivals_s.iter().copied().fold(0.0, f64::max);
+        println!(
+            "dry run: {} requests, {prompt_tokens} prompt tokens, {output_tokens} max output tokens ({}), last arrival at {last_arrival_s:.2} s",
+            plan.items.len(),
+            tokens.describe()
+        );
+        return Ok(());
+    }
+    let Some(url) = args.url.clone() else {
+        bail!("--url is required unless --dry-run");
+    };
+    if !(args.request_timeout_s.is_finite() && args.request_timeout_s > 0.0) {
+        bail!("--request-timeout-s must be a positive number, got {}", args.request_timeout_s);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let http = client::build_http_client().context("building the HTTP client")?;
+    let model = match &args.model {
+        Some(model) => model.clone(),
+        None => runtime
+            .block_on(client::discover_model(&http, &url))
+            .unwrap_or_else(|| "default".to_string()),
+    };
+    let config = RunConfig {
+        client: ClientConfig {
+            base_url: url.clone(),
+            endpoint: args.endpoint,
+            model: model.clone(),
+            temperature: args.temperature,
+            ignore_eos: args.ignore_eos,
+            request_timeout: Duration::from_secs_f64(args.request_timeout_s),
+        },
+        max_concurrency: args.max_concurrency,
+        show_progress: !args.no_progress,
+    };
+    eprintln!(
+        "lapsd bench: {} requests to {url}{} (model {model}), rate {}",
+        plan.items.len(),
+        args.endpoint.path(),
+        if is_trace { "from trace".to_string() } else { format!("{rate_per_s} req/s") }
+    );
+    let outcome = runtime.block_on(runner::run_plan(&plan, http, &config));
+    let settings = RunSettings {
+        url,
+        endpoint: args.endpoint,
+        model,
+        workload: source,
+        rate_per_s: (!is_trace && rate_per_s.is_finite()).then_some(rate_per_s),
+        burstiness: args.burstiness,
+        max_concurrency: args.max_concurrency,
+        requests: plan.items.len(),
+        seed: args.seed,
+        max_output_tokens: args.max_output_tokens,
+        token_counter: tokens.describe().to_string(),
+        temperature: args.temperature,
+        ignore_eos: args.ignore_eos,
+        slo: Slo {
+            ttft_ms: args.slo_ttft_ms,
+            tpot_ms: args.slo_tpot_ms,
+        },
+    };
+    let report = BenchReport::build(args.label.clone(), settings, &plan, &outcome);
+    print!("{}", report.table());
+    if let Some(path) = &args.out {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        report.save(path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(dir) = &args.plot {
+        for file in plot::plot_latency_cdf(&report, dir)? {
+            eprintln!("wrote {}", file.display());
+        }
+    }
+    Ok(())
 }

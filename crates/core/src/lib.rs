@@ -14,6 +14,8 @@ pub mod policy;
 pub mod predictor;
 pub mod request;
 pub mod scheduler;
+#[cfg(test)]
+mod testutil;
 
 pub use cost::{LinearCost, StepCostModel};
 pub use error::CoreError;

@@ -20,6 +20,48 @@ pub struct RequestSpec {
     pub priority: Option<i32>,
     /// Predicted total output length in tokens, if a predictor was consulted at arrival.
     pub predicted_output_tokens: Option<u32>,
+    /// True output length in tokens. Simulator only (the `oracle` policy reads it); the server
+    /// never sets it.
+    #[serde(default)]
+    pub true_output_tokens: Option<u32>,
+    /// True (latent) per-token acceptance probability of the draft model. Simulator only (the
+    /// `oracle` policy reads it; without it the oracle uses the measured rate).
+    #[serde(default)]
+    pub true_acceptance_rate: Option<f64>,
+}
+
+impl RequestSpec {
+    /// A spec with no priority, no prediction and no simulator-only truth; set the optional
+    /// fields with struct update syntax or the `with_*` methods.
+    pub fn new(id: RequestId, arrival_s: f64, prompt_tokens: u32, max_tokens: u32) -> Self {
+        Self {
+            id,
+            arrival_s,
+            prompt_tokens,
+            max_tokens,
+            priority: None,
+            predicted_output_tokens: None,
+            true_output_tokens: None,
+            true_acceptance_rate: None,
+        }
+    }
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+    pub fn with_predicted_output_tokens(mut self, tokens: u32) -> Self {
+        self.predicted_output_tokens = Some(tokens);
+        self
+    }
+    pub fn with_truth(mut self, output_tokens: u32, acceptance_rate: Option<f64>) -> Self {
+        self.true_output_tokens = Some(output_tokens);
+        self.true_acceptance_rate = acceptance_rate;
+        self
+    }
+    /// Client priority with the default (0) filled in; lower runs first.
+    pub fn priority_or_default(&self) -> i32 {
+        self.priority.unwrap_or(0)
+    }
 }
 
 /// Why a request left the system.
@@ -201,6 +243,24 @@ impl RequestState {
     /// Tokens still allowed before `max_tokens`.
     pub fn remaining_max_tokens(&self) -> u32 {
         self.spec.max_tokens.saturating_sub(self.generated_tokens)
+    }
+
+    /// Whether its next step must (re)compute its KV: never prefilled, or preempted with its KV
+    /// freed.
+    pub fn needs_prefill(&self) -> bool {
+        !self.prefilled
+            || matches!(
+                self.phase,
+                RequestPhase::Preempted {
+                    kv_resident: false
+                }
+            )
+    }
+
+    /// Speculation length of its next decode step: `min(k, remaining_max_tokens - 1)` (never
+    /// draft past `max_tokens`).
+    pub fn step_speculation_length(&self, speculation_length: u32) -> u32 {
+        speculation_length.min(self.remaining_max_tokens().saturating_sub(1))
     }
 
     pub fn is_finished(&self) -> bool {

@@ -4,16 +4,18 @@
 //!
 //! A step is two calls (vLLM v1): [`Scheduler::schedule`] then [`Scheduler::update`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cost::{LinearCost, StepCostModel};
 use crate::error::CoreError;
 use crate::kv::KvAccountant;
-use crate::policy::Policy;
+use crate::policy::{BatchBuilder, Policy, ScheduleContext};
 use crate::predictor::LengthPredictor;
-use crate::request::{FinishReason, RequestId, RequestSpec, RequestState, StabilityRule};
+use crate::request::{
+    FinishReason, RequestId, RequestPhase, RequestSpec, RequestState, StabilityRule,
+};
 
 /// What one step may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -155,30 +157,200 @@ impl Scheduler {
         self.kv.in_use_tokens()
     }
 
+    /// The KV accountant (what each request holds).
+    pub fn kv(&self) -> &KvAccountant {
+        &self.kv
+    }
+
     /// Admits a request. Errors: a duplicate id, or a request that can never fit the KV budget
-    /// (`NeverFits`: the caller reports it as finished with [`FinishReason::NeverFits`]).
-    pub fn add_request(&mut self, spec: RequestSpec, now_s: f64) -> Result<(), CoreError> {
-        let _ = (spec, now_s, &self.policy, &self.predictor, &self.kv);
-        todo!("core helper")
+    /// (`NeverFits`: prompt + max_tokens + k + 1 > budget; the caller reports it as finished with
+    /// [`FinishReason::NeverFits`]). Fills `predicted_output_tokens` from the predictor when the
+    /// spec has none.
+    pub fn add_request(&mut self, mut spec: RequestSpec, now_s: f64) -> Result<(), CoreError> {
+        if self.requests.contains_key(&spec.id) {
+            return Err(CoreError::DuplicateRequest { id: spec.id });
+        }
+        let needed_tokens = u64::from(spec.prompt_tokens)
+            + u64::from(spec.max_tokens)
+            + u64::from(self.config.speculation_length)
+            + 1;
+        if needed_tokens > self.kv.budget_tokens() {
+            return Err(CoreError::NeverFits {
+                id: spec.id,
+                needed_tokens,
+                budget_tokens: self.kv.budget_tokens(),
+            });
+        }
+        if spec.predicted_output_tokens.is_none() {
+            if let Some(predictor) = &self.predictor {
+                spec.predicted_output_tokens =
+                    Some(predictor.predict_output_tokens(spec.prompt_tokens, 0));
+            }
+        }
+        let state = RequestState::new(spec);
+        self.policy.on_arrival(&state, now_s);
+        self.requests.insert(state.id(), state);
+        Ok(())
     }
 
     /// Removes a request at once (client cancelled); returns its final state. Its KV is freed.
-    pub fn cancel(&mut self, id: RequestId, now_s: f64) -> Option<RequestState> {
-        let _ = (id, now_s);
-        todo!("core helper")
+    pub fn cancel(&mut self, id: RequestId, _now_s: f64) -> Option<RequestState> {
+        let mut state = self.requests.remove(&id)?;
+        self.kv.free(id);
+        self.running.retain(|&r| r != id);
+        self.policy.on_finish(id);
+        state.phase = RequestPhase::Finished(FinishReason::Cancelled);
+        Some(state)
     }
 
     /// Chooses the next step's batch (asking the policy) and preempts running requests it left
     /// out, freeing KV of preempted requests (victims named by the policy) when the batch needs it.
     /// Empty batch = nothing runnable.
+    ///
+    /// Steps: select (the policy fills a [`BatchBuilder`]), preempt (running requests left out
+    /// keep their KV), evict (while the batch's KV need does not fit next to the other residents,
+    /// the policy's `kv_victim` loses its KV), commit (chosen requests are `Running` and hold
+    /// context + k + 1 KV tokens: the step's lookahead).
     pub fn schedule(&mut self, now_s: f64) -> SchedulerOutput {
-        let _ = now_s;
-        todo!("core helper")
+        let k = self.config.speculation_length;
+        let (chosen, victims) = {
+            let ctx = ScheduleContext {
+                now_s,
+                requests: &self.requests,
+                running: &self.running,
+                speculation_length: k,
+                cost: &self.config.cost,
+            };
+            let mut batch = BatchBuilder::new(self.config.capacity, &self.requests, k);
+            self.policy.select(&ctx, &mut batch);
+            let chosen = std::mem::take(&mut batch.chosen);
+            let chosen_set = std::mem::take(&mut batch.chosen_set);
+            let need_tokens = batch.kv_tokens;
+            let victims = self.kv_victims(&ctx, &chosen_set, need_tokens);
+            (chosen, victims)
+        };
+        let mut output = SchedulerOutput {
+            now_s,
+            batch: Vec::with_capacity(chosen.len()),
+            preempted: Vec::new(),
+        };
+        self.preempt_left_out(&chosen, &victims, &mut output);
+        for &id in &victims {
+            if !output.preempted.iter().any(|p| p.id == id) {
+                output.preempted.push(Preemption {
+                    id,
+                    kind: PreemptKind::FreeKv,
+                });
+            }
+            self.kv.free(id);
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.phase = RequestPhase::Preempted { kv_resident: false };
+            }
+        }
+        self.commit(&chosen, &mut output);
+        self.running = chosen;
+        output
+    }
+
+    /// Residents not in the batch whose KV must be freed so that the batch's `need_tokens` fit,
+    /// in the order the policy names them.
+    fn kv_victims(
+        &self,
+        ctx: &ScheduleContext<'_>,
+        chosen: &HashSet<RequestId>,
+        need_tokens: u64,
+    ) -> Vec<RequestId> {
+        let held_by_chosen: u64 = chosen.iter().map(|&id| self.kv.held_tokens(id)).sum();
+        let others_tokens = self.kv.in_use_tokens() - held_by_chosen;
+        let budget = self.kv.budget_tokens();
+        if others_tokens + need_tokens <= budget {
+            return Vec::new();
+        }
+        let mut candidates: Vec<RequestId> = self
+            .kv
+            .resident_ids()
+            .filter(|id| !chosen.contains(id))
+            .collect();
+        candidates.sort_unstable(); // deterministic order for the policy to choose from
+        let mut victims = Vec::new();
+        let mut remaining = others_tokens;
+        while remaining + need_tokens > budget && !candidates.is_empty() {
+            let named = self.policy.kv_victim(ctx, &candidates);
+            // A policy naming nobody (or a stranger) still must not break the budget: fall back
+            // to the last candidate.
+            let pos = named
+                .and_then(|v| candidates.iter().position(|&c| c == v))
+                .unwrap_or(candidates.len() - 1);
+            let victim = candidates.swap_remove(pos);
+            remaining -= self.kv.held_tokens(victim);
+            victims.push(victim);
+        }
+        victims
+    }
+
+    /// Running requests the policy left out become preempted (keeping their KV unless evicted).
+    fn preempt_left_out(
+        &mut self,
+        chosen: &[RequestId],
+        victims: &[RequestId],
+        output: &mut SchedulerOutput,
+    ) {
+        let chosen_set: HashSet<RequestId> = chosen.iter().copied().collect();
+        for &id in &self.running {
+            if chosen_set.contains(&id) {
+                continue;
+            }
+            let Some(r) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            let freed = victims.contains(&id);
+            r.preemptions += 1;
+            r.phase = RequestPhase::Preempted {
+                kv_resident: self.kv.is_resident(id) && !freed,
+            };
+            output.preempted.push(Preemption {
+                id,
+                kind: if freed {
+                    PreemptKind::FreeKv
+                } else {
+                    PreemptKind::KeepKv
+                },
+            });
+        }
+    }
+
+    /// Chosen requests run: step kinds, recompute accounting, KV reservation.
+    fn commit(&mut self, chosen: &[RequestId], output: &mut SchedulerOutput) {
+        let k = self.config.speculation_length;
+        for &id in chosen {
+            let Some(r) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            let kind = if r.needs_prefill() || !self.kv.is_resident(id) {
+                if r.prefilled {
+                    r.recomputes += 1;
+                }
+                StepKind::Prefill {
+                    tokens: r.context_tokens(),
+                }
+            } else {
+                StepKind::Decode {
+                    speculation_length: r.step_speculation_length(k),
+                }
+            };
+            r.phase = RequestPhase::Running;
+            self.kv.set(id, BatchBuilder::kv_need_of(r, k));
+            output.batch.push(ScheduledRequest { id, kind });
+        }
     }
 
     /// Applies a step's results; `step_time_s` is the step's duration (added to the attained
     /// service of every member), `now_s` the time at its end. Returns the requests that finished
     /// in this step (removed from the scheduler), with their final state.
+    ///
+    /// Batch members without a result count the step as service but gain no token; results for
+    /// requests not in the batch (or cancelled meanwhile) are ignored. After the step a member's
+    /// KV is its context (the lookahead is reserved again by the next `schedule`).
     pub fn update(
         &mut self,
         output: &SchedulerOutput,
@@ -186,8 +358,89 @@ impl Scheduler {
         step_time_s: f64,
         now_s: f64,
     ) -> Vec<RequestState> {
-        let _ = (output, results, step_time_s, now_s);
-        let _ = self.config.cost.prefill_s(0);
-        todo!("core helper")
+        let by_id: HashMap<RequestId, &StepResult> = results.iter().map(|r| (r.id, r)).collect();
+        let mut finished = Vec::new();
+        for scheduled in &output.batch {
+            let id = scheduled.id;
+            let Some(r) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            let result = by_id.get(&id).copied();
+            let reason = apply_step(
+                r,
+                scheduled.kind,
+                result,
+                step_time_s,
+                now_s,
+                &self.config.stability,
+            );
+            if let Some(reason) = reason {
+                let Some(mut state) = self.requests.remove(&id) else {
+                    continue;
+                };
+                state.phase = RequestPhase::Finished(reason);
+                self.kv.free(id);
+                self.policy.on_finish(id);
+                if let Some(p) = &mut self.predictor {
+                    p.observe(state.spec.prompt_tokens, state.generated_tokens);
+                }
+                finished.push(state);
+                continue;
+            }
+            if let Some(p) = &self.predictor {
+                let outgrown = r
+                    .spec
+                    .predicted_output_tokens
+                    .is_none_or(|pred| r.generated_tokens >= pred);
+                if outgrown {
+                    r.spec.predicted_output_tokens =
+                        Some(p.predict_output_tokens(r.spec.prompt_tokens, r.generated_tokens));
+                }
+            }
+            self.kv.set(id, u64::from(r.context_tokens()));
+            self.policy.on_step(r, now_s);
+        }
+        if !finished.is_empty() {
+            self.running.retain(|id| self.requests.contains_key(id));
+        }
+        finished
+    }
+}
+
+/// Applies one member's step to its state; returns the finish reason if it ended.
+fn apply_step(
+    r: &mut RequestState,
+    kind: StepKind,
+    result: Option<&StepResult>,
+    step_time_s: f64,
+    now_s: f64,
+    stability: &StabilityRule,
+) -> Option<FinishReason> {
+    let new_tokens = result.map_or(0, |x| x.new_tokens.min(r.remaining_max_tokens()));
+    if let (StepKind::Decode { .. }, Some(x)) = (kind, result) {
+        if x.drafted_tokens > 0 {
+            r.acceptance.record_step(
+                x.drafted_tokens,
+                x.accepted_tokens.min(x.drafted_tokens),
+                stability.window,
+            );
+        }
+    }
+    r.generated_tokens += new_tokens;
+    r.attained_service_passes += 1;
+    r.attained_service_s += step_time_s;
+    r.prefilled = true;
+    r.last_scheduled_s = now_s;
+    if new_tokens > 0 && r.first_token_s.is_none() {
+        r.first_token_s = Some(now_s);
+    }
+    if !r.perceptible && r.acceptance.is_stable(stability) {
+        r.perceptible = true;
+        r.perceptible_at_s = Some(now_s);
+    }
+    match result.and_then(|x| x.finished) {
+        Some(reason) => Some(reason),
+        None if r.generated_tokens >= r.spec.max_tokens => Some(FinishReason::Length),
+        None => None,
     }
 }

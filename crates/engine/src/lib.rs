@@ -1,3 +1,12 @@
-//! Speculative-decoding engine on candle (placeholder: being written).
+//! lapsd-engine: GGUF models on candle with per-request KV caches (model half), speculative decoding
+//! on top of them, and the `lapsd generate` / `lapsd calibrate` commands.
 pub mod cli;
+pub mod error;
+pub mod gguf;
+pub mod model;
 pub mod spec;
+pub mod tokenizer;
+
+pub use error::EngineError;
+pub use model::{KvCache, Model, ModelInfo, SeqForward};
+pub use tokenizer::{DecodeStream, Tokenizer};

@@ -6,7 +6,11 @@
 //! so decisions are O(log n)) and chooses who runs. Running requests it does not put in the batch
 //! are preempted.
 
-use std::collections::HashMap;
+pub mod fcfs;
+pub mod las;
+pub(crate) mod queue;
+
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +45,12 @@ pub enum AddOutcome {
     Rejected,
 }
 
+/// How many `DoesNotFit` answers one selection may collect before [`BatchBuilder::should_stop`]
+/// says stop. Bounds the work of a decision when memory is tight (without it, a policy could scan
+/// the whole queue every step looking for something small enough). Work conservation is not
+/// affected: the first request offered to an empty batch always fits.
+pub const MISS_BUDGET: usize = 64;
+
 /// The batch being built for the next step; enforces [`Capacity`] (max batch, step-token budget,
 /// KV budget including the lookahead of k+1 tokens).
 pub struct BatchBuilder<'a> {
@@ -48,18 +58,82 @@ pub struct BatchBuilder<'a> {
     pub(crate) requests: &'a HashMap<RequestId, RequestState>,
     pub(crate) speculation_length: u32,
     pub(crate) chosen: Vec<RequestId>,
+    pub(crate) chosen_set: HashSet<RequestId>,
     pub(crate) step_tokens: u64,
     pub(crate) kv_tokens: u64,
+    pub(crate) misses: usize,
 }
 
 impl<'a> BatchBuilder<'a> {
+    pub fn new(
+        capacity: Capacity,
+        requests: &'a HashMap<RequestId, RequestState>,
+        speculation_length: u32,
+    ) -> Self {
+        Self {
+            capacity,
+            requests,
+            speculation_length,
+            chosen: Vec::with_capacity(capacity.max_batch.min(1024)),
+            chosen_set: HashSet::with_capacity(capacity.max_batch.min(1024)),
+            step_tokens: 0,
+            kv_tokens: 0,
+            misses: 0,
+        }
+    }
+
+    /// Tokens `request` processes in its next step: its whole context for a (re)prefill, else
+    /// `min(k, remaining - 1) + 1` for an SD step.
+    pub fn step_tokens_of(request: &RequestState, speculation_length: u32) -> u64 {
+        if request.needs_prefill() {
+            u64::from(request.context_tokens())
+        } else {
+            u64::from(request.step_speculation_length(speculation_length)) + 1
+        }
+    }
+
+    /// KV tokens `request` needs for its next step: context + k + 1 (the lookahead).
+    pub fn kv_need_of(request: &RequestState, speculation_length: u32) -> u64 {
+        u64::from(request.context_tokens()) + u64::from(speculation_length) + 1
+    }
+
     /// Offers `id` for the next step. Policies call this in their priority order.
+    ///
+    /// Checks, in order: already chosen or unknown/finished (`Rejected`), batch size
+    /// (`BatchFull`), step tokens (a lone request in an empty batch is always allowed, so an
+    /// oversize prefill still runs, alone), and KV: the needs of everything chosen must fit the
+    /// whole budget (residents not chosen can be evicted by the scheduler, so they do not count).
     pub fn try_add(&mut self, id: RequestId) -> AddOutcome {
-        let _ = id;
-        todo!("core helper: check batch size, step tokens (prefill tokens or k+1), KV (context + k + 1)")
+        let Some(request) = self.requests.get(&id) else {
+            return AddOutcome::Rejected;
+        };
+        if request.is_finished() || self.contains(id) {
+            return AddOutcome::Rejected;
+        }
+        if self.is_full() {
+            return AddOutcome::BatchFull;
+        }
+        let step_tokens = Self::step_tokens_of(request, self.speculation_length);
+        let kv_need = Self::kv_need_of(request, self.speculation_length);
+        let fits_tokens = self.chosen.is_empty()
+            || self.step_tokens + step_tokens <= self.capacity.max_step_tokens;
+        let fits_kv = self.kv_tokens + kv_need <= self.capacity.kv_budget_tokens;
+        if !(fits_tokens && fits_kv) {
+            self.misses += 1;
+            return AddOutcome::DoesNotFit;
+        }
+        self.chosen.push(id);
+        self.chosen_set.insert(id);
+        self.step_tokens += step_tokens;
+        self.kv_tokens += kv_need;
+        AddOutcome::Added
     }
     pub fn is_full(&self) -> bool {
         self.chosen.len() >= self.capacity.max_batch
+    }
+    /// Full, or [`MISS_BUDGET`] offers did not fit: a policy should stop offering.
+    pub fn should_stop(&self) -> bool {
+        self.is_full() || self.misses >= MISS_BUDGET
     }
     pub fn len(&self) -> usize {
         self.chosen.len()
@@ -68,10 +142,21 @@ impl<'a> BatchBuilder<'a> {
         self.chosen.is_empty()
     }
     pub fn contains(&self, id: RequestId) -> bool {
-        self.chosen.contains(&id)
+        self.chosen_set.contains(&id)
     }
     pub fn chosen(&self) -> &[RequestId] {
         &self.chosen
+    }
+    /// Step tokens of the chosen requests.
+    pub fn step_tokens(&self) -> u64 {
+        self.step_tokens
+    }
+    /// KV tokens the chosen requests need (context + lookahead each).
+    pub fn kv_tokens(&self) -> u64 {
+        self.kv_tokens
+    }
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
     }
 }
 
@@ -115,10 +200,20 @@ pub enum PolicyKind {
     /// SRPT on the true remaining execution time (simulator only: needs the true length).
     Oracle,
     LapsSd,
+    /// Ablation: every perceptible request ahead of every non-perceptible one.
+    LapsSdPerceptibleFirst,
+    /// Ablation: every perceptible request behind every non-perceptible one.
+    LapsSdPerceptibleLast,
+    /// Ours: tokens per step from the measured mean accepted length instead of n*A+1.
+    LapsSdMal,
+    /// Ours: LAPS-SD with an aging bound (a request waiting longer than `max_wait_s` goes first).
+    LapsSdAging,
+    /// Ours: `laps-sd-mal` and `laps-sd-aging` together.
+    LapsSdPlus,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 8] = [
+    pub const ALL: [PolicyKind; 13] = [
         PolicyKind::Fcfs,
         PolicyKind::Sjf,
         PolicyKind::Srpt,
@@ -127,6 +222,40 @@ impl PolicyKind {
         PolicyKind::Trail,
         PolicyKind::Oracle,
         PolicyKind::LapsSd,
+        PolicyKind::LapsSdPerceptibleFirst,
+        PolicyKind::LapsSdPerceptibleLast,
+        PolicyKind::LapsSdMal,
+        PolicyKind::LapsSdAging,
+        PolicyKind::LapsSdPlus,
+    ];
+    /// The baselines of the paper's comparison (no oracle, no LAPS-SD variant).
+    pub const BASELINES: [PolicyKind; 6] = [
+        PolicyKind::Fcfs,
+        PolicyKind::Sjf,
+        PolicyKind::Srpt,
+        PolicyKind::Las,
+        PolicyKind::Mlfq,
+        PolicyKind::Trail,
+    ];
+    /// The paper's comparison: baselines, the oracle bound and `laps-sd`.
+    pub const MAIN: [PolicyKind; 8] = [
+        PolicyKind::Fcfs,
+        PolicyKind::Sjf,
+        PolicyKind::Srpt,
+        PolicyKind::Las,
+        PolicyKind::Mlfq,
+        PolicyKind::Trail,
+        PolicyKind::Oracle,
+        PolicyKind::LapsSd,
+    ];
+    /// `laps-sd` and its ablations / our variants.
+    pub const LAPS_SD_VARIANTS: [PolicyKind; 6] = [
+        PolicyKind::LapsSd,
+        PolicyKind::LapsSdPerceptibleFirst,
+        PolicyKind::LapsSdPerceptibleLast,
+        PolicyKind::LapsSdMal,
+        PolicyKind::LapsSdAging,
+        PolicyKind::LapsSdPlus,
     ];
     pub fn name(&self) -> &'static str {
         match self {
@@ -138,16 +267,32 @@ impl PolicyKind {
             PolicyKind::Trail => "trail",
             PolicyKind::Oracle => "oracle",
             PolicyKind::LapsSd => "laps-sd",
+            PolicyKind::LapsSdPerceptibleFirst => "laps-sd-perceptible-first",
+            PolicyKind::LapsSdPerceptibleLast => "laps-sd-perceptible-last",
+            PolicyKind::LapsSdMal => "laps-sd-mal",
+            PolicyKind::LapsSdAging => "laps-sd-aging",
+            PolicyKind::LapsSdPlus => "laps-sd+",
         }
+    }
+    /// Whether it needs the simulator-only truth (`RequestSpec::true_output_tokens`).
+    pub fn needs_truth(&self) -> bool {
+        matches!(self, PolicyKind::Oracle)
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for PolicyKind {
     type Err = CoreError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase();
         PolicyKind::ALL
             .into_iter()
-            .find(|k| k.name() == s)
+            .find(|k| k.name() == wanted)
             .ok_or_else(|| CoreError::UnknownPolicy {
                 name: s.to_string(),
                 expected: PolicyKind::ALL.map(|k| k.name()).join(", "),
@@ -155,16 +300,24 @@ impl std::str::FromStr for PolicyKind {
     }
 }
 
+/// Default starvation bound of `laps-sd-aging` / `laps-sd+` when `max_wait_s` is `None`.
+pub const DEFAULT_AGING_MAX_WAIT_S: f64 = 30.0;
+
 /// Parameters of every policy (defaults documented per field); the factory reads the ones it needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PolicyConfig {
-    /// FastServe MLFQ / LAPS-SD: number of priority queues.
+    /// FastServe MLFQ / LAPS-SD: number of priority queues (default 4).
     pub num_queues: usize,
-    /// Attained-service threshold of the first queue, in target forward passes; doubling per level.
+    /// Attained-service threshold of the first queue, in target forward passes; doubling per level
+    /// (default 16). LAPS-SD: cumulative thresholds 16, 32, 64, ...; MLFQ: quanta 16, 32, 64, ...
     pub first_threshold_passes: u64,
-    /// TRAIL: no preemption once a request has done this fraction of its predicted length.
+    /// TRAIL: no preemption once a request has done this fraction of its predicted length
+    /// (default 0.5).
     pub trail_no_preempt_fraction: f64,
-    /// Starvation bound (aging): a request waiting longer than this is served first. `None` = off.
+    /// Starvation bound (aging): a request waiting longer than this is served first. `None` = off
+    /// for `srpt` (its starvation counter) and 30 s for `laps-sd-aging` / `laps-sd+`; plain
+    /// `laps-sd` ignores it.
     pub max_wait_s: Option<f64>,
 }
 
@@ -179,8 +332,50 @@ impl Default for PolicyConfig {
     }
 }
 
-/// Builds a policy by kind (vLLM's `create_request_queue`).
+impl PolicyConfig {
+    /// Checks the ranges; messages name the field and the value.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if self.num_queues == 0 || self.num_queues > 32 {
+            return Err(CoreError::InvalidConfig {
+                field: "num_queues",
+                reason: format!("must be in 1..=32, got {}", self.num_queues),
+            });
+        }
+        if self.first_threshold_passes == 0 {
+            return Err(CoreError::InvalidConfig {
+                field: "first_threshold_passes",
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.trail_no_preempt_fraction) {
+            return Err(CoreError::InvalidConfig {
+                field: "trail_no_preempt_fraction",
+                reason: format!("must be in [0, 1], got {}", self.trail_no_preempt_fraction),
+            });
+        }
+        if let Some(w) = self.max_wait_s {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(CoreError::InvalidConfig {
+                    field: "max_wait_s",
+                    reason: format!("must be a finite number >= 0, got {w}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds a policy by kind (vLLM's `create_request_queue`). Errors: an invalid config.
 pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn Policy>, CoreError> {
-    let _ = (kind, config);
-    todo!("core helper: one file per policy")
+    config.validate()?;
+    Ok(match kind {
+        PolicyKind::Fcfs => Box::new(fcfs::Fcfs::default()),
+        PolicyKind::Las => Box::new(las::Las::default()),
+        other => {
+            return Err(CoreError::InvalidConfig {
+                field: "policy",
+                reason: format!("'{}' is not implemented yet", other.name()),
+            })
+        }
+    })
 }

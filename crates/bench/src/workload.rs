@@ -1,0 +1,178 @@
+//! The work a benchmark run sends: which prompts, how many output tokens each asks for, and when
+//! each is sent. Built deterministically from a source (profile, dataset, trace) and a seed.
+use std::path::PathBuf;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::arrivals::ArrivalProcess;
+use crate::datasets::{self, PromptReply};
+use crate::error::BenchError;
+use crate::profiles::{Profile, MIN_OUTPUT_TOKENS};
+use crate::tokens::TokenCounter;
+use crate::trace;
+
+/// vLLM's ShareGPT filter (`sample_sharegpt_requests`): drop prompts over this many tokens ...
+pub const SHAREGPT_MAX_PROMPT_TOKENS: u32 = 1024;
+/// ... and pairs whose prompt + reply exceed this many tokens (before the output cap).
+pub const SHAREGPT_MAX_TOTAL_TOKENS: u32 = 2048;
+
+/// Where the prompts come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum WorkloadSource {
+    /// Built-in prompts with a profile's length distribution.
+    Profile { profile: Profile },
+    /// vLLM's ShareGPT JSON (possibly cut off).
+    ShareGpt { path: PathBuf },
+    /// GSM8K `test.jsonl` (question prompts, reference-answer lengths).
+    Gsm8k { path: PathBuf },
+    /// A request trace with its own arrival times.
+    Trace { path: PathBuf },
+}
+
+/// One request to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkItem {
+    pub prompt: String,
+    /// Prompt length as counted by the [`TokenCounter`].
+    pub prompt_tokens: u32,
+    /// `max_tokens` sent to the server (the workload's output length).
+    pub max_tokens: u32,
+}
+
+/// The requests of a run and their send times (same length, same order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub items: Vec<WorkItem>,
+    /// Seconds after the start of the run at which each item is sent.
+    pub arrivals_s: Vec<f64>,
+}
+
+/// Everything that determines a plan.
+pub struct PlanConfig<'a> {
+    pub source: &'a WorkloadSource,
+    /// Number of requests; `None` takes a whole trace.
+    pub requests: Option<usize>,
+    /// Arrival process; ignored for traces (they carry their arrival times).
+    pub arrivals: ArrivalProcess,
+    pub seed: u64,
+    /// Cap on `max_tokens` for profiles and datasets (not for traces, which say what they want).
+    pub max_output_tokens: u32,
+    pub tokens: &'a TokenCounter,
+}
+
+/// Builds the plan. Prompts and arrivals use independent RNG streams of the same seed, so changing
+/// the rate does not change which prompts are sent.
+pub fn build_plan(config: &PlanConfig<'_>) -> Result<Plan, BenchError> {
+    let mut prompt_rng = ChaCha8Rng::seed_from_u64(config.seed);
+    prompt_rng.set_stream(1);
+    let mut arrival_rng = ChaCha8Rng::seed_from_u64(config.seed);
+    arrival_rng.set_stream(2);
+    let n_requests = config.requests.unwrap_or(0);
+    let is_trace = matches!(config.source, WorkloadSource::Trace { .. });
+    if n_requests == 0 && !is_trace {
+        return Err(BenchError::InvalidArgument {
+            flag: "requests",
+            message: "must be >= 1".into(),
+        });
+    }
+    let items = match config.source {
+        WorkloadSource::Profile { profile } => (0..n_requests)
+            .map(|_| {
+                let (prompt, max_tokens) = profile.sample(&mut prompt_rng, config.max_output_tokens);
+                WorkItem {
+                    prompt: prompt.to_string(),
+                    prompt_tokens: config.tokens.count(prompt),
+                    max_tokens,
+                }
+            })
+            .collect(),
+        WorkloadSource::ShareGpt { path } => {
+            let data = datasets::load_sharegpt(path)?;
+            tracing::info!(
+                complete_conversations = data.complete_conversations,
+                pairs = data.pairs.len(),
+                truncated = data.truncated,
+                "loaded ShareGPT"
+            );
+            sample_pairs(&data.pairs, n_requests, &mut prompt_rng, config, true)?
+        }
+        WorkloadSource::Gsm8k { path } => {
+            let pairs = datasets::load_gsm8k(path)?;
+            sample_pairs(&pairs, n_requests, &mut prompt_rng, config, false)?
+        }
+        WorkloadSource::Trace { path } => {
+            let mut requests = trace::load_trace(path)?;
+            if let Some(n) = config.requests {
+                requests.truncate(n);
+            }
+            if requests.is_empty() {
+                return Err(BenchError::EmptyWorkload(format!("{} has no request", path.display())));
+            }
+            let arrivals_s = requests.iter().map(|r| r.arrival_s).collect();
+            let items = requests
+                .into_iter()
+                .map(|r| WorkItem {
+                    prompt_tokens: config.tokens.count(&r.prompt),
+                    prompt: r.prompt,
+                    max_tokens: r.max_tokens,
+                })
+                .collect();
+            return Ok(Plan { items, arrivals_s });
+        }
+    };
+    let arrivals_s = config.arrivals.offsets_s(n_requests, &mut arrival_rng);
+    Ok(Plan { items, arrivals_s })
+}
+
+/// Samples `n` prompt/reply pairs as vLLM does for ShareGPT: shuffle with the seed, walk the
+/// shuffled list keeping pairs that pass the length filter, until `n` are taken (starting over with
+/// a new shuffle if the dataset has fewer than `n` usable pairs). The output length is the reply's
+/// token count capped at `max_output_tokens`.
+fn sample_pairs(
+    pairs: &[PromptReply],
+    n: usize,
+    rng: &mut ChaCha8Rng,
+    config: &PlanConfig<'_>,
+    vllm_sharegpt_filter: bool,
+) -> Result<Vec<WorkItem>, BenchError> {
+    let mut items = Vec::with_capacity(n);
+    let mut indices: Vec<usize> = (0..pairs.len()).collect();
+    while items.len() < n {
+        indices.shuffle(rng);
+        let before = items.len();
+        for &index in &indices {
+            if items.len() == n {
+                break;
+            }
+            let pair = &pairs[index];
+            let prompt_tokens = config.tokens.count(&pair.prompt);
+            let reply_tokens = config.tokens.count(&pair.reply);
+            if vllm_sharegpt_filter
+                && (prompt_tokens < 4
+                    || reply_tokens < 4
+                    || prompt_tokens > SHAREGPT_MAX_PROMPT_TOKENS
+                    || prompt_tokens + reply_tokens > SHAREGPT_MAX_TOTAL_TOKENS)
+            {
+                continue;
+            }
+            let max_tokens = reply_tokens
+                .min(config.max_output_tokens)
+                .max(MIN_OUTPUT_TOKENS.min(config.max_output_tokens).max(1));
+            items.push(WorkItem {
+                prompt: pair.prompt.clone(),
+                prompt_tokens,
+                max_tokens,
+            });
+        }
+        if items.len() == before {
+            return Err(BenchError::EmptyWorkload(
+                "no prompt in the dataset passes the length filter".into(),
+            ));
+        }
+    }
+    Ok(items)
+}

@@ -1,0 +1,234 @@
+//! CPU kernels of the attention block on plain f32 slices: rotary position embedding (both GGUF
+//! layouts) and causal grouped-query attention of new query rows against a sequence's KV cache.
+//! Written on slices rather than candle ops so a decode step costs no per-op tensor overhead and the
+//! cache never has to be copied into a padded batch tensor.
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RopeLayout {
+    /// Pairs `(x[2i], x[2i+1])`: llama in GGUF (llama.cpp "normal"; the converter permutes Q/K).
+    Interleaved,
+    /// Pairs `(x[i], x[i + rot/2])`: qwen2 in GGUF (llama.cpp "neox").
+    Halves,
+}
+
+/// Rotary embedding parameters of a model.
+#[derive(Debug, Clone)]
+pub(crate) struct Rope {
+    /// `base^(-2i/rot_dim)` for `i in 0..rot_dim/2`.
+    inv_freq: Vec<f32>,
+    /// Number of leading dimensions of each head that are rotated.
+    rot_dim: usize,
+    layout: RopeLayout,
+}
+
+/// `cos`/`sin` rows for the positions of one forward call, `[row][rot_dim/2]`.
+pub(crate) struct RopeRows {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    pub(crate) fn new(freq_base: f64, rot_dim: usize, layout: RopeLayout) -> Self {
+        let half = rot_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| (1.0 / freq_base.powf((2 * i) as f64 / rot_dim as f64)) as f32)
+            .collect();
+        Self {
+            inv_freq,
+            rot_dim,
+            layout,
+        }
+    }
+
+    /// Precomputes cos/sin for each position (angles in f64 to stay exact at long positions).
+    pub(crate) fn rows(&self, positions: &[usize]) -> RopeRows {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &self.inv_freq {
+                let angle = p as f64 * f64::from(f);
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        RopeRows { cos, sin }
+    }
+
+    /// Rotates every head of every row of `x` (`rows * n_heads * head_dim` floats) in place.
+    pub(crate) fn apply(&self, x: &mut [f32], rows: &RopeRows, n_heads: usize, head_dim: usize) {
+        let half = self.rot_dim / 2;
+        let row_len = n_heads * head_dim;
+        for (r, row) in x.chunks_exact_mut(row_len).enumerate() {
+            let cos = &rows.cos[r * half..(r + 1) * half];
+            let sin = &rows.sin[r * half..(r + 1) * half];
+            for head in row.chunks_exact_mut(head_dim) {
+                match self.layout {
+                    RopeLayout::Interleaved => {
+                        for (i, pair) in head[..self.rot_dim].chunks_exact_mut(2).enumerate() {
+                            let (a, b) = (pair[0], pair[1]);
+                            pair[0] = a * cos[i] - b * sin[i];
+                            pair[1] = a * sin[i] + b * cos[i];
+                        }
+                    }
+                    RopeLayout::Halves => {
+                        let (lo, hi) = head[..self.rot_dim].split_at_mut(half);
+                        for i in 0..half {
+                            let (a, b) = (lo[i], hi[i]);
+                            lo[i] = a * cos[i] - b * sin[i];
+                            hi[i] = a * sin[i] + b * cos[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Head geometry of the attention block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadDims {
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline]
+fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += alpha * v;
+    }
+}
+
+/// Causal attention of `n_new` query rows (absolute positions `first_pos..first_pos + n_new`) over
+/// cached keys/values that already include those rows (`k`, `v`: `(first_pos + n_new) * kv_dim`).
+/// Writes `n_new * n_heads * head_dim` floats into `out`.
+pub(crate) fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    first_pos: usize,
+    dims: HeadDims,
+    out: &mut [f32],
+) {
+    let HeadDims {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = dims;
+    let q_row = n_heads * head_dim;
+    let kv_row = n_kv_heads * head_dim;
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let n_new = q.len() / q_row;
+    let mut scores = vec![0f32; first_pos + n_new];
+    out.fill(0.0);
+    for i in 0..n_new {
+        let n_keys = first_pos + i + 1;
+        for h in 0..n_heads {
+            let g = h / group;
+            let qh = &q[i * q_row + h * head_dim..i * q_row + (h + 1) * head_dim];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores[..n_keys].iter_mut().enumerate() {
+                let kh = &k[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
+                *s = dot(qh, kh) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in &mut scores[..n_keys] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv_sum = 1.0 / sum;
+            let oh = &mut out[i * q_row + h * head_dim..i * q_row + (h + 1) * head_dim];
+            for (j, s) in scores[..n_keys].iter().enumerate() {
+                let vh = &v[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
+                axpy(oh, s * inv_sum, vh);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm_elsewhere() {
+        for layout in [RopeLayout::Interleaved, RopeLayout::Halves] {
+            let rope = Rope::new(10_000.0, 8, layout);
+            let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.5).collect();
+            let mut y = x.clone();
+            rope.apply(&mut y, &rope.rows(&[0]), 2, 8);
+            assert_eq!(x, y);
+            let mut z = x.clone();
+            rope.apply(&mut z, &rope.rows(&[37]), 2, 8);
+            let n = |a: &[f32]| a.iter().map(|v| v * v).sum::<f32>();
+            assert!((n(&x[..8]) - n(&z[..8])).abs() < 1e-5);
+            assert_ne!(x, z);
+        }
+    }
+
+    #[test]
+    fn rope_interleaved_rotates_adjacent_pairs() {
+        let rope = Rope::new(10_000.0, 4, RopeLayout::Interleaved);
+        let mut x = vec![1.0, 0.0, 1.0, 0.0];
+        rope.apply(&mut x, &rope.rows(&[1]), 1, 4);
+        // First pair rotates by 1 rad, second by 1/100 rad.
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+        assert!((x[2] - 0.01f32.cos()).abs() < 1e-6 && (x[3] - 0.01f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn single_key_attention_returns_its_value_and_gqa_maps_heads() {
+        // 2 query heads share 1 kv head; one cached position: output is that value for both heads.
+        let dims = HeadDims {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 2,
+        };
+        let q = vec![1.0, 2.0, -3.0, 0.5];
+        let k = vec![0.3, -0.2];
+        let v = vec![4.0, -1.0];
+        let mut out = vec![0.0; 4];
+        attend(&q, &k, &v, 0, dims, &mut out);
+        assert_eq!(out, vec![4.0, -1.0, 4.0, -1.0]);
+    }
+
+    #[test]
+    fn attention_weights_follow_softmax_and_causality() {
+        let dims = HeadDims {
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 1,
+        };
+        // Two new rows at positions 0 and 1: row 0 sees only key 0.
+        let q = vec![1.0, 2.0];
+        let k = vec![0.5, 1.5];
+        let v = vec![10.0, 20.0];
+        let mut out = vec![0.0; 2];
+        attend(&q, &k, &v, 0, dims, &mut out);
+        assert!((out[0] - 10.0).abs() < 1e-6);
+        let (s0, s1) = ((2.0f32 * 0.5).exp(), (2.0f32 * 1.5).exp());
+        let expected = (10.0 * s0 + 20.0 * s1) / (s0 + s1);
+        assert!((out[1] - expected).abs() < 1e-4, "{} vs {expected}", out[1]);
+    }
+}

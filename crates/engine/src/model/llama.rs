@@ -1,0 +1,293 @@
+//! The llama-family decoder (architectures `llama` and `qwen2`; qwen2 is llama plus Q/K/V biases and
+//! the "halves" RoPE layout) over quantized GGUF weights. Field names follow the GGUF tensor names.
+//! Linear layers run once over the rows of every sequence of a batch stacked together; attention runs
+//! per sequence against that sequence's own KV cache (see `attention.rs`).
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use super::attention::{attend, HeadDims, Rope, RopeLayout};
+use super::kv_cache::KvCache;
+use crate::error::EngineError;
+use crate::gguf::GgufFile;
+
+/// The architectures this file implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arch {
+    Llama,
+    Qwen2,
+}
+
+impl Arch {
+    pub(crate) fn parse(name: &str) -> Result<Self, EngineError> {
+        match name {
+            "llama" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
+            other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+}
+
+/// Hyper-parameters read from the GGUF metadata (`<arch>.*` keys) and tensor shapes.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) hidden_size: usize,
+    pub(crate) n_layers: usize,
+    pub(crate) dims: HeadDims,
+    pub(crate) rms_eps: f32,
+    pub(crate) context_length: usize,
+    pub(crate) vocab_size: usize,
+}
+
+impl Config {
+    /// Floats per position per layer in K (and in V).
+    pub(crate) fn kv_dim(&self) -> usize {
+        self.dims.n_kv_heads * self.dims.head_dim
+    }
+}
+
+/// A bias vector added to the rows of a projection's output (qwen2's attn_q/k/v.bias).
+type Bias = Option<Vec<f32>>;
+
+struct Layer {
+    attn_norm: Tensor,
+    attn_q: QMatMul,
+    attn_k: QMatMul,
+    attn_v: QMatMul,
+    attn_q_bias: Bias,
+    attn_k_bias: Bias,
+    attn_v_bias: Bias,
+    attn_output: QMatMul,
+    ffn_norm: Tensor,
+    ffn_gate: QMatMul,
+    ffn_up: QMatMul,
+    ffn_down: QMatMul,
+}
+
+/// The loaded decoder.
+pub(crate) struct Transformer {
+    pub(crate) config: Config,
+    token_embd: Arc<QTensor>,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: QMatMul,
+    rope: Rope,
+}
+
+/// One sequence of a batched forward, after validation.
+pub(crate) struct SeqRows<'a> {
+    /// First row of this sequence in the stacked batch.
+    pub(crate) row_offset: usize,
+    /// Number of new tokens (rows).
+    pub(crate) n_rows: usize,
+    pub(crate) cache: &'a mut KvCache,
+}
+
+fn dequantize_vec(t: &QTensor) -> Result<Vec<f32>, EngineError> {
+    Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn add_bias(x: &mut [f32], bias: &Bias) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Transformer {
+    /// Reads the config and every weight of a `llama` or `qwen2` GGUF file onto the CPU.
+    pub(crate) fn load(gguf: &mut GgufFile) -> Result<Self, EngineError> {
+        let dev = Device::Cpu;
+        let arch_name = gguf.str("general.architecture")?.to_string();
+        let arch = Arch::parse(&arch_name)?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let hidden_size = gguf.usize(&key("embedding_length"))?;
+        let n_layers = gguf.usize(&key("block_count"))?;
+        let n_heads = gguf.usize(&key("attention.head_count"))?;
+        let n_kv_heads = gguf
+            .opt_u64(&key("attention.head_count_kv"))
+            .map_or(n_heads, |v| v as usize);
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden_size % n_heads != 0
+        {
+            return Err(EngineError::InvalidModel(format!(
+                "{n_heads} heads / {n_kv_heads} kv heads / hidden {hidden_size} do not divide"
+            )));
+        }
+        let head_dim = gguf
+            .opt_u64(&key("attention.key_length"))
+            .map_or(hidden_size / n_heads, |v| v as usize);
+        let rot_dim = gguf
+            .opt_u64(&key("rope.dimension_count"))
+            .map_or(head_dim, |v| v as usize);
+        if rot_dim > head_dim || rot_dim % 2 != 0 {
+            return Err(EngineError::InvalidModel(format!(
+                "rope dimension {rot_dim} does not fit head dimension {head_dim}"
+            )));
+        }
+        if gguf.has_tensor("rope_freqs.weight") {
+            return Err(EngineError::InvalidModel(
+                "rope frequency factors (rope_freqs.weight, llama-3.1 style scaling) are not supported"
+                    .to_string(),
+            ));
+        }
+        let rope_base = gguf.opt_f64(&key("rope.freq_base")).unwrap_or(10_000.0);
+        let rms_eps = gguf
+            .opt_f64(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5) as f32;
+        let context_length = gguf.usize(&key("context_length"))?;
+        let layout = match arch {
+            Arch::Llama => RopeLayout::Interleaved,
+            Arch::Qwen2 => RopeLayout::Halves,
+        };
+
+        let token_embd = Arc::new(gguf.tensor("token_embd.weight", &dev)?);
+        let (vocab_size, embd_cols) = token_embd.shape().dims2()?;
+        if embd_cols != hidden_size {
+            return Err(EngineError::InvalidModel(format!(
+                "token_embd has {embd_cols} columns, embedding_length is {hidden_size}"
+            )));
+        }
+        let output_norm = gguf.tensor("output_norm.weight", &dev)?.dequantize(&dev)?;
+        // Tied embeddings: without output.weight the token embedding doubles as the LM head.
+        let output = if gguf.has_tensor("output.weight") {
+            QMatMul::from_qtensor(gguf.tensor("output.weight", &dev)?)?
+        } else {
+            QMatMul::from_arc(token_embd.clone())?
+        };
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            let mut qm = |name: &str| -> Result<QMatMul, EngineError> {
+                Ok(QMatMul::from_qtensor(
+                    gguf.tensor(&format!("blk.{i}.{name}.weight"), &dev)?,
+                )?)
+            };
+            let attn_q = qm("attn_q")?;
+            let attn_k = qm("attn_k")?;
+            let attn_v = qm("attn_v")?;
+            let attn_output = qm("attn_output")?;
+            let ffn_gate = qm("ffn_gate")?;
+            let ffn_up = qm("ffn_up")?;
+            let ffn_down = qm("ffn_down")?;
+            let mut bias = |name: &str| -> Result<Bias, EngineError> {
+                let full = format!("blk.{i}.{name}.bias");
+                match (arch, gguf.has_tensor(&full)) {
+                    (_, true) => Ok(Some(dequantize_vec(&gguf.tensor(&full, &dev)?)?)),
+                    (Arch::Qwen2, false) => Err(EngineError::MissingTensor(full)),
+                    (Arch::Llama, false) => Ok(None),
+                }
+            };
+            let attn_q_bias = bias("attn_q")?;
+            let attn_k_bias = bias("attn_k")?;
+            let attn_v_bias = bias("attn_v")?;
+            let norm = |gguf: &mut GgufFile, name: &str| -> Result<Tensor, EngineError> {
+                Ok(gguf
+                    .tensor(&format!("blk.{i}.{name}.weight"), &dev)?
+                    .dequantize(&dev)?)
+            };
+            layers.push(Layer {
+                attn_norm: norm(gguf, "attn_norm")?,
+                attn_q,
+                attn_k,
+                attn_v,
+                attn_q_bias,
+                attn_k_bias,
+                attn_v_bias,
+                attn_output,
+                ffn_norm: norm(gguf, "ffn_norm")?,
+                ffn_gate,
+                ffn_up,
+                ffn_down,
+            });
+        }
+        let config = Config {
+            hidden_size,
+            n_layers,
+            dims: HeadDims {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+            },
+            rms_eps,
+            context_length,
+            vocab_size,
+        };
+        Ok(Self {
+            config,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            rope: Rope::new(rope_base, rot_dim, layout),
+        })
+    }
+
+    /// Runs the stacked `tokens` (rows of all sequences, in `seqs` order) through the first
+    /// `n_layers` layers, appending each sequence's K/V to its cache, then the final norm and LM
+    /// head. Returns logits `[tokens.len(), vocab]`. Caches' `len` is NOT updated here (the caller
+    /// commits or rolls back).
+    pub(crate) fn forward_rows(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        seqs: &mut [SeqRows<'_>],
+        n_layers: usize,
+    ) -> Result<Tensor, EngineError> {
+        let dev = Device::Cpu;
+        let cfg = &self.config;
+        let dims = cfg.dims;
+        let n_rows = tokens.len();
+        let q_dim = dims.n_heads * dims.head_dim;
+        let kv_dim = cfg.kv_dim();
+        let ids = Tensor::from_slice(tokens, n_rows, &dev)?;
+        let mut x = self.token_embd.embedding(&ids)?;
+        let rope_rows = self.rope.rows(positions);
+        let mut attn_out = vec![0f32; n_rows * q_dim];
+        for (l, layer) in self.layers[..n_layers].iter().enumerate() {
+            let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
+            let mut q = to_vec(&layer.attn_q.forward(&xn)?)?;
+            let mut k = to_vec(&layer.attn_k.forward(&xn)?)?;
+            let mut v = to_vec(&layer.attn_v.forward(&xn)?)?;
+            add_bias(&mut q, &layer.attn_q_bias);
+            add_bias(&mut k, &layer.attn_k_bias);
+            add_bias(&mut v, &layer.attn_v_bias);
+            self.rope.apply(&mut q, &rope_rows, dims.n_heads, dims.head_dim);
+            self.rope.apply(&mut k, &rope_rows, dims.n_kv_heads, dims.head_dim);
+            for seq in seqs.iter_mut() {
+                let rows = seq.row_offset..seq.row_offset + seq.n_rows;
+                let first_pos = seq.cache.len_tokens;
+                let cache = &mut seq.cache.layers[l];
+                cache
+                    .k
+                    .extend_from_slice(&k[rows.start * kv_dim..rows.end * kv_dim]);
+                cache
+                    .v
+                    .extend_from_slice(&v[rows.start * kv_dim..rows.end * kv_dim]);
+                attend(
+                    &q[rows.start * q_dim..rows.end * q_dim],
+                    &cache.k,
+                    &cache.v,
+                    first_pos,
+                    dims,
+                    &mut attn_out[rows.start * q_dim..rows.end * q_dim],
+                );
+            }
+            let attn = Tensor::from_slice(&attn_out, (n_rows, q_dim), &dev)?;
+            x = (x + layer.attn_output.forward(&attn)?)?;
+            let xn = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
+            let gate = layer.ffn_gate.forward(&xn)?;
+            let up = layer.ffn_up.forward(&xn)?;
+            let h = (candle_nn::ops::silu(&gate)? * up)?;
+            x = (x + layer.ffn_down.forward(&h)?)?;
+        }
+        let xn = candle_nn::ops::rms_norm(&x, &self.output_norm, cfg.rms_eps)?;
+        Ok(self.output.forward(&xn)?)
+    }
+}

@@ -1,0 +1,267 @@
+//! Models: loading a GGUF file into a [`Model`], its [`ModelInfo`], per-request [`KvCache`]s, and the
+//! batched forward pass that returns logits for every new position (what speculative verification
+//! needs: all k+1 positions, not just the last).
+mod attention;
+mod kv_cache;
+mod llama;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::Tensor;
+
+pub use kv_cache::KvCache;
+
+use crate::error::EngineError;
+use crate::gguf::GgufFile;
+use crate::tokenizer::Tokenizer;
+use llama::{SeqRows, Transformer};
+
+/// What callers need to know about a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// `general.architecture`: `llama` or `qwen2`.
+    pub architecture: String,
+    /// Number of decoder layers.
+    pub n_layers: usize,
+    /// Rows of the embedding / LM head.
+    pub vocab_size: usize,
+    /// Maximum positions (`<arch>.context_length`).
+    pub context_length: usize,
+    /// `tokenizer.ggml.bos_token_id`, if the file has one.
+    pub bos_token_id: Option<u32>,
+    /// Tokens that end generation: the file's EOS id plus the usual end-of-turn/end-of-text tokens
+    /// found in its vocabulary (`<|im_end|>`, `<|endoftext|>`, `<|eot_id|>`, `</s>`), deduplicated.
+    pub eos_token_ids: Vec<u32>,
+    /// `tokenizer.chat_template` (Jinja source), if any.
+    pub chat_template: Option<String>,
+    /// `general.name`, else the file stem.
+    pub name: String,
+    /// Hidden (embedding) size.
+    pub hidden_size: usize,
+    /// Query heads per layer.
+    pub n_heads: usize,
+    /// Key/value heads per layer (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// KV-cache bytes one position takes across all layers (f32 K and V).
+    pub kv_bytes_per_token: usize,
+}
+
+/// One sequence of a batched forward call: the new tokens and the cache they continue.
+pub struct SeqForward<'a> {
+    /// New tokens, run at positions `cache.len()..cache.len() + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the new tokens' K/V are appended to it.
+    pub cache: &'a mut KvCache,
+}
+
+/// A loaded model (weights on the CPU). `Send + Sync`: one model can serve many requests, each with
+/// its own [`KvCache`].
+pub struct Model {
+    info: ModelInfo,
+    transformer: Transformer,
+    /// Distinguishes this model's caches from other models' caches.
+    id: u64,
+}
+
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
+
+const END_TOKENS: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"];
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Model {
+    /// Loads a `llama` or `qwen2` GGUF file onto the CPU.
+    pub fn load(path: &Path) -> Result<Model, EngineError> {
+        let mut gguf = GgufFile::open(path)?;
+        Self::from_gguf(&mut gguf)
+    }
+
+    /// Loads the model and the tokenizer: `tokenizer.json` beside the file if present, else the one
+    /// described by the GGUF metadata.
+    pub fn load_with_tokenizer(path: &Path) -> Result<(Model, Tokenizer), EngineError> {
+        let mut gguf = GgufFile::open(path)?;
+        let model = Self::from_gguf(&mut gguf)?;
+        let beside = path.with_file_name("tokenizer.json");
+        let tokenizer = if beside.is_file() {
+            Tokenizer::from_tokenizer_json(&beside)?
+        } else {
+            Tokenizer::from_gguf(&gguf)?
+        };
+        Ok((model, tokenizer))
+    }
+
+    fn from_gguf(gguf: &mut GgufFile) -> Result<Model, EngineError> {
+        let transformer = Transformer::load(gguf)?;
+        let cfg = &transformer.config;
+        let id32 = |key: &str| gguf.opt_u64(key).and_then(|v| u32::try_from(v).ok());
+        let mut eos_token_ids: Vec<u32> = id32("tokenizer.ggml.eos_token_id").into_iter().collect();
+        if let Ok(tokens) = gguf.string_array("tokenizer.ggml.tokens") {
+            for (i, t) in tokens.iter().enumerate() {
+                if END_TOKENS.contains(t) {
+                    let id = i as u32;
+                    if !eos_token_ids.contains(&id) {
+                        eos_token_ids.push(id);
+                    }
+                }
+            }
+        }
+        let info = ModelInfo {
+            architecture: gguf.str("general.architecture")?.to_string(),
+            n_layers: cfg.n_layers,
+            vocab_size: cfg.vocab_size,
+            context_length: cfg.context_length,
+            bos_token_id: id32("tokenizer.ggml.bos_token_id"),
+            eos_token_ids,
+            chat_template: gguf.opt_str("tokenizer.chat_template").map(str::to_string),
+            name: gguf
+                .opt_str("general.name")
+                .map(str::to_string)
+                .unwrap_or_else(|| file_stem(gguf.path())),
+            hidden_size: cfg.hidden_size,
+            n_heads: cfg.dims.n_heads,
+            n_kv_heads: cfg.dims.n_kv_heads,
+            head_dim: cfg.dims.head_dim,
+            kv_bytes_per_token: 2 * cfg.kv_dim() * cfg.n_layers * std::mem::size_of::<f32>(),
+        };
+        Ok(Model {
+            info,
+            transformer,
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// An empty cache covering all layers.
+    pub fn new_cache(&self) -> KvCache {
+        self.new_cache_layers(self.info.n_layers)
+    }
+
+    /// An empty cache covering the first `n_layers` layers (for `forward_batch_layers`), clamped to
+    /// the model's layer count.
+    pub fn new_cache_layers(&self, n_layers: usize) -> KvCache {
+        KvCache::new(
+            n_layers.min(self.info.n_layers),
+            self.transformer.config.kv_dim(),
+            self.id,
+        )
+    }
+
+    /// For each sequence, runs its `tokens` after its cache's contents, appends their K/V, and returns
+    /// logits for every new position: one f32 CPU tensor `[tokens.len(), vocab]` per sequence.
+    /// All sequences go through the linear layers as one stacked matrix. On error every cache is left
+    /// as it was.
+    pub fn forward_batch(&self, seqs: &mut [SeqForward<'_>]) -> Result<Vec<Tensor>, EngineError> {
+        self.forward_batch_layers(seqs, self.info.n_layers)
+    }
+
+    /// Like [`Model::forward_batch`] but through only the first `n_layers` decoder layers, then the
+    /// final norm and LM head (the self-speculative draft `self:N`). Each cache must cover exactly
+    /// `n_layers` layers.
+    pub fn forward_batch_layers(
+        &self,
+        seqs: &mut [SeqForward<'_>],
+        n_layers: usize,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        if n_layers == 0 || n_layers > self.info.n_layers {
+            return Err(EngineError::InvalidLayerCount {
+                requested: n_layers,
+                available: self.info.n_layers,
+            });
+        }
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let total_rows: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let mut tokens = Vec::with_capacity(total_rows);
+        let mut positions = Vec::with_capacity(total_rows);
+        for (index, seq) in seqs.iter().enumerate() {
+            self.validate(index, seq, n_layers)?;
+            tokens.extend_from_slice(seq.tokens);
+            positions.extend(seq.cache.len()..seq.cache.len() + seq.tokens.len());
+        }
+        let mut row_offset = 0;
+        let mut rows: Vec<SeqRows<'_>> = seqs
+            .iter_mut()
+            .map(|s| {
+                let r = SeqRows {
+                    row_offset,
+                    n_rows: s.tokens.len(),
+                    cache: &mut *s.cache,
+                };
+                row_offset += s.tokens.len();
+                r
+            })
+            .collect();
+        match self
+            .transformer
+            .forward_rows(&tokens, &positions, &mut rows, n_layers)
+        {
+            Ok(logits) => {
+                let mut out = Vec::with_capacity(rows.len());
+                for seq in rows.iter_mut() {
+                    seq.cache.len_tokens += seq.n_rows;
+                    out.push(logits.narrow(0, seq.row_offset, seq.n_rows)?);
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                for seq in rows.iter_mut() {
+                    let keep = seq.cache.len_tokens * seq.cache.kv_dim;
+                    for layer in &mut seq.cache.layers {
+                        layer.k.truncate(keep);
+                        layer.v.truncate(keep);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn validate(
+        &self,
+        index: usize,
+        seq: &SeqForward<'_>,
+        n_layers: usize,
+    ) -> Result<(), EngineError> {
+        if seq.tokens.is_empty() {
+            return Err(EngineError::EmptySequence { index });
+        }
+        if seq.cache.model_id != self.id {
+            return Err(EngineError::CacheMismatch(format!(
+                "cache of sequence {index} was made by another model"
+            )));
+        }
+        if seq.cache.n_layers() != n_layers {
+            return Err(EngineError::CacheMismatch(format!(
+                "cache of sequence {index} covers {} layers, the forward runs {n_layers}",
+                seq.cache.n_layers()
+            )));
+        }
+        let vocab_size = self.info.vocab_size;
+        if let Some(&token_id) = seq.tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(EngineError::TokenOutOfRange {
+                token_id,
+                vocab_size,
+            });
+        }
+        if seq.cache.len() + seq.tokens.len() > self.info.context_length {
+            return Err(EngineError::ContextOverflow {
+                cached_tokens: seq.cache.len(),
+                new_tokens: seq.tokens.len(),
+                context_length: self.info.context_length,
+            });
+        }
+        Ok(())
+    }
+}

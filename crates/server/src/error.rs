@@ -1,0 +1,184 @@
+//! The server's error type and its mapping to HTTP: OpenAI's error body
+//! `{"error": {"message", "type", "param", "code"}}`. Client errors (4xx) say what was wrong and
+//! name the field; server errors (5xx) are logged in full and answered with a generic message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Every error a request can end with. Each variant maps to one HTTP status and one OpenAI
+/// error `type`; [`ApiError::kind`] is a stable tag for logs and metrics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// The request body is not valid JSON, or a field has the wrong type or value (400).
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        /// The offending field (`max_tokens`, `messages[1].role`, ...), if one is to blame.
+        param: Option<String>,
+    },
+    /// The `model` field names a model this server does not serve (404).
+    #[error("The model `{requested}` does not exist (this server serves `{served}`)")]
+    ModelNotFound { requested: String, served: String },
+    /// No route for this path (404).
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    /// The request body exceeds the size limit (413).
+    #[error("request body too large: {message}")]
+    PayloadTooLarge { message: String },
+    /// The admission queue is full (429).
+    #[error("the server is at capacity ({max_queue} requests in flight); retry later")]
+    QueueFull { max_queue: usize },
+    /// The server is shutting down and no longer admits or finishes requests (503).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Something failed inside the server (500). `detail` is logged, never sent.
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+impl ApiError {
+    /// A 400 naming `param`.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable tag for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Internal { .. } => "internal",
+        }
+    }
+
+    /// The OpenAI error body for this error (5xx details withheld).
+    pub fn body(&self) -> ErrorBody {
+        let (error_type, code) = match self {
+            ApiError::InvalidRequest { .. } | ApiError::PayloadTooLarge { .. } => {
+                ("invalid_request_error", None)
+            }
+            ApiError::ModelNotFound { .. } => ("invalid_request_error", Some("model_not_found")),
+            ApiError::RouteNotFound { .. } => ("invalid_request_error", Some("not_found")),
+            ApiError::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
+            ApiError::ShuttingDown => ("server_error", Some("shutting_down")),
+            ApiError::Internal { .. } => ("server_error", None),
+        };
+        let message = match self {
+            ApiError::Internal { .. } => "internal server error".to_string(),
+            other => other.to_string(),
+        };
+        let param = match self {
+            ApiError::InvalidRequest { param, .. } => param.clone(),
+            ApiError::ModelNotFound { .. } => Some("model".to_string()),
+            _ => None,
+        };
+        ErrorBody {
+            error: ErrorDetail {
+                message,
+                error_type: error_type.to_string(),
+                param,
+                code: code.map(str::to_string),
+            },
+        }
+    }
+}
+
+/// OpenAI's error body.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(kind = self.kind(), error = %self, "request failed");
+        } else {
+            tracing::debug!(kind = self.kind(), error = %self, "request rejected");
+        }
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// Errors that stop the server from starting or running (the CLI turns them into anyhow).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot load the model: {0}")]
+    Load(String),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the engine worker stopped unexpectedly: {0}")]
+    Worker(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_are_not_sent() {
+        let e = ApiError::Internal {
+            detail: "tensor shape mismatch in layer 3".into(),
+        };
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = e.body();
+        assert_eq!(body.error.message, "internal server error");
+        assert_eq!(body.error.error_type, "server_error");
+    }
+
+    #[test]
+    fn invalid_request_names_the_param() {
+        let body = ApiError::invalid("max_tokens", "max_tokens must be at least 1, got 0").body();
+        assert_eq!(body.error.param.as_deref(), Some("max_tokens"));
+        assert_eq!(body.error.error_type, "invalid_request_error");
+        let json = serde_json::to_value(&body).expect("serializable");
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+        assert_eq!(json["error"]["code"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn queue_full_is_429_rate_limit() {
+        let e = ApiError::QueueFull { max_queue: 2 };
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.body().error.error_type, "rate_limit_error");
+    }
+}

@@ -1,0 +1,247 @@
+//! What the HTTP side needs to know about the model's text, behind a small trait so that handlers
+//! and the engine worker share it: the card (`name`, context window, EOS ids), tokenization, chat
+//! prompt rendering, and streaming detokenization ([`IncrementalDecoder`]).
+//!
+//! The engine adapter implements [`ModelText`] with the engine's tokenizer and chat template;
+//! [`render_chatml`] is the documented fallback template when a model ships none.
+
+/// Static facts about the served model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCard {
+    /// Name clients put in `model` (`--served-model-name`, default the GGUF file stem).
+    pub name: String,
+    /// Context window in tokens (prompt + output).
+    pub context_length: u32,
+    /// Vocabulary size (token-id prompts are checked against it).
+    pub vocab_size: u32,
+    /// Token ids that end generation.
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Tokenize, detokenize and render chat prompts for the served model.
+pub trait ModelText: Send + Sync {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String>;
+    fn decode(&self, ids: &[u32]) -> Result<String, String>;
+    /// The prompt text for a conversation of `(role, content)` turns, ending with the cue for the
+    /// assistant's reply. Roles are already validated (`system`, `user`, `assistant`).
+    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String>;
+}
+
+/// ChatML, the fallback chat template (used when the model has no template of its own, and by
+/// SmolLM2 and Qwen2 themselves): `<|im_start|>{role}\n{content}<|im_end|>\n` per turn, then
+/// `<|im_start|>assistant\n`.
+pub fn render_chatml(messages: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (role, content) in messages {
+        out.push_str("<|im_start|>");
+        out.push_str(role);
+        out.push('\n');
+        out.push_str(content);
+        out.push_str("<|im_end|>\n");
+    }
+    out.push_str("<|im_start|>assistant\n");
+    out
+}
+
+/// Streaming detokenizer: feed generated ids one at a time, get the text they complete. Text is
+/// released only when it does not end in a partial UTF-8 character, and decoding restarts from a
+/// recent offset so the decoder's spacing rules see neighbouring tokens (TGI's scheme).
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `id`; returns the newly completed text (possibly empty).
+    pub fn push(&mut self, text: &dyn ModelText, id: u32) -> Result<String, String> {
+        self.ids.push(id);
+        let prefix = text.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = text.decode(&self.ids[self.prefix_offset..])?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+            let piece = full
+                .get(prefix.len()..)
+                .map(str::to_string)
+                .unwrap_or_default();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(piece)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Text held back at the end of generation (an incomplete character is emitted as U+FFFD).
+    pub fn flush(&mut self, text: &dyn ModelText) -> Result<String, String> {
+        if self.read_offset == self.ids.len() {
+            return Ok(String::new());
+        }
+        let prefix = text.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = text.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(full.get(prefix.len()..).map(str::to_string).unwrap_or_default())
+    }
+}
+
+/// Stop-string matching on streamed text. Holds back the longest tail that could still become a
+/// stop string, so a stop split across tokens is never streamed (vLLM/TGI behaviour); the stop
+/// string itself is not part of the output (OpenAI behaviour).
+#[derive(Debug, Clone, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+/// What [`StopMatcher::push`] released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOutcome {
+    /// Text safe to send now.
+    pub emit: String,
+    /// A stop string was found; nothing after it is to be sent.
+    pub stopped: bool,
+}
+
+impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+        }
+    }
+
+    pub fn push(&mut self, delta: &str) -> StopOutcome {
+        self.pending.push_str(delta);
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(pos) = first_stop {
+            let emit = self.pending[..pos].to_string();
+            self.pending.clear();
+            return StopOutcome {
+                emit,
+                stopped: true,
+            };
+        }
+        let hold = self.held_tail_len();
+        let cut = self.pending.len() - hold;
+        let emit = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        StopOutcome {
+            emit,
+            stopped: false,
+        }
+    }
+
+    /// Releases the held-back tail (generation ended without a stop).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Length in bytes of the longest suffix of `pending` that is a proper prefix of a stop string.
+    fn held_tail_len(&self) -> usize {
+        let p = &self.pending;
+        let mut best = 0;
+        for stop in &self.stops {
+            let max = p.len().min(stop.len().saturating_sub(1));
+            for len in (best + 1..=max).rev() {
+                let start = p.len() - len;
+                if p.is_char_boundary(start) && stop.starts_with(&p[start..]) {
+                    best = len;
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_renders_turns_and_the_assistant_cue() {
+        let m = vec![
+            ("system".to_string(), "Be brief.".to_string()),
+            ("user".to_string(), "Hi".to_string()),
+        ];
+        assert_eq!(
+            render_chatml(&m),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn stop_split_across_deltas_is_never_emitted() {
+        let mut m = StopMatcher::new(vec!["END".into()]);
+        assert_eq!(m.push("abc E").emit, "abc ");
+        let o = m.push("N");
+        assert_eq!(o, StopOutcome { emit: String::new(), stopped: false });
+        let o = m.push("Dxyz");
+        assert_eq!(o, StopOutcome { emit: String::new(), stopped: true });
+    }
+
+    #[test]
+    fn false_alarm_is_released_and_finish_flushes() {
+        let mut m = StopMatcher::new(vec!["END".into(), "\n\n".into()]);
+        assert_eq!(m.push("E").emit, "");
+        assert_eq!(m.push("X\n").emit, "EX");
+        assert_eq!(m.finish(), "\n");
+    }
+
+    #[test]
+    fn earliest_stop_wins_and_text_before_it_is_kept() {
+        let mut m = StopMatcher::new(vec!["b".into(), "cd".into()]);
+        let o = m.push("a cd b");
+        assert_eq!(o.emit, "a ");
+        assert!(o.stopped);
+    }
+
+    #[test]
+    fn multibyte_text_is_cut_on_char_boundaries() {
+        let mut m = StopMatcher::new(vec!["é!".into()]);
+        assert_eq!(m.push("café").emit, "caf");
+        let o = m.push("?");
+        assert_eq!(o.emit, "é?");
+        assert!(!o.stopped);
+    }
+
+    /// A toy byte-level codec: token id = one byte of UTF-8.
+    struct Bytes;
+    impl ModelText for Bytes {
+        fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, String> {
+            Ok(text.bytes().map(u32::from).collect())
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String, String> {
+            let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        fn render_chat(&self, m: &[(String, String)]) -> Result<String, String> {
+            Ok(render_chatml(m))
+        }
+    }
+
+    #[test]
+    fn decoder_never_splits_a_utf8_character() {
+        let mut d = IncrementalDecoder::new();
+        let mut out = String::new();
+        let mut pieces = 0;
+        for id in Bytes.encode("aé€b", false).expect("encodes") {
+            let piece = d.push(&Bytes, id).expect("decodes");
+            assert!(!piece.contains('\u{FFFD}'), "broken character in {piece:?}");
+            pieces += usize::from(!piece.is_empty());
+            out.push_str(&piece);
+        }
+        out.push_str(&d.flush(&Bytes).expect("decodes"));
+        assert_eq!(out, "aé€b");
+        assert_eq!(pieces, 4, "one piece per character");
+    }
+}

@@ -1,0 +1,285 @@
+//! The event loop. Time advances step by step: admit the arrivals that have happened, ask the
+//! scheduler for a batch (`schedule(now)`), charge the step's time from the cost model, draw each
+//! member's accepted tokens, and feed the results back (`update`). An empty batch with requests
+//! still to arrive jumps to the next arrival.
+//!
+//! Step time (issue 2): `k * t_draft(b) + t_verify(b, k)` when the batch has decoding members
+//! (b = their number, k = the largest speculation length among them), plus `prefill_s(tokens)` of
+//! every prefill member (prefills run in the same step, serially in time).
+//!
+//! Ground truth stays here: the scheduler is told `max_tokens` (a cap strictly above the true
+//! length) and, only for the oracle policy, the true length and acceptance rate. A request ends
+//! with `FinishReason::Stop` when it reaches its true length (the simulated EOS).
+
+use indicatif::ProgressBar;
+use lapsd_core::policy::build_policy;
+use lapsd_core::{
+    CoreError, OnlineQuantilePredictor, PolicyConfig, PolicyKind, RequestSpec, Scheduler,
+    SchedulerConfig, SchedulerOutput, StepCostModel, StepKind, StepResult,
+};
+use lapsd_core::FinishReason;
+use serde::{Deserialize, Serialize};
+
+use crate::acceptance::AcceptanceModel;
+use crate::error::SimError;
+use crate::prediction::PredictorChoice;
+use crate::workload::SimRequest;
+
+/// Everything one simulation run needs besides the requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    pub scheduler: SchedulerConfig,
+    pub policy: PolicyKind,
+    pub policy_config: PolicyConfig,
+    pub predictor: PredictorChoice,
+    pub acceptance: AcceptanceModel,
+}
+
+/// One finished request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CompletedRequest {
+    pub id: u64,
+    pub arrival_s: f64,
+    pub finish_s: f64,
+    pub first_token_s: f64,
+    /// Tokens the scheduler counted as generated (must equal the true output length).
+    pub output_tokens: u32,
+    pub preemptions: u32,
+    pub recomputes: u32,
+}
+
+impl CompletedRequest {
+    pub fn latency_s(&self) -> f64 {
+        self.finish_s - self.arrival_s
+    }
+    pub fn ttft_s(&self) -> f64 {
+        self.first_token_s - self.arrival_s
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimOutcome {
+    pub policy: String,
+    /// In finish order.
+    pub completed: Vec<CompletedRequest>,
+    /// Requests refused at admission because they can never fit the KV budget.
+    pub never_fits: usize,
+    /// Steps executed.
+    pub steps: u64,
+    /// Time the last request finished.
+    pub end_s: f64,
+    /// Total time the server spent in steps (busy time).
+    pub busy_s: f64,
+}
+
+/// The scheduler's view of a request at arrival. The one place a `RequestSpec` is built, so the
+/// oracle's ground-truth fields are set here and nowhere else.
+fn request_spec(req: &SimRequest, predictor: &PredictorChoice) -> RequestSpec {
+    RequestSpec {
+        id: req.id,
+        arrival_s: req.arrival_s,
+        prompt_tokens: req.size.prompt_tokens,
+        max_tokens: req.max_tokens,
+        priority: None,
+        predicted_output_tokens: match predictor {
+            PredictorChoice::NoisyOracle { .. } => req.predicted_output_tokens,
+            PredictorChoice::Online { .. } => None,
+        },
+        true_output_tokens: Some(req.size.output_tokens),
+        true_acceptance_rate: Some(req.size.acceptance_rate),
+    }
+}
+
+/// Per-request progress the simulator tracks next to the scheduler.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    generated_tokens: u32,
+    sd_steps: u32,
+}
+
+/// Seconds the batch takes (see the module header).
+fn step_time_s(output: &SchedulerOutput, cost: &dyn StepCostModel) -> f64 {
+    let mut prefill_s = 0.0;
+    let mut decoding = 0usize;
+    let mut k_max = 0u32;
+    for member in &output.batch {
+        match member.kind {
+            StepKind::Prefill { tokens } => prefill_s += cost.prefill_s(tokens),
+            StepKind::Decode { speculation_length } => {
+                decoding += 1;
+                k_max = k_max.max(speculation_length);
+            }
+        }
+    }
+    let decode_s = if decoding > 0 {
+        cost.sd_step_s(decoding, k_max)
+    } else {
+        0.0
+    };
+    prefill_s + decode_s
+}
+
+/// Runs `requests` (sorted by arrival, `id` == index) through the policy of `config`.
+pub fn simulate(
+    requests: &[SimRequest],
+    config: &SimConfig,
+    progress: Option<&ProgressBar>,
+) -> Result<SimOutcome, SimError> {
+    for (index, r) in requests.iter().enumerate() {
+        if r.id != index as u64 {
+            return Err(SimError::InvalidArgument {
+                field: "requests",
+                reason: format!("request at index {index} has id {}", r.id),
+            });
+        }
+        if index > 0 && r.arrival_s < requests[index - 1].arrival_s {
+            return Err(SimError::InvalidArgument {
+                field: "requests",
+                reason: format!("request {index} arrives before request {}", index - 1),
+            });
+        }
+    }
+    let policy = build_policy(config.policy, &config.policy_config)?;
+    let mut scheduler = Scheduler::new(config.scheduler.clone(), policy);
+    if let PredictorChoice::Online {
+        prior_tokens,
+        window,
+    } = config.predictor
+    {
+        scheduler = scheduler.with_predictor(Box::new(OnlineQuantilePredictor::new(
+            prior_tokens,
+            window,
+        )));
+    }
+    let cost = config.scheduler.cost;
+    let mut state = vec![Progress::default(); requests.len()];
+    let mut outcome = SimOutcome {
+        policy: config.policy.name().to_string(),
+        completed: Vec::with_capacity(requests.len()),
+        never_fits: 0,
+        steps: 0,
+        end_s: 0.0,
+        busy_s: 0.0,
+    };
+    let mut results: Vec<StepResult> = Vec::new();
+    let mut next_arrival = 0usize;
+    let mut now_s = 0.0f64;
+    loop {
+        while next_arrival < requests.len() && requests[next_arrival].arrival_s <= now_s {
+            let req = &requests[next_arrival];
+            match scheduler.add_request(request_spec(req, &config.predictor), req.arrival_s) {
+                Ok(()) => {}
+                Err(CoreError::NeverFits { .. }) => {
+                    outcome.never_fits += 1;
+                    if let Some(bar) = progress {
+                        bar.inc(1);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            next_arrival += 1;
+        }
+        if scheduler.is_empty() {
+            match requests.get(next_arrival) {
+                Some(r) => {
+                    now_s = now_s.max(r.arrival_s);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        let output = scheduler.schedule(now_s);
+        if output.batch.is_empty() {
+            match requests.get(next_arrival) {
+                Some(r) => {
+                    now_s = now_s.max(r.arrival_s);
+                    continue;
+                }
+                None => {
+                    return Err(SimError::Stalled {
+                        now_s,
+                        waiting: scheduler.len(),
+                    })
+                }
+            }
+        }
+        let dt_s = step_time_s(&output, &cost);
+        results.clear();
+        for member in &output.batch {
+            results.push(step_member(
+                requests,
+                &mut state,
+                &config.acceptance,
+                member.id,
+                member.kind,
+            )?);
+        }
+        now_s += dt_s;
+        outcome.steps += 1;
+        outcome.busy_s += dt_s;
+        for done in scheduler.update(&output, &results, dt_s, now_s) {
+            outcome.completed.push(CompletedRequest {
+                id: done.spec.id,
+                arrival_s: done.spec.arrival_s,
+                finish_s: now_s,
+                first_token_s: done.first_token_s.unwrap_or(now_s),
+                output_tokens: done.generated_tokens,
+                preemptions: done.preemptions,
+                recomputes: done.recomputes,
+            });
+            if let Some(bar) = progress {
+                bar.inc(1);
+            }
+        }
+    }
+    outcome.end_s = now_s;
+    Ok(outcome)
+}
+
+/// What one batch member produces this step (the simulated model).
+fn step_member(
+    requests: &[SimRequest],
+    state: &mut [Progress],
+    acceptance: &AcceptanceModel,
+    id: u64,
+    kind: StepKind,
+) -> Result<StepResult, SimError> {
+    let index = usize::try_from(id).ok().filter(|&i| i < requests.len());
+    let Some(index) = index else {
+        return Err(SimError::InvalidArgument {
+            field: "batch",
+            reason: format!("scheduler returned unknown request {id}"),
+        });
+    };
+    let req = &requests[index];
+    let progress = &mut state[index];
+    let remaining = req.size.output_tokens.saturating_sub(progress.generated_tokens);
+    let (drafted, accepted) = match kind {
+        // A prefill (or the recompute after a freed preemption) yields the next token.
+        StepKind::Prefill { .. } => (0, 0),
+        StepKind::Decode {
+            speculation_length: 0,
+        } => (0, 0),
+        StepKind::Decode { speculation_length } => {
+            let a = acceptance.accepted_tokens(
+                id,
+                req.size.acceptance_rate,
+                progress.sd_steps,
+                speculation_length,
+            );
+            progress.sd_steps += 1;
+            (speculation_length, a)
+        }
+    };
+    let new_tokens = (accepted + 1).min(remaining);
+    progress.generated_tokens += new_tokens;
+    let finished = (progress.generated_tokens >= req.size.output_tokens).then_some(FinishReason::Stop);
+    Ok(StepResult {
+        id,
+        drafted_tokens: drafted,
+        accepted_tokens: accepted,
+        new_tokens,
+        finished,
+    })
+}

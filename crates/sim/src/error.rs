@@ -1,0 +1,31 @@
+//! Errors of the simulator library. Each variant names what was wrong (line, field, value), so a
+//! bad flag or a malformed trace line gets a precise message and nothing panics on input.
+
+use lapsd_core::CoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A trace line that is not valid: `line` is 1-based.
+    #[error("trace line {line}: field `{field}`: {reason}")]
+    TraceLine {
+        line: usize,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("trace: {0}")]
+    TraceIo(#[source] std::io::Error),
+    #[error("trace has no requests")]
+    EmptyTrace,
+    #[error("cost profile {path}: {reason}")]
+    CostProfile { path: String, reason: String },
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The scheduler returned an empty batch while requests waited and no arrival was left:
+    /// a policy or capacity bug (work conservation violated).
+    #[error("simulation stalled at t={now_s:.3}s with {waiting} unfinished requests and no arrivals left")]
+    Stalled { now_s: f64, waiting: usize },
+    #[error("plot {path}: {reason}")]
+    Plot { path: String, reason: String },
+}

@@ -1,0 +1,147 @@
+//! `--plot DIR`: mean and p99 latency against load for every policy, as PNG and SVG (plotters).
+//! Text is rendered by plotters' pure-Rust ab_glyph backend with an embedded DejaVu Sans
+//! (assets/DejaVuSans.ttf, Bitstream Vera licence in assets/DejaVuSans-LICENSE.txt), so no system
+//! fonts or fontconfig are needed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::error::SimError;
+use crate::report::PolicyResult;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        // The embedded file is a valid TTF; if it were not, text would be missing, not a crash.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// (load, mean, p99) points per policy, in policy order of first appearance.
+fn series(results: &[PolicyResult]) -> Vec<(String, Vec<(f64, f64, f64)>)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut map: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for r in results {
+        let Some(load) = r.load else { continue };
+        if !map.contains_key(&r.policy) {
+            order.push(r.policy.clone());
+        }
+        map.entry(r.policy.clone())
+            .or_default()
+            .push((load, r.mean_latency_s, r.p99_latency_s));
+    }
+    order
+        .into_iter()
+        .map(|p| {
+            let mut pts = map.remove(&p).unwrap_or_default();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (p, pts)
+        })
+        .collect()
+}
+
+type Series = [(String, Vec<(f64, f64, f64)>)];
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    data: &Series,
+    pick: fn(&(f64, f64, f64)) -> f64,
+) -> Result<(), String> {
+    let points = data.iter().flat_map(|(_, pts)| pts.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in points {
+        x0 = x0.min(p.0);
+        x1 = x1.max(p.0);
+        let y = pick(p).max(1e-6);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return Err("no results with a load to plot (use --load or --loads)".into());
+    }
+    let pad = ((x1 - x0) * 0.05).max(0.01);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0 - pad)..(x1 + pad), (y0 * 0.8..y1 * 1.25).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("load (utilisation)")
+        .y_desc("latency (s, log scale)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (policy, pts)) in data.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let style = ShapeStyle::from(color).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, pick(p))), style))
+            .map_err(|e| e.to_string())?
+            .label(policy.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        chart
+            .draw_series(
+                pts.iter()
+                    .map(|p| Circle::new((p.0, pick(p)), 3, color.filled())),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn draw_figure<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    data: &Series,
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 26))
+        .map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((1, 2));
+    draw_panel(&panels[0], "mean latency", data, |p| p.1)?;
+    draw_panel(&panels[1], "p99 latency", data, |p| p.2)?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Writes `DIR/NAME.png` and `DIR/NAME.svg`; returns their paths.
+pub fn plot_latency_vs_load(
+    dir: &Path,
+    name: &str,
+    title: &str,
+    results: &[PolicyResult],
+) -> Result<Vec<PathBuf>, SimError> {
+    register_font();
+    let err = |path: &Path, reason: String| SimError::Plot {
+        path: path.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+    let data = series(results);
+    let size = (1400u32, 600u32);
+    let png = dir.join(format!("{name}.png"));
+    draw_figure(BitMapBackend::new(&png, size).into_drawing_area(), title, &data)
+        .map_err(|e| err(&png, e))?;
+    let svg = dir.join(format!("{name}.svg"));
+    draw_figure(SVGBackend::new(&svg, size).into_drawing_area(), title, &data)
+        .map_err(|e| err(&svg, e))?;
+    Ok(vec![png, svg])
+}

@@ -1,0 +1,253 @@
+//! Per-policy summary statistics of a run and their table / JSON / CSV renderings.
+//!
+//! JSON shape (issue 2): `{"results":[{"policy":..,"completed":..,"mean_latency_s":..,
+//! "p50_latency_s":..,"p90_latency_s":..,"p99_latency_s":..,"mean_ttft_s":..,
+//! "mean_normalized_latency_s_per_token":..,"throughput_rps":..,"preemptions":..}]}` plus context
+//! fields (workload, load, rate, predictor, ...).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::SimOutcome;
+
+/// Summary of one policy at one load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyResult {
+    pub policy: String,
+    pub workload: String,
+    /// Target utilisation the arrival rate was derived from (`None` when a rate or trace was given).
+    pub load: Option<f64>,
+    pub rate_rps: f64,
+    pub predictor: String,
+    pub completed: usize,
+    /// Requests refused because they can never fit the KV budget.
+    pub never_fits: usize,
+    pub mean_latency_s: f64,
+    pub p50_latency_s: f64,
+    pub p90_latency_s: f64,
+    pub p99_latency_s: f64,
+    pub mean_ttft_s: f64,
+    /// Mean over requests of latency / output tokens.
+    pub mean_normalized_latency_s_per_token: f64,
+    /// Completed requests per second of simulated time (first arrival to last finish).
+    pub throughput_rps: f64,
+    /// Total preemptions (a request removed from the batch while unfinished).
+    pub preemptions: u64,
+    /// Total prefill recomputations after a preemption freed the KV.
+    pub recomputes: u64,
+    pub steps: u64,
+    /// Busy time / simulated time.
+    pub utilization: f64,
+}
+
+/// Context a result is labelled with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunLabel {
+    pub workload: String,
+    pub load: Option<f64>,
+    pub rate_rps: f64,
+    pub predictor: String,
+}
+
+/// Nearest-rank percentile of sorted data (`q` in [0, 1]); 0 for empty data.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+/// Summarises one run.
+pub fn summarize(outcome: &SimOutcome, label: &RunLabel, first_arrival_s: f64) -> PolicyResult {
+    let done = &outcome.completed;
+    let mut latencies: Vec<f64> = done.iter().map(|c| c.latency_s()).collect();
+    latencies.sort_by(f64::total_cmp);
+    let span_s = (outcome.end_s - first_arrival_s).max(f64::MIN_POSITIVE);
+    PolicyResult {
+        policy: outcome.policy.clone(),
+        workload: label.workload.clone(),
+        load: label.load,
+        rate_rps: label.rate_rps,
+        predictor: label.predictor.clone(),
+        completed: done.len(),
+        never_fits: outcome.never_fits,
+        mean_latency_s: mean(latencies.iter().copied()),
+        p50_latency_s: percentile(&latencies, 0.50),
+        p90_latency_s: percentile(&latencies, 0.90),
+        p99_latency_s: percentile(&latencies, 0.99),
+        mean_ttft_s: mean(done.iter().map(|c| c.ttft_s())),
+        mean_normalized_latency_s_per_token: mean(
+            done.iter()
+                .map(|c| c.latency_s() / f64::from(c.output_tokens.max(1))),
+        ),
+        throughput_rps: done.len() as f64 / span_s,
+        preemptions: done.iter().map(|c| u64::from(c.preemptions)).sum(),
+        recomputes: done.iter().map(|c| u64::from(c.recomputes)).sum(),
+        steps: outcome.steps,
+        utilization: outcome.busy_s / span_s,
+    }
+}
+
+/// The JSON document `lapsd sim --format json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonReport {
+    pub seed: u64,
+    pub requests: usize,
+    pub speculation_length: u32,
+    pub max_batch: usize,
+    pub results: Vec<PolicyResult>,
+}
+
+/// Renders results as an aligned text table.
+pub fn to_table(results: &[PolicyResult]) -> String {
+    let header = [
+        "workload", "load", "rate/s", "policy", "done", "mean_s", "p50_s", "p90_s", "p99_s",
+        "ttft_s", "s/token", "thru/s", "preempt", "recomp", "util",
+    ];
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.workload.clone(),
+                r.load.map_or("-".into(), |l| format!("{l:.2}")),
+                format!("{:.3}", r.rate_rps),
+                r.policy.clone(),
+                r.completed.to_string(),
+                format!("{:.3}", r.mean_latency_s),
+                format!("{:.3}", r.p50_latency_s),
+                format!("{:.3}", r.p90_latency_s),
+                format!("{:.3}", r.p99_latency_s),
+                format!("{:.3}", r.mean_ttft_s),
+                format!("{:.4}", r.mean_normalized_latency_s_per_token),
+                format!("{:.3}", r.throughput_rps),
+                r.preemptions.to_string(),
+                r.recomputes.to_string(),
+                format!("{:.2}", r.utilization),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+    };
+    line(&header.map(String::from));
+    for row in &rows {
+        line(row);
+    }
+    if let Some(first) = results.first() {
+        let _ = writeln!(out, "predictor: {}", first.predictor);
+    }
+    out
+}
+
+/// Renders results as CSV with a header line.
+pub fn to_csv(results: &[PolicyResult]) -> String {
+    let mut out = String::from(
+        "workload,load,rate_rps,policy,predictor,completed,never_fits,mean_latency_s,p50_latency_s,\
+         p90_latency_s,p99_latency_s,mean_ttft_s,mean_normalized_latency_s_per_token,\
+         throughput_rps,preemptions,recomputes,steps,utilization\n",
+    );
+    for r in results {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.workload,
+            r.load.map_or(String::new(), |l| l.to_string()),
+            r.rate_rps,
+            r.policy,
+            r.predictor,
+            r.completed,
+            r.never_fits,
+            r.mean_latency_s,
+            r.p50_latency_s,
+            r.p90_latency_s,
+            r.p99_latency_s,
+            r.mean_ttft_s,
+            r.mean_normalized_latency_s_per_token,
+            r.throughput_rps,
+            r.preemptions,
+            r.recomputes,
+            r.steps,
+            r.utilization
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::CompletedRequest;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let data: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&data, 0.5), 50.0);
+        assert_eq!(percentile(&data, 0.99), 99.0);
+        assert_eq!(percentile(&data, 1.0), 100.0);
+        assert_eq!(percentile(&data, 0.0), 1.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn summary_statistics_are_computed_from_completions() {
+        let c = |id, arrival_s, finish_s, first_token_s, output_tokens| CompletedRequest {
+            id,
+            arrival_s,
+            finish_s,
+            first_token_s,
+            output_tokens,
+            preemptions: 1,
+            recomputes: 0,
+        };
+        let outcome = SimOutcome {
+            policy: "fcfs".into(),
+            completed: vec![c(0, 0.0, 2.0, 0.5, 4), c(1, 1.0, 5.0, 1.5, 2)],
+            never_fits: 0,
+            steps: 6,
+            end_s: 5.0,
+            busy_s: 4.0,
+        };
+        let label = RunLabel {
+            workload: "w".into(),
+            load: Some(0.5),
+            rate_rps: 1.0,
+            predictor: "p".into(),
+        };
+        let r = summarize(&outcome, &label, 0.0);
+        assert_eq!(r.completed, 2);
+        assert_eq!(r.mean_latency_s, 3.0);
+        assert_eq!(r.p50_latency_s, 2.0);
+        assert_eq!(r.p99_latency_s, 4.0);
+        assert_eq!(r.mean_ttft_s, 0.5);
+        assert_eq!(r.mean_normalized_latency_s_per_token, (0.5 + 2.0) / 2.0);
+        assert_eq!(r.throughput_rps, 0.4);
+        assert_eq!(r.preemptions, 2);
+        assert_eq!(r.utilization, 0.8);
+        let csv = to_csv(&[r.clone()]);
+        assert_eq!(csv.lines().count(), 2);
+        assert!(to_table(&[r]).contains("fcfs"));
+    }
+}

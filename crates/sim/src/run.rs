@@ -1,0 +1,285 @@
+//! An experiment: one request list (workload draw or trace), replayed under several policies and
+//! several loads on the SAME requests and arrival pattern, in parallel worker threads. Both the
+//! CLI and the tests go through here, so what `lapsd sim` prints is what the tests check.
+//!
+//! Randomness: one ChaCha8 seed, split into independent streams (sizes, arrivals, predictions);
+//! acceptance draws are a hash of (seed, request, step). Results do not depend on thread count.
+//!
+//! Load -> rate: `rate = load / E[S]`, where E[S] is the mean per-request share of server time
+//! when every step runs a full batch of `max_batch`: `prefill_s(prompt) + (L - 1) / tau(alpha) *
+//! sd_step_s(B, k) / B`, with tau(alpha) = (1 - alpha^(k+1)) / (1 - alpha) tokens per SD step
+//! (averaged over the drawn requests). With B = 1 this is the plain utilisation rho = lambda E[S]
+//! of a single server; with B > 1 it is the load relative to the full-batch throughput.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use indicatif::ProgressBar;
+use lapsd_core::{PolicyConfig, PolicyKind, SchedulerConfig, StepCostModel};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::acceptance::{expected_tokens_per_step, AcceptanceModel};
+use crate::arrivals::{scale_to_rate, ArrivalProcess};
+use crate::engine::{simulate, SimConfig};
+use crate::error::SimError;
+use crate::prediction::{assign_predictions, PredictorChoice};
+use crate::report::{summarize, PolicyResult, RunLabel};
+use crate::trace::TraceRecord;
+use crate::workload::{max_tokens_cap, sample_sizes, RequestSize, SimRequest, WorkloadProfile};
+
+/// Where requests come from.
+#[derive(Debug, Clone)]
+pub enum RequestSource {
+    /// Draw sizes from a workload profile; arrivals from `arrivals` at each load/rate.
+    Workload {
+        profile: WorkloadProfile,
+        count: usize,
+        arrivals: ArrivalProcess,
+    },
+    /// Replay a trace; missing acceptance rates are drawn from `profile.acceptance`.
+    Trace {
+        records: Vec<TraceRecord>,
+        profile: WorkloadProfile,
+    },
+}
+
+/// How fast requests arrive, one entry per sweep point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ArrivalRate {
+    /// Requests per second.
+    Rate(f64),
+    /// Target utilisation (see the module header).
+    Load(f64),
+    /// The trace's own arrival times.
+    Trace,
+}
+
+/// Everything an experiment needs.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub source: RequestSource,
+    pub rates: Vec<ArrivalRate>,
+    pub policies: Vec<PolicyKind>,
+    pub scheduler: SchedulerConfig,
+    pub policy_config: PolicyConfig,
+    pub predictor: PredictorChoice,
+    /// Transient parameters (its `seed` is replaced by `seed`).
+    pub acceptance: AcceptanceModel,
+    pub seed: u64,
+    /// Worker threads (>= 1).
+    pub jobs: usize,
+}
+
+fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+/// Mean per-request server time at full batch (the denominator of the load; module header).
+pub fn mean_service_s(
+    sizes: &[RequestSize],
+    scheduler: &SchedulerConfig,
+) -> Result<f64, SimError> {
+    if sizes.is_empty() {
+        return Err(SimError::InvalidArgument {
+            field: "requests",
+            reason: "no requests".into(),
+        });
+    }
+    let k = scheduler.speculation_length;
+    let b = scheduler.capacity.max_batch.max(1);
+    let cost = &scheduler.cost;
+    let step_share_s = cost.sd_step_s(b, k) / b as f64;
+    let total: f64 = sizes
+        .iter()
+        .map(|s| {
+            let tau = expected_tokens_per_step(s.acceptance_rate, k);
+            cost.prefill_s(s.prompt_tokens)
+                + f64::from(s.output_tokens.saturating_sub(1)) / tau * step_share_s
+        })
+        .sum();
+    Ok(total / sizes.len() as f64)
+}
+
+/// The requests of one sweep point, and its label's load and rate.
+pub struct PreparedRun {
+    pub requests: Vec<SimRequest>,
+    pub load: Option<f64>,
+    pub rate_rps: f64,
+}
+
+impl Experiment {
+    fn workload_name(&self) -> &'static str {
+        match &self.source {
+            RequestSource::Workload { profile, .. } | RequestSource::Trace { profile, .. } => {
+                profile.name
+            }
+        }
+    }
+
+    /// Builds the request lists of every sweep point.
+    pub fn prepare(&self) -> Result<Vec<PreparedRun>, SimError> {
+        let (sizes, unit_times, cap) = match &self.source {
+            RequestSource::Workload {
+                profile,
+                count,
+                arrivals,
+            } => {
+                profile.validate()?;
+                if *count == 0 {
+                    return Err(SimError::InvalidArgument {
+                        field: "requests",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                let sizes = sample_sizes(profile, *count, &mut stream_rng(self.seed, 1));
+                let times = arrivals.unit_rate_times(*count, &mut stream_rng(self.seed, 2));
+                (sizes, Some(times), profile.max_tokens)
+            }
+            RequestSource::Trace { records, profile } => {
+                profile.validate()?;
+                let mut rng = stream_rng(self.seed, 1);
+                let sizes = records
+                    .iter()
+                    .map(|r| RequestSize {
+                        prompt_tokens: r.prompt_tokens,
+                        output_tokens: r.output_tokens,
+                        acceptance_rate: r
+                            .acceptance_rate
+                            .unwrap_or_else(|| profile.acceptance.sample(&mut rng)),
+                    })
+                    .collect();
+                (sizes, None, profile.max_tokens)
+            }
+        };
+        let mean_s = mean_service_s(&sizes, &self.scheduler)?;
+        let mut runs = Vec::new();
+        for rate in &self.rates {
+            let (times, load, rate_rps) = match (rate, &unit_times, &self.source) {
+                (ArrivalRate::Trace, _, RequestSource::Trace { records, .. }) => {
+                    let times: Vec<f64> = records.iter().map(|r| r.arrival_s).collect();
+                    let span = times.last().copied().unwrap_or(0.0) - times[0];
+                    let rate = if span > 0.0 {
+                        (times.len() - 1) as f64 / span
+                    } else {
+                        0.0
+                    };
+                    (times, None, rate)
+                }
+                (ArrivalRate::Rate(r), Some(unit), _) => (scale_to_rate(unit, *r)?, None, *r),
+                (ArrivalRate::Load(l), Some(unit), _) => {
+                    if !(*l > 0.0 && l.is_finite()) {
+                        return Err(SimError::InvalidArgument {
+                            field: "load",
+                            reason: format!("must be a positive utilisation, got {l}"),
+                        });
+                    }
+                    let r = l / mean_s;
+                    (scale_to_rate(unit, r)?, Some(*l), r)
+                }
+                _ => {
+                    return Err(SimError::InvalidArgument {
+                        field: "rate",
+                        reason: "a trace replays its own arrival times; --rate/--load/--loads \
+                                 apply to synthetic workloads only"
+                            .into(),
+                    })
+                }
+            };
+            let mut requests: Vec<SimRequest> = sizes
+                .iter()
+                .zip(&times)
+                .enumerate()
+                .map(|(i, (size, &arrival_s))| SimRequest {
+                    id: i as u64,
+                    arrival_s,
+                    size: *size,
+                    max_tokens: max_tokens_cap(cap, size.output_tokens),
+                    predicted_output_tokens: None,
+                })
+                .collect();
+            assign_predictions(
+                &mut requests,
+                &self.predictor,
+                &mut stream_rng(self.seed, 3),
+            );
+            runs.push(PreparedRun {
+                requests,
+                load,
+                rate_rps,
+            });
+        }
+        Ok(runs)
+    }
+
+    /// Total requests that will be simulated (for a progress bar).
+    pub fn total_work(&self) -> usize {
+        let n = match &self.source {
+            RequestSource::Workload { count, .. } => *count,
+            RequestSource::Trace { records, .. } => records.len(),
+        };
+        n * self.rates.len() * self.policies.len()
+    }
+
+    /// Runs every (sweep point, policy) pair; results ordered by sweep point, then policy.
+    pub fn run(&self, progress: Option<&ProgressBar>) -> Result<Vec<PolicyResult>, SimError> {
+        let runs = self.prepare()?;
+        let tasks: Vec<(usize, PolicyKind)> = (0..runs.len())
+            .flat_map(|r| self.policies.iter().map(move |&p| (r, p)))
+            .collect();
+        let next = AtomicUsize::new(0);
+        let slots: Mutex<Vec<Option<Result<PolicyResult, SimError>>>> =
+            Mutex::new((0..tasks.len()).map(|_| None).collect());
+        let acceptance = AcceptanceModel {
+            seed: self.seed,
+            ..self.acceptance
+        };
+        let workload = self.workload_name().to_string();
+        std::thread::scope(|scope| {
+            for _ in 0..self.jobs.clamp(1, tasks.len().max(1)) {
+                scope.spawn(|| loop {
+                    let t = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(run_index, policy)) = tasks.get(t) else {
+                        break;
+                    };
+                    let run = &runs[run_index];
+                    let config = SimConfig {
+                        scheduler: self.scheduler.clone(),
+                        policy,
+                        policy_config: self.policy_config.clone(),
+                        predictor: self.predictor,
+                        acceptance,
+                    };
+                    let result = simulate(&run.requests, &config, progress).map(|outcome| {
+                        let label = RunLabel {
+                            workload: workload.clone(),
+                            load: run.load,
+                            rate_rps: run.rate_rps,
+                            predictor: self.predictor.label(),
+                        };
+                        let first = run.requests.first().map_or(0.0, |r| r.arrival_s);
+                        summarize(&outcome, &label, first)
+                    });
+                    // A poisoned lock means another worker panicked; its panic propagates from
+                    // the scope, so recovering the data here is safe.
+                    let mut guard = slots.lock().unwrap_or_else(|e| e.into_inner());
+                    guard[t] = Some(result);
+                });
+            }
+        });
+        let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
+        slots
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| {
+                    Err(SimError::InvalidArgument {
+                        field: "jobs",
+                        reason: "a simulation task was not run".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+}
