@@ -257,6 +257,22 @@ impl RequestState {
             )
     }
 
+    /// Predicted total output tokens: the prediction, else `max_tokens`.
+    pub fn predicted_output_tokens(&self) -> u32 {
+        self.spec
+            .predicted_output_tokens
+            .unwrap_or(self.spec.max_tokens)
+    }
+
+    /// Predicted tokens still to generate, at least 1 (a request that outgrew its prediction is
+    /// predicted to be about to finish unless a predictor re-predicts it).
+    pub fn predicted_remaining_tokens(&self) -> u32 {
+        self.predicted_output_tokens()
+            .min(self.spec.max_tokens)
+            .saturating_sub(self.generated_tokens)
+            .max(1)
+    }
+
     /// Speculation length of its next decode step: `min(k, remaining_max_tokens - 1)` (never
     /// draft past `max_tokens`).
     pub fn step_speculation_length(&self, speculation_length: u32) -> u32 {

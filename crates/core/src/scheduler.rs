@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{LinearCost, StepCostModel};
+use crate::cost::LinearCost;
 use crate::error::CoreError;
 use crate::kv::KvAccountant;
 use crate::policy::{BatchBuilder, Policy, ScheduleContext};
@@ -391,7 +391,7 @@ impl Scheduler {
                 let outgrown = r
                     .spec
                     .predicted_output_tokens
-                    .is_none_or(|pred| r.generated_tokens >= pred);
+                    .map_or(true, |pred| r.generated_tokens >= pred);
                 if outgrown {
                     r.spec.predicted_output_tokens =
                         Some(p.predict_output_tokens(r.spec.prompt_tokens, r.generated_tokens));
@@ -444,3 +444,6 @@ fn apply_step(
         None => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,213 @@
-//! `lapsd serve` flags (placeholder until the server lands).
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("lapsd serve is not implemented yet")
+//! `lapsd serve` flags ([`ServeArgs`]) and [`run`]: builds the tokio runtime, loads the model on
+//! the engine worker thread, serves until SIGTERM / Ctrl-C, exits 0 after a graceful drain.
+//! anyhow is used here only (command glue).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind};
+
+use crate::server::{start, ServerConfig};
+
+/// Default model: the embedded SmolLM2-135M-Instruct (fetched by `scripts/fetch-models.sh`).
+pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Default draft method when `--draft` is omitted: prompt-lookup n-grams (no draft model needed).
+pub const DEFAULT_DRAFT: &str = "ngram";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Target model (GGUF). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Draft method: none, ngram[:N], self:N (first N target layers) or a draft .gguf path.
+    #[arg(long, default_value = DEFAULT_DRAFT)]
+    pub draft: String,
+    /// Scheduling policy: laps-sd (default), fcfs, sjf, srpt, las, mlfq, trail, or a laps-sd
+    /// variant. `oracle` exists only in the simulator.
+    #[arg(long, default_value = "laps-sd")]
+    pub policy: String,
+    /// Draft tokens per SD step (k); 0 = plain decoding.
+    #[arg(long, default_value_t = 4)]
+    pub speculation_length: u32,
+    /// Most requests in one step.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Most tokens processed in one step (prefill tokens plus k+1 per decoding request).
+    #[arg(long, default_value_t = 2048)]
+    pub max_step_tokens: u64,
+    /// KV memory budget in tokens over all resident requests (beyond it preempted requests lose
+    /// their KV and recompute it on resume).
+    #[arg(long, default_value_t = 16384)]
+    pub kv_budget_tokens: u64,
+    /// Most requests in the server at once (waiting, running or preempted); the next gets 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Address to bind (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Name clients use in `model`; default: the model's name.
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Starvation bound (aging): a request that has not run for this many seconds is served
+    /// first. On by default in the server; 0 turns it off.
+    #[arg(long, default_value_t = 30.0)]
+    pub max_wait_s: f64,
+    /// Cost profile written by `lapsd calibrate` (step costs LAPS-SD uses to estimate remaining
+    /// time); default: a rough built-in profile of SmolLM2-135M on 2 CPU cores.
+    #[arg(long)]
+    pub cost_profile: Option<PathBuf>,
+    /// On SIGTERM/Ctrl-C, seconds in-flight requests may still run before they are cancelled.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout_s: f64,
+}
+
+/// Rough step costs of SmolLM2-135M (Q4_1) with n-gram drafts on 2 CPU cores; used when no
+/// `--cost-profile` is given. Only the ratios matter to LAPS-SD's ordering.
+pub const DEFAULT_COST: LinearCost = LinearCost {
+    draft_base_s: 0.0005,
+    draft_per_seq_s: 0.0002,
+    verify_base_s: 0.02,
+    verify_per_token_s: 0.004,
+    prefill_base_s: 0.02,
+    prefill_per_token_s: 0.0005,
+};
+
+/// The model path: the flag, else $LAPSD_MODEL, else the embedded default.
+pub fn resolve_model_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("LAPSD_MODEL").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_PATH))
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
+        let policy: PolicyKind = self.policy.parse()?;
+        if self.max_wait_s < 0.0 || !self.max_wait_s.is_finite() {
+            anyhow::bail!("--max-wait-s must be a finite number >= 0, got {}", self.max_wait_s);
+        }
+        let cost = match &self.cost_profile {
+            None => DEFAULT_COST,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --cost-profile {}", path.display()))?;
+                let profile: lapsd_core::cost::CostProfile = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing --cost-profile {}", path.display()))?;
+                profile.cost
+            }
+        };
+        Ok(ServerConfig {
+            host: self.host.clone(),
+            port: self.port,
+            policy,
+            policy_config: PolicyConfig {
+                max_wait_s: (self.max_wait_s > 0.0).then_some(self.max_wait_s),
+                ..PolicyConfig::default()
+            },
+            capacity: Capacity {
+                max_batch: self.max_batch,
+                max_step_tokens: self.max_step_tokens,
+                kv_budget_tokens: self.kv_budget_tokens,
+            },
+            speculation_length: self.speculation_length,
+            max_queue: self.max_queue,
+            cost,
+            predictor_prior_tokens: 128,
+            predictor_window: 256,
+            shutdown_timeout_s: self.shutdown_timeout_s,
+        })
+    }
+}
+
+/// `lapsd serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let model_path = resolve_model_path(args.model.clone());
+    if !model_path.exists() {
+        anyhow::bail!(
+            "model file {} not found: run scripts/fetch-models.sh (or pass --model / set LAPSD_MODEL)",
+            model_path.display()
+        );
+    }
+    let draft = args
+        .draft
+        .parse()
+        .with_context(|| format!("--draft {}", args.draft))?;
+    let loader = crate::sd_backend::loader(crate::sd_backend::LoadSpec {
+        model_path,
+        draft,
+        speculation_length: config.speculation_length,
+        served_model_name: args.served_model_name.clone(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(async move {
+        let handle = start(config, loader, shutdown_signal()).await?;
+        eprintln!("lapsd serve: listening on http://{}", handle.local_addr);
+        handle.wait().await?;
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_turn_aging_on_and_bind_loopback() {
+        let cli = Cli::parse_from(["lapsd"]);
+        let config = cli.serve.to_config().expect("valid defaults");
+        assert_eq!(config.policy, PolicyKind::LapsSd);
+        assert_eq!(config.policy_config.max_wait_s, Some(30.0));
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 8000);
+    }
+
+    #[test]
+    fn max_wait_zero_turns_aging_off_and_unknown_policy_fails() {
+        let cli = Cli::parse_from(["lapsd", "--max-wait-s", "0", "--policy", "fcfs"]);
+        let config = cli.serve.to_config().expect("valid");
+        assert_eq!(config.policy_config.max_wait_s, None);
+        let cli = Cli::parse_from(["lapsd", "--policy", "lottery"]);
+        let err = cli.serve.to_config().expect_err("unknown policy");
+        assert!(err.to_string().contains("lottery"), "{err}");
+    }
 }

@@ -7,8 +7,14 @@
 //! are preempted.
 
 pub mod fcfs;
+pub mod laps_sd;
 pub mod las;
+pub mod mlfq;
+pub mod oracle;
 pub(crate) mod queue;
+pub mod sjf;
+pub mod srpt;
+pub mod trail;
 
 use std::collections::{HashMap, HashSet};
 
@@ -368,14 +374,64 @@ impl PolicyConfig {
 /// Builds a policy by kind (vLLM's `create_request_queue`). Errors: an invalid config.
 pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn Policy>, CoreError> {
     config.validate()?;
+    use laps_sd::{LapsSd, LapsSdConfig, PerceptiblePlacement};
+    let laps = |placement, mean_accepted_length, max_wait_s| -> Box<dyn Policy> {
+        Box::new(LapsSd::new(LapsSdConfig {
+            name: kind.name(),
+            num_queues: config.num_queues,
+            first_threshold_passes: config.first_threshold_passes,
+            placement,
+            mean_accepted_length,
+            max_wait_s,
+        }))
+    };
+    let aging_wait_s = Some(config.max_wait_s.unwrap_or(DEFAULT_AGING_MAX_WAIT_S));
     Ok(match kind {
         PolicyKind::Fcfs => Box::new(fcfs::Fcfs::default()),
+        PolicyKind::Sjf => Box::new(sjf::Sjf::default()),
+        PolicyKind::Srpt => Box::new(srpt::Srpt::new(config.max_wait_s)),
         PolicyKind::Las => Box::new(las::Las::default()),
-        other => {
-            return Err(CoreError::InvalidConfig {
-                field: "policy",
-                reason: format!("'{}' is not implemented yet", other.name()),
-            })
-        }
+        PolicyKind::Mlfq => Box::new(mlfq::Mlfq::new(
+            config.num_queues,
+            config.first_threshold_passes,
+        )),
+        PolicyKind::Trail => Box::new(trail::Trail::new(config.trail_no_preempt_fraction)),
+        PolicyKind::Oracle => Box::new(oracle::Oracle::default()),
+        PolicyKind::LapsSd => laps(PerceptiblePlacement::WithinQueue, false, None),
+        PolicyKind::LapsSdPerceptibleFirst => laps(PerceptiblePlacement::First, false, None),
+        PolicyKind::LapsSdPerceptibleLast => laps(PerceptiblePlacement::Last, false, None),
+        PolicyKind::LapsSdMal => laps(PerceptiblePlacement::WithinQueue, true, None),
+        PolicyKind::LapsSdAging => laps(PerceptiblePlacement::WithinQueue, false, aging_wait_s),
+        PolicyKind::LapsSdPlus => laps(PerceptiblePlacement::WithinQueue, true, aging_wait_s),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_builds_under_its_own_name_and_parses_back() {
+        for kind in PolicyKind::ALL {
+            let policy = build_policy(kind, &PolicyConfig::default()).expect("default config");
+            assert_eq!(policy.name(), kind.name());
+            assert_eq!(kind.name().parse::<PolicyKind>(), Ok(kind));
+        }
+        assert_eq!("LAPS-SD".parse::<PolicyKind>(), Ok(PolicyKind::LapsSd));
+    }
+
+    #[test]
+    fn unknown_names_and_bad_configs_are_named() {
+        let err = "lapsd".parse::<PolicyKind>().unwrap_err();
+        assert!(matches!(&err, CoreError::UnknownPolicy { name, expected }
+            if name == "lapsd" && expected.contains("laps-sd+")));
+        let bad = PolicyConfig {
+            num_queues: 0,
+            ..PolicyConfig::default()
+        };
+        assert!(matches!(
+            build_policy(PolicyKind::Mlfq, &bad),
+            Err(CoreError::InvalidConfig { field: "num_queues", .. })
+        ));
+    }
 }

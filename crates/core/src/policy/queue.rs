@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::policy::{BatchBuilder, ScheduleContext};
+use crate::policy::BatchBuilder;
 use crate::request::RequestId;
 
 /// An `f64` with a total order (`f64::total_cmp`), usable in ordered keys.
@@ -79,9 +79,7 @@ impl<K: Ord + Clone> KeyedQueue<K> {
     pub fn key(&self, id: RequestId) -> Option<&K> {
         self.keys.get(&id)
     }
-    pub fn contains(&self, id: RequestId) -> bool {
-        self.keys.contains_key(&id)
-    }
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -163,13 +161,6 @@ pub(crate) fn offer_with_pinned<K: PriorityKey>(
     for (_, id) in &pinned_sorted[next_pinned..] {
         batch.try_add(*id);
     }
-}
-
-/// Client priority of a request in the context (0 when unknown).
-pub(crate) fn priority_of(ctx: &ScheduleContext<'_>, id: RequestId) -> i32 {
-    ctx.requests
-        .get(&id)
-        .map_or(0, |r| r.spec.priority_or_default())
 }
 
 #[cfg(test)]

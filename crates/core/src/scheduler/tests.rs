@@ -1,0 +1,194 @@
+//! Scheduler mechanism tests: admission, KV keep/free preemption, recompute accounting,
+//! cancellation and finishing.
+
+use super::*;
+use crate::policy::{build_policy, PolicyConfig, PolicyKind};
+use crate::testutil::test_cost;
+
+fn scheduler(kind: PolicyKind, max_batch: usize, kv_budget_tokens: u64, k: u32) -> Scheduler {
+    let config = SchedulerConfig {
+        capacity: Capacity {
+            max_batch,
+            max_step_tokens: 4096,
+            kv_budget_tokens,
+        },
+        speculation_length: k,
+        stability: StabilityRule::default(),
+        cost: test_cost(),
+    };
+    let policy = build_policy(kind, &PolicyConfig::default()).expect("valid default config");
+    Scheduler::new(config, policy)
+}
+
+/// Results of a step where every draft accepts `accepted` tokens (capped at the draft).
+fn fake_results(output: &SchedulerOutput, accepted: u32) -> Vec<StepResult> {
+    output
+        .batch
+        .iter()
+        .map(|s| match s.kind {
+            StepKind::Prefill { .. } => StepResult {
+                id: s.id,
+                drafted_tokens: 0,
+                accepted_tokens: 0,
+                new_tokens: 1,
+                finished: None,
+            },
+            StepKind::Decode { speculation_length } => {
+                let a = accepted.min(speculation_length);
+                StepResult {
+                    id: s.id,
+                    drafted_tokens: speculation_length,
+                    accepted_tokens: a,
+                    new_tokens: a + 1,
+                    finished: None,
+                }
+            }
+        })
+        .collect()
+}
+
+fn step(s: &mut Scheduler, now_s: f64, accepted: u32) -> (SchedulerOutput, Vec<RequestState>) {
+    let out = s.schedule(now_s);
+    let results = fake_results(&out, accepted);
+    let done = s.update(&out, &results, 0.01, now_s + 0.01);
+    (out, done)
+}
+
+#[test]
+fn never_fits_and_duplicates_are_refused() {
+    let mut s = scheduler(PolicyKind::Fcfs, 4, 100, 4);
+    assert_eq!(
+        s.add_request(RequestSpec::new(1, 0.0, 50, 46), 0.0),
+        Err(CoreError::NeverFits {
+            id: 1,
+            needed_tokens: 101,
+            budget_tokens: 100
+        })
+    );
+    assert_eq!(s.add_request(RequestSpec::new(1, 0.0, 50, 45), 0.0), Ok(()));
+    assert_eq!(
+        s.add_request(RequestSpec::new(1, 0.0, 5, 5), 0.0),
+        Err(CoreError::DuplicateRequest { id: 1 })
+    );
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn prefill_then_decode_with_capped_speculation_then_length_finish() {
+    let mut s = scheduler(PolicyKind::Fcfs, 4, 1000, 4);
+    s.add_request(RequestSpec::new(7, 0.0, 10, 8), 0.0).unwrap();
+    let (out, done) = step(&mut s, 0.0, 4);
+    assert_eq!(out.batch, vec![ScheduledRequest { id: 7, kind: StepKind::Prefill { tokens: 10 } }]);
+    assert!(done.is_empty());
+    let r = s.request(7).unwrap();
+    assert_eq!((r.generated_tokens, r.attained_service_passes), (1, 1));
+    assert_eq!(r.first_token_s, Some(0.01));
+    assert_eq!(s.kv_tokens_in_use(), 11, "after a step a request holds its context");
+    // 7 tokens left: full speculation (4) -> 5 tokens, then 2 left -> speculation 1.
+    let (out, _) = step(&mut s, 0.1, 4);
+    assert_eq!(out.batch[0].kind, StepKind::Decode { speculation_length: 4 });
+    let (out, done) = step(&mut s, 0.2, 4);
+    assert_eq!(out.batch[0].kind, StepKind::Decode { speculation_length: 1 });
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].phase, RequestPhase::Finished(FinishReason::Length));
+    assert_eq!(done[0].generated_tokens, 8);
+    assert_eq!(done[0].acceptance.sd_steps, 2);
+    assert_eq!(done[0].acceptance.accepted_tokens, 5);
+    assert!(s.is_empty());
+    assert_eq!(s.kv_tokens_in_use(), 0);
+    assert!(s.schedule(0.3).is_empty());
+}
+
+#[test]
+fn preemption_keeps_kv_while_it_fits() {
+    let mut s = scheduler(PolicyKind::Las, 1, 100, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 40, 40), 0.0).unwrap();
+    step(&mut s, 0.0, 0);
+    assert_eq!(s.kv_tokens_in_use(), 41);
+    s.add_request(RequestSpec::new(2, 0.5, 40, 40), 0.5).unwrap();
+    let out = s.schedule(0.5);
+    assert_eq!(out.batch[0].id, 2);
+    assert_eq!(out.preempted, vec![Preemption { id: 1, kind: PreemptKind::KeepKv }]);
+    assert_eq!(s.request(1).unwrap().phase, RequestPhase::Preempted { kv_resident: true });
+    assert_eq!(s.kv_tokens_in_use(), 41 + 45);
+    let results = fake_results(&out, 0);
+    s.update(&out, &results, 0.01, 0.51);
+    // Both have 1 pass now: LAS ties by arrival, request 1 resumes without a prefill.
+    let out = s.schedule(0.51);
+    assert_eq!(out.batch[0], ScheduledRequest { id: 1, kind: StepKind::Decode { speculation_length: 4 } });
+    assert_eq!(s.request(1).unwrap().recomputes, 0);
+    assert_eq!(s.request(1).unwrap().preemptions, 1);
+}
+
+#[test]
+fn preemption_frees_kv_beyond_the_budget_and_recomputes() {
+    let mut s = scheduler(PolicyKind::Las, 1, 100, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 40, 40), 0.0).unwrap();
+    step(&mut s, 0.0, 0);
+    s.add_request(RequestSpec::new(2, 0.5, 55, 40), 0.5).unwrap();
+    let out = s.schedule(0.5);
+    assert_eq!(out.batch[0].id, 2);
+    assert_eq!(out.preempted, vec![Preemption { id: 1, kind: PreemptKind::FreeKv }]);
+    assert_eq!(s.request(1).unwrap().phase, RequestPhase::Preempted { kv_resident: false });
+    assert_eq!(s.kv_tokens_in_use(), 60);
+    let results = fake_results(&out, 0);
+    s.update(&out, &results, 0.01, 0.51);
+    let out = s.schedule(0.51);
+    // Request 1 resumes (tie at 1 pass, earlier arrival) by recomputing prompt + 1 generated;
+    // request 2 must now give up its KV.
+    assert_eq!(out.batch, vec![ScheduledRequest { id: 1, kind: StepKind::Prefill { tokens: 41 } }]);
+    assert_eq!(out.preempted, vec![Preemption { id: 2, kind: PreemptKind::FreeKv }]);
+    assert_eq!(s.request(1).unwrap().recomputes, 1);
+    assert!(s.kv_tokens_in_use() <= 100);
+}
+
+#[test]
+fn cancel_frees_kv_and_forgets_the_request() {
+    let mut s = scheduler(PolicyKind::Fcfs, 2, 1000, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 30, 50), 0.0).unwrap();
+    s.add_request(RequestSpec::new(2, 0.0, 30, 50), 0.0).unwrap();
+    step(&mut s, 0.0, 2);
+    assert_eq!(s.kv_tokens_in_use(), 62);
+    let gone = s.cancel(1, 0.02).expect("known request");
+    assert_eq!(gone.phase, RequestPhase::Finished(FinishReason::Cancelled));
+    assert_eq!(s.kv_tokens_in_use(), 31);
+    assert_eq!(s.running(), &[2]);
+    assert_eq!(s.cancel(1, 0.03), None);
+    let out = s.schedule(0.03);
+    assert_eq!(out.batch.iter().map(|b| b.id).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn stop_from_the_engine_finishes_and_trains_the_predictor() {
+    let mut s = scheduler(PolicyKind::Fcfs, 2, 1000, 4)
+        .with_predictor(Box::new(crate::predictor::OnlineQuantilePredictor::new(77, 16)));
+    s.add_request(RequestSpec::new(1, 0.0, 30, 50), 0.0).unwrap();
+    assert_eq!(s.request(1).unwrap().spec.predicted_output_tokens, Some(77));
+    let out = s.schedule(0.0);
+    let results = vec![StepResult {
+        id: 1,
+        drafted_tokens: 0,
+        accepted_tokens: 0,
+        new_tokens: 1,
+        finished: Some(FinishReason::Stop),
+    }];
+    let done = s.update(&out, &results, 0.01, 0.01);
+    assert_eq!(done[0].phase, RequestPhase::Finished(FinishReason::Stop));
+    assert!(s.is_empty());
+}
+
+#[test]
+fn perceptible_after_a_stable_acceptance_rate() {
+    let mut s = scheduler(PolicyKind::Fcfs, 1, 10_000, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 10, 1000), 0.0).unwrap();
+    let mut t = 0.0;
+    let rule = StabilityRule::default();
+    for _ in 0..=rule.min_steps {
+        step(&mut s, t, 2);
+        t += 0.01;
+    }
+    let r = s.request(1).unwrap();
+    assert_eq!(r.acceptance.sd_steps, rule.min_steps);
+    assert!(r.perceptible);
+    assert!(r.perceptible_at_s.is_some());
+}

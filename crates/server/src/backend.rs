@@ -1,0 +1,60 @@
+//! The engine as the worker sees it: a small trait over `lapsd_engine::SdEngine` (implemented in
+//! [`crate::sd_backend`]) so that the serving loop does not depend on the engine's internals and
+//! can be exercised with a scripted backend in unit tests.
+
+/// Per-sequence sampling settings given at admission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub max_tokens: u32,
+    pub stop_token_ids: Vec<u32>,
+}
+
+/// Why the engine ended a sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendFinish {
+    Eos,
+    Length,
+}
+
+/// What one step produced for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendStepOutput {
+    pub id: u64,
+    /// Tokens appended to the output this step (accepted drafts + the target's own token).
+    pub new_tokens: Vec<u32>,
+    pub drafted_tokens: u32,
+    pub accepted_tokens: u32,
+    pub finished: Option<BackendFinish>,
+}
+
+/// Engine failure, with its stable kind tag (details are logged, not sent to clients).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("engine error ({kind}): {message}")]
+pub struct BackendError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// Operations the engine worker performs. Called only from the worker thread.
+pub trait Backend {
+    /// Registers a sequence; its KV is not computed until its first step.
+    fn add_sequence(
+        &mut self,
+        id: u64,
+        prompt_ids: Vec<u32>,
+        params: SequenceParams,
+    ) -> Result<(), BackendError>;
+    /// One speculative-decoding step over `batch` (`(id, k)`; k = speculation length). A sequence
+    /// whose KV is not resident is (re)prefilled first and yields its next token.
+    fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<BackendStepOutput>, BackendError>;
+    /// Drops a sequence's KV (it stays registered and is re-prefilled on its next step).
+    fn free_kv(&mut self, id: u64);
+    /// Forgets a sequence entirely.
+    fn remove(&mut self, id: u64);
+    /// KV tokens held by all sequences (what the engine really holds, for metrics).
+    fn kv_tokens_in_use(&self) -> u64;
+}

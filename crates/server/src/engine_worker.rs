@@ -1,0 +1,443 @@
+//! The engine worker: ONE blocking thread owns the engine ([`Backend`]) and the scheduling core
+//! ([`Scheduler`]); handlers talk to it only through a bounded command channel and per-request
+//! event channels (TGI's router shape; no model work on the async runtime).
+//!
+//! Each iteration is named steps: admit arrivals, drop requests whose client went away, ask the
+//! policy for the batch (`schedule`), free the KV of requests preempted with `FreeKv`, run one SD
+//! step, stream the new text (stop strings checked on decoded text), feed the results back
+//! (`update`: acceptance and attained service), and finish requests. When nothing is in flight
+//! the worker blocks on the command channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapsd_core::{
+    CoreError, FinishReason, PolicyConfig, PreemptKind, RequestId, RequestPhase, RequestSpec,
+    RequestState, Scheduler, SchedulerOutput, StepKind, StepResult,
+};
+use tokio::sync::mpsc;
+
+use crate::backend::{Backend, BackendFinish, BackendStepOutput, SequenceParams};
+use crate::error::ApiError;
+use crate::inflight::{queue_level, GenerateCommand, Inflight, ResponseEvent};
+use crate::metrics::{Metrics, REQUEST_STATES};
+use crate::model_text::ModelText;
+
+/// Commands from handlers to the worker.
+pub enum WorkerCommand {
+    Generate(Box<GenerateCommand>),
+}
+
+/// Everything the worker needs besides the engine and the scheduler.
+pub struct WorkerContext {
+    pub text: Arc<dyn ModelText>,
+    pub metrics: Arc<Metrics>,
+    pub eos_token_ids: Vec<u32>,
+    /// Speculation length used for steps that prefill (the core leaves it to the engine).
+    pub speculation_length: u32,
+    /// Thresholds used to report queue levels.
+    pub policy_config: PolicyConfig,
+    /// Set on shutdown once the drain timeout passed: every request still in flight is ended.
+    pub cancel_all: Arc<AtomicBool>,
+    /// The server's clock origin: `now_s` is seconds since this instant.
+    pub start: Instant,
+}
+
+/// The worker's state; [`EngineWorker::run`] is its loop.
+pub struct EngineWorker {
+    backend: Box<dyn Backend>,
+    scheduler: Scheduler,
+    ctx: WorkerContext,
+    commands_rx: mpsc::Receiver<WorkerCommand>,
+    inflight: HashMap<RequestId, Inflight>,
+    next_id: RequestId,
+}
+
+impl EngineWorker {
+    pub fn new(
+        backend: Box<dyn Backend>,
+        scheduler: Scheduler,
+        ctx: WorkerContext,
+        commands_rx: mpsc::Receiver<WorkerCommand>,
+    ) -> Self {
+        Self {
+            backend,
+            scheduler,
+            ctx,
+            commands_rx,
+            inflight: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    fn now_s(&self) -> f64 {
+        self.ctx.start.elapsed().as_secs_f64()
+    }
+
+    /// Runs until every command sender is gone and nothing is in flight.
+    pub fn run(mut self) {
+        tracing::info!(policy = self.scheduler.policy_name(), "engine worker started");
+        loop {
+            if self.inflight.is_empty() {
+                // Idle: block (no busy loop) until a command arrives or every sender is dropped.
+                match self.commands_rx.blocking_recv() {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                }
+            }
+            while let Ok(cmd) = self.commands_rx.try_recv() {
+                self.handle(cmd);
+            }
+            if self.ctx.cancel_all.load(Ordering::Acquire) {
+                self.cancel_everything();
+            }
+            self.reap_disconnected();
+            if !self.inflight.is_empty() {
+                self.step();
+            }
+            self.refresh_gauges();
+        }
+        tracing::info!("engine worker stopped");
+    }
+
+    fn handle(&mut self, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::Generate(cmd) => self.admit(*cmd),
+        }
+    }
+
+    /// Registers a request with the engine and the scheduler.
+    fn admit(&mut self, cmd: GenerateCommand) {
+        if cmd.events_tx.is_closed() {
+            return; // The client left before admission.
+        }
+        if self.ctx.cancel_all.load(Ordering::Acquire) {
+            let _ = cmd.events_tx.send(ResponseEvent::Error(ApiError::ShuttingDown));
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let now_s = self.now_s();
+        let req = &cmd.request;
+        let prompt_tokens = req.prompt_ids.len() as u32;
+        let seed = req
+            .sampling
+            .seed
+            .unwrap_or_else(|| id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.ctx.start.elapsed().as_nanos() as u64);
+        let params = SequenceParams {
+            temperature: req.sampling.temperature,
+            top_p: req.sampling.top_p,
+            seed,
+            max_tokens: req.max_tokens,
+            stop_token_ids: self.ctx.eos_token_ids.clone(),
+        };
+        let spec = RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens).with_priority(req.priority);
+        let queued_s = cmd.received_at.elapsed().as_secs_f64();
+        if let Err(e) = self.backend.add_sequence(id, req.prompt_ids.clone(), params) {
+            tracing::error!(id, error = %e, "engine refused a sequence");
+            let _ = cmd.events_tx.send(ResponseEvent::Error(ApiError::Internal { detail: e.to_string() }));
+            self.ctx.metrics.requests_finished.with_label_values(&["error"]).inc();
+            return;
+        }
+        if let Err(e) = self.scheduler.add_request(spec, now_s) {
+            self.backend.remove(id);
+            let (label, error) = match e {
+                CoreError::NeverFits { .. } => (
+                    "never_fits",
+                    ApiError::invalid("max_tokens", format!("the request can never fit the KV budget: {e}")),
+                ),
+                other => ("error", ApiError::Internal { detail: other.to_string() }),
+            };
+            self.ctx.metrics.requests_finished.with_label_values(&[label]).inc();
+            let _ = cmd.events_tx.send(ResponseEvent::Error(error));
+            return;
+        }
+        tracing::debug!(id, prompt_tokens, max_tokens = req.max_tokens, queued_s, "admitted");
+        self.ctx.metrics.prompt_tokens.inc_by(u64::from(prompt_tokens));
+        self.inflight.insert(id, Inflight::new(cmd, now_s));
+    }
+
+    /// Cancels requests whose handler dropped its event receiver (client gone).
+    fn reap_disconnected(&mut self) {
+        let gone: Vec<RequestId> = self
+            .inflight
+            .iter()
+            .filter(|(_, r)| r.events_tx.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            tracing::info!(id, "client disconnected: cancelling");
+            self.cancel(id, "cancelled");
+        }
+    }
+
+    fn cancel_everything(&mut self) {
+        let ids: Vec<RequestId> = self.inflight.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.inflight.get(&id) {
+                r.send(ResponseEvent::Error(ApiError::ShuttingDown));
+            }
+            self.cancel(id, "cancelled");
+        }
+    }
+
+    /// Removes a request from the scheduler, the engine and the worker (frees its KV).
+    fn cancel(&mut self, id: RequestId, label: &str) {
+        let now_s = self.now_s();
+        self.scheduler.cancel(id, now_s);
+        self.backend.remove(id);
+        self.inflight.remove(&id);
+        self.ctx.metrics.requests_finished.with_label_values(&[label]).inc();
+    }
+
+    /// One scheduling decision and one engine step.
+    fn step(&mut self) {
+        let output = self.scheduler.schedule(self.now_s());
+        for p in &output.preempted {
+            let kind = match p.kind {
+                PreemptKind::KeepKv => "keep_kv",
+                PreemptKind::FreeKv => {
+                    self.backend.free_kv(p.id);
+                    "free_kv"
+                }
+            };
+            self.ctx.metrics.preemptions.with_label_values(&[kind]).inc();
+        }
+        if output.batch.is_empty() {
+            // Requests are in flight but none is runnable (should not happen with a correct
+            // core); wait briefly for a command instead of spinning.
+            tracing::warn!(in_flight = self.inflight.len(), "scheduler returned an empty batch");
+            std::thread::sleep(Duration::from_millis(5));
+            return;
+        }
+        let batch: Vec<(u64, usize)> = output
+            .batch
+            .iter()
+            .map(|s| {
+                let k = match s.kind {
+                    StepKind::Decode { speculation_length } => speculation_length,
+                    StepKind::Prefill { .. } => self.ctx.speculation_length,
+                };
+                (s.id, k as usize)
+            })
+            .collect();
+        let started = Instant::now();
+        let step = self.backend.step(&batch);
+        let step_time_s = started.elapsed().as_secs_f64();
+        let now_s = self.now_s();
+        self.ctx.metrics.steps.inc();
+        self.ctx.metrics.step_batch_size.observe(batch.len() as f64);
+        self.ctx.metrics.step_duration_s.observe(step_time_s);
+        let outputs = match step {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                tracing::error!(error = %e, batch = ?batch, "engine step failed: failing its batch");
+                for &(id, _) in &batch {
+                    if let Some(r) = self.inflight.get(&id) {
+                        r.send(ResponseEvent::Error(ApiError::Internal { detail: e.to_string() }));
+                    }
+                    self.cancel(id, "error");
+                }
+                return;
+            }
+        };
+        let results = self.apply_outputs(&output, &outputs, now_s);
+        let finished = self.scheduler.update(&output, &results, step_time_s, now_s);
+        self.record_levels(&output);
+        for state in finished {
+            self.finish(state, now_s);
+        }
+    }
+
+    /// Streams each member's new text and builds the step results for the scheduler.
+    fn apply_outputs(
+        &mut self,
+        output: &SchedulerOutput,
+        outputs: &[BackendStepOutput],
+        now_s: f64,
+    ) -> Vec<StepResult> {
+        let by_id: HashMap<u64, &BackendStepOutput> = outputs.iter().map(|o| (o.id, o)).collect();
+        let mut results = Vec::with_capacity(output.batch.len());
+        for member in &output.batch {
+            let Some(o) = by_id.get(&member.id) else {
+                tracing::warn!(id = member.id, "engine returned no output for a batch member");
+                results.push(StepResult {
+                    id: member.id,
+                    drafted_tokens: 0,
+                    accepted_tokens: 0,
+                    new_tokens: 0,
+                    finished: None,
+                });
+                continue;
+            };
+            self.record_spec_counters(o);
+            let Some(r) = self.inflight.get_mut(&member.id) else {
+                continue;
+            };
+            r.first_step_s.get_or_insert(now_s);
+            let mut consumed = 0u32;
+            let mut text = String::new();
+            for &token in &o.new_tokens {
+                consumed += 1;
+                if self.ctx.eos_token_ids.contains(&token) {
+                    continue;
+                }
+                let piece = match r.decoder.push(self.ctx.text.as_ref(), token) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(id = member.id, error = %e, "detokenization failed");
+                        String::new()
+                    }
+                };
+                let out = r.stop.push(&piece);
+                text.push_str(&out.emit);
+                if out.stopped {
+                    r.stopped_by_string = true;
+                    break;
+                }
+            }
+            if consumed > 0 {
+                r.first_token_s.get_or_insert(now_s);
+            }
+            r.completion_tokens += consumed;
+            self.ctx.metrics.generation_tokens.inc_by(u64::from(consumed));
+            if !text.is_empty() {
+                r.send(ResponseEvent::Text(text));
+            }
+            let finished = if r.stopped_by_string {
+                Some(FinishReason::Stop)
+            } else {
+                match o.finished {
+                    Some(BackendFinish::Eos) => Some(FinishReason::Stop),
+                    Some(BackendFinish::Length) => Some(FinishReason::Length),
+                    None => None,
+                }
+            };
+            results.push(StepResult {
+                id: member.id,
+                drafted_tokens: o.drafted_tokens,
+                accepted_tokens: o.accepted_tokens.min(o.drafted_tokens),
+                new_tokens: consumed,
+                finished,
+            });
+        }
+        results
+    }
+
+    fn record_spec_counters(&self, o: &BackendStepOutput) {
+        if o.drafted_tokens == 0 {
+            return;
+        }
+        let m = &self.ctx.metrics;
+        m.spec_num_drafts.inc();
+        m.spec_num_draft_tokens.inc_by(u64::from(o.drafted_tokens));
+        let accepted = o.accepted_tokens.min(o.drafted_tokens);
+        m.spec_num_accepted_tokens.inc_by(u64::from(accepted));
+        // Accepted drafts are a prefix: positions 0..accepted were each accepted once.
+        for pos in 0..accepted {
+            m.spec_accepted_per_pos
+                .with_label_values(&[&pos.to_string()])
+                .inc();
+        }
+    }
+
+    fn record_levels(&mut self, output: &SchedulerOutput) {
+        let cfg = &self.ctx.policy_config;
+        for member in &output.batch {
+            if let (Some(state), Some(r)) =
+                (self.scheduler.request(member.id), self.inflight.get_mut(&member.id))
+            {
+                r.visit_level(queue_level(
+                    state.attained_service_passes,
+                    cfg.first_threshold_passes,
+                    cfg.num_queues,
+                ));
+            }
+        }
+    }
+
+    /// Sends the rest of the text and the final statistics; frees everything the request held.
+    fn finish(&mut self, state: RequestState, now_s: f64) {
+        let id = state.id();
+        self.backend.remove(id);
+        let Some(mut r) = self.inflight.remove(&id) else {
+            return;
+        };
+        let cfg = &self.ctx.policy_config;
+        r.visit_level(queue_level(
+            state.attained_service_passes,
+            cfg.first_threshold_passes,
+            cfg.num_queues,
+        ));
+        if !r.stopped_by_string {
+            let rest = r.decoder.flush(self.ctx.text.as_ref()).unwrap_or_default();
+            let out = r.stop.push(&rest);
+            let mut text = out.emit;
+            if out.stopped {
+                r.stopped_by_string = true;
+            } else {
+                text.push_str(&r.stop.finish());
+            }
+            if !text.is_empty() {
+                r.send(ResponseEvent::Text(text));
+            }
+        }
+        let info = r.finished_info(&state, self.scheduler.policy_name(), now_s);
+        let m = &self.ctx.metrics;
+        m.requests_finished.with_label_values(&[info.finish_reason]).inc();
+        let s = &info.metrics.scheduling;
+        m.e2e_s.observe(s.e2e_s);
+        if let Some(ttft) = s.ttft_s {
+            m.ttft_s.observe(ttft);
+            if info.usage.completion_tokens > 1 {
+                m.tpot_s
+                    .observe((s.e2e_s - ttft) / f64::from(info.usage.completion_tokens - 1));
+            }
+        }
+        if let Some(q) = s.queue_time_s {
+            m.queue_time_s.observe(q);
+        }
+        if let Some(rate) = info.metrics.speculative_decoding.acceptance_rate {
+            m.request_acceptance_rate.observe(rate);
+        }
+        tracing::debug!(id, reason = info.finish_reason, tokens = info.usage.completion_tokens, "finished");
+        r.send(ResponseEvent::Finished(Box::new(info)));
+    }
+
+    /// Requests by phase, per queue level, perceptible count, KV in use.
+    fn refresh_gauges(&self) {
+        let m = &self.ctx.metrics;
+        let mut by_state = [0i64; REQUEST_STATES.len()];
+        let num_queues = self.ctx.policy_config.num_queues.max(1);
+        let mut by_level = vec![0i64; num_queues];
+        let mut perceptible = 0;
+        for r in self.scheduler.requests() {
+            let slot = match r.phase {
+                RequestPhase::Waiting => 0,
+                RequestPhase::Running => 1,
+                RequestPhase::Preempted { kv_resident: true } => 2,
+                RequestPhase::Preempted { kv_resident: false } => 3,
+                RequestPhase::Finished(_) => continue,
+            };
+            by_state[slot] += 1;
+            let level = queue_level(
+                r.attained_service_passes,
+                self.ctx.policy_config.first_threshold_passes,
+                num_queues,
+            ) as usize;
+            by_level[level.min(num_queues - 1)] += 1;
+            perceptible += i64::from(r.perceptible);
+        }
+        for (state, n) in REQUEST_STATES.iter().zip(by_state) {
+            m.requests.with_label_values(&[state]).set(n);
+        }
+        for (level, n) in by_level.iter().enumerate() {
+            m.queue_requests.with_label_values(&[&level.to_string()]).set(*n);
+        }
+        m.perceptible_requests.set(perceptible);
+        m.kv_tokens_reserved.set(self.scheduler.kv_tokens_in_use() as i64);
+        m.kv_tokens_in_use.set(self.backend.kv_tokens_in_use() as i64);
+    }
+}

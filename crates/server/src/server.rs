@@ -1,0 +1,251 @@
+//! Starting and stopping the server: spawn the engine worker thread (it loads the model, so model
+//! work never touches the async runtime), build the router, serve until the shutdown signal, then
+//! drain: stop accepting, let in-flight requests finish for up to `shutdown_timeout_s`, cancel
+//! what is left, wait for the worker to exit.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lapsd_core::{
+    policy::build_policy, Capacity, LinearCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind,
+    Scheduler, SchedulerConfig, StabilityRule,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::backend::Backend;
+use crate::engine_worker::{EngineWorker, WorkerContext};
+use crate::error::ServerError;
+use crate::metrics::Metrics;
+use crate::model_text::{ModelCard, ModelText};
+use crate::routes::{router, AppState};
+use crate::validation::Validator;
+
+/// Everything `lapsd serve` is configured with (built from the CLI flags, or by tests).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    pub policy: PolicyKind,
+    pub policy_config: PolicyConfig,
+    pub capacity: Capacity,
+    /// Draft tokens per SD step (k); 0 = plain decoding.
+    pub speculation_length: u32,
+    /// Most requests in the server at once (waiting, running or preempted); more get 429.
+    pub max_queue: usize,
+    /// Step costs LAPS-SD uses to estimate remaining execution time.
+    pub cost: LinearCost,
+    /// Output-length prior of the online predictor before it has observed any request (tokens).
+    pub predictor_prior_tokens: u32,
+    /// Finished requests the online predictor remembers per prompt-length bucket.
+    pub predictor_window: usize,
+    /// On shutdown, how long in-flight requests may run before they are cancelled.
+    pub shutdown_timeout_s: f64,
+}
+
+/// A loaded model: the engine (owned by the worker thread) and what handlers need.
+pub struct LoadedModel {
+    pub backend: Box<dyn Backend>,
+    pub text: Arc<dyn ModelText>,
+    pub card: ModelCard,
+    /// The draft method, for `lapsd_policy_info`.
+    pub draft_name: String,
+}
+
+/// Loads the model; runs on the engine worker thread.
+pub type ModelLoader = Box<dyn FnOnce() -> Result<LoadedModel, ServerError> + Send>;
+
+/// A started server.
+pub struct ServerHandle {
+    pub local_addr: SocketAddr,
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// Triggers a graceful shutdown and waits for it to complete.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops on its own (its shutdown signal fired).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Worker(format!("server task: {e}")))?
+    }
+}
+
+fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
+    if config.policy == PolicyKind::Oracle {
+        return Err(ServerError::Config(
+            "policy `oracle` needs the true output length and exists only in `lapsd sim`".into(),
+        ));
+    }
+    if config.max_queue == 0 {
+        return Err(ServerError::Config("--max-queue must be at least 1".into()));
+    }
+    if config.capacity.max_batch == 0 {
+        return Err(ServerError::Config("--max-batch must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Loads the model (on the worker thread), binds, and serves until `shutdown` resolves or the
+/// returned handle's `shutdown` is called. Returns once the server accepts connections.
+pub async fn start(
+    config: ServerConfig,
+    loader: ModelLoader,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ServerHandle, ServerError> {
+    check_config(&config)?;
+    let start = Instant::now();
+    let metrics = Arc::new(Metrics::new().map_err(|e| ServerError::Config(e.to_string()))?);
+    let cancel_all = Arc::new(AtomicBool::new(false));
+    let (commands_tx, commands_rx) = mpsc::channel(config.max_queue);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let worker = {
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let cancel_all = cancel_all.clone();
+        std::thread::Builder::new()
+            .name("engine_worker".into())
+            .spawn(move || {
+                worker_main(config, loader, metrics, cancel_all, start, commands_rx, ready_tx)
+            })?
+    };
+    let (text, card) = match ready_rx.await {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(e)) => {
+            let _ = worker.join();
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = worker.join();
+            return Err(ServerError::Worker("the engine worker died while loading".into()));
+        }
+    };
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+    let local_addr = listener.local_addr()?;
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        validator: Validator {
+            card,
+            text,
+            kv_budget_tokens: config.capacity.kv_budget_tokens,
+            lookahead_tokens: config.speculation_length + 1,
+        },
+        commands_tx,
+        admission: Arc::new(Semaphore::new(config.max_queue)),
+        max_queue: config.max_queue,
+        metrics,
+        shutting_down: shutting_down.clone(),
+        created_unix_s: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        start,
+        next_response_id: Arc::new(AtomicU64::new(1)),
+    };
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let drain_timeout = Duration::from_secs_f64(config.shutdown_timeout_s.max(0.0));
+    let signal = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shutdown_rx => {}
+        }
+        tracing::info!("shutdown: no longer accepting; draining in-flight requests");
+        shutting_down.store(true, Ordering::Release);
+        let cancel_all = cancel_all.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(drain_timeout).await;
+            tracing::warn!("shutdown: drain timeout passed, cancelling what is left");
+            cancel_all.store(true, Ordering::Release);
+        });
+    };
+    tracing::info!(%local_addr, "lapsd serve listening");
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await?;
+        // Every handler (and with it every command sender) is gone: the worker finishes what
+        // it holds and exits.
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .map_err(|e| ServerError::Worker(e.to_string()))?
+            .map_err(|_| ServerError::Worker("the engine worker panicked".into()))?;
+        tracing::info!("lapsd serve stopped");
+        Ok(())
+    });
+    Ok(ServerHandle {
+        local_addr,
+        shutdown_tx: Some(shutdown_tx),
+        task,
+    })
+}
+
+type Ready = Result<(Arc<dyn ModelText>, ModelCard), ServerError>;
+
+/// Body of the engine worker thread: load, build the scheduler, report readiness, run.
+fn worker_main(
+    config: ServerConfig,
+    loader: ModelLoader,
+    metrics: Arc<Metrics>,
+    cancel_all: Arc<AtomicBool>,
+    start: Instant,
+    commands_rx: mpsc::Receiver<crate::engine_worker::WorkerCommand>,
+    ready_tx: oneshot::Sender<Ready>,
+) {
+    let built = build_policy(config.policy, &config.policy_config)
+        .map_err(|e| ServerError::Config(e.to_string()))
+        .and_then(|policy| Ok((policy, loader()?)));
+    let (policy, loaded) = match built {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready_tx.send(Err(e));
+            return;
+        }
+    };
+    let scheduler = Scheduler::new(
+        SchedulerConfig {
+            capacity: config.capacity,
+            speculation_length: config.speculation_length,
+            stability: StabilityRule::default(),
+            cost: config.cost,
+        },
+        policy,
+    )
+    .with_predictor(Box::new(OnlineQuantilePredictor::new(
+        config.predictor_prior_tokens,
+        config.predictor_window,
+    )));
+    metrics.kv_budget_tokens.set(config.capacity.kv_budget_tokens as i64);
+    metrics
+        .policy_info
+        .with_label_values(&[config.policy.name(), &loaded.draft_name])
+        .set(1.0);
+    let ctx = WorkerContext {
+        text: loaded.text.clone(),
+        metrics,
+        eos_token_ids: loaded.card.eos_token_ids.clone(),
+        speculation_length: config.speculation_length,
+        policy_config: config.policy_config.clone(),
+        cancel_all,
+        start,
+    };
+    if ready_tx.send(Ok((loaded.text, loaded.card))).is_err() {
+        return;
+    }
+    EngineWorker::new(loaded.backend, scheduler, ctx, commands_rx).run();
+}

@@ -1,0 +1,453 @@
+//! Validation at the edge (TGI's `validation.rs`): turns an OpenAI request into a [`ValidRequest`]
+//! that the engine worker accepts as is, or a 400/404 naming the field, the limit and the value.
+//!
+//! Limits checked: the model name, `n`/`best_of`/`logprobs`/`echo` (unsupported beyond the
+//! defaults), `temperature` in [0, 2], `top_p` in (0, 1], `priority` in i32, `stop` (at most 4
+//! non-empty strings), the prompt (non-empty, inside the context window, token ids inside the
+//! vocabulary), `max_tokens` (>= 1; prompt + max_tokens within the context and, with the
+//! speculative lookahead, within the KV budget). Without `max_tokens` a request may generate up
+//! to the remaining context (vLLM's default), capped by the KV budget.
+
+use std::sync::Arc;
+
+use crate::api::openai::{
+    ChatCompletionRequest, CommonParams, CompletionRequest, MessageContent, PromptInput, StopInput,
+};
+use crate::error::ApiError;
+use crate::model_text::{ModelCard, ModelText};
+
+/// Most stop strings per request (OpenAI's limit).
+pub const MAX_STOP_STRINGS: usize = 4;
+
+/// Sampling parameters after validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidSampling {
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u64>,
+}
+
+/// A request the engine worker can run without further checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: u32,
+    pub sampling: ValidSampling,
+    pub stop: Vec<String>,
+    /// Lower runs first (vLLM); default 0.
+    pub priority: i32,
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+/// The limits requests are checked against, and the model text functions.
+#[derive(Clone)]
+pub struct Validator {
+    pub card: ModelCard,
+    pub text: Arc<dyn ModelText>,
+    /// Scheduler KV budget in tokens.
+    pub kv_budget_tokens: u64,
+    /// KV tokens reserved beyond the context for one SD step (k + 1).
+    pub lookahead_tokens: u32,
+}
+
+impl Validator {
+    pub fn completion(&self, req: &CompletionRequest) -> Result<ValidRequest, ApiError> {
+        if req.echo {
+            return Err(ApiError::invalid("echo", "`echo` is not supported"));
+        }
+        let prompt_ids = match &req.prompt {
+            PromptInput::Text(text) => self.encode(text, true, "prompt")?,
+            PromptInput::Texts(texts) => match texts.as_slice() {
+                [one] => self.encode(one, true, "prompt")?,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "prompt",
+                        format!(
+                            "exactly one prompt per request is supported, got {}",
+                            texts.len()
+                        ),
+                    ))
+                }
+            },
+            PromptInput::TokenIds(ids) => {
+                if let Some(&bad) = ids.iter().find(|&&id| id >= self.card.vocab_size) {
+                    return Err(ApiError::invalid(
+                        "prompt",
+                        format!(
+                            "token id {bad} is outside the vocabulary (size {})",
+                            self.card.vocab_size
+                        ),
+                    ));
+                }
+                ids.clone()
+            }
+        };
+        self.finish(&req.common(), None, prompt_ids, "prompt")
+    }
+
+    pub fn chat(&self, req: &ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
+        if req.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must contain at least one message",
+            ));
+        }
+        let mut turns = Vec::with_capacity(req.messages.len());
+        for (i, m) in req.messages.iter().enumerate() {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].role"),
+                        format!("unsupported role {other:?} (expected system, developer, user or assistant)"),
+                    ))
+                }
+            };
+            let content = match &m.content {
+                Some(MessageContent::Text(t)) => t.clone(),
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.iter().enumerate() {
+                        match (part.part_type.as_str(), &part.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    format!("only text content parts are supported, got type {kind:?}"),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+                None if role == "assistant" => String::new(),
+                None => {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].content"),
+                        "`content` is required",
+                    ))
+                }
+            };
+            turns.push((role.to_string(), content));
+        }
+        let prompt = self.text.render_chat(&turns).map_err(|e| ApiError::Internal {
+            detail: format!("chat template: {e}"),
+        })?;
+        // The template writes any special tokens itself.
+        let prompt_ids = self.encode(&prompt, false, "messages")?;
+        self.finish(
+            &req.common(),
+            req.max_completion_tokens
+                .map(|v| ("max_completion_tokens", v)),
+            prompt_ids,
+            "messages",
+        )
+    }
+
+    fn encode(&self, text: &str, add_special: bool, field: &str) -> Result<Vec<u32>, ApiError> {
+        self.text
+            .encode(text, add_special)
+            .map_err(|e| ApiError::Internal {
+                detail: format!("tokenizing `{field}`: {e}"),
+            })
+    }
+
+    /// Checks shared by both endpoints. `max_override` is chat's `max_completion_tokens`.
+    fn finish(
+        &self,
+        c: &CommonParams,
+        max_override: Option<(&'static str, i64)>,
+        prompt_ids: Vec<u32>,
+        prompt_field: &str,
+    ) -> Result<ValidRequest, ApiError> {
+        if let Some(model) = &c.model {
+            if model != &self.card.name {
+                return Err(ApiError::ModelNotFound {
+                    requested: model.clone(),
+                    served: self.card.name.clone(),
+                });
+            }
+        }
+        if let Some(n) = c.n {
+            if n != 1 {
+                return Err(ApiError::invalid("n", format!("only n = 1 is supported, got {n}")));
+            }
+        }
+        if let Some(b) = c.best_of {
+            if b != 1 {
+                return Err(ApiError::invalid("best_of", format!("only best_of = 1 is supported, got {b}")));
+            }
+        }
+        if let Some(lp) = &c.logprobs {
+            let off = lp.is_null() || lp == &serde_json::Value::Bool(false);
+            if !off {
+                return Err(ApiError::invalid("logprobs", "`logprobs` is not supported"));
+            }
+        }
+        let temperature = c.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("temperature must be in [0, 2], got {temperature}"),
+            ));
+        }
+        let top_p = c.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+        }
+        let priority = match c.priority {
+            None => 0,
+            Some(p) => i32::try_from(p).map_err(|_| {
+                ApiError::invalid("priority", format!("priority must fit in 32 bits, got {p}"))
+            })?,
+        };
+        let stop = self.stop(c.stop.as_ref())?;
+        let max_tokens = self.max_tokens(c, max_override, prompt_ids.len(), prompt_field)?;
+        Ok(ValidRequest {
+            prompt_ids,
+            max_tokens,
+            sampling: ValidSampling {
+                temperature: temperature as f32,
+                top_p: top_p as f32,
+                seed: c.seed.map(|s| s as u64),
+            },
+            stop,
+            priority,
+            stream: c.stream,
+            include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        })
+    }
+
+    fn stop(&self, stop: Option<&StopInput>) -> Result<Vec<String>, ApiError> {
+        let stops = match stop {
+            None => Vec::new(),
+            Some(StopInput::One(s)) => vec![s.clone()],
+            Some(StopInput::Many(v)) => v.clone(),
+        };
+        if stops.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("at most {MAX_STOP_STRINGS} stop strings are allowed, got {}", stops.len()),
+            ));
+        }
+        if stops.iter().any(String::is_empty) {
+            return Err(ApiError::invalid("stop", "stop strings must not be empty"));
+        }
+        Ok(stops)
+    }
+
+    fn max_tokens(
+        &self,
+        c: &CommonParams,
+        max_override: Option<(&'static str, i64)>,
+        prompt_tokens: usize,
+        prompt_field: &str,
+    ) -> Result<u32, ApiError> {
+        let context = u64::from(self.card.context_length);
+        let prompt = prompt_tokens as u64;
+        let lookahead = u64::from(self.lookahead_tokens);
+        if prompt == 0 {
+            return Err(ApiError::invalid(prompt_field, "the prompt must not be empty"));
+        }
+        if prompt >= context {
+            return Err(ApiError::invalid(
+                prompt_field,
+                format!("the prompt is {prompt} tokens; the model's context length is {context}"),
+            ));
+        }
+        // What the KV budget leaves for output after the prompt and one step's lookahead.
+        let kv_room = self.kv_budget_tokens.saturating_sub(prompt + lookahead);
+        if kv_room == 0 {
+            return Err(ApiError::invalid(
+                prompt_field,
+                format!(
+                    "the prompt is {prompt} tokens; with the speculative lookahead of {lookahead} it leaves no room in the KV budget of {} tokens",
+                    self.kv_budget_tokens
+                ),
+            ));
+        }
+        let (field, requested) = match max_override {
+            Some((field, v)) => (field, Some(v)),
+            None => ("max_tokens", c.max_tokens),
+        };
+        let Some(requested) = requested else {
+            return Ok((context - prompt).min(kv_room).min(u64::from(u32::MAX)) as u32);
+        };
+        if requested < 1 {
+            return Err(ApiError::invalid(field, format!("{field} must be at least 1, got {requested}")));
+        }
+        let requested = requested as u64;
+        if prompt + requested > context {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{field} = {requested} plus the prompt's {prompt} tokens exceeds the model's context length of {context} tokens"
+                ),
+            ));
+        }
+        if requested > kv_room {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{field} = {requested} plus the prompt's {prompt} tokens and the lookahead of {lookahead} exceeds the KV budget of {} tokens",
+                    self.kv_budget_tokens
+                ),
+            ));
+        }
+        Ok(requested as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::json::parse_body;
+    use crate::model_text::render_chatml;
+
+    /// One token per whitespace-separated word (enough to test the limits).
+    struct Words;
+    impl ModelText for Words {
+        fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, String> {
+            Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String, String> {
+            Ok(format!("{ids:?}"))
+        }
+        fn render_chat(&self, m: &[(String, String)]) -> Result<String, String> {
+            Ok(render_chatml(m))
+        }
+    }
+
+    fn validator() -> Validator {
+        Validator {
+            card: ModelCard {
+                name: "tiny".into(),
+                context_length: 20,
+                vocab_size: 100,
+                eos_token_ids: vec![0],
+            },
+            text: Arc::new(Words),
+            kv_budget_tokens: 1000,
+            lookahead_tokens: 5,
+        }
+    }
+
+    fn completion(body: &str) -> Result<ValidRequest, ApiError> {
+        let req: CompletionRequest = parse_body(body.as_bytes())?;
+        validator().completion(&req)
+    }
+
+    fn chat(body: &str) -> Result<ValidRequest, ApiError> {
+        let req: ChatCompletionRequest = parse_body(body.as_bytes())?;
+        validator().chat(&req)
+    }
+
+    fn param(r: Result<ValidRequest, ApiError>) -> String {
+        match r {
+            Err(ApiError::InvalidRequest { param: Some(p), .. }) => p,
+            other => panic!("expected a 400 naming a field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_completion_becomes_valid() {
+        let v = completion(
+            r#"{"model":"tiny","prompt":"a bb ccc","max_tokens":4,"temperature":0,"stop":"x","priority":-3,"seed":7,"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .expect("valid");
+        assert_eq!(v.prompt_ids, vec![1, 2, 3]);
+        assert_eq!(v.max_tokens, 4);
+        assert_eq!(v.sampling, ValidSampling { temperature: 0.0, top_p: 1.0, seed: Some(7) });
+        assert_eq!(v.stop, vec!["x".to_string()]);
+        assert_eq!(v.priority, -3);
+        assert!(v.stream && v.include_usage);
+    }
+
+    #[test]
+    fn default_max_tokens_is_the_remaining_context() {
+        let v = completion(r#"{"prompt":"a b c"}"#).expect("valid");
+        assert_eq!(v.max_tokens, 17);
+    }
+
+    #[test]
+    fn max_tokens_limits() {
+        assert_eq!(param(completion(r#"{"prompt":"a","max_tokens":0}"#)), "max_tokens");
+        assert_eq!(param(completion(r#"{"prompt":"a","max_tokens":-5}"#)), "max_tokens");
+        assert_eq!(param(completion(r#"{"prompt":"a b","max_tokens":19}"#)), "max_tokens");
+        assert!(completion(r#"{"prompt":"a b","max_tokens":18}"#).is_ok());
+        assert_eq!(
+            param(chat(r#"{"messages":[{"role":"user","content":"a"}],"max_completion_tokens":0}"#)),
+            "max_completion_tokens"
+        );
+    }
+
+    #[test]
+    fn kv_budget_bounds_max_tokens() {
+        let mut v = validator();
+        v.kv_budget_tokens = 12;
+        let req: CompletionRequest = parse_body(br#"{"prompt":"a b","max_tokens":6}"#).expect("parses");
+        assert_eq!(param(v.completion(&req)), "max_tokens");
+        let req: CompletionRequest = parse_body(br#"{"prompt":"a b","max_tokens":5}"#).expect("parses");
+        assert_eq!(v.completion(&req).expect("fits").max_tokens, 5);
+    }
+
+    #[test]
+    fn prompt_limits() {
+        assert_eq!(param(completion(r#"{"prompt":""}"#)), "prompt");
+        let long = vec!["w"; 20].join(" ");
+        assert_eq!(param(completion(&format!(r#"{{"prompt":"{long}"}}"#))), "prompt");
+        assert_eq!(param(completion(r#"{"prompt":["a","b"]}"#)), "prompt");
+        assert_eq!(param(completion(r#"{"prompt":[1,2,100]}"#)), "prompt");
+        assert_eq!(completion(r#"{"prompt":[1,2,99]}"#).expect("valid").prompt_ids, vec![1, 2, 99]);
+    }
+
+    #[test]
+    fn sampling_ranges_and_unsupported_options() {
+        assert_eq!(param(completion(r#"{"prompt":"a","temperature":2.5}"#)), "temperature");
+        assert_eq!(param(completion(r#"{"prompt":"a","temperature":-0.1}"#)), "temperature");
+        assert_eq!(param(completion(r#"{"prompt":"a","top_p":0}"#)), "top_p");
+        assert_eq!(param(completion(r#"{"prompt":"a","top_p":1.5}"#)), "top_p");
+        assert_eq!(param(completion(r#"{"prompt":"a","n":2}"#)), "n");
+        assert_eq!(param(completion(r#"{"prompt":"a","best_of":3}"#)), "best_of");
+        assert_eq!(param(completion(r#"{"prompt":"a","logprobs":2}"#)), "logprobs");
+        assert_eq!(param(completion(r#"{"prompt":"a","echo":true}"#)), "echo");
+        assert_eq!(param(completion(r#"{"prompt":"a","priority":9999999999}"#)), "priority");
+        assert!(completion(r#"{"prompt":"a","n":1,"logprobs":null}"#).is_ok());
+    }
+
+    #[test]
+    fn stop_limits() {
+        assert_eq!(param(completion(r#"{"prompt":"a","stop":["a","b","c","d","e"]}"#)), "stop");
+        assert_eq!(param(completion(r#"{"prompt":"a","stop":""}"#)), "stop");
+    }
+
+    #[test]
+    fn unknown_model_is_404() {
+        let e = completion(r#"{"model":"gpt-9","prompt":"a"}"#).expect_err("unknown model");
+        assert_eq!(e.status(), axum::http::StatusCode::NOT_FOUND);
+        assert_eq!(e.body().error.param.as_deref(), Some("model"));
+    }
+
+    #[test]
+    fn chat_messages_are_checked() {
+        assert_eq!(param(chat(r#"{"messages":[]}"#)), "messages");
+        assert_eq!(
+            param(chat(r#"{"messages":[{"role":"user","content":"a"},{"role":"wizard","content":"b"}]}"#)),
+            "messages[1].role"
+        );
+        assert_eq!(param(chat(r#"{"messages":[{"role":"user"}]}"#)), "messages[0].content");
+        assert_eq!(
+            param(chat(r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)),
+            "messages[0].content[0]"
+        );
+        let v = chat(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#)
+            .expect("valid");
+        // ChatML of one user turn, split on whitespace by the toy tokenizer.
+        assert_eq!(v.prompt_ids, Words.encode(&render_chatml(&[("user".into(), "hi".into())]), false).expect("encodes"));
+    }
+}
