@@ -92,7 +92,10 @@ mod tests {
             let process = ArrivalProcess::new(10.0, burstiness).unwrap();
             let (mean, cv) = mean_and_cv(&gaps(process, 200_001, seed));
             let expected_cv = 1.0 / f64::sqrt(burstiness);
-            assert!((mean - 0.1).abs() < 0.003, "burstiness {burstiness}: mean {mean}");
+            assert!(
+                (mean - 0.1).abs() < 0.003,
+                "burstiness {burstiness}: mean {mean}"
+            );
             assert!(
                 (cv - expected_cv).abs() < 0.05 * expected_cv,
                 "burstiness {burstiness}: cv {cv}, expected {expected_cv}"
@@ -119,7 +122,11 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_rejected_with_the_flag_named() {
-        for (rate, burst, flag) in [(0.0, 1.0, "rate"), (f64::NAN, 1.0, "rate"), (1.0, 0.0, "burstiness")] {
+        for (rate, burst, flag) in [
+            (0.0, 1.0, "rate"),
+            (f64::NAN, 1.0, "rate"),
+            (1.0, 0.0, "burstiness"),
+        ] {
             match ArrivalProcess::new(rate, burst) {
                 Err(BenchError::InvalidArgument { flag: f, .. }) => assert_eq!(f, flag),
                 other => panic!("expected InvalidArgument for {flag}, got {other:?}"),

@@ -166,7 +166,9 @@ fn workload_source(source: &SourceArgs) -> anyhow::Result<WorkloadSource> {
         return Ok(WorkloadSource::Profile { profile });
     }
     if let Some(trace) = &source.trace {
-        return Ok(WorkloadSource::Trace { path: trace.clone() });
+        return Ok(WorkloadSource::Trace {
+            path: trace.clone(),
+        });
     }
     match source.dataset.as_deref() {
         Some([kind, path]) => match kind.as_str() {
@@ -197,7 +199,11 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
     })?;
     if let Some(path) = &args.emit_sim_trace {
         trace::write_sim_trace(&plan, path)?;
-        eprintln!("wrote simulator trace {} ({} requests)", path.display(), plan.items.len());
+        eprintln!(
+            "wrote simulator trace {} ({} requests)",
+            path.display(),
+            plan.items.len()
+        );
     }
     if args.dry_run {
         let output_tokens: u64 = plan.items.iter().map(|i| u64::from(i.max_tokens)).sum();
@@ -214,7 +220,10 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         bail!("--url is required unless --dry-run");
     };
     if !(args.request_timeout_s.is_finite() && args.request_timeout_s > 0.0) {
-        bail!("--request-timeout-s must be a positive number, got {}", args.request_timeout_s);
+        bail!(
+            "--request-timeout-s must be a positive number, got {}",
+            args.request_timeout_s
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -243,7 +252,11 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         "lapsd bench: {} requests to {url}{} (model {model}), rate {}",
         plan.items.len(),
         args.endpoint.path(),
-        if is_trace { "from trace".to_string() } else { format!("{rate_per_s} req/s") }
+        if is_trace {
+            "from trace".to_string()
+        } else {
+            format!("{rate_per_s} req/s")
+        }
     );
     let outcome = runtime.block_on(runner::run_plan(&plan, http, &config));
     let settings = RunSettings {
@@ -269,7 +282,8 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
     print!("{}", report.table());
     if let Some(path) = &args.out {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         report.save(path)?;
         eprintln!("wrote {}", path.display());

@@ -200,7 +200,11 @@ async fn stream_request(
     start: Instant,
     result: &mut RequestResult,
 ) -> Result<(), RequestError> {
-    let url = format!("{}{}", config.base_url.trim_end_matches('/'), config.endpoint.path());
+    let url = format!(
+        "{}{}",
+        config.base_url.trim_end_matches('/'),
+        config.endpoint.path()
+    );
     let response = http
         .post(&url)
         .json(&request_body(config, prompt, max_tokens))
@@ -287,7 +291,10 @@ pub fn apply_chunk(data: &str, result: &mut RequestResult) -> Result<bool, Reque
     let value: Value = serde_json::from_str(data)
         .map_err(|e| malformed(format!("chunk is not JSON ({e}): {}", preview(data))))?;
     if !value.is_object() {
-        return Err(malformed(format!("chunk is not a JSON object: {}", preview(data))));
+        return Err(malformed(format!(
+            "chunk is not a JSON object: {}",
+            preview(data)
+        )));
     }
     if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
         return Err(RequestError {
@@ -335,7 +342,10 @@ pub fn parse_sd_stats(chunk: &Value) -> Option<SdStats> {
         .filter(|sd| sd.is_object())
     {
         SdStats {
-            drafted_tokens: u64_of(sd, &["num_drafted_tokens", "drafted_tokens", "draft_tokens"]),
+            drafted_tokens: u64_of(
+                sd,
+                &["num_drafted_tokens", "drafted_tokens", "draft_tokens"],
+            ),
             accepted_tokens: u64_of(sd, &["num_accepted_tokens", "accepted_tokens"]),
             acceptance_rate: f64_of(sd, &["acceptance_rate"]),
             mean_acceptance_length: f64_of(sd, &["mean_acceptance_length"]),

@@ -21,7 +21,9 @@ static REGISTER_FONT: Once = Once::new();
 fn register_font() {
     REGISTER_FONT.call_once(|| {
         if plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_err() {
-            tracing::error!("embedded DejaVu Sans font could not be registered; plots will lack text");
+            tracing::error!(
+                "embedded DejaVu Sans font could not be registered; plots will lack text"
+            );
         }
     });
 }
@@ -139,7 +141,10 @@ pub fn plot_latency_cdf(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>
         ],
         markers: false,
     };
-    chart.save(dir, &format!("{}_rate{}_latency_cdf", file_safe(&label), file_safe(&rate)))
+    chart.save(
+        dir,
+        &format!("{}_rate{}_latency_cdf", file_safe(&label), file_safe(&rate)),
+    )
 }
 
 /// Draws mean and p99 end-to-end latency and TTFT against request rate, one line per label.
@@ -147,10 +152,30 @@ pub fn plot_latency_cdf(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>
 pub fn plot_vs_rate(reports: &[BenchReport], dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
     type Pick = fn(&LatencySummary) -> f64;
     let metrics: [(&str, &str, fn(&BenchReport) -> Option<LatencySummary>, Pick); 4] = [
-        ("e2e_mean", "mean end-to-end latency (ms)", |r| r.e2e, |s| s.mean_ms),
-        ("e2e_p99", "p99 end-to-end latency (ms)", |r| r.e2e, |s| s.p99_ms),
-        ("ttft_mean", "mean time to first token (ms)", |r| r.ttft, |s| s.mean_ms),
-        ("ttft_p99", "p99 time to first token (ms)", |r| r.ttft, |s| s.p99_ms),
+        (
+            "e2e_mean",
+            "mean end-to-end latency (ms)",
+            |r| r.e2e,
+            |s| s.mean_ms,
+        ),
+        (
+            "e2e_p99",
+            "p99 end-to-end latency (ms)",
+            |r| r.e2e,
+            |s| s.p99_ms,
+        ),
+        (
+            "ttft_mean",
+            "mean time to first token (ms)",
+            |r| r.ttft,
+            |s| s.mean_ms,
+        ),
+        (
+            "ttft_p99",
+            "p99 time to first token (ms)",
+            |r| r.ttft,
+            |s| s.p99_ms,
+        ),
     ];
     let mut files = Vec::new();
     for (stem, y_desc, summary, pick) in metrics {
@@ -179,7 +204,13 @@ pub fn plot_vs_rate(reports: &[BenchReport], dir: &Path) -> Result<Vec<PathBuf>,
 
 fn file_safe(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -190,7 +221,10 @@ mod tests {
     #[test]
     fn cdf_points_are_sorted_and_end_at_one() {
         let points = cdf_points(&[30.0, 10.0, 20.0, f64::NAN]);
-        assert_eq!(points, vec![(10.0, 1.0 / 3.0), (20.0, 2.0 / 3.0), (30.0, 1.0)]);
+        assert_eq!(
+            points,
+            vec![(10.0, 1.0 / 3.0), (20.0, 2.0 / 3.0), (30.0, 1.0)]
+        );
         assert!(cdf_points(&[]).is_empty());
     }
 

@@ -15,7 +15,9 @@ use rand::Rng;
 use rand_distr::{Distribution, LogNormal};
 
 /// One of the built-in profiles (the same names the simulator uses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     Chatbot,
@@ -46,7 +48,11 @@ impl Profile {
     }
 
     /// Draws a prompt and an output length (clamped to [MIN_OUTPUT_TOKENS, max_output_tokens]).
-    pub fn sample<R: Rng + ?Sized>(self, rng: &mut R, max_output_tokens: u32) -> (&'static str, u32) {
+    pub fn sample<R: Rng + ?Sized>(
+        self,
+        rng: &mut R,
+        max_output_tokens: u32,
+    ) -> (&'static str, u32) {
         // Non-empty constant lists: `choose` cannot return None.
         let prompt = self.prompts().choose(rng).copied().unwrap_or("Hello!");
         let (median, sigma) = self.output_length_params();
@@ -197,7 +203,9 @@ mod tests {
                 "{profile:?}: median {drawn_median}, expected {median}"
             );
             let capped = (0..1000).map(|_| profile.sample(&mut rng, 64).1);
-            assert!(capped.into_iter().all(|t| (MIN_OUTPUT_TOKENS..=64).contains(&t)));
+            assert!(capped
+                .into_iter()
+                .all(|t| (MIN_OUTPUT_TOKENS..=64).contains(&t)));
         }
     }
 }

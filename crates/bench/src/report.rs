@@ -93,14 +93,24 @@ pub struct BenchReport {
 
 impl BenchReport {
     /// Computes the report of a finished run.
-    pub fn build(label: Option<String>, settings: RunSettings, plan: &Plan, outcome: &RunOutcome) -> Self {
+    pub fn build(
+        label: Option<String>,
+        settings: RunSettings,
+        plan: &Plan,
+        outcome: &RunOutcome,
+    ) -> Self {
         let ms = |s: f64| s * 1000.0;
         let mut errors_by_kind = BTreeMap::new();
         let (mut ttfts, mut tpots, mut itls, mut e2es) = (vec![], vec![], vec![], vec![]);
         let mut slo_inputs = Vec::new();
         let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
         let mut records = Vec::with_capacity(outcome.results.len());
-        for ((result, item), &arrival_s) in outcome.results.iter().zip(&plan.items).zip(&plan.arrivals_s) {
+        for ((result, item), &arrival_s) in outcome
+            .results
+            .iter()
+            .zip(&plan.items)
+            .zip(&plan.arrivals_s)
+        {
             let tpot_ms = result.tpot_s().map(ms);
             match &result.error {
                 Some(error) => *errors_by_kind.entry(error.kind.tag()).or_insert(0) += 1,
@@ -115,18 +125,34 @@ impl BenchReport {
                     tpots.extend(tpot_ms);
                     itls.extend(result.itl_s.iter().copied().map(ms));
                     e2es.push(ms(result.e2e_s));
-                    input_tokens += u64::from(result.server_prompt_tokens.unwrap_or(item.prompt_tokens));
+                    input_tokens +=
+                        u64::from(result.server_prompt_tokens.unwrap_or(item.prompt_tokens));
                     output_tokens += u64::from(result.output_tokens);
                 }
             }
-            records.push(record(result, item.prompt_tokens, item.max_tokens, arrival_s, tpot_ms));
+            records.push(record(
+                result,
+                item.prompt_tokens,
+                item.max_tokens,
+                arrival_s,
+                tpot_ms,
+            ));
         }
         let completed = e2es.len();
         let duration_s = outcome.duration_s;
-        let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
+        let per_s = |x: f64| {
+            if duration_s > 0.0 {
+                x / duration_s
+            } else {
+                0.0
+            }
+        };
         BenchReport {
             label,
-            goodput_per_s: settings.slo.is_set().then(|| goodput_per_s(&settings.slo, &slo_inputs, duration_s)),
+            goodput_per_s: settings
+                .slo
+                .is_set()
+                .then(|| goodput_per_s(&settings.slo, &slo_inputs, duration_s)),
             settings,
             duration_s,
             completed,
@@ -179,38 +205,90 @@ impl BenchReport {
         for (kind, count) in &self.errors_by_kind {
             line(&mut out, &format!("  errors {kind}:"), count.to_string());
         }
-        line(&mut out, "Benchmark duration (s):", format!("{:.2}", self.duration_s));
-        line(&mut out, "Total input tokens:", self.total_input_tokens.to_string());
-        line(&mut out, "Total generated tokens:", self.total_output_tokens.to_string());
-        line(&mut out, "Request throughput (req/s):", format!("{:.2}", self.request_throughput_per_s));
+        line(
+            &mut out,
+            "Benchmark duration (s):",
+            format!("{:.2}", self.duration_s),
+        );
+        line(
+            &mut out,
+            "Total input tokens:",
+            self.total_input_tokens.to_string(),
+        );
+        line(
+            &mut out,
+            "Total generated tokens:",
+            self.total_output_tokens.to_string(),
+        );
+        line(
+            &mut out,
+            "Request throughput (req/s):",
+            format!("{:.2}", self.request_throughput_per_s),
+        );
         if let Some(goodput) = self.goodput_per_s {
-            line(&mut out, "Request goodput (req/s):", format!("{goodput:.2}"));
+            line(
+                &mut out,
+                "Request goodput (req/s):",
+                format!("{goodput:.2}"),
+            );
         }
-        line(&mut out, "Output token throughput (tok/s):", format!("{:.2}", self.output_throughput_tokens_per_s));
-        line(&mut out, "Total token throughput (tok/s):", format!("{:.2}", self.total_token_throughput_tokens_per_s));
+        line(
+            &mut out,
+            "Output token throughput (tok/s):",
+            format!("{:.2}", self.output_throughput_tokens_per_s),
+        );
+        line(
+            &mut out,
+            "Total token throughput (tok/s):",
+            format!("{:.2}", self.total_token_throughput_tokens_per_s),
+        );
         for (title, short, summary) in [
             ("Time to First Token", "TTFT", &self.ttft),
-            ("Time per Output Token (excl. 1st token)", "TPOT", &self.tpot),
+            (
+                "Time per Output Token (excl. 1st token)",
+                "TPOT",
+                &self.tpot,
+            ),
             ("Inter-token Latency", "ITL", &self.itl),
             ("End-to-end Latency", "E2E", &self.e2e),
         ] {
             let _ = writeln!(out, "{:-^52}", format!(" {title} "));
             match summary {
                 Some(s) => {
-                    line(&mut out, &format!("Mean {short} (ms):"), format!("{:.2}", s.mean_ms));
-                    line(&mut out, &format!("Median {short} (ms):"), format!("{:.2}", s.median_ms));
-                    line(&mut out, &format!("P99 {short} (ms):"), format!("{:.2}", s.p99_ms));
+                    line(
+                        &mut out,
+                        &format!("Mean {short} (ms):"),
+                        format!("{:.2}", s.mean_ms),
+                    );
+                    line(
+                        &mut out,
+                        &format!("Median {short} (ms):"),
+                        format!("{:.2}", s.median_ms),
+                    );
+                    line(
+                        &mut out,
+                        &format!("P99 {short} (ms):"),
+                        format!("{:.2}", s.p99_ms),
+                    );
                 }
                 None => line(&mut out, "(no samples)", String::new()),
             }
         }
         if let Some(sd) = &self.speculative_decoding {
             let _ = writeln!(out, "{:-^52}", " Speculative Decoding ");
-            line(&mut out, "Requests with SD stats:", sd.requests_with_stats.to_string());
+            line(
+                &mut out,
+                "Requests with SD stats:",
+                sd.requests_with_stats.to_string(),
+            );
             line(&mut out, "Drafted tokens:", sd.drafted_tokens.to_string());
             line(&mut out, "Accepted tokens:", sd.accepted_tokens.to_string());
             if let Some(rate) = sd.acceptance_rate {
-                line(&mut out, "Acceptance rate (%):", format!("{:.2}", rate * 100.0));
+                line(
+                    &mut out,
+                    "Acceptance rate (%):",
+                    format!("{:.2}", rate * 100.0),
+                );
             }
             if let Some(length) = sd.mean_acceptance_length {
                 line(&mut out, "Mean acceptance length:", format!("{length:.2}"));
@@ -221,7 +299,13 @@ impl BenchReport {
     }
 }
 
-fn record(result: &RequestResult, prompt_tokens: u32, max_tokens: u32, arrival_s: f64, tpot_ms: Option<f64>) -> RequestRecord {
+fn record(
+    result: &RequestResult,
+    prompt_tokens: u32,
+    max_tokens: u32,
+    arrival_s: f64,
+    tpot_ms: Option<f64>,
+) -> RequestRecord {
     RequestRecord {
         arrival_s,
         prompt_tokens,
@@ -246,7 +330,9 @@ fn summarize_sd(results: &[RequestResult]) -> Option<SdSummary> {
     if stats.is_empty() {
         return None;
     }
-    let mean = |values: Vec<f64>| (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+    let mean = |values: Vec<f64>| {
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
     let drafted: u64 = stats.iter().filter_map(|s| s.drafted_tokens).sum();
     let accepted: u64 = stats.iter().filter_map(|s| s.accepted_tokens).sum();
     Some(SdSummary {
@@ -254,7 +340,14 @@ fn summarize_sd(results: &[RequestResult]) -> Option<SdSummary> {
         drafted_tokens: drafted,
         accepted_tokens: accepted,
         acceptance_rate: (drafted > 0).then(|| accepted as f64 / drafted as f64),
-        mean_request_acceptance_rate: mean(stats.iter().filter_map(|s| s.acceptance_rate).collect()),
-        mean_acceptance_length: mean(stats.iter().filter_map(|s| s.mean_acceptance_length).collect()),
+        mean_request_acceptance_rate: mean(
+            stats.iter().filter_map(|s| s.acceptance_rate).collect(),
+        ),
+        mean_acceptance_length: mean(
+            stats
+                .iter()
+                .filter_map(|s| s.mean_acceptance_length)
+                .collect(),
+        ),
     })
 }

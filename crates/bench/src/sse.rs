@@ -163,7 +163,10 @@ mod tests {
     #[test]
     fn unterminated_last_event_is_dispatched_at_finish() {
         let mut parser = SseParser::new();
-        assert_eq!(parser.push(b"data: x\n\ndata: [DONE]"), vec![SseEvent::Data("x".into())]);
+        assert_eq!(
+            parser.push(b"data: x\n\ndata: [DONE]"),
+            vec![SseEvent::Data("x".into())]
+        );
         assert_eq!(parser.finish(), vec![SseEvent::Done]);
     }
 }

@@ -124,8 +124,16 @@ mod tests {
         assert_eq!(
             requests,
             vec![
-                TraceRequest { prompt: "hi".into(), max_tokens: 5, arrival_s: 0.0 },
-                TraceRequest { prompt: "yo".into(), max_tokens: 7, arrival_s: 1.5 },
+                TraceRequest {
+                    prompt: "hi".into(),
+                    max_tokens: 5,
+                    arrival_s: 0.0
+                },
+                TraceRequest {
+                    prompt: "yo".into(),
+                    max_tokens: 7,
+                    arrival_s: 1.5
+                },
             ]
         );
     }
@@ -133,12 +141,32 @@ mod tests {
     #[test]
     fn malformed_lines_name_line_and_field() {
         let ok = "{\"prompt\": \"a\", \"max_tokens\": 1, \"arrival_s\": 0}\n";
-        assert_eq!(line_error(&format!("{ok}{{\"max_tokens\": 1, \"arrival_s\": 0}}")), (2, "prompt"));
-        assert_eq!(line_error(&format!("{ok}\n{{\"prompt\": 3, \"max_tokens\": 1, \"arrival_s\": 0}}")), (3, "prompt"));
-        assert_eq!(line_error("{\"prompt\": \"a\", \"max_tokens\": 0, \"arrival_s\": 0}"), (1, "max_tokens"));
-        assert_eq!(line_error("{\"prompt\": \"a\", \"max_tokens\": 2.5, \"arrival_s\": 0}"), (1, "max_tokens"));
-        assert_eq!(line_error("{\"prompt\": \"a\", \"max_tokens\": 2}"), (1, "arrival_s"));
-        assert_eq!(line_error("{\"prompt\": \"a\", \"max_tokens\": 2, \"arrival_s\": -1}"), (1, "arrival_s"));
+        assert_eq!(
+            line_error(&format!("{ok}{{\"max_tokens\": 1, \"arrival_s\": 0}}")),
+            (2, "prompt")
+        );
+        assert_eq!(
+            line_error(&format!(
+                "{ok}\n{{\"prompt\": 3, \"max_tokens\": 1, \"arrival_s\": 0}}"
+            )),
+            (3, "prompt")
+        );
+        assert_eq!(
+            line_error("{\"prompt\": \"a\", \"max_tokens\": 0, \"arrival_s\": 0}"),
+            (1, "max_tokens")
+        );
+        assert_eq!(
+            line_error("{\"prompt\": \"a\", \"max_tokens\": 2.5, \"arrival_s\": 0}"),
+            (1, "max_tokens")
+        );
+        assert_eq!(
+            line_error("{\"prompt\": \"a\", \"max_tokens\": 2}"),
+            (1, "arrival_s")
+        );
+        assert_eq!(
+            line_error("{\"prompt\": \"a\", \"max_tokens\": 2, \"arrival_s\": -1}"),
+            (1, "arrival_s")
+        );
         assert_eq!(line_error(&format!("{ok}{{not json")), (2, "(line)"));
         assert_eq!(line_error("[1, 2]"), (1, "(line)"));
     }
@@ -147,8 +175,16 @@ mod tests {
     fn sim_trace_is_written_in_arrival_order() {
         let plan = Plan {
             items: vec![
-                WorkItem { prompt: "late".into(), prompt_tokens: 3, max_tokens: 30 },
-                WorkItem { prompt: "early".into(), prompt_tokens: 1, max_tokens: 10 },
+                WorkItem {
+                    prompt: "late".into(),
+                    prompt_tokens: 3,
+                    max_tokens: 30,
+                },
+                WorkItem {
+                    prompt: "early".into(),
+                    prompt_tokens: 1,
+                    max_tokens: 10,
+                },
             ],
             arrivals_s: vec![2.0, 0.5],
         };

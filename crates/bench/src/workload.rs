@@ -82,7 +82,8 @@ pub fn build_plan(config: &PlanConfig<'_>) -> Result<Plan, BenchError> {
     let items = match config.source {
         WorkloadSource::Profile { profile } => (0..n_requests)
             .map(|_| {
-                let (prompt, max_tokens) = profile.sample(&mut prompt_rng, config.max_output_tokens);
+                let (prompt, max_tokens) =
+                    profile.sample(&mut prompt_rng, config.max_output_tokens);
                 WorkItem {
                     prompt: prompt.to_string(),
                     prompt_tokens: config.tokens.count(prompt),
@@ -110,7 +111,10 @@ pub fn build_plan(config: &PlanConfig<'_>) -> Result<Plan, BenchError> {
                 requests.truncate(n);
             }
             if requests.is_empty() {
-                return Err(BenchError::EmptyWorkload(format!("{} has no request", path.display())));
+                return Err(BenchError::EmptyWorkload(format!(
+                    "{} has no request",
+                    path.display()
+                )));
             }
             let arrivals_s = requests.iter().map(|r| r.arrival_s).collect();
             let items = requests

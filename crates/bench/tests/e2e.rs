@@ -74,20 +74,36 @@ async fn completions(Json(body): Json<Value>) -> Response {
         async move {
             if step == 0 {
                 let first = if is_chat {
-                    chunk(json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
+                    chunk(
+                        json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+                    )
                 } else {
                     Bytes::from_static(b": fixture keep-alive\n\n")
                 };
                 return Some((Ok::<Bytes, std::io::Error>(first), 1));
             }
             if step <= max_tokens {
-                let delay = if step == 1 { FIRST_TOKEN_DELAY_MS } else { TOKEN_GAP_MS };
+                let delay = if step == 1 {
+                    FIRST_TOKEN_DELAY_MS
+                } else {
+                    TOKEN_GAP_MS
+                };
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 if behaviour_tag == 1 && step == 3 {
-                    return Some((Err(std::io::Error::other("fixture drops the connection")), step + 1));
+                    return Some((
+                        Err(std::io::Error::other("fixture drops the connection")),
+                        step + 1,
+                    ));
                 }
                 if behaviour_tag == 3 {
-                    return if step == 1 { Some((Ok(Bytes::from_static(b"data: {not json\n\n")), max_tokens + 10)) } else { None };
+                    return if step == 1 {
+                        Some((
+                            Ok(Bytes::from_static(b"data: {not json\n\n")),
+                            max_tokens + 10,
+                        ))
+                    } else {
+                        None
+                    };
                 }
                 let piece = if is_chat {
                     json!({"choices": [{"index": 0, "delta": {"content": format!("tok{step} ")}}]})
@@ -135,8 +151,12 @@ fn start_fixture() -> SocketAddr {
                 .route("/v1/completions", post(completions))
                 .route("/v1/chat/completions", post(completions))
                 .route("/v1/models", get(models));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("addr"))
+                .expect("send addr");
             axum::serve(listener, app).await.expect("serve");
         });
     });
@@ -171,7 +191,9 @@ fn run(addr: SocketAddr, endpoint: Endpoint, plan: &Plan, slo: Slo) -> BenchRepo
         url: config.client.base_url.clone(),
         endpoint,
         model: "fixture-model".into(),
-        workload: WorkloadSource::Trace { path: "inline".into() },
+        workload: WorkloadSource::Trace {
+            path: "inline".into(),
+        },
         rate_per_s: Some(10.0),
         burstiness: 1.0,
         max_concurrency: Some(4),
@@ -194,18 +216,37 @@ fn streamed_requests_are_timed_and_counted() {
             items: vec![item("hello", 6), item("world", 3), item("again", 1)],
             arrivals_s: vec![0.0, 0.05, 0.1],
         };
-        let report = run(addr, endpoint, &plan, Slo { ttft_ms: Some(1e9), tpot_ms: None });
-        assert_eq!(report.completed, 3, "{endpoint:?}: {:?}", report.errors_by_kind);
+        let report = run(
+            addr,
+            endpoint,
+            &plan,
+            Slo {
+                ttft_ms: Some(1e9),
+                tpot_ms: None,
+            },
+        );
+        assert_eq!(
+            report.completed, 3,
+            "{endpoint:?}: {:?}",
+            report.errors_by_kind
+        );
         assert_eq!(report.failed, 0);
         assert_eq!(report.total_output_tokens, 6 + 3 + 1);
-        assert_eq!(report.total_input_tokens, 9, "usage prompt_tokens (3 each) preferred");
+        assert_eq!(
+            report.total_input_tokens, 9,
+            "usage prompt_tokens (3 each) preferred"
+        );
         let outputs: Vec<u32> = report.requests.iter().map(|r| r.output_tokens).collect();
         assert_eq!(outputs, vec![6, 3, 1]);
         for (record, n) in report.requests.iter().zip([6u64, 3, 1]) {
             let ttft_ms = record.ttft_ms.expect("ttft measured");
             assert!(ttft_ms >= FIRST_TOKEN_DELAY_MS as f64, "ttft {ttft_ms}");
             let min_e2e_ms = (FIRST_TOKEN_DELAY_MS + (n - 1) * TOKEN_GAP_MS) as f64;
-            assert!(record.e2e_ms >= min_e2e_ms, "e2e {} < {min_e2e_ms}", record.e2e_ms);
+            assert!(
+                record.e2e_ms >= min_e2e_ms,
+                "e2e {} < {min_e2e_ms}",
+                record.e2e_ms
+            );
             assert!(record.e2e_ms >= ttft_ms);
             assert_eq!(record.tpot_ms.is_some(), n > 1);
             assert_eq!(record.acceptance_rate, Some(0.75));
@@ -214,7 +255,14 @@ fn streamed_requests_are_timed_and_counted() {
         assert_eq!(report.itl.expect("itl").count, 7);
         assert!(report.itl.unwrap().min_ms >= 0.0);
         let sd = report.speculative_decoding.as_ref().expect("sd stats");
-        assert_eq!((sd.requests_with_stats, sd.drafted_tokens, sd.accepted_tokens), (3, 24, 18));
+        assert_eq!(
+            (
+                sd.requests_with_stats,
+                sd.drafted_tokens,
+                sd.accepted_tokens
+            ),
+            (3, 24, 18)
+        );
         assert_eq!(sd.acceptance_rate, Some(0.75));
         assert_eq!(sd.mean_acceptance_length, Some(2.5));
         assert!(report.goodput_per_s.expect("slo set") > 0.0);
@@ -243,11 +291,21 @@ fn server_failures_are_counted_by_kind_not_crashes() {
         ("http_500".into(), 2),
         ("malformed_stream".into(), 2),
     ];
-    assert_eq!(report.errors_by_kind.into_iter().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        report.errors_by_kind.into_iter().collect::<Vec<_>>(),
+        expected
+    );
     let tags: Vec<Option<&str>> = report.requests.iter().map(|r| r.error.as_deref()).collect();
     assert_eq!(
         tags,
-        vec![None, Some("http_500"), Some("disconnected"), Some("malformed_stream"), Some("malformed_stream"), Some("http_500")]
+        vec![
+            None,
+            Some("http_500"),
+            Some("disconnected"),
+            Some("malformed_stream"),
+            Some("malformed_stream"),
+            Some("http_500")
+        ]
     );
     assert_eq!(report.total_output_tokens, 4);
     assert!(report.goodput_per_s.is_none());
@@ -256,7 +314,10 @@ fn server_failures_are_counted_by_kind_not_crashes() {
 #[test]
 fn refused_connections_are_counted_as_connect_errors() {
     // Bind then drop a listener: nothing listens on that port any more.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let plan = Plan {
         items: vec![item("a", 2), item("b", 2)],
         arrivals_s: vec![0.0, 0.0],
@@ -289,15 +350,39 @@ fn cli_runs_a_profile_writes_json_and_plots() {
     let plots = dir.path().join("plots");
     let url = format!("http://{addr}");
     let args = parse(&[
-        "lapsd", "bench", "--url", &url, "--workload", "chatbot", "--rate", "50", "--requests", "5",
-        "--seed", "3", "--max-output-tokens", "8", "--label", "fcfs", "--out",
-        out.to_str().unwrap(), "--plot", plots.to_str().unwrap(), "--emit-sim-trace",
-        sim.to_str().unwrap(), "--no-progress", "--slo-ttft-ms", "60000",
+        "lapsd",
+        "bench",
+        "--url",
+        &url,
+        "--workload",
+        "chatbot",
+        "--rate",
+        "50",
+        "--requests",
+        "5",
+        "--seed",
+        "3",
+        "--max-output-tokens",
+        "8",
+        "--label",
+        "fcfs",
+        "--out",
+        out.to_str().unwrap(),
+        "--plot",
+        plots.to_str().unwrap(),
+        "--emit-sim-trace",
+        sim.to_str().unwrap(),
+        "--no-progress",
+        "--slo-ttft-ms",
+        "60000",
     ]);
     lapsd_bench::cli::run(args).expect("bench runs");
     let report = BenchReport::load(&out).expect("result JSON reads back");
     assert_eq!(report.completed, 5);
-    assert_eq!(report.settings.model, "fixture-model", "discovered from /v1/models");
+    assert_eq!(
+        report.settings.model, "fixture-model",
+        "discovered from /v1/models"
+    );
     assert_eq!(report.label.as_deref(), Some("fcfs"));
     let sim_lines: Vec<Value> = std::fs::read_to_string(&sim)
         .unwrap()
@@ -305,8 +390,14 @@ fn cli_runs_a_profile_writes_json_and_plots() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(sim_lines.len(), 5);
-    let sim_outputs: u64 = sim_lines.iter().map(|l| l["output_tokens"].as_u64().unwrap()).sum();
-    assert_eq!(sim_outputs, report.total_output_tokens, "fixture generates max_tokens each");
+    let sim_outputs: u64 = sim_lines
+        .iter()
+        .map(|l| l["output_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sim_outputs, report.total_output_tokens,
+        "fixture generates max_tokens each"
+    );
     assert!(plots.join("fcfs_rate50_latency_cdf.png").is_file());
     assert!(plots.join("fcfs_rate50_latency_cdf.svg").is_file());
 
@@ -317,12 +408,21 @@ fn cli_runs_a_profile_writes_json_and_plots() {
     second.save(&second_path).unwrap();
     let rate_dir = dir.path().join("rate");
     let args = parse(&[
-        "lapsd", "bench", "plot", "--inputs", out.to_str().unwrap(), second_path.to_str().unwrap(),
-        "--out", rate_dir.to_str().unwrap(),
+        "lapsd",
+        "bench",
+        "plot",
+        "--inputs",
+        out.to_str().unwrap(),
+        second_path.to_str().unwrap(),
+        "--out",
+        rate_dir.to_str().unwrap(),
     ]);
     lapsd_bench::cli::run(args).expect("plot runs");
     for stem in ["e2e_mean", "e2e_p99", "ttft_mean", "ttft_p99"] {
-        assert!(rate_dir.join(format!("{stem}_vs_rate.png")).is_file(), "{stem}");
+        assert!(
+            rate_dir.join(format!("{stem}_vs_rate.png")).is_file(),
+            "{stem}"
+        );
         let svg = std::fs::read_to_string(rate_dir.join(format!("{stem}_vs_rate.svg"))).unwrap();
         assert!(svg.contains("fcfs"), "legend names the label");
     }
@@ -336,12 +436,18 @@ fn cli_rejects_a_missing_workload_and_a_malformed_trace() {
         #[command(flatten)]
         bench: lapsd_bench::cli::BenchArgs,
     }
-    assert!(Cli::try_parse_from(["x", "--url", "http://a", "--rate", "1", "--requests", "1"]).is_err());
+    assert!(
+        Cli::try_parse_from(["x", "--url", "http://a", "--rate", "1", "--requests", "1"]).is_err()
+    );
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("t.jsonl");
     std::fs::write(&trace, "{\"prompt\": \"a\", \"max_tokens\": 2, \"arrival_s\": 0}\n{\"prompt\": \"b\", \"arrival_s\": 1}\n").unwrap();
-    let cli = Cli::try_parse_from(["x", "--trace", trace.to_str().unwrap(), "--dry-run"]).expect("parses");
+    let cli = Cli::try_parse_from(["x", "--trace", trace.to_str().unwrap(), "--dry-run"])
+        .expect("parses");
     let err = lapsd_bench::cli::run(cli.bench).unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains(":2:") && message.contains("max_tokens"), "{message}");
+    assert!(
+        message.contains(":2:") && message.contains("max_tokens"),
+        "{message}"
+    );
 }

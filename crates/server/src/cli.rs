@@ -74,6 +74,18 @@ pub const DEFAULT_COST: LinearCost = LinearCost {
     prefill_per_token_s: 0.0005,
 };
 
+/// The server turns aging on by default: plain `laps-sd` ignores `max_wait_s` (the paper's
+/// algorithm has no starvation bound), so with aging on it runs as `laps-sd-aging`, and
+/// `laps-sd-mal` as `laps-sd+` (both). Other policies read `max_wait_s` themselves or have no
+/// aging (documented in docs/server.md).
+pub fn with_aging(policy: PolicyKind, aging: bool) -> PolicyKind {
+    match (policy, aging) {
+        (PolicyKind::LapsSd, true) => PolicyKind::LapsSdAging,
+        (PolicyKind::LapsSdMal, true) => PolicyKind::LapsSdPlus,
+        (other, _) => other,
+    }
+}
+
 /// The model path: the flag, else $LAPSD_MODEL, else the embedded default.
 pub fn resolve_model_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("LAPSD_MODEL").map(PathBuf::from))
@@ -83,9 +95,18 @@ pub fn resolve_model_path(flag: Option<PathBuf>) -> PathBuf {
 impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        let policy: PolicyKind = self.policy.parse()?;
+        let requested: PolicyKind = self.policy.parse()?;
         if self.max_wait_s < 0.0 || !self.max_wait_s.is_finite() {
             anyhow::bail!("--max-wait-s must be a finite number >= 0, got {}", self.max_wait_s);
+        }
+        let policy = with_aging(requested, self.max_wait_s > 0.0);
+        if policy != requested {
+            tracing::info!(
+                requested = requested.name(),
+                policy = policy.name(),
+                max_wait_s = self.max_wait_s,
+                "aging is on: using the policy's aging variant (--max-wait-s 0 for the plain one)"
+            );
         }
         let cost = match &self.cost_profile {
             None => DEFAULT_COST,
@@ -195,7 +216,7 @@ mod tests {
     fn defaults_turn_aging_on_and_bind_loopback() {
         let cli = Cli::parse_from(["lapsd"]);
         let config = cli.serve.to_config().expect("valid defaults");
-        assert_eq!(config.policy, PolicyKind::LapsSd);
+        assert_eq!(config.policy, PolicyKind::LapsSdAging);
         assert_eq!(config.policy_config.max_wait_s, Some(30.0));
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.port, 8000);
@@ -203,9 +224,14 @@ mod tests {
 
     #[test]
     fn max_wait_zero_turns_aging_off_and_unknown_policy_fails() {
-        let cli = Cli::parse_from(["lapsd", "--max-wait-s", "0", "--policy", "fcfs"]);
+        let cli = Cli::parse_from(["lapsd", "--max-wait-s", "0"]);
         let config = cli.serve.to_config().expect("valid");
         assert_eq!(config.policy_config.max_wait_s, None);
+        assert_eq!(config.policy, PolicyKind::LapsSd);
+        let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd-mal"]);
+        assert_eq!(cli.serve.to_config().expect("valid").policy, PolicyKind::LapsSdPlus);
+        let cli = Cli::parse_from(["lapsd", "--policy", "fcfs"]);
+        assert_eq!(cli.serve.to_config().expect("valid").policy, PolicyKind::Fcfs);
         let cli = Cli::parse_from(["lapsd", "--policy", "lottery"]);
         let err = cli.serve.to_config().expect_err("unknown policy");
         assert!(err.to_string().contains("lottery"), "{err}");

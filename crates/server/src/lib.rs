@@ -16,6 +16,7 @@ pub mod inflight;
 pub mod metrics;
 pub mod model_text;
 pub mod routes;
+pub mod sd_backend;
 pub mod server;
 pub mod validation;
 

@@ -15,7 +15,9 @@ use crate::error::SimError;
 pub enum ArrivalProcess {
     Poisson,
     /// Gamma inter-arrivals with this shape (CV = 1/sqrt(shape)).
-    Gamma { shape: f64 },
+    Gamma {
+        shape: f64,
+    },
 }
 
 impl ArrivalProcess {

@@ -301,14 +301,15 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
 }
 
 fn progress_bar(total: usize, format: OutputFormat) -> ProgressBar {
-    let visible = format != OutputFormat::Json && std::io::stderr().is_terminal() && total >= 20_000;
+    let visible =
+        format != OutputFormat::Json && std::io::stderr().is_terminal() && total >= 20_000;
     if !visible {
         return ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
     }
     let bar = ProgressBar::new(total as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} requests ({eta})")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} requests ({eta})",
+    ) {
         bar.set_style(style);
     }
     bar

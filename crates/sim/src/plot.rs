@@ -138,10 +138,18 @@ pub fn plot_latency_vs_load(
     let data = series(results);
     let size = (1400u32, 600u32);
     let png = dir.join(format!("{name}.png"));
-    draw_figure(BitMapBackend::new(&png, size).into_drawing_area(), title, &data)
-        .map_err(|e| err(&png, e))?;
+    draw_figure(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        title,
+        &data,
+    )
+    .map_err(|e| err(&png, e))?;
     let svg = dir.join(format!("{name}.svg"));
-    draw_figure(SVGBackend::new(&svg, size).into_drawing_area(), title, &data)
-        .map_err(|e| err(&svg, e))?;
+    draw_figure(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        title,
+        &data,
+    )
+    .map_err(|e| err(&svg, e))?;
     Ok(vec![png, svg])
 }

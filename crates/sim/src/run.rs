@@ -78,10 +78,7 @@ fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
 }
 
 /// Mean per-request server time at full batch (the denominator of the load; module header).
-pub fn mean_service_s(
-    sizes: &[RequestSize],
-    scheduler: &SchedulerConfig,
-) -> Result<f64, SimError> {
+pub fn mean_service_s(sizes: &[RequestSize], scheduler: &SchedulerConfig) -> Result<f64, SimError> {
     if sizes.is_empty() {
         return Err(SimError::InvalidArgument {
             field: "requests",

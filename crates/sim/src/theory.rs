@@ -56,7 +56,9 @@ impl DiscreteDist {
         // P(ceil(Exp(m)) > n) = exp(-n / m).
         let tail = |n: f64, mean: f64| (-n / mean).exp();
         let mixture: Vec<(f64, f64)> = match *dist {
-            LengthDist::Constant(n) => return Self::new(vec![(f64::from(n) * seconds_per_token, 1.0)]).ok(),
+            LengthDist::Constant(n) => {
+                return Self::new(vec![(f64::from(n) * seconds_per_token, 1.0)]).ok()
+            }
             LengthDist::Exponential { mean, .. } => vec![(1.0, mean)],
             LengthDist::HyperExponential {
                 p_first,
@@ -85,11 +87,19 @@ impl DiscreteDist {
     }
 
     pub fn mean_s(&self) -> f64 {
-        self.sizes_s.iter().zip(&self.probs).map(|(s, p)| s * p).sum()
+        self.sizes_s
+            .iter()
+            .zip(&self.probs)
+            .map(|(s, p)| s * p)
+            .sum()
     }
 
     pub fn second_moment_s2(&self) -> f64 {
-        self.sizes_s.iter().zip(&self.probs).map(|(s, p)| s * s * p).sum()
+        self.sizes_s
+            .iter()
+            .zip(&self.probs)
+            .map(|(s, p)| s * s * p)
+            .sum()
     }
 
     /// Squared coefficient of variation.
@@ -163,7 +173,8 @@ pub fn srpt_mean_latency_s(lambda: f64, dist: &DiscreteDist) -> Result<f64, SimE
         below_p += p;
         let rho_at = lambda * below1;
         let tail = (1.0 - below_p).max(0.0);
-        let waiting = lambda * (below2 + x * x * tail) / (2.0 * (1.0 - rho_at) * (1.0 - rho_before));
+        let waiting =
+            lambda * (below2 + x * x * tail) / (2.0 * (1.0 - rho_at) * (1.0 - rho_before));
         total += p * (waiting + residence);
         prev_x = x;
     }
@@ -184,11 +195,23 @@ mod tests {
         let d = DiscreteDist::new(vec![(s, 1.0)]).expect("valid");
         let lambda = 0.4; // rho = 0.8
         let md1 = s + lambda * s * s / (2.0 * 0.2);
-        assert!(close(pk_mean_latency_s(lambda, &d).unwrap_or(0.0), md1, 1e-12));
+        assert!(close(
+            pk_mean_latency_s(lambda, &d).unwrap_or(0.0),
+            md1,
+            1e-12
+        ));
         // SRPT with equal sizes never preempts: it is FCFS.
-        assert!(close(srpt_mean_latency_s(lambda, &d).unwrap_or(0.0), md1, 1e-12));
+        assert!(close(
+            srpt_mean_latency_s(lambda, &d).unwrap_or(0.0),
+            md1,
+            1e-12
+        ));
         let fb = s / 0.2 + lambda * s * s / (2.0 * 0.04);
-        assert!(close(fb_mean_latency_s(lambda, &d).unwrap_or(0.0), fb, 1e-12));
+        assert!(close(
+            fb_mean_latency_s(lambda, &d).unwrap_or(0.0),
+            fb,
+            1e-12
+        ));
     }
 
     #[test]
@@ -203,9 +226,17 @@ mod tests {
         assert!(close(d.scv(), 1.0, 2e-3), "scv {}", d.scv());
         for lambda in [0.5, 0.8] {
             let mm1 = mm1_mean_latency_s(lambda, 1.0).unwrap_or(0.0);
-            assert!(close(pk_mean_latency_s(lambda, &d).unwrap_or(0.0), mm1, 3e-3));
+            assert!(close(
+                pk_mean_latency_s(lambda, &d).unwrap_or(0.0),
+                mm1,
+                3e-3
+            ));
             // For exponential sizes every size-blind policy has FCFS's mean (memorylessness).
-            assert!(close(fb_mean_latency_s(lambda, &d).unwrap_or(0.0), mm1, 3e-3));
+            assert!(close(
+                fb_mean_latency_s(lambda, &d).unwrap_or(0.0),
+                mm1,
+                3e-3
+            ));
             assert!(srpt_mean_latency_s(lambda, &d).unwrap_or(f64::MAX) < 0.9 * mm1);
         }
     }

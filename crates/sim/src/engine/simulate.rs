@@ -13,11 +13,11 @@
 
 use indicatif::ProgressBar;
 use lapsd_core::policy::build_policy;
+use lapsd_core::FinishReason;
 use lapsd_core::{
     CoreError, OnlineQuantilePredictor, PolicyConfig, PolicyKind, RequestSpec, Scheduler,
     SchedulerConfig, SchedulerOutput, StepCostModel, StepKind, StepResult,
 };
-use lapsd_core::FinishReason;
 use serde::{Deserialize, Serialize};
 
 use crate::acceptance::AcceptanceModel;
@@ -147,10 +147,8 @@ pub fn simulate(
         window,
     } = config.predictor
     {
-        scheduler = scheduler.with_predictor(Box::new(OnlineQuantilePredictor::new(
-            prior_tokens,
-            window,
-        )));
+        scheduler =
+            scheduler.with_predictor(Box::new(OnlineQuantilePredictor::new(prior_tokens, window)));
     }
     let cost = config.scheduler.cost;
     let mut state = vec![Progress::default(); requests.len()];
@@ -254,7 +252,10 @@ fn step_member(
     };
     let req = &requests[index];
     let progress = &mut state[index];
-    let remaining = req.size.output_tokens.saturating_sub(progress.generated_tokens);
+    let remaining = req
+        .size
+        .output_tokens
+        .saturating_sub(progress.generated_tokens);
     let (drafted, accepted) = match kind {
         // A prefill (or the recompute after a freed preemption) yields the next token.
         StepKind::Prefill { .. } => (0, 0),
@@ -274,7 +275,8 @@ fn step_member(
     };
     let new_tokens = (accepted + 1).min(remaining);
     progress.generated_tokens += new_tokens;
-    let finished = (progress.generated_tokens >= req.size.output_tokens).then_some(FinishReason::Stop);
+    let finished =
+        (progress.generated_tokens >= req.size.output_tokens).then_some(FinishReason::Stop);
     Ok(StepResult {
         id,
         drafted_tokens: drafted,

@@ -1,0 +1,165 @@
+//! The real engine behind the worker: [`Backend`] for `lapsd_engine::SdEngine` and [`ModelText`]
+//! for its tokenizer, plus the loader `lapsd serve` uses. Runs on the engine worker thread.
+//!
+//! Chat prompts: rendered as ChatML ([`render_chatml`]), the format of the embedded SmolLM2 and of
+//! Qwen2 (the model's own Jinja template is not evaluated; see docs/server.md).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
+use lapsd_engine::spec::DraftSpec;
+use lapsd_engine::{EngineError, Tokenizer};
+
+use crate::backend::{Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams};
+use crate::error::ServerError;
+use crate::model_text::{render_chatml, ModelCard, ModelText};
+use crate::server::{LoadedModel, ModelLoader};
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub model_path: PathBuf,
+    pub draft: DraftSpec,
+    pub speculation_length: u32,
+    /// Overrides the model's name in `model` / `GET /v1/models`.
+    pub served_model_name: Option<String>,
+}
+
+/// A loader for [`crate::server::start`].
+pub fn loader(spec: LoadSpec) -> ModelLoader {
+    Box::new(move || load(spec))
+}
+
+fn load_err(e: EngineError) -> ServerError {
+    ServerError::Load(e.to_string())
+}
+
+/// Loads the engine and a second copy of its tokenizer for the HTTP handlers.
+pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
+    let started = std::time::Instant::now();
+    let engine = SdEngine::load(EngineConfig {
+        model_path: spec.model_path.clone(),
+        draft: spec.draft.clone(),
+        speculation_length: spec.speculation_length as usize,
+    })
+    .map_err(load_err)?;
+    let tokenizer = Tokenizer::from_gguf_file(&spec.model_path).map_err(load_err)?;
+    let info = engine.info();
+    let card = ModelCard {
+        name: spec.served_model_name.clone().unwrap_or_else(|| info.name.clone()),
+        context_length: u32::try_from(info.context_length).unwrap_or(u32::MAX),
+        vocab_size: u32::try_from(info.vocab_size).unwrap_or(u32::MAX),
+        eos_token_ids: info.eos_token_ids.clone(),
+    };
+    tracing::info!(
+        model = %spec.model_path.display(),
+        name = %card.name,
+        draft = %spec.draft,
+        load_s = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+    Ok(LoadedModel {
+        backend: Box::new(SdBackend {
+            engine,
+            ids: HashSet::new(),
+        }),
+        text: Arc::new(EngineText { tokenizer }),
+        card,
+        draft_name: spec.draft.to_string(),
+    })
+}
+
+/// The engine tokenizer as [`ModelText`].
+pub struct EngineText {
+    tokenizer: Tokenizer,
+}
+
+impl ModelText for EngineText {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
+        self.tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| e.to_string())
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String, String> {
+        self.tokenizer.decode(ids).map_err(|e| e.to_string())
+    }
+    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String> {
+        Ok(render_chatml(messages))
+    }
+}
+
+/// [`SdEngine`] as the worker's [`Backend`].
+pub struct SdBackend {
+    engine: SdEngine,
+    /// Registered sequence ids (to sum KV in use).
+    ids: HashSet<u64>,
+}
+
+fn backend_err(e: EngineError) -> BackendError {
+    BackendError {
+        kind: e.kind(),
+        message: e.to_string(),
+    }
+}
+
+impl Backend for SdBackend {
+    fn add_sequence(
+        &mut self,
+        id: u64,
+        prompt_ids: Vec<u32>,
+        params: SequenceParams,
+    ) -> Result<(), BackendError> {
+        self.engine
+            .add_sequence(
+                id,
+                prompt_ids,
+                SamplingParams {
+                    temperature: params.temperature,
+                    top_p: params.top_p,
+                    seed: params.seed,
+                    max_tokens: params.max_tokens,
+                    stop_token_ids: params.stop_token_ids,
+                },
+            )
+            .map_err(backend_err)?;
+        self.ids.insert(id);
+        Ok(())
+    }
+
+    fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<BackendStepOutput>, BackendError> {
+        let outputs = self.engine.step(batch).map_err(backend_err)?;
+        Ok(outputs
+            .into_iter()
+            .map(|o| BackendStepOutput {
+                id: o.id,
+                new_tokens: o.new_tokens,
+                drafted_tokens: u32::try_from(o.drafted_tokens).unwrap_or(u32::MAX),
+                accepted_tokens: u32::try_from(o.accepted_tokens).unwrap_or(u32::MAX),
+                finished: o.finished.map(|f| match f {
+                    SeqFinish::Eos => BackendFinish::Eos,
+                    SeqFinish::Length => BackendFinish::Length,
+                }),
+            })
+            .collect())
+    }
+
+    fn free_kv(&mut self, id: u64) {
+        if let Err(e) = self.engine.free_kv(id) {
+            tracing::warn!(id, error = %e, "free_kv of an unknown sequence");
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.engine.remove(id);
+        self.ids.remove(&id);
+    }
+
+    fn kv_tokens_in_use(&self) -> u64 {
+        self.ids
+            .iter()
+            .map(|&id| self.engine.kv_tokens(id) as u64)
+            .sum()
+    }
+}
