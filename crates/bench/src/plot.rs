@@ -150,35 +150,47 @@ pub fn plot_latency_cdf(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>
 /// Draws mean and p99 end-to-end latency and TTFT against request rate, one line per label.
 /// Reports without a finite rate (rate inf, traces) are skipped.
 pub fn plot_vs_rate(reports: &[BenchReport], dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
-    type Pick = fn(&LatencySummary) -> f64;
-    let metrics: [(&str, &str, fn(&BenchReport) -> Option<LatencySummary>, Pick); 4] = [
-        (
-            "e2e_mean",
-            "mean end-to-end latency (ms)",
-            |r| r.e2e,
-            |s| s.mean_ms,
-        ),
-        (
-            "e2e_p99",
-            "p99 end-to-end latency (ms)",
-            |r| r.e2e,
-            |s| s.p99_ms,
-        ),
-        (
-            "ttft_mean",
-            "mean time to first token (ms)",
-            |r| r.ttft,
-            |s| s.mean_ms,
-        ),
-        (
-            "ttft_p99",
-            "p99 time to first token (ms)",
-            |r| r.ttft,
-            |s| s.p99_ms,
-        ),
+    /// File stem, axis title, which summary, which statistic of it.
+    struct RateMetric {
+        stem: &'static str,
+        y_desc: &'static str,
+        summary: fn(&BenchReport) -> Option<LatencySummary>,
+        pick: fn(&LatencySummary) -> f64,
+    }
+    let metrics = [
+        RateMetric {
+            stem: "e2e_mean",
+            y_desc: "mean end-to-end latency (ms)",
+            summary: |r| r.e2e,
+            pick: |s| s.mean_ms,
+        },
+        RateMetric {
+            stem: "e2e_p99",
+            y_desc: "p99 end-to-end latency (ms)",
+            summary: |r| r.e2e,
+            pick: |s| s.p99_ms,
+        },
+        RateMetric {
+            stem: "ttft_mean",
+            y_desc: "mean time to first token (ms)",
+            summary: |r| r.ttft,
+            pick: |s| s.mean_ms,
+        },
+        RateMetric {
+            stem: "ttft_p99",
+            y_desc: "p99 time to first token (ms)",
+            summary: |r| r.ttft,
+            pick: |s| s.p99_ms,
+        },
     ];
     let mut files = Vec::new();
-    for (stem, y_desc, summary, pick) in metrics {
+    for RateMetric {
+        stem,
+        y_desc,
+        summary,
+        pick,
+    } in metrics
+    {
         let mut by_label: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for report in reports {
             let (Some(rate), Some(s)) = (report.settings.rate_per_s, summary(report)) else {

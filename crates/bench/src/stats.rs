@@ -75,10 +75,8 @@ impl Slo {
     /// Whether a successful request with these latencies meets every bound. A request with one
     /// output token has no TPOT; it meets a TPOT bound trivially (vLLM counts its TPOT as 0).
     pub fn is_met(&self, ttft_ms: f64, tpot_ms: Option<f64>) -> bool {
-        let ttft_ok = self.ttft_ms.map_or(true, |bound| ttft_ms <= bound);
-        let tpot_ok = self
-            .tpot_ms
-            .map_or(true, |bound| tpot_ms.unwrap_or(0.0) <= bound);
+        let ttft_ok = !matches!(self.ttft_ms, Some(bound) if ttft_ms > bound);
+        let tpot_ok = !matches!(self.tpot_ms, Some(bound) if tpot_ms.unwrap_or(0.0) > bound);
         ttft_ok && tpot_ok
     }
 }

@@ -99,7 +99,11 @@ mod tests {
     fn prior_until_enough_observations() {
         let mut p = OnlineQuantilePredictor::new(100, 64);
         assert_eq!(p.predict_output_tokens(10, 0), 100);
-        assert_eq!(p.predict_output_tokens(10, 150), 151, "never below generated + 1");
+        assert_eq!(
+            p.predict_output_tokens(10, 150),
+            151,
+            "never below generated + 1"
+        );
         for _ in 0..(MIN_OBSERVATIONS - 1) {
             p.observe(10, 20);
         }

@@ -248,13 +248,7 @@ impl RequestState {
     /// Whether its next step must (re)compute its KV: never prefilled, or preempted with its KV
     /// freed.
     pub fn needs_prefill(&self) -> bool {
-        !self.prefilled
-            || matches!(
-                self.phase,
-                RequestPhase::Preempted {
-                    kv_resident: false
-                }
-            )
+        !self.prefilled || matches!(self.phase, RequestPhase::Preempted { kv_resident: false })
     }
 
     /// Predicted total output tokens: the prediction, else `max_tokens`.

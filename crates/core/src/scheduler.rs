@@ -388,10 +388,10 @@ impl Scheduler {
                 continue;
             }
             if let Some(p) = &self.predictor {
-                let outgrown = r
-                    .spec
-                    .predicted_output_tokens
-                    .map_or(true, |pred| r.generated_tokens >= pred);
+                let outgrown = match r.spec.predicted_output_tokens {
+                    Some(pred) => r.generated_tokens >= pred,
+                    None => true,
+                };
                 if outgrown {
                     r.spec.predicted_output_tokens =
                         Some(p.predict_output_tokens(r.spec.prompt_tokens, r.generated_tokens));
@@ -447,3 +447,6 @@ fn apply_step(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

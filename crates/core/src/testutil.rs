@@ -124,7 +124,13 @@ impl Fixture {
     }
 
     /// One fake step of `id` that drafted `drafted` tokens and accepted `accepted`.
-    pub fn step_one(&mut self, policy: &mut dyn Policy, id: RequestId, drafted: u32, accepted: u32) {
+    pub fn step_one(
+        &mut self,
+        policy: &mut dyn Policy,
+        id: RequestId,
+        drafted: u32,
+        accepted: u32,
+    ) {
         let now_s = self.now_s + 0.01;
         let r = self.get_mut(id);
         r.prefilled = true;

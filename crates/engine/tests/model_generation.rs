@@ -64,7 +64,9 @@ fn greedy_completion_names_paris() {
 #[test]
 fn greedy_chat_answer_is_on_topic() {
     let (model, tok) = load();
-    let prompt = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    // (With the template's default system prompt this 135M model rambles about French landmarks;
+    // candle-transformers' quantized llama gives the same answer, so the question is asked bare.)
+    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = tok.encode(prompt, true).unwrap();
     let text = tok.decode(&greedy(&model, &ids, 24)).unwrap();
     assert!(text.contains("Paris"), "answer was {text:?}");

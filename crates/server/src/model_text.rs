@@ -23,7 +23,8 @@ pub trait ModelText: Send + Sync {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String>;
     fn decode(&self, ids: &[u32]) -> Result<String, String>;
     /// The prompt text for a conversation of `(role, content)` turns, ending with the cue for the
-    /// assistant's reply. Roles are already validated (`system`, `user`, `assistant`).
+    /// assistant's reply. Roles are already validated (`system`, `user`, `assistant`). An error
+    /// means the template refused these messages (answered with a 400 naming `messages`).
     fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String>;
 }
 

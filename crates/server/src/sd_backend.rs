@@ -1,8 +1,8 @@
 //! The real engine behind the worker: [`Backend`] for `lapsd_engine::SdEngine` and [`ModelText`]
 //! for its tokenizer, plus the loader `lapsd serve` uses. Runs on the engine worker thread.
 //!
-//! Chat prompts: rendered as ChatML ([`render_chatml`]), the format of the embedded SmolLM2 and of
-//! Qwen2 (the model's own Jinja template is not evaluated; see docs/server.md).
+//! Chat prompts: rendered with the model's own Jinja chat template (`lapsd_engine::chat`, from the
+//! GGUF `tokenizer.chat_template`); a model without one gets ChatML, the documented fallback.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
 use lapsd_engine::spec::DraftSpec;
+use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::{EngineError, Tokenizer};
 
 use crate::backend::{Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams};
 use crate::error::ServerError;
-use crate::model_text::{render_chatml, ModelCard, ModelText};
+use crate::model_text::{ModelCard, ModelText};
 use crate::server::{LoadedModel, ModelLoader};
 
 /// What to load.
@@ -53,8 +54,10 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
         vocab_size: u32::try_from(info.vocab_size).unwrap_or(u32::MAX),
         eos_token_ids: info.eos_token_ids.clone(),
     };
+    let chat_template = ChatTemplate::for_model(info, &tokenizer);
     tracing::info!(
         model = %spec.model_path.display(),
+        chat_template = if chat_template.is_fallback() { "chatml (fallback)" } else { "model" },
         name = %card.name,
         draft = %spec.draft,
         load_s = started.elapsed().as_secs_f64(),
@@ -65,7 +68,10 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
             engine,
             ids: HashSet::new(),
         }),
-        text: Arc::new(EngineText { tokenizer }),
+        text: Arc::new(EngineText {
+            tokenizer,
+            chat_template,
+        }),
         card,
         draft_name: spec.draft.to_string(),
     })
@@ -74,6 +80,7 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
 /// The engine tokenizer as [`ModelText`].
 pub struct EngineText {
     tokenizer: Tokenizer,
+    chat_template: ChatTemplate,
 }
 
 impl ModelText for EngineText {
@@ -86,7 +93,13 @@ impl ModelText for EngineText {
         self.tokenizer.decode(ids).map_err(|e| e.to_string())
     }
     fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String> {
-        Ok(render_chatml(messages))
+        let messages: Vec<ChatMessage> = messages
+            .iter()
+            .map(|(role, content)| ChatMessage::new(role.as_str(), content.as_str()))
+            .collect();
+        self.chat_template
+            .render(&messages, true)
+            .map_err(|e| e.to_string())
     }
 }
 

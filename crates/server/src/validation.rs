@@ -135,9 +135,11 @@ impl Validator {
             };
             turns.push((role.to_string(), content));
         }
-        let prompt = self.text.render_chat(&turns).map_err(|e| ApiError::Internal {
-            detail: format!("chat template: {e}"),
-        })?;
+        // A template that raises (e.g. roles out of the order it accepts) is the request's fault.
+        let prompt = self
+            .text
+            .render_chat(&turns)
+            .map_err(|e| ApiError::invalid("messages", format!("cannot render the chat prompt: {e}")))?;
         // The template writes any special tokens itself.
         let prompt_ids = self.encode(&prompt, false, "messages")?;
         self.finish(

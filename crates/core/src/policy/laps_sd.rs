@@ -220,7 +220,14 @@ mod tests {
 
     /// Runs `steps` SD steps of `id` drafting 4 and accepting `accepted`; marks it perceptible
     /// when `perceptible` (the scheduler's job, done by hand here).
-    fn sd_steps(f: &mut Fixture, p: &mut LapsSd, id: u64, steps: u32, accepted: u32, perceptible: bool) {
+    fn sd_steps(
+        f: &mut Fixture,
+        p: &mut LapsSd,
+        id: u64,
+        steps: u32,
+        accepted: u32,
+        perceptible: bool,
+    ) {
         for _ in 0..steps {
             f.get_mut(id).perceptible = perceptible;
             f.step_one(p, id, 4, accepted);

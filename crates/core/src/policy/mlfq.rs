@@ -9,6 +9,7 @@
 //!   level), it moves to the tail of the next level; the last level keeps it.
 //! - The highest non-empty level runs first, FCFS within a level (by the time of entering it);
 //!   preemption at token (step) granularity.
+//!
 //! Not modelled: FastServe's proactive KV offload to host memory (the scheduler's KV mechanism
 //! applies instead) and its starvation promotion. Key: (client priority, level, entry sequence).
 
@@ -50,7 +51,8 @@ impl Mlfq {
 
     /// Quantum of `level` in target passes.
     pub fn quantum_passes(&self, level: usize) -> u64 {
-        self.first_quantum_passes.saturating_mul(1u64 << level.min(62))
+        self.first_quantum_passes
+            .saturating_mul(1u64 << level.min(62))
     }
 
     /// Skip-join: the highest level whose quantum covers a first iteration of
@@ -63,7 +65,8 @@ impl Mlfq {
 
     fn enqueue(&mut self, id: RequestId, priority: i32, entry: Entry) {
         self.entries.insert(id, entry);
-        self.queue.insert(id, (priority, entry.level, self.next_seq));
+        self.queue
+            .insert(id, (priority, entry.level, self.next_seq));
         self.next_seq += 1;
     }
 

@@ -39,7 +39,9 @@ mod tests {
     use crate::testutil::Fixture;
 
     fn arrive(f: &mut Fixture, id: u64, t: f64, predicted: u32) {
-        f.arrive_with(id, t, 10, 1000, |s| s.predicted_output_tokens = Some(predicted));
+        f.arrive_with(id, t, 10, 1000, |s| {
+            s.predicted_output_tokens = Some(predicted)
+        });
     }
 
     #[test]

@@ -67,7 +67,9 @@ mod tests {
     use crate::testutil::Fixture;
 
     fn arrive(f: &mut Fixture, id: u64, t: f64, predicted: u32) {
-        f.arrive_with(id, t, 10, 1000, |s| s.predicted_output_tokens = Some(predicted));
+        f.arrive_with(id, t, 10, 1000, |s| {
+            s.predicted_output_tokens = Some(predicted)
+        });
     }
 
     #[test]
@@ -88,7 +90,11 @@ mod tests {
         f.run_steps(&mut p, &[1], 10); // 50 of 100: protected
         arrive(&mut f, 3, 2.0, 5);
         p.on_arrival(f.get(3), 2.0);
-        assert_eq!(f.select(&mut p), vec![1], "past the fraction: not preempted");
+        assert_eq!(
+            f.select(&mut p),
+            vec![1],
+            "past the fraction: not preempted"
+        );
     }
 
     #[test]

@@ -78,17 +78,37 @@ fn prefill_then_decode_with_capped_speculation_then_length_finish() {
     let mut s = scheduler(PolicyKind::Fcfs, 4, 1000, 4);
     s.add_request(RequestSpec::new(7, 0.0, 10, 8), 0.0).unwrap();
     let (out, done) = step(&mut s, 0.0, 4);
-    assert_eq!(out.batch, vec![ScheduledRequest { id: 7, kind: StepKind::Prefill { tokens: 10 } }]);
+    assert_eq!(
+        out.batch,
+        vec![ScheduledRequest {
+            id: 7,
+            kind: StepKind::Prefill { tokens: 10 }
+        }]
+    );
     assert!(done.is_empty());
     let r = s.request(7).unwrap();
     assert_eq!((r.generated_tokens, r.attained_service_passes), (1, 1));
     assert_eq!(r.first_token_s, Some(0.01));
-    assert_eq!(s.kv_tokens_in_use(), 11, "after a step a request holds its context");
+    assert_eq!(
+        s.kv_tokens_in_use(),
+        11,
+        "after a step a request holds its context"
+    );
     // 7 tokens left: full speculation (4) -> 5 tokens, then 2 left -> speculation 1.
     let (out, _) = step(&mut s, 0.1, 4);
-    assert_eq!(out.batch[0].kind, StepKind::Decode { speculation_length: 4 });
+    assert_eq!(
+        out.batch[0].kind,
+        StepKind::Decode {
+            speculation_length: 4
+        }
+    );
     let (out, done) = step(&mut s, 0.2, 4);
-    assert_eq!(out.batch[0].kind, StepKind::Decode { speculation_length: 1 });
+    assert_eq!(
+        out.batch[0].kind,
+        StepKind::Decode {
+            speculation_length: 1
+        }
+    );
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].phase, RequestPhase::Finished(FinishReason::Length));
     assert_eq!(done[0].generated_tokens, 8);
@@ -102,20 +122,39 @@ fn prefill_then_decode_with_capped_speculation_then_length_finish() {
 #[test]
 fn preemption_keeps_kv_while_it_fits() {
     let mut s = scheduler(PolicyKind::Las, 1, 100, 4);
-    s.add_request(RequestSpec::new(1, 0.0, 40, 40), 0.0).unwrap();
+    s.add_request(RequestSpec::new(1, 0.0, 40, 40), 0.0)
+        .unwrap();
     step(&mut s, 0.0, 0);
     assert_eq!(s.kv_tokens_in_use(), 41);
-    s.add_request(RequestSpec::new(2, 0.5, 40, 40), 0.5).unwrap();
+    s.add_request(RequestSpec::new(2, 0.5, 40, 40), 0.5)
+        .unwrap();
     let out = s.schedule(0.5);
     assert_eq!(out.batch[0].id, 2);
-    assert_eq!(out.preempted, vec![Preemption { id: 1, kind: PreemptKind::KeepKv }]);
-    assert_eq!(s.request(1).unwrap().phase, RequestPhase::Preempted { kv_resident: true });
+    assert_eq!(
+        out.preempted,
+        vec![Preemption {
+            id: 1,
+            kind: PreemptKind::KeepKv
+        }]
+    );
+    assert_eq!(
+        s.request(1).unwrap().phase,
+        RequestPhase::Preempted { kv_resident: true }
+    );
     assert_eq!(s.kv_tokens_in_use(), 41 + 45);
     let results = fake_results(&out, 0);
     s.update(&out, &results, 0.01, 0.51);
     // Both have 1 pass now: LAS ties by arrival, request 1 resumes without a prefill.
     let out = s.schedule(0.51);
-    assert_eq!(out.batch[0], ScheduledRequest { id: 1, kind: StepKind::Decode { speculation_length: 4 } });
+    assert_eq!(
+        out.batch[0],
+        ScheduledRequest {
+            id: 1,
+            kind: StepKind::Decode {
+                speculation_length: 4
+            }
+        }
+    );
     assert_eq!(s.request(1).unwrap().recomputes, 0);
     assert_eq!(s.request(1).unwrap().preemptions, 1);
 }
@@ -123,21 +162,44 @@ fn preemption_keeps_kv_while_it_fits() {
 #[test]
 fn preemption_frees_kv_beyond_the_budget_and_recomputes() {
     let mut s = scheduler(PolicyKind::Las, 1, 100, 4);
-    s.add_request(RequestSpec::new(1, 0.0, 40, 40), 0.0).unwrap();
+    s.add_request(RequestSpec::new(1, 0.0, 40, 40), 0.0)
+        .unwrap();
     step(&mut s, 0.0, 0);
-    s.add_request(RequestSpec::new(2, 0.5, 55, 40), 0.5).unwrap();
+    s.add_request(RequestSpec::new(2, 0.5, 55, 40), 0.5)
+        .unwrap();
     let out = s.schedule(0.5);
     assert_eq!(out.batch[0].id, 2);
-    assert_eq!(out.preempted, vec![Preemption { id: 1, kind: PreemptKind::FreeKv }]);
-    assert_eq!(s.request(1).unwrap().phase, RequestPhase::Preempted { kv_resident: false });
+    assert_eq!(
+        out.preempted,
+        vec![Preemption {
+            id: 1,
+            kind: PreemptKind::FreeKv
+        }]
+    );
+    assert_eq!(
+        s.request(1).unwrap().phase,
+        RequestPhase::Preempted { kv_resident: false }
+    );
     assert_eq!(s.kv_tokens_in_use(), 60);
     let results = fake_results(&out, 0);
     s.update(&out, &results, 0.01, 0.51);
     let out = s.schedule(0.51);
     // Request 1 resumes (tie at 1 pass, earlier arrival) by recomputing prompt + 1 generated;
     // request 2 must now give up its KV.
-    assert_eq!(out.batch, vec![ScheduledRequest { id: 1, kind: StepKind::Prefill { tokens: 41 } }]);
-    assert_eq!(out.preempted, vec![Preemption { id: 2, kind: PreemptKind::FreeKv }]);
+    assert_eq!(
+        out.batch,
+        vec![ScheduledRequest {
+            id: 1,
+            kind: StepKind::Prefill { tokens: 41 }
+        }]
+    );
+    assert_eq!(
+        out.preempted,
+        vec![Preemption {
+            id: 2,
+            kind: PreemptKind::FreeKv
+        }]
+    );
     assert_eq!(s.request(1).unwrap().recomputes, 1);
     assert!(s.kv_tokens_in_use() <= 100);
 }
@@ -145,8 +207,10 @@ fn preemption_frees_kv_beyond_the_budget_and_recomputes() {
 #[test]
 fn cancel_frees_kv_and_forgets_the_request() {
     let mut s = scheduler(PolicyKind::Fcfs, 2, 1000, 4);
-    s.add_request(RequestSpec::new(1, 0.0, 30, 50), 0.0).unwrap();
-    s.add_request(RequestSpec::new(2, 0.0, 30, 50), 0.0).unwrap();
+    s.add_request(RequestSpec::new(1, 0.0, 30, 50), 0.0)
+        .unwrap();
+    s.add_request(RequestSpec::new(2, 0.0, 30, 50), 0.0)
+        .unwrap();
     step(&mut s, 0.0, 2);
     assert_eq!(s.kv_tokens_in_use(), 62);
     let gone = s.cancel(1, 0.02).expect("known request");
@@ -160,9 +224,11 @@ fn cancel_frees_kv_and_forgets_the_request() {
 
 #[test]
 fn stop_from_the_engine_finishes_and_trains_the_predictor() {
-    let mut s = scheduler(PolicyKind::Fcfs, 2, 1000, 4)
-        .with_predictor(Box::new(crate::predictor::OnlineQuantilePredictor::new(77, 16)));
-    s.add_request(RequestSpec::new(1, 0.0, 30, 50), 0.0).unwrap();
+    let mut s = scheduler(PolicyKind::Fcfs, 2, 1000, 4).with_predictor(Box::new(
+        crate::predictor::OnlineQuantilePredictor::new(77, 16),
+    ));
+    s.add_request(RequestSpec::new(1, 0.0, 30, 50), 0.0)
+        .unwrap();
     assert_eq!(s.request(1).unwrap().spec.predicted_output_tokens, Some(77));
     let out = s.schedule(0.0);
     let results = vec![StepResult {
@@ -180,7 +246,8 @@ fn stop_from_the_engine_finishes_and_trains_the_predictor() {
 #[test]
 fn perceptible_after_a_stable_acceptance_rate() {
     let mut s = scheduler(PolicyKind::Fcfs, 1, 10_000, 4);
-    s.add_request(RequestSpec::new(1, 0.0, 10, 1000), 0.0).unwrap();
+    s.add_request(RequestSpec::new(1, 0.0, 10, 1000), 0.0)
+        .unwrap();
     let mut t = 0.0;
     let rule = StabilityRule::default();
     for _ in 0..=rule.min_steps {

@@ -1,0 +1,157 @@
+//! The `lapsd sim` command surface: flags parse, JSON has the documented fields, bad input gives
+//! errors naming what was wrong.
+
+use clap::Parser;
+use lapsd_sim::cli::{experiment_from_args, render, SimArgs};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: SimArgs,
+}
+
+fn args(extra: &[&str]) -> SimArgs {
+    let mut argv = vec!["sim"];
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv).expect("flags parse").args
+}
+
+fn json_of(extra: &[&str]) -> serde_json::Value {
+    let a = args(extra);
+    let results = experiment_from_args(&a)
+        .expect("valid")
+        .run(None)
+        .expect("runs");
+    let text = render(&a, results).expect("renders");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+#[test]
+fn json_has_the_documented_fields_for_every_policy() {
+    let v = json_of(&[
+        "--requests",
+        "300",
+        "--load",
+        "0.7",
+        "--format",
+        "json",
+        "--workload",
+        "thinky",
+    ]);
+    let results = v["results"].as_array().expect("results array");
+    assert_eq!(results.len(), lapsd_core::PolicyKind::ALL.len());
+    for r in results {
+        for field in [
+            "completed",
+            "mean_latency_s",
+            "p50_latency_s",
+            "p90_latency_s",
+            "p99_latency_s",
+            "mean_ttft_s",
+            "mean_normalized_latency_s_per_token",
+            "throughput_rps",
+            "preemptions",
+        ] {
+            assert!(
+                r[field].is_number(),
+                "{}: field {field} in {r}",
+                r["policy"]
+            );
+        }
+        assert!(r["policy"].is_string());
+        assert_eq!(r["workload"], "thinky");
+        assert_eq!(r["load"], 0.7);
+        assert_eq!(r["predictor"], "noisy-oracle(sigma=0.5)");
+        assert_eq!(r["completed"], 300);
+    }
+}
+
+#[test]
+fn same_seed_same_json_and_policy_subset() {
+    let flags = [
+        "--requests",
+        "200",
+        "--policy",
+        "fcfs,laps-sd",
+        "--loads",
+        "0.5,0.9",
+        "--format",
+        "json",
+        "--seed",
+        "3",
+    ];
+    let a = json_of(&flags);
+    assert_eq!(a, json_of(&flags));
+    let names: Vec<&str> = a["results"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["policy"].as_str())
+        .collect();
+    assert_eq!(names, ["fcfs", "laps-sd", "fcfs", "laps-sd"]);
+}
+
+#[test]
+fn bad_flags_are_errors_naming_the_field() {
+    let err = experiment_from_args(&args(&["--policy", "fcfs,nope"]))
+        .err()
+        .expect("unknown policy");
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = experiment_from_args(&args(&["--load=-1"]))
+        .err()
+        .expect("negative load");
+    assert!(err.to_string().contains("load"), "{err}");
+    let err = experiment_from_args(&args(&["--max-batch", "0"]))
+        .err()
+        .expect("zero batch");
+    assert!(err.to_string().contains("max-batch"), "{err}");
+    assert!(Cli::try_parse_from(["sim", "--rate", "1", "--load", "0.5"]).is_err());
+}
+
+#[test]
+fn trace_errors_name_line_and_field_and_a_good_trace_replays() {
+    let dir = std::env::temp_dir().join(format!("lapsd-sim-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"arrival_s\": 0.0, \"prompt_tokens\": 10, \"output_tokens\": 20}\n\
+         {\"arrival_s\": 1.0, \"prompt_tokens\": 10, \"output_tokens\": \"many\"}\n",
+    )
+    .expect("write");
+    let err = experiment_from_args(&args(&["--trace", bad.to_str().expect("utf-8 path")]))
+        .err()
+        .expect("malformed trace");
+    assert_eq!(
+        err.to_string(),
+        "trace line 2: field `output_tokens`: expected an integer between 1 and 4294967295, got \"many\""
+    );
+    let good = dir.join("good.jsonl");
+    let lines: String = (0..50)
+        .map(|i| format!("{{\"arrival_s\": {}, \"prompt_tokens\": 16, \"output_tokens\": {}, \"acceptance_rate\": 0.7}}\n", f64::from(i) * 0.5, 10 + i))
+        .collect();
+    std::fs::write(&good, lines).expect("write");
+    let v = json_of(&[
+        "--trace",
+        good.to_str().expect("utf-8 path"),
+        "--format",
+        "json",
+        "--policy",
+        "fcfs,las",
+    ]);
+    let results = v["results"].as_array().expect("array");
+    assert_eq!(results.len(), 2);
+    assert!(results
+        .iter()
+        .all(|r| r["completed"] == 50 && r["load"].is_null()));
+    let err = experiment_from_args(&args(&[
+        "--trace",
+        good.to_str().expect("utf-8 path"),
+        "--load",
+        "0.5",
+    ]))
+    .err()
+    .expect("trace + load");
+    assert!(err.to_string().contains("trace"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,185 @@
+//! End-to-end properties of the simulator over every policy: each request finishes exactly once
+//! with exactly its true output length (also when preemption frees KV and forces recomputes), the
+//! server is never idle while work waits (at batch 1, SD off, the last departure is where
+//! Lindley's recursion puts it, whatever the order of service), runs are deterministic per seed.
+
+mod common;
+
+use common::{single_server, STEP_S};
+use lapsd_core::{Capacity, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
+use lapsd_sim::acceptance::AcceptanceModel;
+use lapsd_sim::arrivals::ArrivalProcess;
+use lapsd_sim::engine::{simulate, SimConfig};
+use lapsd_sim::prediction::PredictorChoice;
+use lapsd_sim::run::{ArrivalRate, Experiment, RequestSource};
+use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest, WorkloadKind};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random_requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let times = ArrivalProcess::Poisson.unit_rate_times(count, &mut rng);
+    let out = LengthDist::LogNormal {
+        median: 40.0,
+        sigma: 1.0,
+        min: 1,
+        max: 400,
+    };
+    (0..count)
+        .map(|i| {
+            let output_tokens = out.sample(&mut rng);
+            SimRequest {
+                id: i as u64,
+                arrival_s: times[i] / rate_rps,
+                size: RequestSize {
+                    prompt_tokens: rng.gen_range(1..200),
+                    output_tokens,
+                    acceptance_rate: rng.gen_range(0.0..1.0),
+                },
+                max_tokens: output_tokens + 1 + rng.gen_range(0..50),
+                predicted_output_tokens: Some(
+                    (f64::from(output_tokens) * rng.gen_range(0.5..2.0)) as u32 + 1,
+                ),
+            }
+        })
+        .collect()
+}
+
+fn sd_config(policy: PolicyKind, max_batch: usize, kv_budget_tokens: u64) -> SimConfig {
+    SimConfig {
+        scheduler: SchedulerConfig {
+            capacity: Capacity {
+                max_batch,
+                max_step_tokens: 2048,
+                kv_budget_tokens,
+            },
+            speculation_length: 4,
+            stability: StabilityRule::default(),
+            cost: lapsd_sim::cli::default_cost(),
+        },
+        policy,
+        policy_config: PolicyConfig::default(),
+        predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
+        acceptance: AcceptanceModel::default(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+
+    #[test]
+    fn every_request_finishes_once_with_its_true_length(
+        seed in 0u64..1_000_000,
+        max_batch in 1usize..6,
+        tight_kv in any::<bool>(),
+    ) {
+        let requests = random_requests(seed, 150, 6.0);
+        // A tight budget (a few requests' worth) forces KV-freeing preemptions and recomputes.
+        let kv_budget_tokens = if tight_kv { 1500 } else { 1 << 40 };
+        for policy in PolicyKind::ALL {
+            let outcome = simulate(&requests, &sd_config(policy, max_batch, kv_budget_tokens), None)
+                .map_err(|e| TestCaseError::fail(format!("{}: {e}", policy.name())))?;
+            let mut seen = vec![0u32; requests.len()];
+            for c in &outcome.completed {
+                seen[c.id as usize] += 1;
+                let r = &requests[c.id as usize];
+                prop_assert_eq!(c.output_tokens, r.size.output_tokens, "{} request {}", policy.name(), c.id);
+                prop_assert!(c.finish_s > c.arrival_s && c.first_token_s <= c.finish_s);
+            }
+            let never = outcome.never_fits;
+            prop_assert!(seen.iter().all(|&n| n <= 1), "{}: a request finished twice", policy.name());
+            prop_assert_eq!(seen.iter().filter(|&&n| n == 1).count() + never, requests.len(), "{}", policy.name());
+        }
+    }
+}
+
+#[test]
+fn never_idle_while_work_waits_under_every_policy() {
+    // Batch 1, SD off, unit step cost: every work-conserving order of service empties the system
+    // at the same instants, so the last departure equals Lindley's (FCFS) last departure.
+    let requests: Vec<SimRequest> = random_requests(42, 3000, 1.0)
+        .into_iter()
+        .map(|mut r| {
+            r.size.output_tokens = r.size.output_tokens.min(300);
+            r.max_tokens = r.size.output_tokens + 1;
+            r
+        })
+        .collect();
+    let mut departure_s = 0.0f64;
+    for r in &requests {
+        departure_s = departure_s.max(r.arrival_s) + f64::from(r.size.output_tokens) * STEP_S;
+    }
+    for policy in PolicyKind::ALL {
+        let outcome = simulate(&requests, &single_server(policy), None).expect("runs");
+        assert_eq!(outcome.completed.len(), requests.len(), "{}", policy.name());
+        assert!(
+            (outcome.end_s - departure_s).abs() < 1e-6,
+            "{}: last departure {} vs {departure_s} (idle while work waited?)",
+            policy.name(),
+            outcome.end_s
+        );
+        let work_s: f64 = requests
+            .iter()
+            .map(|r| f64::from(r.size.output_tokens) * STEP_S)
+            .sum();
+        assert!(
+            (outcome.busy_s - work_s).abs() < 1e-6,
+            "{}: busy {} vs work {work_s}",
+            policy.name(),
+            outcome.busy_s
+        );
+    }
+}
+
+fn experiment(seed: u64) -> Experiment {
+    Experiment {
+        source: RequestSource::Workload {
+            profile: WorkloadKind::Mbpp.profile(),
+            count: 400,
+            arrivals: ArrivalProcess::Gamma { shape: 0.5 },
+        },
+        rates: vec![ArrivalRate::Load(0.6), ArrivalRate::Load(0.9)],
+        policies: PolicyKind::ALL.to_vec(),
+        scheduler: sd_config(PolicyKind::Fcfs, 4, 20_000).scheduler,
+        policy_config: PolicyConfig::default(),
+        predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
+        acceptance: AcceptanceModel::default(),
+        seed,
+        jobs: 2,
+    }
+}
+
+#[test]
+fn same_seed_gives_identical_results_and_another_seed_differs() {
+    let a = serde_json::to_string(&experiment(5).run(None).expect("runs")).expect("json");
+    let b = serde_json::to_string(&experiment(5).run(None).expect("runs")).expect("json");
+    assert_eq!(a, b);
+    let mut single = experiment(5);
+    single.jobs = 1;
+    let c = serde_json::to_string(&single.run(None).expect("runs")).expect("json");
+    assert_eq!(
+        a, c,
+        "results do not depend on the number of worker threads"
+    );
+    let d = serde_json::to_string(&experiment(6).run(None).expect("runs")).expect("json");
+    assert_ne!(a, d);
+}
+
+#[test]
+fn policies_see_the_same_requests_and_sd_speeds_up() {
+    let results = experiment(1).run(None).expect("runs");
+    assert_eq!(results.len(), 2 * PolicyKind::ALL.len());
+    for r in &results {
+        assert_eq!(r.completed + r.never_fits, 400, "{}", r.policy);
+    }
+    // Speculative decoding at MBPP's high acceptance must beat plain decoding on the same requests.
+    let mut with_sd = experiment(1);
+    with_sd.policies = vec![PolicyKind::Fcfs];
+    with_sd.rates = vec![ArrivalRate::Rate(0.5)];
+    let mut no_sd = with_sd.clone();
+    no_sd.scheduler.speculation_length = 0;
+    let sd = with_sd.run(None).expect("runs")[0].mean_latency_s;
+    let plain = no_sd.run(None).expect("runs")[0].mean_latency_s;
+    assert!(sd < plain, "SD {sd} s vs plain {plain} s");
+}
