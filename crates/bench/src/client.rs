@@ -98,6 +98,18 @@ pub struct SdStats {
     pub verify_steps: Option<u64>,
 }
 
+/// Server-side timing of one request, when the server reports it (`metrics.scheduling` of
+/// `lapsd serve`: measured from the engine's admission of the request, without network time).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerTiming {
+    pub ttft_s: Option<f64>,
+    pub e2e_s: Option<f64>,
+    /// Seconds waited before the request's first step.
+    pub queue_time_s: Option<f64>,
+    /// Times the request was removed from the batch unfinished.
+    pub preemptions: Option<u64>,
+}
+
 /// Where the output token count came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,6 +135,7 @@ pub struct RequestResult {
     /// Chunks that carried content.
     pub content_chunks: u32,
     pub sd: Option<SdStats>,
+    pub server_timing: Option<ServerTiming>,
     pub error: Option<RequestError>,
 }
 
@@ -314,6 +327,18 @@ pub fn apply_chunk(data: &str, result: &mut RequestResult) -> Result<bool, Reque
     if let Some(sd) = parse_sd_stats(&value) {
         result.sd = Some(sd);
     }
+    if let Some(scheduling) = value
+        .get("metrics")
+        .and_then(|m| m.get("scheduling"))
+        .filter(|s| s.is_object())
+    {
+        result.server_timing = Some(ServerTiming {
+            ttft_s: scheduling.get("ttft_s").and_then(Value::as_f64),
+            e2e_s: scheduling.get("e2e_s").and_then(Value::as_f64),
+            queue_time_s: scheduling.get("queue_time_s").and_then(Value::as_f64),
+            preemptions: scheduling.get("preemptions").and_then(Value::as_u64),
+        });
+    }
     let has_content = value
         .get("choices")
         .and_then(Value::as_array)
@@ -413,6 +438,22 @@ mod tests {
         assert_eq!(r.output_tokens, 12);
         assert_eq!(r.output_tokens_source, Some(TokenCountSource::Usage));
         assert_eq!(r.server_prompt_tokens, Some(7));
+        assert!(r.server_timing.is_none());
+        apply_chunk(
+            r#"{"choices":[],"metrics":{"scheduling":{"ttft_s":0.5,"e2e_s":2.0,"queue_time_s":null,"preemptions":3}}}"#,
+            &mut r,
+        )
+        .unwrap();
+        let timing = r.server_timing.expect("scheduling stats read");
+        assert_eq!(
+            (
+                timing.ttft_s,
+                timing.e2e_s,
+                timing.queue_time_s,
+                timing.preemptions
+            ),
+            (Some(0.5), Some(2.0), None, Some(3))
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl LineChart {
             .label_font((FONT, 14))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(text)?;
         root.present().map_err(text)?;

@@ -49,6 +49,14 @@ pub struct RequestRecord {
     pub error: Option<String>,
     pub error_message: Option<String>,
     pub acceptance_rate: Option<f64>,
+    /// Server-reported time to first token (from admission, no network), when sent.
+    pub server_ttft_ms: Option<f64>,
+    /// Server-reported end-to-end latency, when sent.
+    pub server_e2e_ms: Option<f64>,
+    /// Server-reported wait before the first step, when sent.
+    pub server_queue_ms: Option<f64>,
+    /// Server-reported preemptions, when sent.
+    pub preemptions: Option<u64>,
 }
 
 /// Speculative-decoding statistics over the requests that reported them.
@@ -87,6 +95,12 @@ pub struct BenchReport {
     pub tpot: Option<LatencySummary>,
     pub itl: Option<LatencySummary>,
     pub e2e: Option<LatencySummary>,
+    /// Server-reported end-to-end latency of completed requests (`metrics.scheduling`), if sent.
+    #[serde(default)]
+    pub server_e2e: Option<LatencySummary>,
+    /// Server-reported TTFT of completed requests, if sent.
+    #[serde(default)]
+    pub server_ttft: Option<LatencySummary>,
     pub speculative_decoding: Option<SdSummary>,
     pub requests: Vec<RequestRecord>,
 }
@@ -103,6 +117,7 @@ impl BenchReport {
         let mut errors_by_kind = BTreeMap::new();
         let (mut ttfts, mut tpots, mut itls, mut e2es) = (vec![], vec![], vec![], vec![]);
         let mut slo_inputs = Vec::new();
+        let (mut server_e2es, mut server_ttfts) = (vec![], vec![]);
         let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
         let mut records = Vec::with_capacity(outcome.results.len());
         for ((result, item), &arrival_s) in outcome
@@ -125,6 +140,10 @@ impl BenchReport {
                     tpots.extend(tpot_ms);
                     itls.extend(result.itl_s.iter().copied().map(ms));
                     e2es.push(ms(result.e2e_s));
+                    if let Some(timing) = &result.server_timing {
+                        server_e2es.extend(timing.e2e_s.map(ms));
+                        server_ttfts.extend(timing.ttft_s.map(ms));
+                    }
                     input_tokens +=
                         u64::from(result.server_prompt_tokens.unwrap_or(item.prompt_tokens));
                     output_tokens += u64::from(result.output_tokens);
@@ -167,6 +186,8 @@ impl BenchReport {
             tpot: LatencySummary::from_ms(&tpots),
             itl: LatencySummary::from_ms(&itls),
             e2e: LatencySummary::from_ms(&e2es),
+            server_e2e: LatencySummary::from_ms(&server_e2es),
+            server_ttft: LatencySummary::from_ms(&server_ttfts),
             speculative_decoding: summarize_sd(&outcome.results),
             requests: records,
         }
@@ -251,7 +272,16 @@ impl BenchReport {
             ),
             ("Inter-token Latency", "ITL", &self.itl),
             ("End-to-end Latency", "E2E", &self.e2e),
+            ("Server-reported TTFT", "server TTFT", &self.server_ttft),
+            (
+                "Server-reported E2E Latency",
+                "server E2E",
+                &self.server_e2e,
+            ),
         ] {
+            if short.starts_with("server") && summary.is_none() {
+                continue;
+            }
             let _ = writeln!(out, "{:-^52}", format!(" {title} "));
             match summary {
                 Some(s) => {
@@ -318,6 +348,22 @@ fn record(
         error: result.error.as_ref().map(|e| e.kind.tag()),
         error_message: result.error.as_ref().map(|e| e.message.clone()),
         acceptance_rate: result.sd.as_ref().and_then(|sd| sd.acceptance_rate),
+        server_ttft_ms: result
+            .server_timing
+            .as_ref()
+            .and_then(|t| t.ttft_s)
+            .map(|s| s * 1000.0),
+        server_e2e_ms: result
+            .server_timing
+            .as_ref()
+            .and_then(|t| t.e2e_s)
+            .map(|s| s * 1000.0),
+        server_queue_ms: result
+            .server_timing
+            .as_ref()
+            .and_then(|t| t.queue_time_s)
+            .map(|s| s * 1000.0),
+        preemptions: result.server_timing.as_ref().and_then(|t| t.preemptions),
     }
 }
 

@@ -94,8 +94,9 @@ pub fn write_sim_trace(plan: &Plan, path: &Path) -> Result<(), BenchError> {
     for (arrival_s, item) in order {
         let line = SimTraceLine {
             arrival_s,
-            prompt_tokens: item.prompt_tokens,
-            output_tokens: item.max_tokens,
+            // The simulator needs at least one token of each (an empty trace prompt still costs a step).
+            prompt_tokens: item.prompt_tokens.max(1),
+            output_tokens: item.max_tokens.max(1),
         };
         // Serializing a struct of numbers cannot fail.
         let json = serde_json::to_string(&line).expect("numbers serialize");

@@ -180,3 +180,92 @@ fn sample_pairs(
     }
     Ok(items)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(
+        source: &WorkloadSource,
+        rate_per_s: f64,
+        seed: u64,
+        requests: usize,
+    ) -> Result<Plan, BenchError> {
+        build_plan(&PlanConfig {
+            source,
+            requests: Some(requests),
+            arrivals: ArrivalProcess::new(rate_per_s, 1.0).unwrap(),
+            seed,
+            max_output_tokens: 256,
+            tokens: &TokenCounter::CharsPerFour,
+        })
+    }
+
+    fn sharegpt_file(dir: &Path) -> PathBuf {
+        let long = "x".repeat(4 * 3000); // 3000 tokens: over the prompt filter
+        let text = format!(
+            r#"[{{"conversations":[{{"from":"human","value":"{long}"}},{{"from":"gpt","value":"a fine long reply here"}}]}},
+               {{"conversations":[{{"from":"human","value":"hi"}},{{"from":"gpt","value":"a reply that is long enough"}}]}},
+               {{"conversations":[{{"from":"human","value":"what is a good prompt?"}},{{"from":"gpt","value":"{reply}"}}]}},
+               {{"conversations":[{{"from":"human","value":"second usable prompt"}},{{"from":"gpt","value":"short-ish reply text"}}]}},
+               {{"conversations":[{{"from":"human","value":"cut off"#,
+            reply = "y".repeat(4 * 1000)
+        );
+        let path = dir.join("sharegpt.json");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn same_seed_same_plan_and_rate_does_not_change_prompts() {
+        let source = WorkloadSource::Profile {
+            profile: Profile::Mbpp,
+        };
+        let a = plan(&source, 2.0, 9, 50).unwrap();
+        assert_eq!(a, plan(&source, 2.0, 9, 50).unwrap());
+        let faster = plan(&source, 8.0, 9, 50).unwrap();
+        assert_eq!(a.items, faster.items);
+        assert_ne!(a.arrivals_s, faster.arrivals_s);
+        assert_ne!(a.items, plan(&source, 2.0, 10, 50).unwrap().items);
+        assert!(a
+            .items
+            .iter()
+            .all(|i| i.max_tokens <= 256 && i.prompt_tokens > 0));
+    }
+
+    #[test]
+    fn sharegpt_sampling_filters_caps_and_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = WorkloadSource::ShareGpt {
+            path: sharegpt_file(dir.path()),
+        };
+        let p = plan(&source, 1.0, 0, 6).unwrap();
+        assert_eq!(p.items.len(), 6);
+        let mut prompts: Vec<&str> = p.items.iter().map(|i| i.prompt.as_str()).collect();
+        prompts.sort();
+        prompts.dedup();
+        // "hi" (1 token) and the 3000-token prompt fail vLLM's filter; the cut element is dropped.
+        assert_eq!(prompts, ["second usable prompt", "what is a good prompt?"]);
+        for item in &p.items {
+            let expected = if item.prompt.starts_with("what") {
+                256
+            } else {
+                5
+            };
+            assert_eq!(item.max_tokens, expected, "{}", item.prompt);
+        }
+    }
+
+    #[test]
+    fn zero_requests_is_an_argument_error() {
+        let source = WorkloadSource::Profile {
+            profile: Profile::Chatbot,
+        };
+        match plan(&source, 1.0, 0, 0) {
+            Err(BenchError::InvalidArgument { flag, .. }) => assert_eq!(flag, "requests"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+}

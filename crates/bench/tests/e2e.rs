@@ -36,6 +36,8 @@ enum Behaviour {
     NoDone,
     /// One chunk that is not JSON.
     Garbage,
+    /// Headers, then silence for 10 s before the first token.
+    Stall,
 }
 
 fn chunk(value: Value) -> Bytes {
@@ -56,6 +58,7 @@ async fn completions(Json(body): Json<Value>) -> Response {
         "drop" => Behaviour::Drop,
         "nodone" => Behaviour::NoDone,
         "garbage" => Behaviour::Garbage,
+        "stall" => Behaviour::Stall,
         _ => Behaviour::Stream,
     };
     if let Behaviour::Fail500 = behaviour {
@@ -69,6 +72,7 @@ async fn completions(Json(body): Json<Value>) -> Response {
             Behaviour::Drop => 1,
             Behaviour::NoDone => 2,
             Behaviour::Garbage => 3,
+            Behaviour::Stall => 4,
             Behaviour::Fail500 => unreachable!("answered above"),
         };
         async move {
@@ -83,10 +87,10 @@ async fn completions(Json(body): Json<Value>) -> Response {
                 return Some((Ok::<Bytes, std::io::Error>(first), 1));
             }
             if step <= max_tokens {
-                let delay = if step == 1 {
-                    FIRST_TOKEN_DELAY_MS
-                } else {
-                    TOKEN_GAP_MS
+                let delay = match (step, behaviour_tag) {
+                    (1, 4) => 10_000,
+                    (1, _) => FIRST_TOKEN_DELAY_MS,
+                    _ => TOKEN_GAP_MS,
                 };
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 if behaviour_tag == 1 && step == 3 {
@@ -172,6 +176,16 @@ fn item(prompt: &str, max_tokens: u32) -> WorkItem {
 }
 
 fn run(addr: SocketAddr, endpoint: Endpoint, plan: &Plan, slo: Slo) -> BenchReport {
+    run_with_timeout(addr, endpoint, plan, slo, Duration::from_secs(30))
+}
+
+fn run_with_timeout(
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    plan: &Plan,
+    slo: Slo,
+    request_timeout: Duration,
+) -> BenchReport {
     let config = RunConfig {
         client: ClientConfig {
             base_url: format!("http://{addr}"),
@@ -179,7 +193,7 @@ fn run(addr: SocketAddr, endpoint: Endpoint, plan: &Plan, slo: Slo) -> BenchRepo
             model: "fixture-model".into(),
             temperature: 0.0,
             ignore_eos: false,
-            request_timeout: Duration::from_secs(30),
+            request_timeout,
         },
         max_concurrency: Some(4),
         show_progress: false,
@@ -309,6 +323,29 @@ fn server_failures_are_counted_by_kind_not_crashes() {
     );
     assert_eq!(report.total_output_tokens, 4);
     assert!(report.goodput_per_s.is_none());
+}
+
+#[test]
+fn stalled_streams_are_counted_as_timeouts() {
+    let addr = start_fixture();
+    let plan = Plan {
+        items: vec![item("stall", 3), item("fine", 2)],
+        arrivals_s: vec![0.0, 0.0],
+    };
+    let report = run_with_timeout(
+        addr,
+        Endpoint::Completions,
+        &plan,
+        Slo::default(),
+        Duration::from_millis(500),
+    );
+    assert_eq!(report.completed, 1);
+    assert_eq!(report.errors_by_kind.get("timeout"), Some(&1));
+    assert_eq!(report.requests[0].error.as_deref(), Some("timeout"));
+    assert!(
+        report.requests[0].e2e_ms >= 500.0,
+        "timed out no earlier than the limit"
+    );
 }
 
 #[test]

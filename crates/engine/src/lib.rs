@@ -2,9 +2,11 @@
 //! on top of them, and the `lapsd generate` / `lapsd calibrate` commands.
 pub mod chat;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod model;
+pub mod spec;
 pub mod tokenizer;
 
 pub use error::EngineError;

@@ -20,17 +20,17 @@ fn references(engine: &SdEngine) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     (prompts, refs)
 }
 
-/// All prompts x k = 1..8 as one batch, each sequence with its own k.
+/// k = 1..8 as one batch, each sequence with its own k, the prompts taking turns (sequence id
+/// `100 * prompt + k`). Kept at 8 sequences so the test runs in tens of seconds on 2 cores.
 fn check_batched_every_k(draft: DraftSpec) -> SdEngine {
     let mut engine = engine(draft.clone());
     let (prompts, refs) = references(&engine);
     let mut batch = Vec::new();
-    for (p, prompt) in prompts.iter().enumerate() {
-        for k in 1..=8 {
-            let id = (p * 100 + k) as u64;
-            engine.add_sequence(id, prompt.clone(), greedy_params(MAX_NEW as u32)).unwrap();
-            batch.push((id, k));
-        }
+    for k in 1..=8 {
+        let p = (k - 1) % prompts.len();
+        let id = (p * 100 + k) as u64;
+        engine.add_sequence(id, prompts[p].clone(), greedy_params(MAX_NEW as u32)).unwrap();
+        batch.push((id, k));
     }
     let out = run_to_end(&mut engine, &batch, |_, _| {});
     for &(id, k) in &batch {
@@ -49,7 +49,7 @@ fn check_batched_every_k(draft: DraftSpec) -> SdEngine {
 fn ngram_batched_every_k_matches_target_greedy() {
     let engine = check_batched_every_k(DraftSpec::NGram { n: 3 });
     // The code prompt repeats itself: prompt lookup must get some drafts accepted there.
-    let accepted: u64 = (1..=8).map(|k| engine.stats(k).unwrap().accepted_tokens).sum();
+    let accepted: u64 = [1, 4, 7].iter().map(|&k| engine.stats(k).unwrap().accepted_tokens).sum();
     assert!(accepted > 0, "n-gram drafting never accepted a token on the code prompt");
 }
 
@@ -64,12 +64,10 @@ fn separate_draft_model_batched_every_k_matches_target_greedy() {
     // of it: greedy drafts must then almost always be accepted (same weights, same argmax).
     let engine = check_batched_every_k(DraftSpec::Model(model_path()));
     let (mut drafted, mut accepted) = (0, 0);
-    for p in 0..3u64 {
-        for k in 1..=8u64 {
-            let s = engine.stats(p * 100 + k).unwrap();
-            drafted += s.drafted_tokens;
-            accepted += s.accepted_tokens;
-        }
+    for k in 1..=8u64 {
+        let s = engine.stats((k - 1) % 3 * 100 + k).unwrap();
+        drafted += s.drafted_tokens;
+        accepted += s.accepted_tokens;
     }
     assert!(drafted > 0);
     let rate = accepted as f64 / drafted as f64;

@@ -23,10 +23,14 @@ fn register_font() {
     });
 }
 
-/// (load, mean, p99) points per policy, in policy order of first appearance.
-fn series(results: &[PolicyResult]) -> Vec<(String, Vec<(f64, f64, f64)>)> {
+/// (load, mean latency, p99 latency) of one policy.
+type Point = (f64, f64, f64);
+/// Points per policy, in policy order of first appearance.
+type Series = [(String, Vec<Point>)];
+
+fn series(results: &[PolicyResult]) -> Vec<(String, Vec<Point>)> {
     let mut order: Vec<String> = Vec::new();
-    let mut map: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut map: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for r in results {
         let Some(load) = r.load else { continue };
         if !map.contains_key(&r.policy) {
@@ -46,13 +50,11 @@ fn series(results: &[PolicyResult]) -> Vec<(String, Vec<(f64, f64, f64)>)> {
         .collect()
 }
 
-type Series = [(String, Vec<(f64, f64, f64)>)];
-
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     data: &Series,
-    pick: fn(&(f64, f64, f64)) -> f64,
+    pick: fn(&Point) -> f64,
 ) -> Result<(), String> {
     let points = data.iter().flat_map(|(_, pts)| pts.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);

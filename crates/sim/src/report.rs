@@ -196,6 +196,69 @@ pub fn to_csv(results: &[PolicyResult]) -> String {
     out
 }
 
+/// One policy against the best of a set of baselines and against the oracle, at one
+/// (workload, load) point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub workload: String,
+    pub load: Option<f64>,
+    pub policy: String,
+    pub mean_latency_s: f64,
+    /// The baseline with the lowest mean latency at this point.
+    pub best_baseline: String,
+    pub best_baseline_mean_latency_s: f64,
+    /// 1 - mean / best baseline mean (positive = the policy is faster).
+    pub reduction_vs_best_baseline: f64,
+    pub oracle_mean_latency_s: Option<f64>,
+    /// mean / oracle mean (>= 1 when the oracle is the bound it should be).
+    pub ratio_to_oracle: Option<f64>,
+}
+
+/// Compares `policy` with the best of `baselines` (and with `oracle`) at every (workload, load)
+/// point of `results`, in order of first appearance. Points missing the policy or every
+/// baseline are skipped.
+pub fn compare(
+    results: &[PolicyResult],
+    policy: &str,
+    baselines: &[&str],
+    oracle: &str,
+) -> Vec<Comparison> {
+    let mut points: Vec<(String, Option<f64>)> = Vec::new();
+    for r in results {
+        let key = (r.workload.clone(), r.load);
+        if !points.contains(&key) {
+            points.push(key);
+        }
+    }
+    points
+        .into_iter()
+        .filter_map(|(workload, load)| {
+            let at = |name: &str| {
+                results
+                    .iter()
+                    .find(|r| r.workload == workload && r.load == load && r.policy == name)
+            };
+            let subject = at(policy)?;
+            let best = baselines
+                .iter()
+                .filter_map(|b| at(b))
+                .min_by(|a, b| a.mean_latency_s.total_cmp(&b.mean_latency_s))?;
+            let oracle_mean = at(oracle).map(|o| o.mean_latency_s);
+            Some(Comparison {
+                workload,
+                load,
+                policy: policy.to_string(),
+                mean_latency_s: subject.mean_latency_s,
+                best_baseline: best.policy.clone(),
+                best_baseline_mean_latency_s: best.mean_latency_s,
+                reduction_vs_best_baseline: 1.0 - subject.mean_latency_s / best.mean_latency_s,
+                oracle_mean_latency_s: oracle_mean,
+                ratio_to_oracle: oracle_mean.map(|o| subject.mean_latency_s / o),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,8 +309,48 @@ mod tests {
         assert_eq!(r.throughput_rps, 0.4);
         assert_eq!(r.preemptions, 2);
         assert_eq!(r.utilization, 0.8);
-        let csv = to_csv(&[r.clone()]);
+        let csv = to_csv(std::slice::from_ref(&r));
         assert_eq!(csv.lines().count(), 2);
         assert!(to_table(&[r]).contains("fcfs"));
+    }
+
+    #[test]
+    fn comparison_picks_the_best_baseline_per_point() {
+        let mk = |policy: &str, load: f64, mean: f64| PolicyResult {
+            policy: policy.into(),
+            workload: "w".into(),
+            load: Some(load),
+            rate_rps: 1.0,
+            predictor: "p".into(),
+            completed: 1,
+            never_fits: 0,
+            mean_latency_s: mean,
+            p50_latency_s: mean,
+            p90_latency_s: mean,
+            p99_latency_s: mean,
+            mean_ttft_s: 0.0,
+            mean_normalized_latency_s_per_token: 0.0,
+            throughput_rps: 1.0,
+            preemptions: 0,
+            recomputes: 0,
+            steps: 1,
+            utilization: 1.0,
+        };
+        let results = vec![
+            mk("fcfs", 0.5, 4.0),
+            mk("srpt", 0.5, 2.0),
+            mk("oracle", 0.5, 1.0),
+            mk("laps-sd", 0.5, 1.5),
+            mk("fcfs", 0.9, 10.0),
+            mk("laps-sd", 0.9, 12.0),
+        ];
+        let c = compare(&results, "laps-sd", &["fcfs", "srpt"], "oracle");
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].best_baseline, "srpt");
+        assert_eq!(c[0].reduction_vs_best_baseline, 0.25);
+        assert_eq!(c[0].ratio_to_oracle, Some(1.5));
+        assert_eq!(c[1].best_baseline, "fcfs");
+        assert!((c[1].reduction_vs_best_baseline + 0.2).abs() < 1e-12);
+        assert_eq!(c[1].ratio_to_oracle, None);
     }
 }

@@ -157,7 +157,11 @@ impl Experiment {
             let (times, load, rate_rps) = match (rate, &unit_times, &self.source) {
                 (ArrivalRate::Trace, _, RequestSource::Trace { records, .. }) => {
                     let times: Vec<f64> = records.iter().map(|r| r.arrival_s).collect();
-                    let span = times.last().copied().unwrap_or(0.0) - times[0];
+                    let (first, last) = match (times.first(), times.last()) {
+                        (Some(&f), Some(&l)) => (f, l),
+                        _ => return Err(SimError::EmptyTrace),
+                    };
+                    let span = last - first;
                     let rate = if span > 0.0 {
                         (times.len() - 1) as f64 / span
                     } else {

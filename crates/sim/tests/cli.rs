@@ -93,17 +93,11 @@ fn same_seed_same_json_and_policy_subset() {
 
 #[test]
 fn bad_flags_are_errors_naming_the_field() {
-    let err = experiment_from_args(&args(&["--policy", "fcfs,nope"]))
-        .err()
-        .expect("unknown policy");
+    let err = experiment_from_args(&args(&["--policy", "fcfs,nope"])).expect_err("unknown policy");
     assert!(err.to_string().contains("nope"), "{err}");
-    let err = experiment_from_args(&args(&["--load=-1"]))
-        .err()
-        .expect("negative load");
+    let err = experiment_from_args(&args(&["--load=-1"])).expect_err("negative load");
     assert!(err.to_string().contains("load"), "{err}");
-    let err = experiment_from_args(&args(&["--max-batch", "0"]))
-        .err()
-        .expect("zero batch");
+    let err = experiment_from_args(&args(&["--max-batch", "0"])).expect_err("zero batch");
     assert!(err.to_string().contains("max-batch"), "{err}");
     assert!(Cli::try_parse_from(["sim", "--rate", "1", "--load", "0.5"]).is_err());
 }
@@ -120,8 +114,7 @@ fn trace_errors_name_line_and_field_and_a_good_trace_replays() {
     )
     .expect("write");
     let err = experiment_from_args(&args(&["--trace", bad.to_str().expect("utf-8 path")]))
-        .err()
-        .expect("malformed trace");
+        .expect_err("malformed trace");
     assert_eq!(
         err.to_string(),
         "trace line 2: field `output_tokens`: expected an integer between 1 and 4294967295, got \"many\""
@@ -150,8 +143,7 @@ fn trace_errors_name_line_and_field_and_a_good_trace_replays() {
         "--load",
         "0.5",
     ]))
-    .err()
-    .expect("trace + load");
+    .expect_err("trace + load");
     assert!(err.to_string().contains("trace"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

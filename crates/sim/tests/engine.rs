@@ -183,3 +183,21 @@ fn policies_see_the_same_requests_and_sd_speeds_up() {
     let plain = no_sd.run(None).expect("runs")[0].mean_latency_s;
     assert!(sd < plain, "SD {sd} s vs plain {plain} s");
 }
+
+#[test]
+fn tight_kv_budget_forces_recomputes_and_everything_still_finishes() {
+    let requests = random_requests(9, 300, 20.0);
+    for policy in [PolicyKind::Las, PolicyKind::LapsSd, PolicyKind::Mlfq] {
+        let outcome = simulate(&requests, &sd_config(policy, 4, 1500), None).expect("runs");
+        let recomputes: u32 = outcome.completed.iter().map(|c| c.recomputes).sum();
+        assert!(
+            recomputes > 0,
+            "{}: the budget must force recomputes",
+            policy.name()
+        );
+        assert_eq!(outcome.completed.len() + outcome.never_fits, requests.len());
+        for c in &outcome.completed {
+            assert_eq!(c.output_tokens, requests[c.id as usize].size.output_tokens);
+        }
+    }
+}

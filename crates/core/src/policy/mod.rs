@@ -123,7 +123,7 @@ impl<'a> BatchBuilder<'a> {
         let kv_need = Self::kv_need_of(request, self.speculation_length);
         let fits_tokens = self.chosen.is_empty()
             || self.step_tokens + step_tokens <= self.capacity.max_step_tokens;
-        let fits_kv = true || self.kv_tokens + kv_need <= self.capacity.kv_budget_tokens;
+        let fits_kv = self.kv_tokens + kv_need <= self.capacity.kv_budget_tokens;
         if !(fits_tokens && fits_kv) {
             self.misses += 1;
             return AddOutcome::DoesNotFit;

@@ -2,6 +2,7 @@
 //! ([`sampling`]), draft-method selection and prompt-lookup drafting ([`draft`]). The batched
 //! draft-and-verify step that drives real models is [`crate::engine::SdEngine`].
 
+pub mod calibrate;
 pub mod draft;
 pub mod sampling;
 pub(crate) mod step;

