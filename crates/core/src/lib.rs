@@ -6,6 +6,15 @@
 //!
 //! A step is two calls, as in vLLM's v1 scheduler: [`Scheduler::schedule`] returns what runs next
 //! (and what is preempted), then [`Scheduler::update`] feeds back what the step produced.
+//!
+//! Client priority (`RequestSpec::priority`, lower first, vLLM's convention) is the first sort key
+//! of every policy: a policy's own order applies within one priority class. Non-preemptive
+//! policies (`fcfs`, `sjf`, and `trail` past its no-preemption point) keep a running request's
+//! slot against equal or worse priorities only; a strictly more urgent request takes it.
+//!
+//! Policies (one file each under [`policy`]): `fcfs`, `sjf`, `srpt`, `las`, `mlfq`, `trail`,
+//! `oracle`, `laps-sd` (arXiv 2505.17074), the ablations `laps-sd-perceptible-first` /
+//! `laps-sd-perceptible-last`, and our variants `laps-sd-mal`, `laps-sd-aging`, `laps-sd+`.
 
 pub mod cost;
 pub mod error;

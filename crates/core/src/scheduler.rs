@@ -213,7 +213,7 @@ impl Scheduler {
     /// context + k + 1 KV tokens: the step's lookahead).
     pub fn schedule(&mut self, now_s: f64) -> SchedulerOutput {
         let k = self.config.speculation_length;
-        let (chosen, victims) = {
+        let (chosen, chosen_set, victims) = {
             let ctx = ScheduleContext {
                 now_s,
                 requests: &self.requests,
@@ -227,14 +227,14 @@ impl Scheduler {
             let chosen_set = std::mem::take(&mut batch.chosen_set);
             let need_tokens = batch.kv_tokens;
             let victims = self.kv_victims(&ctx, &chosen_set, need_tokens);
-            (chosen, victims)
+            (chosen, chosen_set, victims)
         };
         let mut output = SchedulerOutput {
             now_s,
             batch: Vec::with_capacity(chosen.len()),
             preempted: Vec::new(),
         };
-        self.preempt_left_out(&chosen, &victims, &mut output);
+        self.preempt_left_out(&chosen_set, &victims, &mut output);
         for &id in &victims {
             if !output.preempted.iter().any(|p| p.id == id) {
                 output.preempted.push(Preemption {
@@ -291,11 +291,10 @@ impl Scheduler {
     /// Running requests the policy left out become preempted (keeping their KV unless evicted).
     fn preempt_left_out(
         &mut self,
-        chosen: &[RequestId],
+        chosen_set: &HashSet<RequestId>,
         victims: &[RequestId],
         output: &mut SchedulerOutput,
     ) {
-        let chosen_set: HashSet<RequestId> = chosen.iter().copied().collect();
         for &id in &self.running {
             if chosen_set.contains(&id) {
                 continue;
@@ -358,14 +357,21 @@ impl Scheduler {
         step_time_s: f64,
         now_s: f64,
     ) -> Vec<RequestState> {
-        let by_id: HashMap<RequestId, &StepResult> = results.iter().map(|r| (r.id, r)).collect();
+        // Results usually come in batch order: look there first, search only when they do not.
+        let mut by_id: Option<HashMap<RequestId, &StepResult>> = None;
         let mut finished = Vec::new();
-        for scheduled in &output.batch {
+        for (i, scheduled) in output.batch.iter().enumerate() {
             let id = scheduled.id;
             let Some(r) = self.requests.get_mut(&id) else {
                 continue;
             };
-            let result = by_id.get(&id).copied();
+            let result = match results.get(i) {
+                Some(x) if x.id == id => Some(x),
+                _ => by_id
+                    .get_or_insert_with(|| results.iter().map(|x| (x.id, x)).collect())
+                    .get(&id)
+                    .copied(),
+            };
             let reason = apply_step(
                 r,
                 scheduled.kind,

@@ -29,7 +29,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 
     /// A `user` message.
@@ -68,15 +71,24 @@ impl ChatTemplate {
     /// The template of the model (ChatML if the file has none), with its BOS/EOS token strings.
     pub fn for_model(info: &ModelInfo, tokenizer: &Tokenizer) -> Self {
         let token_str = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.inner().id_to_token(id)).unwrap_or_default()
+            id.and_then(|id| tokenizer.inner().id_to_token(id))
+                .unwrap_or_default()
         };
         let bos_token = token_str(info.bos_token_id);
         let eos_token = token_str(info.eos_token_ids.first().copied());
         match &info.chat_template {
-            Some(source) if !source.trim().is_empty() => {
-                Self { source: source.clone(), is_fallback: false, bos_token, eos_token }
-            }
-            _ => Self { is_fallback: true, bos_token, eos_token, ..Self::chatml() },
+            Some(source) if !source.trim().is_empty() => Self {
+                source: source.clone(),
+                is_fallback: false,
+                bos_token,
+                eos_token,
+            },
+            _ => Self {
+                is_fallback: true,
+                bos_token,
+                eos_token,
+                ..Self::chatml()
+            },
         }
     }
 
@@ -116,16 +128,23 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         };
-        env.render_str(&self.source, ctx).map_err(|e| ChatError::Template(format!("{e:#}")))
+        env.render_str(&self.source, ctx)
+            .map_err(|e| ChatError::Template(format!("{e:#}")))
     }
 }
 
@@ -138,7 +157,10 @@ mod tests {
 
     #[test]
     fn chatml_fallback_renders_roles_and_generation_prompt() {
-        let msgs = [ChatMessage::new("system", "Be brief."), ChatMessage::user("Hi!")];
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::user("Hi!"),
+        ];
         let text = ChatTemplate::chatml().render(&msgs, true).unwrap();
         assert_eq!(
             text,
@@ -151,7 +173,9 @@ mod tests {
     #[test]
     fn smollm2_template_adds_its_default_system_prompt() {
         let t = ChatTemplate::from_source(SMOLLM2_TEMPLATE, "", "<|im_end|>");
-        let text = t.render(&[ChatMessage::user("What is 2+2?")], true).unwrap();
+        let text = t
+            .render(&[ChatMessage::user("What is 2+2?")], true)
+            .unwrap();
         assert_eq!(
             text,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
@@ -166,8 +190,13 @@ mod tests {
             "<s>",
             "</s>",
         );
-        assert_eq!(t.render(&[ChatMessage::user("a")], false).unwrap(), "<s>a</s>");
-        let err = t.render(&[ChatMessage::new("tool", "x")], false).unwrap_err();
+        assert_eq!(
+            t.render(&[ChatMessage::user("a")], false).unwrap(),
+            "<s>a</s>"
+        );
+        let err = t
+            .render(&[ChatMessage::new("tool", "x")], false)
+            .unwrap_err();
         assert!(err.to_string().contains("no tools"), "{err}");
         assert_eq!(err.kind(), "chat_template");
     }
@@ -185,6 +214,10 @@ mod tests {
             "",
             "",
         );
-        assert_eq!(t.render(&[ChatMessage::user("x"), ChatMessage::user("y")], false).unwrap(), "x\ny\n");
+        assert_eq!(
+            t.render(&[ChatMessage::user("x"), ChatMessage::user("y")], false)
+                .unwrap(),
+            "x\ny\n"
+        );
     }
 }

@@ -89,7 +89,10 @@ pub fn resolve_model(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     let mut candidates = vec![PathBuf::from(DEFAULT_MODEL)];
-    if let Some(root) = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf())) {
+    if let Some(root) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+    {
         candidates.push(root.join(DEFAULT_MODEL));
     }
     candidates.into_iter().find(|p| p.is_file()).with_context(|| {
@@ -110,7 +113,10 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let load_s = load_start.elapsed().as_secs_f64();
     let (prompt_text, add_special) = if args.chat {
         let template = ChatTemplate::for_model(engine.info(), engine.tokenizer());
-        (template.render(&[ChatMessage::user(args.prompt.clone())], true)?, false)
+        (
+            template.render(&[ChatMessage::user(args.prompt.clone())], true)?,
+            false,
+        )
     } else {
         (args.prompt.clone(), true)
     };
@@ -192,7 +198,9 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let (target, tokenizer) = Model::load_with_tokenizer(&model_path)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let draft_model = match &args.draft {
-        DraftSpec::Model(path) => Some(Model::load(path).with_context(|| format!("loading draft {}", path.display()))?),
+        DraftSpec::Model(path) => {
+            Some(Model::load(path).with_context(|| format!("loading draft {}", path.display()))?)
+        }
         _ => None,
     };
     let drafter = match (&args.draft, &draft_model) {
@@ -200,15 +208,29 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         (DraftSpec::NGram { n }, _) => CalibrationDrafter::NGram { n: *n },
         (DraftSpec::SelfLayers { n_layers }, _) => {
             if *n_layers == 0 || *n_layers > target.info().n_layers {
-                bail!("self:{n_layers}: the model has {} layers", target.info().n_layers);
+                bail!(
+                    "self:{n_layers}: the model has {} layers",
+                    target.info().n_layers
+                );
             }
-            CalibrationDrafter::Model { model: &target, n_layers: *n_layers }
+            CalibrationDrafter::Model {
+                model: &target,
+                n_layers: *n_layers,
+            }
         }
-        (DraftSpec::Model(_), Some(model)) => CalibrationDrafter::Model { model, n_layers: model.info().n_layers },
+        (DraftSpec::Model(_), Some(model)) => CalibrationDrafter::Model {
+            model,
+            n_layers: model.info().n_layers,
+        },
         (DraftSpec::Model(path), None) => bail!("draft model {} was not loaded", path.display()),
     };
     let text_ids = tokenizer.encode(CALIBRATION_TEXT, false)?;
-    let context_tokens: Vec<u32> = text_ids.iter().copied().cycle().take(args.context_tokens.max(1)).collect();
+    let context_tokens: Vec<u32> = text_ids
+        .iter()
+        .copied()
+        .cycle()
+        .take(args.context_tokens.max(1))
+        .collect();
     let plan = CalibrationPlan {
         max_batch: args.max_batch,
         max_k: args.max_k,
@@ -222,18 +244,26 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} points ({elapsed})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("calibrating {} with draft {}", target.info().name, args.draft));
+    bar.set_message(format!(
+        "calibrating {} with draft {}",
+        target.info().name,
+        args.draft
+    ));
     let (samples, prefill_samples, cost) = calibrate(&target, &drafter, &plan, || bar.inc(1))?;
     bar.finish();
     let profile = CostProfile {
-        model: model_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        model: model_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         draft: args.draft.to_string(),
         cost,
         samples,
         prefill_samples,
     };
     let json = serde_json::to_string_pretty(&profile)?;
-    std::fs::write(&args.out, json + "\n").with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, json + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote {}", args.out.display());
     println!(
         "draft: {:.3} ms + {:.3} ms/seq per position | verify: {:.3} ms + {:.3} ms/token | prefill: {:.3} ms + {:.4} ms/token",

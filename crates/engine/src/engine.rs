@@ -35,7 +35,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, seed: 0, max_tokens: 256, stop_token_ids: Vec::new() }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            max_tokens: 256,
+            stop_token_ids: Vec::new(),
+        }
     }
 }
 
@@ -160,7 +166,13 @@ impl SdEngine {
     pub fn load(config: EngineConfig) -> Result<Self, EngineError> {
         let (target, tokenizer) = Model::load_with_tokenizer(&config.model_path)?;
         let drafter = Drafter::new(&config.draft, &target)?;
-        Ok(Self { target, tokenizer, drafter, config, seqs: HashMap::new() })
+        Ok(Self {
+            target,
+            tokenizer,
+            drafter,
+            config,
+            seqs: HashMap::new(),
+        })
     }
 
     /// The target's tokenizer (shared by the draft model).
@@ -187,14 +199,19 @@ impl SdEngine {
     ) -> Result<(), EngineError> {
         if self.seqs.contains_key(&id) {
             // TODO(model helper): a dedicated `EngineError::DuplicateSequence(u64)` variant.
-            return Err(EngineError::CacheMismatch(format!("sequence {id} already exists")));
+            return Err(EngineError::CacheMismatch(format!(
+                "sequence {id} already exists"
+            )));
         }
         if prompt_ids.is_empty() {
             return Err(EngineError::EmptySequence { index: 0 });
         }
         let info = self.target.info();
         if let Some(&token_id) = prompt_ids.iter().find(|&&t| t as usize >= info.vocab_size) {
-            return Err(EngineError::TokenOutOfRange { token_id, vocab_size: info.vocab_size });
+            return Err(EngineError::TokenOutOfRange {
+                token_id,
+                vocab_size: info.vocab_size,
+            });
         }
         if prompt_ids.len() >= info.context_length {
             return Err(EngineError::ContextOverflow {
@@ -259,7 +276,10 @@ impl SdEngine {
     /// Drops a sequence's KV caches (target and draft) to free memory, e.g. when the scheduler
     /// preempts it beyond the KV budget; the next step that names it recomputes them.
     pub fn free_kv(&mut self, id: u64) -> Result<(), EngineError> {
-        let seq = self.seqs.get_mut(&id).ok_or(EngineError::UnknownSequence(id))?;
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownSequence(id))?;
         seq.target_cache.clear();
         if let Some(cache) = seq.draft_cache.as_mut() {
             cache.clear();

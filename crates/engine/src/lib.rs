@@ -10,5 +10,5 @@ pub mod spec;
 pub mod tokenizer;
 
 pub use error::EngineError;
-pub use model::{KvCache, Model, ModelInfo, SeqForward};
+pub use model::{KvCache, LoadOptions, Model, ModelInfo, SeqForward};
 pub use tokenizer::{DecodeStream, Tokenizer};

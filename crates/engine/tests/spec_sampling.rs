@@ -154,9 +154,15 @@ fn verify_wrong<R: Rng>(draft: &[u32], q: &[DraftProbs], p: &[Vec<f32>], rng: &m
         if rng.gen::<f32>() * q_x < p[i][x as usize] {
             continue;
         }
-        return Verdict { accepted: i, next_token: sample(&p[i], rng) };
+        return Verdict {
+            accepted: i,
+            next_token: sample(&p[i], rng),
+        };
     }
-    Verdict { accepted: draft.len(), next_token: sample(&p[draft.len()], rng) }
+    Verdict {
+        accepted: draft.len(),
+        next_token: sample(&p[draft.len()], rng),
+    }
 }
 
 type Verifier = fn(&[u32], &[DraftProbs], &[Vec<f32>], &mut StdRng) -> Verdict;
@@ -238,10 +244,16 @@ fn two_token_outputs_follow_the_target_joint() {
 fn the_same_test_rejects_a_wrong_residual() {
     let p_value = first_token_p_value(1, verify_wrong, 11);
     eprintln!("wrong verifier: chi-square p-value {p_value:.3e}");
-    assert!(p_value < PASS_P_VALUE, "wrong verifier passed: p-value {p_value}");
+    assert!(
+        p_value < PASS_P_VALUE,
+        "wrong verifier passed: p-value {p_value}"
+    );
     let p_value = two_token_p_value(2, verify_wrong, 22);
     eprintln!("wrong verifier: chi-square p-value {p_value:.3e}");
-    assert!(p_value < PASS_P_VALUE, "wrong verifier passed: p-value {p_value}");
+    assert!(
+        p_value < PASS_P_VALUE,
+        "wrong verifier passed: p-value {p_value}"
+    );
 }
 
 #[test]
@@ -268,7 +280,10 @@ fn temperature_and_top_p_output_follows_the_processed_target() {
     let mode = SamplingMode::new(0.7, 0.85);
     let p = mode.probs(&target_logits);
     let q = mode.probs(&draft_logits);
-    assert!(p.iter().filter(|&&x| x == 0.0).count() >= 2, "top-p must cut some tokens: {p:?}");
+    assert!(
+        p.iter().filter(|&&x| x == 0.0).count() >= 2,
+        "top-p must cut some tokens: {p:?}"
+    );
     let p_rows = [p.clone(), p.clone()];
     let mut rng = StdRng::seed_from_u64(41);
     let mut counts = vec![0u64; VOCAB];

@@ -47,7 +47,7 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Name clients use in `model`; default: the model's name.
+    /// Name clients use in `model`; default: the model file stem (e.g. SmolLM2-135M-Instruct.Q4_1).
     #[arg(long)]
     pub served_model_name: Option<String>,
     /// Starvation bound (aging): a request that has not run for this many seconds is served
@@ -97,7 +97,10 @@ impl ServeArgs {
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
         let requested: PolicyKind = self.policy.parse()?;
         if self.max_wait_s < 0.0 || !self.max_wait_s.is_finite() {
-            anyhow::bail!("--max-wait-s must be a finite number >= 0, got {}", self.max_wait_s);
+            anyhow::bail!(
+                "--max-wait-s must be a finite number >= 0, got {}",
+                self.max_wait_s
+            );
         }
         let policy = with_aging(requested, self.max_wait_s > 0.0);
         if policy != requested {
@@ -229,9 +232,15 @@ mod tests {
         assert_eq!(config.policy_config.max_wait_s, None);
         assert_eq!(config.policy, PolicyKind::LapsSd);
         let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd-mal"]);
-        assert_eq!(cli.serve.to_config().expect("valid").policy, PolicyKind::LapsSdPlus);
+        assert_eq!(
+            cli.serve.to_config().expect("valid").policy,
+            PolicyKind::LapsSdPlus
+        );
         let cli = Cli::parse_from(["lapsd", "--policy", "fcfs"]);
-        assert_eq!(cli.serve.to_config().expect("valid").policy, PolicyKind::Fcfs);
+        assert_eq!(
+            cli.serve.to_config().expect("valid").policy,
+            PolicyKind::Fcfs
+        );
         let cli = Cli::parse_from(["lapsd", "--policy", "lottery"]);
         let err = cli.serve.to_config().expect_err("unknown policy");
         assert!(err.to_string().contains("lottery"), "{err}");

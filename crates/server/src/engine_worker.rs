@@ -78,7 +78,10 @@ impl EngineWorker {
 
     /// Runs until every command sender is gone and nothing is in flight.
     pub fn run(mut self) {
-        tracing::info!(policy = self.scheduler.policy_name(), "engine worker started");
+        tracing::info!(
+            policy = self.scheduler.policy_name(),
+            "engine worker started"
+        );
         loop {
             if self.inflight.is_empty() {
                 // Idle: block (no busy loop) until a command arrives or every sender is dropped.
@@ -114,7 +117,9 @@ impl EngineWorker {
             return; // The client left before admission.
         }
         if self.ctx.cancel_all.load(Ordering::Acquire) {
-            let _ = cmd.events_tx.send(ResponseEvent::Error(ApiError::ShuttingDown));
+            let _ = cmd
+                .events_tx
+                .send(ResponseEvent::Error(ApiError::ShuttingDown));
             return;
         }
         let id = self.next_id;
@@ -122,10 +127,9 @@ impl EngineWorker {
         let now_s = self.now_s();
         let req = &cmd.request;
         let prompt_tokens = req.prompt_ids.len() as u32;
-        let seed = req
-            .sampling
-            .seed
-            .unwrap_or_else(|| id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.ctx.start.elapsed().as_nanos() as u64);
+        let seed = req.sampling.seed.unwrap_or_else(|| {
+            id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.ctx.start.elapsed().as_nanos() as u64
+        });
         let params = SequenceParams {
             temperature: req.sampling.temperature,
             top_p: req.sampling.top_p,
@@ -133,12 +137,22 @@ impl EngineWorker {
             max_tokens: req.max_tokens,
             stop_token_ids: self.ctx.eos_token_ids.clone(),
         };
-        let spec = RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens).with_priority(req.priority);
+        let spec =
+            RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens).with_priority(req.priority);
         let queued_s = cmd.received_at.elapsed().as_secs_f64();
-        if let Err(e) = self.backend.add_sequence(id, req.prompt_ids.clone(), params) {
+        if let Err(e) = self
+            .backend
+            .add_sequence(id, req.prompt_ids.clone(), params)
+        {
             tracing::error!(id, error = %e, "engine refused a sequence");
-            let _ = cmd.events_tx.send(ResponseEvent::Error(ApiError::Internal { detail: e.to_string() }));
-            self.ctx.metrics.requests_finished.with_label_values(&["error"]).inc();
+            let _ = cmd.events_tx.send(ResponseEvent::Error(ApiError::Internal {
+                detail: e.to_string(),
+            }));
+            self.ctx
+                .metrics
+                .requests_finished
+                .with_label_values(&["error"])
+                .inc();
             return;
         }
         if let Err(e) = self.scheduler.add_request(spec, now_s) {
@@ -146,16 +160,37 @@ impl EngineWorker {
             let (label, error) = match e {
                 CoreError::NeverFits { .. } => (
                     "never_fits",
-                    ApiError::invalid("max_tokens", format!("the request can never fit the KV budget: {e}")),
+                    ApiError::invalid(
+                        "max_tokens",
+                        format!("the request can never fit the KV budget: {e}"),
+                    ),
                 ),
-                other => ("error", ApiError::Internal { detail: other.to_string() }),
+                other => (
+                    "error",
+                    ApiError::Internal {
+                        detail: other.to_string(),
+                    },
+                ),
             };
-            self.ctx.metrics.requests_finished.with_label_values(&[label]).inc();
+            self.ctx
+                .metrics
+                .requests_finished
+                .with_label_values(&[label])
+                .inc();
             let _ = cmd.events_tx.send(ResponseEvent::Error(error));
             return;
         }
-        tracing::debug!(id, prompt_tokens, max_tokens = req.max_tokens, queued_s, "admitted");
-        self.ctx.metrics.prompt_tokens.inc_by(u64::from(prompt_tokens));
+        tracing::debug!(
+            id,
+            prompt_tokens,
+            max_tokens = req.max_tokens,
+            queued_s,
+            "admitted"
+        );
+        self.ctx
+            .metrics
+            .prompt_tokens
+            .inc_by(u64::from(prompt_tokens));
         self.inflight.insert(id, Inflight::new(cmd, now_s));
     }
 
@@ -189,7 +224,11 @@ impl EngineWorker {
         self.scheduler.cancel(id, now_s);
         self.backend.remove(id);
         self.inflight.remove(&id);
-        self.ctx.metrics.requests_finished.with_label_values(&[label]).inc();
+        self.ctx
+            .metrics
+            .requests_finished
+            .with_label_values(&[label])
+            .inc();
     }
 
     /// One scheduling decision and one engine step.
@@ -203,12 +242,19 @@ impl EngineWorker {
                     "free_kv"
                 }
             };
-            self.ctx.metrics.preemptions.with_label_values(&[kind]).inc();
+            self.ctx
+                .metrics
+                .preemptions
+                .with_label_values(&[kind])
+                .inc();
         }
         if output.batch.is_empty() {
             // Requests are in flight but none is runnable (should not happen with a correct
             // core); wait briefly for a command instead of spinning.
-            tracing::warn!(in_flight = self.inflight.len(), "scheduler returned an empty batch");
+            tracing::warn!(
+                in_flight = self.inflight.len(),
+                "scheduler returned an empty batch"
+            );
             std::thread::sleep(Duration::from_millis(5));
             return;
         }
@@ -236,7 +282,9 @@ impl EngineWorker {
                 tracing::error!(error = %e, batch = ?batch, "engine step failed: failing its batch");
                 for &(id, _) in &batch {
                     if let Some(r) = self.inflight.get(&id) {
-                        r.send(ResponseEvent::Error(ApiError::Internal { detail: e.to_string() }));
+                        r.send(ResponseEvent::Error(ApiError::Internal {
+                            detail: e.to_string(),
+                        }));
                     }
                     self.cancel(id, "error");
                 }
@@ -262,7 +310,10 @@ impl EngineWorker {
         let mut results = Vec::with_capacity(output.batch.len());
         for member in &output.batch {
             let Some(o) = by_id.get(&member.id) else {
-                tracing::warn!(id = member.id, "engine returned no output for a batch member");
+                tracing::warn!(
+                    id = member.id,
+                    "engine returned no output for a batch member"
+                );
                 results.push(StepResult {
                     id: member.id,
                     drafted_tokens: 0,
@@ -302,7 +353,10 @@ impl EngineWorker {
                 r.first_token_s.get_or_insert(now_s);
             }
             r.completion_tokens += consumed;
-            self.ctx.metrics.generation_tokens.inc_by(u64::from(consumed));
+            self.ctx
+                .metrics
+                .generation_tokens
+                .inc_by(u64::from(consumed));
             if !text.is_empty() {
                 r.send(ResponseEvent::Text(text));
             }
@@ -346,9 +400,10 @@ impl EngineWorker {
     fn record_levels(&mut self, output: &SchedulerOutput) {
         let cfg = &self.ctx.policy_config;
         for member in &output.batch {
-            if let (Some(state), Some(r)) =
-                (self.scheduler.request(member.id), self.inflight.get_mut(&member.id))
-            {
+            if let (Some(state), Some(r)) = (
+                self.scheduler.request(member.id),
+                self.inflight.get_mut(&member.id),
+            ) {
                 r.visit_level(queue_level(
                     state.attained_service_passes,
                     cfg.first_threshold_passes,
@@ -386,7 +441,9 @@ impl EngineWorker {
         }
         let info = r.finished_info(&state, self.scheduler.policy_name(), now_s);
         let m = &self.ctx.metrics;
-        m.requests_finished.with_label_values(&[info.finish_reason]).inc();
+        m.requests_finished
+            .with_label_values(&[info.finish_reason])
+            .inc();
         let s = &info.metrics.scheduling;
         m.e2e_s.observe(s.e2e_s);
         if let Some(ttft) = s.ttft_s {
@@ -402,7 +459,12 @@ impl EngineWorker {
         if let Some(rate) = info.metrics.speculative_decoding.acceptance_rate {
             m.request_acceptance_rate.observe(rate);
         }
-        tracing::debug!(id, reason = info.finish_reason, tokens = info.usage.completion_tokens, "finished");
+        tracing::debug!(
+            id,
+            reason = info.finish_reason,
+            tokens = info.usage.completion_tokens,
+            "finished"
+        );
         r.send(ResponseEvent::Finished(Box::new(info)));
     }
 
@@ -434,10 +496,14 @@ impl EngineWorker {
             m.requests.with_label_values(&[state]).set(n);
         }
         for (level, n) in by_level.iter().enumerate() {
-            m.queue_requests.with_label_values(&[&level.to_string()]).set(*n);
+            m.queue_requests
+                .with_label_values(&[&level.to_string()])
+                .set(*n);
         }
         m.perceptible_requests.set(perceptible);
-        m.kv_tokens_reserved.set(self.scheduler.kv_tokens_in_use() as i64);
-        m.kv_tokens_in_use.set(self.backend.kv_tokens_in_use() as i64);
+        m.kv_tokens_reserved
+            .set(self.scheduler.kv_tokens_in_use() as i64);
+        m.kv_tokens_in_use
+            .set(self.backend.kv_tokens_in_use() as i64);
     }
 }

@@ -90,12 +90,7 @@ impl Inflight {
     }
 
     /// The final statistics, from the scheduler's last state of the request.
-    pub fn finished_info(
-        &self,
-        state: &RequestState,
-        policy: &str,
-        now_s: f64,
-    ) -> FinishedInfo {
+    pub fn finished_info(&self, state: &RequestState, policy: &str, now_s: f64) -> FinishedInfo {
         let finish_reason = match state.phase {
             lapsd_core::RequestPhase::Finished(FinishReason::Length) if !self.stopped_by_string => {
                 "length"

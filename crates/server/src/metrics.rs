@@ -3,8 +3,8 @@
 //! (`lapsd_spec_decode_num_drafts_total`, ...). Updated by the engine worker and the handlers.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the server exports.
@@ -74,11 +74,17 @@ impl Metrics {
             "Unfinished requests whose acceptance rate is stable (LAPS-SD perceptible)",
         )?;
         let requests_finished = IntCounterVec::new(
-            Opts::new("lapsd_requests_finished_total", "Finished requests by reason"),
+            Opts::new(
+                "lapsd_requests_finished_total",
+                "Finished requests by reason",
+            ),
             &["finish_reason"],
         )?;
         let requests_rejected = IntCounterVec::new(
-            Opts::new("lapsd_requests_rejected_total", "Requests refused before the engine"),
+            Opts::new(
+                "lapsd_requests_rejected_total",
+                "Requests refused before the engine",
+            ),
             &["reason"],
         )?;
         let preemptions = IntCounterVec::new(
@@ -108,8 +114,10 @@ impl Metrics {
             "lapsd_spec_decode_num_drafts_total",
             "Draft proposals verified (one per request per SD step with a non-empty draft)",
         )?;
-        let spec_num_draft_tokens =
-            IntCounter::new("lapsd_spec_decode_num_draft_tokens_total", "Draft tokens proposed")?;
+        let spec_num_draft_tokens = IntCounter::new(
+            "lapsd_spec_decode_num_draft_tokens_total",
+            "Draft tokens proposed",
+        )?;
         let spec_num_accepted_tokens = IntCounter::new(
             "lapsd_spec_decode_num_accepted_tokens_total",
             "Draft tokens accepted",
@@ -146,12 +154,18 @@ impl Metrics {
                 .buckets(latency_buckets()),
         )?;
         let queue_time_s = Histogram::with_opts(
-            HistogramOpts::new("lapsd_request_queue_time_seconds", "Wait before the first step")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "lapsd_request_queue_time_seconds",
+                "Wait before the first step",
+            )
+            .buckets(latency_buckets()),
         )?;
         let uptime_s = Gauge::new("lapsd_uptime_seconds", "Seconds since the server started")?;
         let policy_info = GaugeVec::new(
-            Opts::new("lapsd_policy_info", "Scheduling policy and draft method in use"),
+            Opts::new(
+                "lapsd_policy_info",
+                "Scheduling policy and draft method in use",
+            ),
             &["policy", "draft"],
         )?;
         reg(Box::new(requests.clone()))?;
@@ -229,7 +243,12 @@ impl Metrics {
 }
 
 /// Label values of `lapsd_requests{state}`.
-pub const REQUEST_STATES: [&str; 4] = ["waiting", "running", "preempted_kv_kept", "preempted_kv_freed"];
+pub const REQUEST_STATES: [&str; 4] = [
+    "waiting",
+    "running",
+    "preempted_kv_kept",
+    "preempted_kv_freed",
+];
 
 #[cfg(test)]
 mod tests {
@@ -241,12 +260,21 @@ mod tests {
         m.spec_num_drafts.inc_by(3);
         m.spec_accepted_per_pos.with_label_values(&["0"]).inc_by(2);
         let text = m.render().expect("renders");
-        assert!(text.contains("lapsd_spec_decode_num_drafts_total 3"), "{text}");
+        assert!(
+            text.contains("lapsd_spec_decode_num_drafts_total 3"),
+            "{text}"
+        );
         assert!(
             text.contains("lapsd_spec_decode_num_accepted_tokens_per_pos_total{position=\"0\"} 2"),
             "{text}"
         );
-        assert!(text.contains("lapsd_requests{state=\"waiting\"} 0"), "{text}");
-        assert!(text.contains("# TYPE lapsd_time_to_first_token_seconds histogram"), "{text}");
+        assert!(
+            text.contains("lapsd_requests{state=\"waiting\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE lapsd_time_to_first_token_seconds histogram"),
+            "{text}"
+        );
     }
 }

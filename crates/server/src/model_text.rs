@@ -86,7 +86,10 @@ impl IncrementalDecoder {
         let full = text.decode(&self.ids[self.prefix_offset..])?;
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
-        Ok(full.get(prefix.len()..).map(str::to_string).unwrap_or_default())
+        Ok(full
+            .get(prefix.len()..)
+            .map(str::to_string)
+            .unwrap_or_default())
     }
 }
 
@@ -185,9 +188,21 @@ mod tests {
         let mut m = StopMatcher::new(vec!["END".into()]);
         assert_eq!(m.push("abc E").emit, "abc ");
         let o = m.push("N");
-        assert_eq!(o, StopOutcome { emit: String::new(), stopped: false });
+        assert_eq!(
+            o,
+            StopOutcome {
+                emit: String::new(),
+                stopped: false
+            }
+        );
         let o = m.push("Dxyz");
-        assert_eq!(o, StopOutcome { emit: String::new(), stopped: true });
+        assert_eq!(
+            o,
+            StopOutcome {
+                emit: String::new(),
+                stopped: true
+            }
+        );
     }
 
     #[test]

@@ -165,17 +165,20 @@ fn sse_stream<F>(
 where
     F: FnMut(ResponseEvent) -> Vec<Event> + Send + 'static,
 {
-    let events = stream::unfold((Some(first), rx, false), |(first, mut rx, done)| async move {
-        if done {
-            return None;
-        }
-        let event = match first {
-            Some(e) => Some(e),
-            None => rx.recv().await,
-        };
-        let terminal = !matches!(event, Some(ResponseEvent::Text(_)));
-        Some((event, (None, rx, terminal)))
-    });
+    let events = stream::unfold(
+        (Some(first), rx, false),
+        |(first, mut rx, done)| async move {
+            if done {
+                return None;
+            }
+            let event = match first {
+                Some(e) => Some(e),
+                None => rx.recv().await,
+            };
+            let terminal = !matches!(event, Some(ResponseEvent::Text(_)));
+            Some((event, (None, rx, terminal)))
+        },
+    );
     events
         .map(move |event| {
             let terminal = !matches!(event, Some(ResponseEvent::Text(_)));
@@ -341,7 +344,11 @@ async fn chat_completions(
             }
             ResponseEvent::Finished(info) => {
                 let last = delta(ChatDelta::default(), Some(info.finish_reason.to_string()));
-                events.push(json_event(&chunk(vec![last], None, Some(info.metrics.clone()))));
+                events.push(json_event(&chunk(
+                    vec![last],
+                    None,
+                    Some(info.metrics.clone()),
+                )));
                 if include_usage {
                     events.push(json_event(&chunk(Vec::new(), Some(info.usage), None)));
                 }
@@ -389,7 +396,10 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         detail: format!("rendering metrics: {e}"),
     })?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())

@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
 use lapsd_engine::spec::DraftSpec;
-use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::{EngineError, Tokenizer};
 
 use crate::backend::{Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams};
@@ -24,7 +24,7 @@ pub struct LoadSpec {
     pub model_path: PathBuf,
     pub draft: DraftSpec,
     pub speculation_length: u32,
-    /// Overrides the model's name in `model` / `GET /v1/models`.
+    /// Overrides the model's name in `model` / `GET /v1/models` (default: the file stem).
     pub served_model_name: Option<String>,
 }
 
@@ -49,7 +49,10 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
     let tokenizer = Tokenizer::from_gguf_file(&spec.model_path).map_err(load_err)?;
     let info = engine.info();
     let card = ModelCard {
-        name: spec.served_model_name.clone().unwrap_or_else(|| info.name.clone()),
+        name: spec
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| info.name.clone()),
         context_length: u32::try_from(info.context_length).unwrap_or(u32::MAX),
         vocab_size: u32::try_from(info.vocab_size).unwrap_or(u32::MAX),
         eos_token_ids: info.eos_token_ids.clone(),

@@ -118,7 +118,15 @@ pub async fn start(
         std::thread::Builder::new()
             .name("engine_worker".into())
             .spawn(move || {
-                worker_main(config, loader, metrics, cancel_all, start, commands_rx, ready_tx)
+                worker_main(
+                    config,
+                    loader,
+                    metrics,
+                    cancel_all,
+                    start,
+                    commands_rx,
+                    ready_tx,
+                )
             })?
     };
     let (text, card) = match ready_rx.await {
@@ -129,13 +137,18 @@ pub async fn start(
         }
         Err(_) => {
             let _ = worker.join();
-            return Err(ServerError::Worker("the engine worker died while loading".into()));
+            return Err(ServerError::Worker(
+                "the engine worker died while loading".into(),
+            ));
         }
     };
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr)
         .await
-        .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
+        .map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
     let local_addr = listener.local_addr()?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -230,7 +243,9 @@ fn worker_main(
         config.predictor_prior_tokens,
         config.predictor_window,
     )));
-    metrics.kv_budget_tokens.set(config.capacity.kv_budget_tokens as i64);
+    metrics
+        .kv_budget_tokens
+        .set(config.capacity.kv_budget_tokens as i64);
     metrics
         .policy_info
         .with_label_values(&[config.policy.name(), &loaded.draft_name])

@@ -118,7 +118,9 @@ impl Validator {
                             (kind, _) => {
                                 return Err(ApiError::invalid(
                                     format!("messages[{i}].content[{j}]"),
-                                    format!("only text content parts are supported, got type {kind:?}"),
+                                    format!(
+                                        "only text content parts are supported, got type {kind:?}"
+                                    ),
                                 ))
                             }
                         }
@@ -136,10 +138,9 @@ impl Validator {
             turns.push((role.to_string(), content));
         }
         // A template that raises (e.g. roles out of the order it accepts) is the request's fault.
-        let prompt = self
-            .text
-            .render_chat(&turns)
-            .map_err(|e| ApiError::invalid("messages", format!("cannot render the chat prompt: {e}")))?;
+        let prompt = self.text.render_chat(&turns).map_err(|e| {
+            ApiError::invalid("messages", format!("cannot render the chat prompt: {e}"))
+        })?;
         // The template writes any special tokens itself.
         let prompt_ids = self.encode(&prompt, false, "messages")?;
         self.finish(
@@ -177,12 +178,18 @@ impl Validator {
         }
         if let Some(n) = c.n {
             if n != 1 {
-                return Err(ApiError::invalid("n", format!("only n = 1 is supported, got {n}")));
+                return Err(ApiError::invalid(
+                    "n",
+                    format!("only n = 1 is supported, got {n}"),
+                ));
             }
         }
         if let Some(b) = c.best_of {
             if b != 1 {
-                return Err(ApiError::invalid("best_of", format!("only best_of = 1 is supported, got {b}")));
+                return Err(ApiError::invalid(
+                    "best_of",
+                    format!("only best_of = 1 is supported, got {b}"),
+                ));
             }
         }
         if let Some(lp) = &c.logprobs {
@@ -200,7 +207,10 @@ impl Validator {
         }
         let top_p = c.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {top_p}"),
+            ));
         }
         let priority = match c.priority {
             None => 0,
@@ -234,7 +244,10 @@ impl Validator {
         if stops.len() > MAX_STOP_STRINGS {
             return Err(ApiError::invalid(
                 "stop",
-                format!("at most {MAX_STOP_STRINGS} stop strings are allowed, got {}", stops.len()),
+                format!(
+                    "at most {MAX_STOP_STRINGS} stop strings are allowed, got {}",
+                    stops.len()
+                ),
             ));
         }
         if stops.iter().any(String::is_empty) {
@@ -254,7 +267,10 @@ impl Validator {
         let prompt = prompt_tokens as u64;
         let lookahead = u64::from(self.lookahead_tokens);
         if prompt == 0 {
-            return Err(ApiError::invalid(prompt_field, "the prompt must not be empty"));
+            return Err(ApiError::invalid(
+                prompt_field,
+                "the prompt must not be empty",
+            ));
         }
         if prompt >= context {
             return Err(ApiError::invalid(
@@ -281,7 +297,10 @@ impl Validator {
             return Ok((context - prompt).min(kv_room).min(u64::from(u32::MAX)) as u32);
         };
         if requested < 1 {
-            return Err(ApiError::invalid(field, format!("{field} must be at least 1, got {requested}")));
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} must be at least 1, got {requested}"),
+            ));
         }
         let requested = requested as u64;
         if prompt + requested > context {
@@ -364,7 +383,14 @@ mod tests {
         .expect("valid");
         assert_eq!(v.prompt_ids, vec![1, 2, 3]);
         assert_eq!(v.max_tokens, 4);
-        assert_eq!(v.sampling, ValidSampling { temperature: 0.0, top_p: 1.0, seed: Some(7) });
+        assert_eq!(
+            v.sampling,
+            ValidSampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: Some(7)
+            }
+        );
         assert_eq!(v.stop, vec!["x".to_string()]);
         assert_eq!(v.priority, -3);
         assert!(v.stream && v.include_usage);
@@ -378,12 +404,23 @@ mod tests {
 
     #[test]
     fn max_tokens_limits() {
-        assert_eq!(param(completion(r#"{"prompt":"a","max_tokens":0}"#)), "max_tokens");
-        assert_eq!(param(completion(r#"{"prompt":"a","max_tokens":-5}"#)), "max_tokens");
-        assert_eq!(param(completion(r#"{"prompt":"a b","max_tokens":19}"#)), "max_tokens");
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","max_tokens":0}"#)),
+            "max_tokens"
+        );
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","max_tokens":-5}"#)),
+            "max_tokens"
+        );
+        assert_eq!(
+            param(completion(r#"{"prompt":"a b","max_tokens":19}"#)),
+            "max_tokens"
+        );
         assert!(completion(r#"{"prompt":"a b","max_tokens":18}"#).is_ok());
         assert_eq!(
-            param(chat(r#"{"messages":[{"role":"user","content":"a"}],"max_completion_tokens":0}"#)),
+            param(chat(
+                r#"{"messages":[{"role":"user","content":"a"}],"max_completion_tokens":0}"#
+            )),
             "max_completion_tokens"
         );
     }
@@ -392,9 +429,11 @@ mod tests {
     fn kv_budget_bounds_max_tokens() {
         let mut v = validator();
         v.kv_budget_tokens = 12;
-        let req: CompletionRequest = parse_body(br#"{"prompt":"a b","max_tokens":6}"#).expect("parses");
+        let req: CompletionRequest =
+            parse_body(br#"{"prompt":"a b","max_tokens":6}"#).expect("parses");
         assert_eq!(param(v.completion(&req)), "max_tokens");
-        let req: CompletionRequest = parse_body(br#"{"prompt":"a b","max_tokens":5}"#).expect("parses");
+        let req: CompletionRequest =
+            parse_body(br#"{"prompt":"a b","max_tokens":5}"#).expect("parses");
         assert_eq!(v.completion(&req).expect("fits").max_tokens, 5);
     }
 
@@ -402,29 +441,55 @@ mod tests {
     fn prompt_limits() {
         assert_eq!(param(completion(r#"{"prompt":""}"#)), "prompt");
         let long = vec!["w"; 20].join(" ");
-        assert_eq!(param(completion(&format!(r#"{{"prompt":"{long}"}}"#))), "prompt");
+        assert_eq!(
+            param(completion(&format!(r#"{{"prompt":"{long}"}}"#))),
+            "prompt"
+        );
         assert_eq!(param(completion(r#"{"prompt":["a","b"]}"#)), "prompt");
         assert_eq!(param(completion(r#"{"prompt":[1,2,100]}"#)), "prompt");
-        assert_eq!(completion(r#"{"prompt":[1,2,99]}"#).expect("valid").prompt_ids, vec![1, 2, 99]);
+        assert_eq!(
+            completion(r#"{"prompt":[1,2,99]}"#)
+                .expect("valid")
+                .prompt_ids,
+            vec![1, 2, 99]
+        );
     }
 
     #[test]
     fn sampling_ranges_and_unsupported_options() {
-        assert_eq!(param(completion(r#"{"prompt":"a","temperature":2.5}"#)), "temperature");
-        assert_eq!(param(completion(r#"{"prompt":"a","temperature":-0.1}"#)), "temperature");
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","temperature":2.5}"#)),
+            "temperature"
+        );
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","temperature":-0.1}"#)),
+            "temperature"
+        );
         assert_eq!(param(completion(r#"{"prompt":"a","top_p":0}"#)), "top_p");
         assert_eq!(param(completion(r#"{"prompt":"a","top_p":1.5}"#)), "top_p");
         assert_eq!(param(completion(r#"{"prompt":"a","n":2}"#)), "n");
-        assert_eq!(param(completion(r#"{"prompt":"a","best_of":3}"#)), "best_of");
-        assert_eq!(param(completion(r#"{"prompt":"a","logprobs":2}"#)), "logprobs");
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","best_of":3}"#)),
+            "best_of"
+        );
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","logprobs":2}"#)),
+            "logprobs"
+        );
         assert_eq!(param(completion(r#"{"prompt":"a","echo":true}"#)), "echo");
-        assert_eq!(param(completion(r#"{"prompt":"a","priority":9999999999}"#)), "priority");
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","priority":9999999999}"#)),
+            "priority"
+        );
         assert!(completion(r#"{"prompt":"a","n":1,"logprobs":null}"#).is_ok());
     }
 
     #[test]
     fn stop_limits() {
-        assert_eq!(param(completion(r#"{"prompt":"a","stop":["a","b","c","d","e"]}"#)), "stop");
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","stop":["a","b","c","d","e"]}"#)),
+            "stop"
+        );
         assert_eq!(param(completion(r#"{"prompt":"a","stop":""}"#)), "stop");
     }
 
@@ -439,17 +504,29 @@ mod tests {
     fn chat_messages_are_checked() {
         assert_eq!(param(chat(r#"{"messages":[]}"#)), "messages");
         assert_eq!(
-            param(chat(r#"{"messages":[{"role":"user","content":"a"},{"role":"wizard","content":"b"}]}"#)),
+            param(chat(
+                r#"{"messages":[{"role":"user","content":"a"},{"role":"wizard","content":"b"}]}"#
+            )),
             "messages[1].role"
         );
-        assert_eq!(param(chat(r#"{"messages":[{"role":"user"}]}"#)), "messages[0].content");
         assert_eq!(
-            param(chat(r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)),
+            param(chat(r#"{"messages":[{"role":"user"}]}"#)),
+            "messages[0].content"
+        );
+        assert_eq!(
+            param(chat(
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#
+            )),
             "messages[0].content[0]"
         );
         let v = chat(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#)
             .expect("valid");
         // ChatML of one user turn, split on whitespace by the toy tokenizer.
-        assert_eq!(v.prompt_ids, Words.encode(&render_chatml(&[("user".into(), "hi".into())]), false).expect("encodes"));
+        assert_eq!(
+            v.prompt_ids,
+            Words
+                .encode(&render_chatml(&[("user".into(), "hi".into())]), false)
+                .expect("encodes")
+        );
     }
 }

@@ -28,11 +28,16 @@ async fn completion_non_stream_and_stream_agree() {
     assert_eq!(v["usage"]["completion_tokens"], 12);
     assert_eq!(v["usage"]["total_tokens"], 17);
     let sd = &v["metrics"]["speculative_decoding"];
-    // Prefill gives 1 token, then steps of k/2 + 1 = 3 tokens: 1 + 3 + 3 + 3 + 2 (cut at 12).
+    // Prefill gives 1 token; steps with k = 4 give k/2 + 1 = 3 tokens (-> 4, 7, 10); the core
+    // caps k at the remaining tokens - 1: k = 1 gives 1 (accepted 0) -> 11, k = 0 gives 1 -> 12.
+    // SD steps with a draft: 4; drafted 4 + 4 + 4 + 1; accepted 2 + 2 + 2 + 0.
     assert_eq!(sd["verify_steps"], 4);
-    assert_eq!(sd["drafted_tokens"], 16);
-    assert_eq!(sd["accepted_tokens"], 8);
-    assert_eq!(sd["acceptance_rate"], 0.5);
+    assert_eq!(sd["drafted_tokens"], 13);
+    assert_eq!(sd["accepted_tokens"], 6);
+    // serde_json's default float parsing may differ from the sent value in the last bit.
+    let rate = sd["acceptance_rate"].as_f64().expect("a rate");
+    assert!((rate - 6.0 / 13.0).abs() < 1e-12, "{rate}");
+    assert_eq!(sd["accepted_per_position"], json!([3, 3, 0, 0]));
     let sched = &v["metrics"]["scheduling"];
     assert_eq!(sched["policy"], "laps-sd-aging");
     assert_eq!(sched["preemptions"], 0);
@@ -83,14 +88,22 @@ async fn chat_completion_and_chat_stream() {
 }
 
 fn render_chatml_len(turns: &[(&str, &str)]) -> usize {
-    let t: Vec<(String, String)> = turns.iter().map(|(r, c)| (r.to_string(), c.to_string())).collect();
+    let t: Vec<(String, String)> = turns
+        .iter()
+        .map(|(r, c)| (r.to_string(), c.to_string()))
+        .collect();
     lapsd_server::model_text::render_chatml(&t).len()
 }
 
 #[tokio::test]
 async fn eos_and_stop_strings_end_with_stop() {
     let server = start(config(PolicyKind::LapsSdAging), fast()).await;
-    let (s, v) = post_json(&server, "/v1/completions", &json!({"prompt": "say EOS", "max_tokens": 50})).await;
+    let (s, v) = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "say EOS", "max_tokens": 50}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], scripted_text(5));
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
@@ -118,22 +131,65 @@ async fn models_health_metrics_and_unknown_route() {
     assert_eq!(v["data"][0]["max_model_len"], 512);
     let (s, text) = get_text(&server, "/health").await;
     assert_eq!((s, text.as_str()), (200, r#"{"status":"ok"}"#));
-    let (s, v) = post_json(&server, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 9})).await;
+    let (s, v) = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 9}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let (s, text) = get_text(&server, "/metrics").await;
     assert_eq!(s, 200);
-    assert_eq!(metric(&text, "lapsd_requests_finished_total{finish_reason=\"length\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "lapsd_requests_finished_total{finish_reason=\"length\"}"
+        ),
+        Some(1.0)
+    );
     assert_eq!(metric(&text, "lapsd_generation_tokens_total"), Some(9.0));
     assert_eq!(metric(&text, "lapsd_prompt_tokens_total"), Some(2.0));
-    // 9 tokens = prefill 1 + steps of 3, 3, 2 -> 3 drafts of 4 tokens, 2 accepted each.
-    assert_eq!(metric(&text, "lapsd_spec_decode_num_drafts_total"), Some(3.0));
-    assert_eq!(metric(&text, "lapsd_spec_decode_num_draft_tokens_total"), Some(12.0));
-    assert_eq!(metric(&text, "lapsd_spec_decode_num_accepted_tokens_total"), Some(6.0));
-    assert_eq!(metric(&text, "lapsd_spec_decode_num_accepted_tokens_per_pos_total{position=\"1\"}"), Some(3.0));
-    assert_eq!(metric(&text, "lapsd_time_to_first_token_seconds_count"), Some(1.0));
-    assert_eq!(metric(&text, "lapsd_requests{state=\"running\"}"), Some(0.0));
+    // 9 tokens = prefill 1, k = 4 steps of 3 (-> 4, 7), k = 1 (accepts 0) -> 8, k = 0 -> 9:
+    // drafts of 4, 4 and 1 tokens, accepting 2, 2 and 0.
+    assert_eq!(
+        metric(&text, "lapsd_spec_decode_num_drafts_total"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, "lapsd_spec_decode_num_draft_tokens_total"),
+        Some(9.0)
+    );
+    assert_eq!(
+        metric(&text, "lapsd_spec_decode_num_accepted_tokens_total"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "lapsd_spec_decode_num_accepted_tokens_per_pos_total{position=\"1\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "lapsd_spec_decode_num_accepted_tokens_per_pos_total{position=\"2\"}"
+        ),
+        None
+    );
+    assert_eq!(
+        metric(&text, "lapsd_time_to_first_token_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "lapsd_requests{state=\"running\"}"),
+        Some(0.0)
+    );
     assert_eq!(metric(&text, "lapsd_kv_tokens_in_use"), Some(0.0));
-    assert!(text.contains("lapsd_policy_info{draft=\"scripted\",policy=\"laps-sd-aging\"} 1"), "{text}");
+    assert!(
+        text.contains("lapsd_policy_info{draft=\"scripted\",policy=\"laps-sd-aging\"} 1"),
+        "{text}"
+    );
     let (s, v) = post_json(&server, "/v2/nothing", &json!({})).await;
     assert_eq!(s, 404);
     assert_eq!(v["error"]["code"], "not_found");
@@ -147,27 +203,105 @@ async fn bad_inputs_get_openai_errors() {
     let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
         ("/v1/completions", "{\"prompt\": ".into(), 400, None),
         ("/v1/completions", "not json".into(), 400, None),
-        ("/v1/completions", json!({"prompt": "a", "max_tokens": "ten"}).to_string(), 400, Some("max_tokens")),
-        ("/v1/completions", json!({"max_tokens": 3}).to_string(), 400, Some("prompt")),
-        ("/v1/completions", json!({"prompt": "a", "model": "gpt-4"}).to_string(), 404, Some("model")),
-        ("/v1/completions", json!({"prompt": "a", "max_tokens": 0}).to_string(), 400, Some("max_tokens")),
-        ("/v1/completions", json!({"prompt": "a", "max_tokens": -1}).to_string(), 400, Some("max_tokens")),
-        ("/v1/completions", json!({"prompt": "a", "max_tokens": 512}).to_string(), 400, Some("max_tokens")),
-        ("/v1/completions", json!({"prompt": "x".repeat(600)}).to_string(), 400, Some("prompt")),
-        ("/v1/completions", json!({"prompt": ""}).to_string(), 400, Some("prompt")),
-        ("/v1/completions", json!({"prompt": "a", "n": 2}).to_string(), 400, Some("n")),
-        ("/v1/completions", json!({"prompt": "a", "temperature": 3}).to_string(), 400, Some("temperature")),
-        ("/v1/completions", json!({"prompt": "a", "top_p": 0}).to_string(), 400, Some("top_p")),
-        ("/v1/completions", json!({"prompt": "a", "stop": ["a","b","c","d","e"]}).to_string(), 400, Some("stop")),
-        ("/v1/chat/completions", json!({"messages": []}).to_string(), 400, Some("messages")),
-        ("/v1/chat/completions", json!({"messages": [{"role": "robot", "content": "x"}]}).to_string(), 400, Some("messages[0].role")),
-        ("/v1/chat/completions", json!({"messages": "hi"}).to_string(), 400, Some("messages")),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": "ten"}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            json!({"max_tokens": 3}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "model": "gpt-4"}).to_string(),
+            404,
+            Some("model"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": 0}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": -1}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "max_tokens": 512}).to_string(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x".repeat(600)}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ""}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "n": 2}).to_string(),
+            400,
+            Some("n"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "temperature": 3}).to_string(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "top_p": 0}).to_string(),
+            400,
+            Some("top_p"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "stop": ["a","b","c","d","e"]}).to_string(),
+            400,
+            Some("stop"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": []}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "robot", "content": "x"}]}).to_string(),
+            400,
+            Some("messages[0].role"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": "hi"}).to_string(),
+            400,
+            Some("messages"),
+        ),
     ];
     for (path, body, status, param) in cases {
         let (s, v) = post_raw(&server, path, body.clone()).await;
         assert_eq!(s, status, "{path} {body} -> {v}");
         let err = &v["error"];
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body} -> {v}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body} -> {v}"
+        );
         assert!(err["type"].as_str().is_some(), "{body} -> {v}");
         assert_eq!(err["param"].as_str(), param, "{body} -> {v}");
     }
@@ -188,23 +322,51 @@ async fn full_queue_answers_429() {
         .expect("sent");
     assert_eq!(resp.status().as_u16(), 200);
     let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("first chunk in time");
+    let first = tokio::time::timeout(Duration::from_secs(30), body.next())
+        .await
+        .expect("first chunk in time");
     assert!(first.is_some());
-    let (s, v) = post_json(&server, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 2})).await;
+    let (s, v) = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
     assert_eq!(s, 429, "{v}");
     assert_eq!(v["error"]["type"], "rate_limit_error");
     drop(body); // client goes away: the slot is freed
-    wait_for_metric(&server, "lapsd_requests_finished_total{finish_reason=\"cancelled\"}", |v| v == 1.0, 100).await;
-    let (s, v) = post_json(&server, "/v1/completions", &json!({"prompt": "hi", "max_tokens": 2})).await;
+    wait_for_metric(
+        &server,
+        "lapsd_requests_finished_total{finish_reason=\"cancelled\"}",
+        |v| v == 1.0,
+        100,
+    )
+    .await;
+    let (s, v) = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let (_, text) = get_text(&server, "/metrics").await;
-    assert_eq!(metric(&text, "lapsd_requests_rejected_total{reason=\"queue_full\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "lapsd_requests_rejected_total{reason=\"queue_full\"}"
+        ),
+        Some(1.0)
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test]
 async fn disconnect_mid_stream_cancels_and_frees_kv() {
-    let server = start(config(PolicyKind::LapsSdAging), scripted_loader(Duration::from_millis(10))).await;
+    let server = start(
+        config(PolicyKind::LapsSdAging),
+        scripted_loader(Duration::from_millis(10)),
+    )
+    .await;
     let resp = client()
         .post(url(&server, "/v1/completions"))
         .json(&json!({"prompt": "hello there", "max_tokens": 400, "stream": true}))
@@ -213,22 +375,37 @@ async fn disconnect_mid_stream_cancels_and_frees_kv() {
         .expect("sent");
     let mut body = resp.bytes_stream();
     for _ in 0..3 {
-        tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("chunk in time");
+        tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .expect("chunk in time");
     }
     let kv = wait_for_metric(&server, "lapsd_kv_tokens_in_use", |v| v > 0.0, 100).await;
     assert!(kv > 0.0);
     drop(body);
-    wait_for_metric(&server, "lapsd_requests_finished_total{finish_reason=\"cancelled\"}", |v| v == 1.0, 100).await;
+    wait_for_metric(
+        &server,
+        "lapsd_requests_finished_total{finish_reason=\"cancelled\"}",
+        |v| v == 1.0,
+        100,
+    )
+    .await;
     wait_for_metric(&server, "lapsd_kv_tokens_in_use", |v| v == 0.0, 100).await;
     wait_for_metric(&server, "lapsd_kv_tokens_reserved", |v| v == 0.0, 100).await;
     let (_, text) = get_text(&server, "/metrics").await;
-    assert_eq!(metric(&text, "lapsd_requests{state=\"running\"}"), Some(0.0));
+    assert_eq!(
+        metric(&text, "lapsd_requests{state=\"running\"}"),
+        Some(0.0)
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
-    let server = start(config(PolicyKind::LapsSdAging), scripted_loader(Duration::from_millis(10))).await;
+    let server = start(
+        config(PolicyKind::LapsSdAging),
+        scripted_loader(Duration::from_millis(10)),
+    )
+    .await;
     let addr = server.local_addr;
     let inflight = tokio::spawn(async move {
         let resp = client()
@@ -238,9 +415,18 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
             .await
             .expect("sent");
         let status = resp.status().as_u16();
-        (status, resp.json::<serde_json::Value>().await.expect("JSON"))
+        (
+            status,
+            resp.json::<serde_json::Value>().await.expect("JSON"),
+        )
     });
-    wait_for_metric(&server, "lapsd_requests{state=\"running\"}", |v| v == 1.0, 100).await;
+    wait_for_metric(
+        &server,
+        "lapsd_requests{state=\"running\"}",
+        |v| v == 1.0,
+        100,
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(60), server.shutdown())
         .await
         .expect("shutdown in time")
@@ -265,9 +451,18 @@ async fn shutdown_timeout_cancels_what_is_left() {
             .send()
             .await
             .expect("sent");
-        (resp.status().as_u16(), resp.json::<serde_json::Value>().await.expect("JSON"))
+        (
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await.expect("JSON"),
+        )
     });
-    wait_for_metric(&server, "lapsd_requests{state=\"running\"}", |v| v == 1.0, 100).await;
+    wait_for_metric(
+        &server,
+        "lapsd_requests{state=\"running\"}",
+        |v| v == 1.0,
+        100,
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(60), server.shutdown())
         .await
         .expect("shutdown in time")
@@ -280,7 +475,17 @@ async fn shutdown_timeout_cancels_what_is_left() {
 /// Concurrent requests under every server policy all complete with the text they get alone.
 #[tokio::test]
 async fn concurrent_requests_complete_under_every_policy() {
-    for policy in ["laps-sd", "laps-sd-aging", "fcfs", "sjf", "srpt", "las", "mlfq", "trail", "laps-sd+"] {
+    for policy in [
+        "laps-sd",
+        "laps-sd-aging",
+        "fcfs",
+        "sjf",
+        "srpt",
+        "las",
+        "mlfq",
+        "trail",
+        "laps-sd+",
+    ] {
         let mut cfg = config(policy.parse().expect("policy"));
         cfg.capacity.max_batch = 3;
         let server = start(cfg, fast()).await;
@@ -303,7 +508,11 @@ async fn concurrent_requests_complete_under_every_policy() {
         }
         for t in tasks {
             let (n, v) = t.await.expect("task");
-            assert_eq!(v["choices"][0]["text"], scripted_text(n as usize), "{policy}: {v}");
+            assert_eq!(
+                v["choices"][0]["text"],
+                scripted_text(n as usize),
+                "{policy}: {v}"
+            );
             assert_eq!(v["metrics"]["scheduling"]["policy"], policy);
         }
         server.shutdown().await.expect("clean shutdown");

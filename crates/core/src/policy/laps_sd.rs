@@ -30,7 +30,8 @@
 //!
 //! Our variants (never changing `laps-sd`): `laps-sd-mal` estimates tokens per step from the
 //! measured mean accepted length (accepted + 1 per step) instead of n*A + 1; `laps-sd-aging`
-//! serves first any request that has not run for `max_wait_s` (default 30 s), longest wait first;
+//! promotes any request that has not run for `max_wait_s` (default 30 s) ahead of all others
+//! until it finishes, longest wait first;
 //! `laps-sd+` is both. Note: with a fixed n, accepted/drafted = mean accepted / n, so n*A + 1
 //! equals the mean accepted length except where steps drafted fewer than n tokens (the last
 //! steps before `max_tokens`); `laps-sd-mal` differs from `laps-sd` only there.
@@ -41,7 +42,7 @@
 
 use std::collections::HashMap;
 
-use super::queue::{offer_in_order, AgingIndex, KeyedQueue, OrdF64};
+use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
 use super::{BatchBuilder, Policy, ScheduleContext};
 use crate::cost::StepCostModel;
 use crate::request::{RequestId, RequestState};
@@ -66,7 +67,8 @@ pub struct LapsSdConfig {
     pub placement: PerceptiblePlacement,
     /// Tokens per step from the measured mean accepted length instead of n*A + 1.
     pub mean_accepted_length: bool,
-    /// Starvation bound: a request that has not run for this long goes first.
+    /// Starvation bound: a request that has not run for this long is promoted ahead of the
+    /// others until it finishes.
     pub max_wait_s: Option<f64>,
 }
 
@@ -80,7 +82,7 @@ pub struct LapsSd {
     frozen_level: HashMap<RequestId, usize>,
     /// Queue each request is in (as of its last key refresh).
     levels: HashMap<RequestId, usize>,
-    aging: AgingIndex,
+    aging: StarvationGuard,
     dirty: Vec<RequestId>,
 }
 
@@ -111,7 +113,7 @@ impl LapsSd {
             queue: KeyedQueue::default(),
             frozen_level: HashMap::new(),
             levels: HashMap::new(),
-            aging: AgingIndex::default(),
+            aging: StarvationGuard::default(),
             dirty: Vec::new(),
         }
     }
@@ -173,13 +175,13 @@ impl Policy for LapsSd {
     fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
         self.dirty.push(request.id());
         if self.config.max_wait_s.is_some() {
-            self.aging.touch(request.id(), request.spec.arrival_s);
+            self.aging.on_arrival(request.id(), request.spec.arrival_s);
         }
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
         self.dirty.push(request.id());
         if self.config.max_wait_s.is_some() {
-            self.aging.touch(request.id(), request.last_scheduled_s);
+            self.aging.on_step(request.id(), request.last_scheduled_s);
         }
     }
     fn on_finish(&mut self, id: RequestId) {
@@ -196,7 +198,7 @@ impl Policy for LapsSd {
             }
         }
         if let Some(max_wait_s) = self.config.max_wait_s {
-            offer_in_order(batch, self.aging.starved(ctx.now_s, max_wait_s));
+            self.aging.offer_starved(batch, ctx.now_s, max_wait_s);
         }
         offer_in_order(batch, self.queue.ids());
     }

@@ -409,6 +409,78 @@ pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::{RequestPhase, RequestSpec};
+
+    fn table(specs: &[(RequestId, u32, u32, bool)]) -> HashMap<RequestId, RequestState> {
+        specs
+            .iter()
+            .map(|&(id, prompt, generated, prefilled)| {
+                let mut r = RequestState::new(RequestSpec::new(id, 0.0, prompt, 1000));
+                r.generated_tokens = generated;
+                r.prefilled = prefilled;
+                if prefilled {
+                    r.phase = RequestPhase::Preempted { kv_resident: true };
+                }
+                (id, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn builder_enforces_batch_step_tokens_and_kv() {
+        // k = 4: a decode step is 5 tokens, KV need = context + 5.
+        let requests = table(&[
+            (1, 100, 0, false),
+            (2, 10, 5, true),
+            (3, 10, 5, true),
+            (4, 40, 0, false),
+        ]);
+        let cap = Capacity {
+            max_batch: 3,
+            max_step_tokens: 50,
+            kv_budget_tokens: 160,
+        };
+        let mut b = BatchBuilder::new(cap, &requests, 4);
+        assert_eq!(
+            b.try_add(1),
+            AddOutcome::Added,
+            "a lone oversize prefill runs alone"
+        );
+        assert_eq!(b.step_tokens(), 100);
+        assert_eq!(b.kv_tokens(), 105);
+        assert_eq!(
+            b.try_add(2),
+            AddOutcome::DoesNotFit,
+            "step tokens: 100 + 5 > 50"
+        );
+        assert_eq!(b.try_add(1), AddOutcome::Rejected);
+        assert_eq!(b.try_add(99), AddOutcome::Rejected);
+
+        let mut b = BatchBuilder::new(cap, &requests, 4);
+        assert_eq!(b.try_add(2), AddOutcome::Added);
+        assert_eq!(b.try_add(3), AddOutcome::Added);
+        assert_eq!((b.step_tokens(), b.kv_tokens()), (10, 40));
+        assert_eq!(
+            b.try_add(4),
+            AddOutcome::Added,
+            "40 + 10 = 50 step tokens; 85 KV"
+        );
+        assert_eq!(b.try_add(1), AddOutcome::BatchFull);
+        assert_eq!(b.chosen(), &[2, 3, 4]);
+
+        let tight = Capacity {
+            kv_budget_tokens: 60,
+            ..cap
+        };
+        let mut b = BatchBuilder::new(tight, &requests, 4);
+        assert_eq!(b.try_add(4), AddOutcome::Added);
+        assert_eq!(b.try_add(2), AddOutcome::DoesNotFit, "KV: 45 + 20 > 60");
+        assert!(!b.should_stop());
+        for _ in 1..MISS_BUDGET {
+            b.try_add(3);
+        }
+        assert!(b.should_stop(), "miss budget spent");
+    }
 
     #[test]
     fn every_kind_builds_under_its_own_name_and_parses_back() {

@@ -92,27 +92,54 @@ impl<K: Ord + Clone> KeyedQueue<K> {
     }
 }
 
-/// Who has waited longest since it last ran (or arrived): `(last_scheduled_s, id)`.
+/// Starvation bound shared by `srpt` (its starvation counter) and `laps-sd-aging`: a request that
+/// has not run for `max_wait_s` is *promoted*: from then until it finishes it goes ahead of every
+/// unpromoted request, promoted requests in the order they started waiting. Promotion lasts to
+/// the end (instead of one step) so that an overloaded server does not thrash, preempting each
+/// starved request after a single step. Each request is promoted at most once and only as many
+/// as the batch can take are promoted per decision, so the cost stays O(log n) per step.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct AgingIndex {
-    queue: KeyedQueue<OrdF64>,
+pub(crate) struct StarvationGuard {
+    /// Unpromoted requests by the time they last ran (or arrived).
+    waiting: KeyedQueue<OrdF64>,
+    /// Promoted requests by the time they started waiting.
+    promoted: KeyedQueue<OrdF64>,
 }
 
-impl AgingIndex {
-    /// Records that `id` last ran (or arrived) at `last_scheduled_s`.
-    pub fn touch(&mut self, id: RequestId, last_scheduled_s: f64) {
-        self.queue.insert(id, OrdF64(last_scheduled_s));
+impl StarvationGuard {
+    /// `id` arrived at `arrival_s`.
+    pub fn on_arrival(&mut self, id: RequestId, arrival_s: f64) {
+        self.waiting.insert(id, OrdF64(arrival_s));
+    }
+    /// `id` ran in a step ending at `last_scheduled_s`.
+    pub fn on_step(&mut self, id: RequestId, last_scheduled_s: f64) {
+        if !self.is_promoted(id) {
+            self.waiting.insert(id, OrdF64(last_scheduled_s));
+        }
     }
     pub fn remove(&mut self, id: RequestId) {
-        self.queue.remove(id);
+        self.waiting.remove(id);
+        self.promoted.remove(id);
     }
-    /// Requests that have waited more than `max_wait_s` at `now_s`, longest wait first.
-    pub fn starved(&self, now_s: f64, max_wait_s: f64) -> impl Iterator<Item = RequestId> + '_ {
+    pub fn is_promoted(&self, id: RequestId) -> bool {
+        self.promoted.key(id).is_some()
+    }
+    /// Offers the promoted requests, then promotes (and offers) requests that waited more than
+    /// `max_wait_s`, longest wait first, while the batch takes more.
+    pub fn offer_starved(&mut self, batch: &mut BatchBuilder<'_>, now_s: f64, max_wait_s: f64) {
+        offer_in_order(batch, self.promoted.ids());
         let limit_s = now_s - max_wait_s;
-        self.queue
-            .iter()
-            .take_while(move |(t, _)| t.0 < limit_s)
-            .map(|(_, id)| *id)
+        while !batch.should_stop() {
+            let Some(&(since, id)) = self.waiting.iter().next() else {
+                break;
+            };
+            if since.0 >= limit_s {
+                break;
+            }
+            self.waiting.remove(id);
+            self.promoted.insert(id, since);
+            batch.try_add(id);
+        }
     }
 }
 
@@ -182,13 +209,40 @@ mod tests {
     }
 
     #[test]
-    fn aging_lists_only_the_starved_longest_first() {
-        let mut a = AgingIndex::default();
-        a.touch(1, 5.0);
-        a.touch(2, 1.0);
-        a.touch(3, 9.0);
-        assert_eq!(a.starved(10.0, 4.0).collect::<Vec<_>>(), vec![2, 1]);
-        a.touch(2, 10.0);
-        assert_eq!(a.starved(10.0, 4.0).collect::<Vec<_>>(), vec![1]);
+    fn starved_requests_are_promoted_until_they_finish() {
+        use crate::testutil::Fixture;
+        let mut f = Fixture::new(1);
+        for id in 1..=3 {
+            f.arrive(id, 0.0, 10, 100);
+        }
+        let mut g = StarvationGuard::default();
+        g.on_arrival(1, 5.0);
+        g.on_arrival(2, 1.0);
+        g.on_arrival(3, 9.0);
+        let offer = |g: &mut StarvationGuard, now_s: f64| {
+            let mut b = BatchBuilder::new(f.capacity, &f.requests, f.k);
+            g.offer_starved(&mut b, now_s, 4.0);
+            b.chosen().to_vec()
+        };
+        assert_eq!(
+            offer(&mut g, 4.0),
+            Vec::<RequestId>::new(),
+            "nobody waited 4 s"
+        );
+        assert_eq!(offer(&mut g, 10.0), vec![2]);
+        assert!(
+            g.is_promoted(2) && !g.is_promoted(1),
+            "batch of 1: promote one at a time"
+        );
+        g.on_step(2, 10.0);
+        assert_eq!(offer(&mut g, 10.0), vec![2], "promoted until it finishes");
+        g.remove(2);
+        assert_eq!(offer(&mut g, 10.0), vec![1]);
+        g.remove(1);
+        assert_eq!(
+            offer(&mut g, 10.0),
+            Vec::<RequestId>::new(),
+            "3 waited 1 s only"
+        );
     }
 }

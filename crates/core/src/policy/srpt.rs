@@ -5,17 +5,18 @@
 //!
 //! Starvation counter (optional, `PolicyConfig::max_wait_s`): Fu et al. promote a request whose
 //! starvation count reaches a threshold; we count in time instead of skipped steps (an O(log n)
-//! index of the last time each request ran): a request that has not run for `max_wait_s` goes
-//! first, longest wait first.
+//! index of the last time each request ran): a request that has not run for `max_wait_s` is
+//! promoted ahead of all others until it finishes (Fu et al. promote for a quantum; see
+//! `StarvationGuard` for why we keep the promotion), longest wait first.
 
-use super::queue::{offer_in_order, AgingIndex, KeyedQueue, OrdF64};
+use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
 use super::{BatchBuilder, Policy, ScheduleContext};
 use crate::request::{RequestId, RequestState};
 
 #[derive(Debug, Default)]
 pub struct Srpt {
     queue: KeyedQueue<(i32, u32, OrdF64)>,
-    aging: AgingIndex,
+    aging: StarvationGuard,
     max_wait_s: Option<f64>,
 }
 
@@ -42,13 +43,13 @@ impl Policy for Srpt {
     fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
         self.queue.insert(request.id(), Self::key(request));
         if self.max_wait_s.is_some() {
-            self.aging.touch(request.id(), request.spec.arrival_s);
+            self.aging.on_arrival(request.id(), request.spec.arrival_s);
         }
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
         self.queue.insert(request.id(), Self::key(request));
         if self.max_wait_s.is_some() {
-            self.aging.touch(request.id(), request.last_scheduled_s);
+            self.aging.on_step(request.id(), request.last_scheduled_s);
         }
     }
     fn on_finish(&mut self, id: RequestId) {
@@ -57,7 +58,7 @@ impl Policy for Srpt {
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
         if let Some(max_wait_s) = self.max_wait_s {
-            offer_in_order(batch, self.aging.starved(ctx.now_s, max_wait_s));
+            self.aging.offer_starved(batch, ctx.now_s, max_wait_s);
         }
         offer_in_order(batch, self.queue.ids());
     }

@@ -66,16 +66,18 @@ fn setup() -> impl Strategy<Value = Setup> {
         0u32..=4,
         prop::collection::vec(fake_request(), 1..40),
     )
-        .prop_map(|(kind, max_batch, max_step_tokens, kv, k, requests)| Setup {
-            kind,
-            capacity: Capacity {
-                max_batch,
-                max_step_tokens,
-                kv_budget_tokens: kv,
+        .prop_map(
+            |(kind, max_batch, max_step_tokens, kv, k, requests)| Setup {
+                kind,
+                capacity: Capacity {
+                    max_batch,
+                    max_step_tokens,
+                    kv_budget_tokens: kv,
+                },
+                speculation_length: k,
+                requests,
             },
-            speculation_length: k,
-            requests,
-        })
+        )
 }
 
 /// The fake engine's step for one member.
@@ -115,7 +117,11 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
     let policy = build_policy(setup.kind, &PolicyConfig::default()).expect("default config");
     let mut s = Scheduler::new(config, policy);
     let mut order: Vec<usize> = (0..setup.requests.len()).collect();
-    order.sort_by(|&a, &b| setup.requests[a].arrival_s.total_cmp(&setup.requests[b].arrival_s));
+    order.sort_by(|&a, &b| {
+        setup.requests[a]
+            .arrival_s
+            .total_cmp(&setup.requests[b].arrival_s)
+    });
     let mut next_arrival = 0;
     let mut finished: HashMap<RequestId, RequestState> = HashMap::new();
     let mut never_fits = 0usize;
@@ -187,7 +193,10 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
         let step_s = 0.01 + 0.001 * out.batch.len() as f64;
         now_s += step_s;
         for state in s.update(&out, &results, step_s, now_s) {
-            prop_assert!(finished.insert(state.id(), state).is_none(), "finished twice");
+            prop_assert!(
+                finished.insert(state.id(), state).is_none(),
+                "finished twice"
+            );
         }
         prop_assert!(s.kv_tokens_in_use() <= cap.kv_budget_tokens);
         steps += 1;

@@ -259,3 +259,61 @@ fn perceptible_after_a_stable_acceptance_rate() {
     assert!(r.perceptible);
     assert!(r.perceptible_at_s.is_some());
 }
+
+#[test]
+fn kv_is_freed_from_the_victim_the_policy_names_and_no_more() {
+    let mut s = scheduler(PolicyKind::Las, 1, 100, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 20, 20), 0.0)
+        .unwrap();
+    step(&mut s, 0.0, 0);
+    s.add_request(RequestSpec::new(2, 1.0, 20, 20), 1.0)
+        .unwrap();
+    let (out, _) = step(&mut s, 1.0, 0);
+    assert_eq!(
+        out.preempted,
+        vec![Preemption {
+            id: 1,
+            kind: PreemptKind::KeepKv
+        }]
+    );
+    assert_eq!(s.kv_tokens_in_use(), 42);
+    s.add_request(RequestSpec::new(3, 2.0, 60, 30), 2.0)
+        .unwrap();
+    let out = s.schedule(2.0);
+    assert_eq!(out.batch[0].id, 3);
+    // 65 needed, 42 held by others, budget 100: one eviction suffices; the default victim is
+    // the newest arrival (vLLM recomputes the newest).
+    assert_eq!(
+        out.preempted,
+        vec![Preemption {
+            id: 2,
+            kind: PreemptKind::FreeKv
+        }]
+    );
+    assert!(s.kv().is_resident(1));
+    assert!(!s.kv().is_resident(2));
+    assert_eq!(s.kv_tokens_in_use(), 21 + 65);
+}
+
+#[test]
+fn results_in_any_order_reach_their_request() {
+    let mut s = scheduler(PolicyKind::Fcfs, 2, 1000, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 10, 50), 0.0)
+        .unwrap();
+    s.add_request(RequestSpec::new(2, 0.1, 10, 50), 0.1)
+        .unwrap();
+    step(&mut s, 0.1, 0);
+    let out = s.schedule(0.2);
+    assert_eq!(
+        out.batch.iter().map(|b| b.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let mut results = fake_results(&out, 3);
+    results[1].accepted_tokens = 1;
+    results[1].new_tokens = 2;
+    results.reverse();
+    s.update(&out, &results, 0.01, 0.21);
+    assert_eq!(s.request(1).unwrap().generated_tokens, 1 + 4);
+    assert_eq!(s.request(2).unwrap().generated_tokens, 1 + 2);
+    assert_eq!(s.request(2).unwrap().acceptance.accepted_tokens, 1);
+}

@@ -115,7 +115,9 @@ pub fn calibrate(
     for batch in 1..=plan.max_batch {
         let mut target_caches = prefilled(target, target.info().n_layers, batch, ctx)?;
         let mut draft_caches = match drafter {
-            CalibrationDrafter::Model { model, n_layers } => prefilled(model, *n_layers, batch, ctx)?,
+            CalibrationDrafter::Model { model, n_layers } => {
+                prefilled(model, *n_layers, batch, ctx)?
+            }
             _ => Vec::new(),
         };
         for k in 0..=plan.max_k {
@@ -125,7 +127,12 @@ pub fn calibrate(
                 draft_runs.push(time_draft(drafter, &mut draft_caches, ctx, k)?);
                 verify_runs.push(time_forward(target, &mut target_caches, batch, k + 1, ctx)?);
             }
-            samples.push(CostSample { batch, k, draft_s: median(draft_runs), verify_s: median(verify_runs) });
+            samples.push(CostSample {
+                batch,
+                k,
+                draft_s: median(draft_runs),
+                verify_s: median(verify_runs),
+            });
             progress();
         }
     }
@@ -136,10 +143,16 @@ pub fn calibrate(
         for _ in 0..repeats {
             let mut cache = target.new_cache();
             let start = Instant::now();
-            target.forward_batch(&mut [SeqForward { tokens: &prompt, cache: &mut cache }])?;
+            target.forward_batch(&mut [SeqForward {
+                tokens: &prompt,
+                cache: &mut cache,
+            }])?;
             runs.push(start.elapsed().as_secs_f64());
         }
-        prefill_samples.push(PrefillSample { tokens, prefill_s: median(runs) });
+        prefill_samples.push(PrefillSample {
+            tokens,
+            prefill_s: median(runs),
+        });
         progress();
     }
     let cost = fit(&samples, &prefill_samples);
@@ -147,9 +160,19 @@ pub fn calibrate(
 }
 
 /// `batch` caches of `model` holding `ctx`.
-fn prefilled(model: &Model, n_layers: usize, batch: usize, ctx: &[u32]) -> Result<Vec<KvCache>, EngineError> {
-    let mut caches: Vec<KvCache> = (0..batch).map(|_| model.new_cache_layers(n_layers)).collect();
-    let mut fwd: Vec<SeqForward<'_>> = caches.iter_mut().map(|cache| SeqForward { tokens: ctx, cache }).collect();
+fn prefilled(
+    model: &Model,
+    n_layers: usize,
+    batch: usize,
+    ctx: &[u32],
+) -> Result<Vec<KvCache>, EngineError> {
+    let mut caches: Vec<KvCache> = (0..batch)
+        .map(|_| model.new_cache_layers(n_layers))
+        .collect();
+    let mut fwd: Vec<SeqForward<'_>> = caches
+        .iter_mut()
+        .map(|cache| SeqForward { tokens: ctx, cache })
+        .collect();
     model.forward_batch_layers(&mut fwd, n_layers)?;
     Ok(caches)
 }
@@ -174,8 +197,13 @@ fn time_draft(
             let input = [ctx[ctx.len() - 1]];
             let start = Instant::now();
             for _ in 0..k {
-                let mut fwd: Vec<SeqForward<'_>> =
-                    caches.iter_mut().map(|cache| SeqForward { tokens: &input, cache }).collect();
+                let mut fwd: Vec<SeqForward<'_>> = caches
+                    .iter_mut()
+                    .map(|cache| SeqForward {
+                        tokens: &input,
+                        cache,
+                    })
+                    .collect();
                 model.forward_batch_layers(&mut fwd, *n_layers)?;
             }
             let elapsed = start.elapsed().as_secs_f64();
@@ -195,8 +223,13 @@ fn time_forward(
 ) -> Result<f64, EngineError> {
     let input: Vec<u32> = ctx.iter().copied().cycle().take(tokens_per_seq).collect();
     let start = Instant::now();
-    let mut fwd: Vec<SeqForward<'_>> =
-        caches[..batch].iter_mut().map(|cache| SeqForward { tokens: &input, cache }).collect();
+    let mut fwd: Vec<SeqForward<'_>> = caches[..batch]
+        .iter_mut()
+        .map(|cache| SeqForward {
+            tokens: &input,
+            cache,
+        })
+        .collect();
     target.forward_batch(&mut fwd)?;
     let elapsed = start.elapsed().as_secs_f64();
     caches.iter_mut().for_each(|c| c.truncate(ctx.len()));
@@ -228,9 +261,21 @@ fn least_squares_2(points: impl Iterator<Item = (f64, f64, f64)>) -> (f64, f64) 
     let det = suu * svv - suv * suv;
     if det.abs() < 1e-30 {
         // Degenerate design (e.g. one batch size only): attribute everything to `u`.
-        return if suu > 0.0 { (suy / suu, 0.0) } else { (0.0, 0.0) };
+        return if suu > 0.0 {
+            (suy / suu, 0.0)
+        } else {
+            (0.0, 0.0)
+        };
     }
-    ((suy * svv - svy * suv) / det, (svy * suu - suy * suv) / det)
+    let (a, c) = ((suy * svv - svy * suv) / det, (svy * suu - suy * suv) / det);
+    // Costs are never negative: if noise drives one coefficient below 0, refit with it at 0.
+    if a < 0.0 {
+        (0.0, (svy / svv).max(0.0))
+    } else if c < 0.0 {
+        ((suy / suu).max(0.0), 0.0)
+    } else {
+        (a, c)
+    }
 }
 
 /// Fits [`LinearCost`] to the samples by least squares (three independent fits: draft, verify,
@@ -238,11 +283,16 @@ fn least_squares_2(points: impl Iterator<Item = (f64, f64, f64)>) -> (f64, f64) 
 pub fn fit(samples: &[CostSample], prefill: &[PrefillSample]) -> LinearCost {
     // draft_s = draft_base * k + draft_per_seq * k * b
     let (draft_base_s, draft_per_seq_s) = least_squares_2(
-        samples.iter().filter(|s| s.k > 0).map(|s| (s.k as f64, (s.k * s.batch) as f64, s.draft_s)),
+        samples
+            .iter()
+            .filter(|s| s.k > 0)
+            .map(|s| (s.k as f64, (s.k * s.batch) as f64, s.draft_s)),
     );
     // verify_s = verify_base * 1 + verify_per_token * b * (k + 1)
     let (verify_base_s, verify_per_token_s) = least_squares_2(
-        samples.iter().map(|s| (1.0, (s.batch * (s.k + 1)) as f64, s.verify_s)),
+        samples
+            .iter()
+            .map(|s| (1.0, (s.batch * (s.k + 1)) as f64, s.verify_s)),
     );
     let (prefill_base_s, prefill_per_token_s) =
         least_squares_2(prefill.iter().map(|p| (1.0, p.tokens as f64, p.prefill_s)));
@@ -308,7 +358,12 @@ mod tests {
             model: "m".into(),
             draft: "self:8".into(),
             cost: fit(&[], &[]),
-            samples: vec![CostSample { batch: 1, k: 2, draft_s: 0.5, verify_s: 0.25 }],
+            samples: vec![CostSample {
+                batch: 1,
+                k: 2,
+                draft_s: 0.5,
+                verify_s: 0.25,
+            }],
             prefill_samples: Vec::new(),
         };
         let v: serde_json::Value = serde_json::to_value(&profile).unwrap();
@@ -328,6 +383,26 @@ mod tests {
         assert_eq!(v["samples"][0]["verify_s"], 0.25);
         assert_eq!(v["model"], "m");
         assert_eq!(v["draft"], "self:8");
+    }
+
+    #[test]
+    fn noisy_fits_never_give_negative_costs() {
+        // Draft time that shrinks with the batch (pure noise) must not give a negative slope.
+        let samples: Vec<CostSample> = (1..=3)
+            .map(|batch| CostSample {
+                batch,
+                k: 1,
+                draft_s: 0.004 - 0.001 * batch as f64,
+                verify_s: 0.01,
+            })
+            .collect();
+        let cost = fit(&samples, &[]);
+        assert_eq!(cost.draft_per_seq_s, 0.0);
+        assert!(
+            (cost.draft_base_s - 0.001 * (3.0 + 2.0 + 1.0) / 3.0).abs() < 1e-12,
+            "{cost:?}"
+        );
+        assert!(cost.verify_base_s >= 0.0 && cost.verify_per_token_s >= 0.0);
     }
 
     #[test]

@@ -45,11 +45,16 @@ impl FromStr for DraftSpec {
     type Err = DraftSpecParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| DraftSpecParseError { spec: s.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| DraftSpecParseError {
+            spec: s.to_string(),
+            reason: reason.to_string(),
+        };
         let positive = |v: &str, what: &str| -> Result<usize, DraftSpecParseError> {
             match v.parse::<usize>() {
                 Ok(n) if n > 0 => Ok(n),
-                _ => Err(err(&format!("{what} must be a positive integer, got {v:?}"))),
+                _ => Err(err(&format!(
+                    "{what} must be a positive integer, got {v:?}"
+                ))),
             }
         };
         let trimmed = s.trim();
@@ -59,9 +64,13 @@ impl FromStr for DraftSpec {
             "ngram" => Ok(DraftSpec::NGram { n: DEFAULT_NGRAM_N }),
             _ => {
                 if let Some(v) = trimmed.strip_prefix("ngram:") {
-                    Ok(DraftSpec::NGram { n: positive(v, "the n-gram length")? })
+                    Ok(DraftSpec::NGram {
+                        n: positive(v, "the n-gram length")?,
+                    })
                 } else if let Some(v) = trimmed.strip_prefix("self:") {
-                    Ok(DraftSpec::SelfLayers { n_layers: positive(v, "the layer count")? })
+                    Ok(DraftSpec::SelfLayers {
+                        n_layers: positive(v, "the layer count")?,
+                    })
                 } else if trimmed.to_ascii_lowercase().ends_with(".gguf") {
                     Ok(DraftSpec::Model(PathBuf::from(trimmed)))
                 } else {
@@ -113,15 +122,27 @@ mod tests {
     #[test]
     fn parses_and_displays_every_form() {
         assert_eq!("none".parse::<DraftSpec>(), Ok(DraftSpec::None));
-        assert_eq!("ngram".parse::<DraftSpec>(), Ok(DraftSpec::NGram { n: DEFAULT_NGRAM_N }));
-        assert_eq!("ngram:2".parse::<DraftSpec>(), Ok(DraftSpec::NGram { n: 2 }));
-        assert_eq!("self:8".parse::<DraftSpec>(), Ok(DraftSpec::SelfLayers { n_layers: 8 }));
+        assert_eq!(
+            "ngram".parse::<DraftSpec>(),
+            Ok(DraftSpec::NGram { n: DEFAULT_NGRAM_N })
+        );
+        assert_eq!(
+            "ngram:2".parse::<DraftSpec>(),
+            Ok(DraftSpec::NGram { n: 2 })
+        );
+        assert_eq!(
+            "self:8".parse::<DraftSpec>(),
+            Ok(DraftSpec::SelfLayers { n_layers: 8 })
+        );
         assert_eq!(
             "models/draft.Q4_K_M.gguf".parse::<DraftSpec>(),
             Ok(DraftSpec::Model(PathBuf::from("models/draft.Q4_K_M.gguf")))
         );
         for s in ["none", "ngram:3", "self:12", "a/b.gguf"] {
-            assert_eq!(s.parse::<DraftSpec>().map(|d| d.to_string()).as_deref(), Ok(s));
+            assert_eq!(
+                s.parse::<DraftSpec>().map(|d| d.to_string()).as_deref(),
+                Ok(s)
+            );
         }
     }
 
@@ -130,8 +151,15 @@ mod tests {
         let e = "self:0".parse::<DraftSpec>().unwrap_err();
         assert_eq!(e.spec, "self:0");
         assert!(e.reason.contains("layer count"), "{e}");
-        assert!("ngram:x".parse::<DraftSpec>().unwrap_err().reason.contains("n-gram length"));
-        assert_eq!("medusa".parse::<DraftSpec>().unwrap_err().reason, "unknown draft method");
+        assert!("ngram:x"
+            .parse::<DraftSpec>()
+            .unwrap_err()
+            .reason
+            .contains("n-gram length"));
+        assert_eq!(
+            "medusa".parse::<DraftSpec>().unwrap_err().reason,
+            "unknown draft method"
+        );
         assert_eq!("".parse::<DraftSpec>().unwrap_err().reason, "empty");
     }
 

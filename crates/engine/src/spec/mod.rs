@@ -8,4 +8,6 @@ pub mod sampling;
 pub(crate) mod step;
 
 pub use draft::{ngram_propose, DraftSpec, DraftSpecParseError};
-pub use sampling::{argmax, sample, verify_greedy, verify_sampled, DraftProbs, SamplingMode, Verdict};
+pub use sampling::{
+    argmax, sample, verify_greedy, verify_sampled, DraftProbs, SamplingMode, Verdict,
+};

@@ -30,7 +30,11 @@ impl SamplingMode {
         if !(temperature.is_finite() && temperature > 0.0) {
             return SamplingMode::Greedy;
         }
-        let top_p = if top_p.is_finite() && top_p > 0.0 { top_p.min(1.0) } else { 1.0 };
+        let top_p = if top_p.is_finite() && top_p > 0.0 {
+            top_p.min(1.0)
+        } else {
+            1.0
+        };
         SamplingMode::Sample { temperature, top_p }
     }
 
@@ -104,7 +108,9 @@ fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
 /// Keeps the smallest set of most likely tokens whose mass reaches `top_p`, zeroes the rest and
 /// renormalises (Holtzman et al. 2020). Ties at the boundary are broken by token id.
 fn nucleus_truncate(p: &mut [f32], top_p: f32) {
-    let mut order: Vec<u32> = (0..p.len() as u32).filter(|&i| p[i as usize] > 0.0).collect();
+    let mut order: Vec<u32> = (0..p.len() as u32)
+        .filter(|&i| p[i as usize] > 0.0)
+        .collect();
     order.sort_unstable_by(|&a, &b| {
         p[b as usize]
             .partial_cmp(&p[a as usize])
@@ -123,7 +129,10 @@ fn nucleus_truncate(p: &mut [f32], top_p: f32) {
     for &i in &order[keep..] {
         p[i as usize] = 0.0;
     }
-    let kept: f64 = order[..keep].iter().map(|&i| f64::from(p[i as usize])).sum();
+    let kept: f64 = order[..keep]
+        .iter()
+        .map(|&i| f64::from(p[i as usize]))
+        .sum();
     if kept > 0.0 {
         let inv = (1.0 / kept) as f32;
         p.iter_mut().for_each(|x| *x *= inv);
@@ -191,11 +200,17 @@ pub fn verify_greedy<L: AsRef<[f32]>>(draft: &[u32], target_logits: &[L]) -> Ver
     while accepted < draft.len() {
         let best = argmax(target_logits[accepted].as_ref());
         if best != draft[accepted] {
-            return Verdict { accepted, next_token: best };
+            return Verdict {
+                accepted,
+                next_token: best,
+            };
         }
         accepted += 1;
     }
-    Verdict { accepted, next_token: argmax(target_logits[accepted].as_ref()) }
+    Verdict {
+        accepted,
+        next_token: argmax(target_logits[accepted].as_ref()),
+    }
 }
 
 /// Speculative sampling: draft token `x_i` is accepted with probability `min(1, p_i(x)/q_i(x))`;
@@ -220,10 +235,16 @@ pub fn verify_sampled<P: AsRef<[f32]>, R: Rng>(
         if u * q_x < p_x {
             continue;
         }
-        return Verdict { accepted: i, next_token: sample_residual(p, q, x, rng) };
+        return Verdict {
+            accepted: i,
+            next_token: sample_residual(p, q, x, rng),
+        };
     }
     let bonus = sample(target_probs[draft.len()].as_ref(), rng);
-    Verdict { accepted: draft.len(), next_token: bonus }
+    Verdict {
+        accepted: draft.len(),
+        next_token: bonus,
+    }
 }
 
 /// Draws from `norm(max(0, p - q))`; when that mass is zero (p == q up to rounding, where a
@@ -237,9 +258,11 @@ fn sample_residual<R: Rng>(p: &[f32], q: &DraftProbs, rejected: u32, rng: &mut R
             }
             r
         }
-        DraftProbs::Dense(q) => {
-            p.iter().enumerate().map(|(i, &pi)| (pi - q.get(i).copied().unwrap_or(0.0)).max(0.0)).collect()
-        }
+        DraftProbs::Dense(q) => p
+            .iter()
+            .enumerate()
+            .map(|(i, &pi)| (pi - q.get(i).copied().unwrap_or(0.0)).max(0.0))
+            .collect(),
     };
     if residual.iter().any(|&x| x > 0.0) {
         sample(&residual, rng)
@@ -258,8 +281,20 @@ mod tests {
     fn temperature_zero_is_greedy_and_top_p_is_clamped() {
         assert_eq!(SamplingMode::new(0.0, 0.9), SamplingMode::Greedy);
         assert_eq!(SamplingMode::new(-1.0, 0.9), SamplingMode::Greedy);
-        assert_eq!(SamplingMode::new(0.5, 1.5), SamplingMode::Sample { temperature: 0.5, top_p: 1.0 });
-        assert_eq!(SamplingMode::new(0.5, 0.0), SamplingMode::Sample { temperature: 0.5, top_p: 1.0 });
+        assert_eq!(
+            SamplingMode::new(0.5, 1.5),
+            SamplingMode::Sample {
+                temperature: 0.5,
+                top_p: 1.0
+            }
+        );
+        assert_eq!(
+            SamplingMode::new(0.5, 0.0),
+            SamplingMode::Sample {
+                temperature: 0.5,
+                top_p: 1.0
+            }
+        );
     }
 
     #[test]
@@ -270,7 +305,12 @@ mod tests {
 
     #[test]
     fn probs_apply_temperature_then_nucleus() {
-        let logits = [2.0f32.ln(), 1.0f32.ln(), 1.0f32.ln(), 0.0f32.ln().max(-1e30)];
+        let logits = [
+            2.0f32.ln(),
+            1.0f32.ln(),
+            1.0f32.ln(),
+            0.0f32.ln().max(-1e30),
+        ];
         // Temperature 1: [0.5, 0.25, 0.25, 0].
         let p = SamplingMode::new(1.0, 1.0).probs(&logits);
         for (got, want) in p.iter().zip([0.5, 0.25, 0.25, 0.0]) {
@@ -287,7 +327,10 @@ mod tests {
             assert!((got - want).abs() < 1e-6, "{p:?}");
         }
         // top_p 0.5 keeps the argmax only (mass reaches exactly 0.5).
-        assert_eq!(SamplingMode::new(1.0, 0.5).probs(&logits), vec![1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            SamplingMode::new(1.0, 0.5).probs(&logits),
+            vec![1.0, 0.0, 0.0, 0.0]
+        );
     }
 
     #[test]
@@ -305,21 +348,65 @@ mod tests {
 
     #[test]
     fn greedy_verification_accepts_matching_prefix() {
-        let rows = [vec![0.0, 5.0, 1.0], vec![3.0, 0.0, 1.0], vec![0.0, 0.0, 9.0]];
-        assert_eq!(verify_greedy(&[1, 0], &rows), Verdict { accepted: 2, next_token: 2 });
-        assert_eq!(verify_greedy(&[1, 2], &rows), Verdict { accepted: 1, next_token: 0 });
-        assert_eq!(verify_greedy(&[2, 0], &rows), Verdict { accepted: 0, next_token: 1 });
-        assert_eq!(verify_greedy(&[], &rows[..1]), Verdict { accepted: 0, next_token: 1 });
+        let rows = [
+            vec![0.0, 5.0, 1.0],
+            vec![3.0, 0.0, 1.0],
+            vec![0.0, 0.0, 9.0],
+        ];
+        assert_eq!(
+            verify_greedy(&[1, 0], &rows),
+            Verdict {
+                accepted: 2,
+                next_token: 2
+            }
+        );
+        assert_eq!(
+            verify_greedy(&[1, 2], &rows),
+            Verdict {
+                accepted: 1,
+                next_token: 0
+            }
+        );
+        assert_eq!(
+            verify_greedy(&[2, 0], &rows),
+            Verdict {
+                accepted: 0,
+                next_token: 1
+            }
+        );
+        assert_eq!(
+            verify_greedy(&[], &rows[..1]),
+            Verdict {
+                accepted: 0,
+                next_token: 1
+            }
+        );
     }
 
     #[test]
     fn one_hot_draft_with_one_hot_target_behaves_greedily() {
         let mut rng = StdRng::seed_from_u64(1);
-        let p = [vec![0.0, 1.0, 0.0], vec![1.0, 0.0, 0.0], vec![0.0, 0.0, 1.0]];
+        let p = [
+            vec![0.0, 1.0, 0.0],
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+        ];
         let q = [DraftProbs::OneHot, DraftProbs::OneHot];
         for _ in 0..100 {
-            assert_eq!(verify_sampled(&[1, 0], &q, &p, &mut rng), Verdict { accepted: 2, next_token: 2 });
-            assert_eq!(verify_sampled(&[1, 2], &q, &p, &mut rng), Verdict { accepted: 1, next_token: 0 });
+            assert_eq!(
+                verify_sampled(&[1, 0], &q, &p, &mut rng),
+                Verdict {
+                    accepted: 2,
+                    next_token: 2
+                }
+            );
+            assert_eq!(
+                verify_sampled(&[1, 2], &q, &p, &mut rng),
+                Verdict {
+                    accepted: 1,
+                    next_token: 0
+                }
+            );
         }
     }
 

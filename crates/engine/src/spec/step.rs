@@ -43,7 +43,9 @@ impl Drafter {
                         available: n_target_layers,
                     });
                 }
-                Drafter::SelfLayers { n_layers: *n_layers }
+                Drafter::SelfLayers {
+                    n_layers: *n_layers,
+                }
             }
             DraftSpec::Model(path) => {
                 let draft = Model::load(path)?;
@@ -72,7 +74,10 @@ impl Drafter {
     /// Most positions the drafter can hold.
     fn context_length(&self, target: &Model) -> usize {
         match self {
-            Drafter::Model(draft) => draft.info().context_length.min(target.info().context_length),
+            Drafter::Model(draft) => draft
+                .info()
+                .context_length
+                .min(target.info().context_length),
             _ => target.info().context_length,
         }
     }
@@ -135,7 +140,11 @@ impl<'a> StepJob<'a> {
         // Verification writes positions n-1 ..= n-1+k; the draft cache ends at n-2+k.
         let target_room = target_context_length.saturating_sub(n);
         let draft_room = (draft_context_length + 1).saturating_sub(n);
-        self.k = self.k_requested.min(budget - 1).min(target_room).min(draft_room);
+        self.k = self
+            .k_requested
+            .min(budget - 1)
+            .min(target_room)
+            .min(draft_room);
     }
 
     /// Appends one draft token picked from the draft's logits for the next position.
@@ -226,7 +235,10 @@ fn draft_with_model(
                 let cache = job.seq.draft_cache.as_mut().ok_or_else(|| {
                     EngineError::CacheMismatch(format!("sequence {id} has no draft cache"))
                 })?;
-                fwd.push(SeqForward { tokens: input, cache });
+                fwd.push(SeqForward {
+                    tokens: input,
+                    cache,
+                });
             }
             model.forward_batch_layers(&mut fwd, n_layers)?
         };
@@ -257,12 +269,18 @@ fn verify_forward(
         .iter_mut()
         .zip(&inputs)
         .filter_map(|(j, input)| {
-            input.as_ref().map(|tokens| SeqForward { tokens, cache: &mut j.seq.target_cache })
+            input.as_ref().map(|tokens| SeqForward {
+                tokens,
+                cache: &mut j.seq.target_cache,
+            })
         })
         .collect();
     let mut logits = target.forward_batch(&mut fwd)?.into_iter();
     drop(fwd);
-    Ok(inputs.iter().map(|input| input.as_ref().and_then(|_| logits.next())).collect())
+    Ok(inputs
+        .iter()
+        .map(|input| input.as_ref().and_then(|_| logits.next()))
+        .collect())
 }
 
 /// Acceptance, KV rollback, stop conditions and statistics, per job.
@@ -307,7 +325,8 @@ fn commit(
         let mut emitted: Vec<u32> = job.drafts[..verdict.accepted].to_vec();
         emitted.push(verdict.next_token);
         let budget = seq.params.max_tokens as usize - seq.generated_tokens();
-        let is_stop = |t: &u32| info.eos_token_ids.contains(t) || seq.params.stop_token_ids.contains(t);
+        let is_stop =
+            |t: &u32| info.eos_token_ids.contains(t) || seq.params.stop_token_ids.contains(t);
         let mut finished = None;
         if let Some(pos) = emitted.iter().position(is_stop) {
             if pos < budget {
@@ -331,7 +350,8 @@ fn commit(
         }
         seq.resident = true;
         if !job.prefill {
-            seq.stats.record(job.k_requested, job.drafts.len(), verdict.accepted);
+            seq.stats
+                .record(job.k_requested, job.drafts.len(), verdict.accepted);
         }
         if finished.is_some() {
             seq.finished = finished;

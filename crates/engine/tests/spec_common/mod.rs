@@ -11,9 +11,12 @@ use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{Model, SeqForward, Tokenizer};
 
 pub fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = std::env::var_os("LAPSD_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     assert!(
         path.is_file(),
         "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
@@ -23,15 +26,22 @@ pub fn model_path() -> PathBuf {
 }
 
 pub fn engine(draft: DraftSpec) -> SdEngine {
-    SdEngine::load(EngineConfig { model_path: model_path(), draft, speculation_length: 4 })
-        .expect("the embedded model loads")
+    SdEngine::load(EngineConfig {
+        model_path: model_path(),
+        draft,
+        speculation_length: 4,
+    })
+    .expect("the embedded model loads")
 }
 
 /// A code prompt (repetitive: n-gram drafting shines), a chat prompt, and a plain-text prompt.
 pub fn prompts(tokenizer: &Tokenizer, info: &lapsd_engine::ModelInfo) -> Vec<Vec<u32>> {
     let code = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n\ndef factorial(n):\n";
     let chat = ChatTemplate::for_model(info, tokenizer)
-        .render(&[ChatMessage::user("Give three tips for staying healthy.")], true)
+        .render(
+            &[ChatMessage::user("Give three tips for staying healthy.")],
+            true,
+        )
         .expect("the model's chat template renders");
     let plain = "The history of the printing press begins";
     [code, chat.as_str(), plain]
@@ -47,9 +57,14 @@ pub fn reference_greedy(model: &Model, prompt: &[u32], max_new: usize) -> Vec<u3
     let mut input = prompt.to_vec();
     while out.len() < max_new {
         let logits = model
-            .forward_batch(&mut [SeqForward { tokens: &input, cache: &mut cache }])
+            .forward_batch(&mut [SeqForward {
+                tokens: &input,
+                cache: &mut cache,
+            }])
             .expect("forward succeeds");
-        let rows = logits[0].to_vec2::<f32>().expect("logits are [rows, vocab] f32");
+        let rows = logits[0]
+            .to_vec2::<f32>()
+            .expect("logits are [rows, vocab] f32");
         let next = lapsd_engine::spec::argmax(rows.last().expect("one row per token"));
         if model.info().eos_token_ids.contains(&next) {
             break;
@@ -61,7 +76,13 @@ pub fn reference_greedy(model: &Model, prompt: &[u32], max_new: usize) -> Vec<u3
 }
 
 pub fn greedy_params(max_tokens: u32) -> SamplingParams {
-    SamplingParams { temperature: 0.0, top_p: 1.0, seed: 0, max_tokens, stop_token_ids: Vec::new() }
+    SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        max_tokens,
+        stop_token_ids: Vec::new(),
+    }
 }
 
 /// Steps every listed sequence with its own `k` until all finish; returns generated tokens per id.
@@ -79,7 +100,9 @@ pub fn run_to_end(
         assert_eq!(outputs.len(), live.len());
         for o in outputs {
             assert!(o.accepted_tokens <= o.drafted_tokens);
-            out.get_mut(&o.id).expect("output for a known id").extend_from_slice(&o.new_tokens);
+            out.get_mut(&o.id)
+                .expect("output for a known id")
+                .extend_from_slice(&o.new_tokens);
             if let Some(finish) = o.finished {
                 assert!(matches!(finish, SeqFinish::Eos | SeqFinish::Length));
                 live.retain(|&(id, _)| id != o.id);

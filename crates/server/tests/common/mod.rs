@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapsd_core::{Capacity, PolicyConfig, PolicyKind};
-use lapsd_server::backend::{Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams};
+use lapsd_server::backend::{
+    Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams,
+};
 use lapsd_server::model_text::{render_chatml, ModelCard, ModelText};
 use lapsd_server::{LoadedModel, ModelLoader, ServerConfig, ServerHandle};
 
@@ -83,8 +85,16 @@ impl ScriptedBackend {
 }
 
 impl Backend for ScriptedBackend {
-    fn add_sequence(&mut self, id: u64, prompt_ids: Vec<u32>, params: SequenceParams) -> Result<(), BackendError> {
-        let eos_after = prompt_ids.windows(3).any(|w| w == [69, 79, 83]).then_some(5);
+    fn add_sequence(
+        &mut self,
+        id: u64,
+        prompt_ids: Vec<u32>,
+        params: SequenceParams,
+    ) -> Result<(), BackendError> {
+        let eos_after = prompt_ids
+            .windows(3)
+            .any(|w| w == [69, 79, 83])
+            .then_some(5);
         self.seqs.insert(
             id,
             ScriptedSeq {
@@ -108,7 +118,11 @@ impl Backend for ScriptedBackend {
             })?;
             let prefill = !seq.kv_resident;
             seq.kv_resident = true;
-            let (drafted, accepted) = if prefill { (0, 0) } else { (k as u32, (k / 2) as u32) };
+            let (drafted, accepted) = if prefill {
+                (0, 0)
+            } else {
+                (k as u32, (k / 2) as u32)
+            };
             let want = if prefill { 1 } else { accepted + 1 };
             let mut new_tokens = Vec::new();
             let mut finished = None;
@@ -204,7 +218,11 @@ pub fn url(server: &ServerHandle, path: &str) -> String {
 }
 
 /// POSTs JSON; returns status and parsed body (JSON or `{"raw": text}`).
-pub async fn post_json(server: &ServerHandle, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+pub async fn post_json(
+    server: &ServerHandle,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
     post_raw(server, path, body.to_string()).await
 }
 
@@ -223,7 +241,11 @@ pub async fn post_raw(server: &ServerHandle, path: &str, body: String) -> (u16, 
 }
 
 /// POSTs a streaming request and returns every SSE `data:` payload, in order.
-pub async fn post_sse(server: &ServerHandle, path: &str, body: &serde_json::Value) -> (u16, Vec<String>) {
+pub async fn post_sse(
+    server: &ServerHandle,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, Vec<String>) {
     let resp = client()
         .post(url(server, path))
         .json(body)
@@ -241,7 +263,11 @@ pub async fn post_sse(server: &ServerHandle, path: &str, body: &serde_json::Valu
 }
 
 pub async fn get_text(server: &ServerHandle, path: &str) -> (u16, String) {
-    let resp = client().get(url(server, path)).send().await.expect("request sent");
+    let resp = client()
+        .get(url(server, path))
+        .send()
+        .await
+        .expect("request sent");
     let status = resp.status().as_u16();
     (status, resp.text().await.expect("body read"))
 }
@@ -249,12 +275,20 @@ pub async fn get_text(server: &ServerHandle, path: &str) -> (u16, String) {
 /// Value of a metric line `name{labels} value` (exact series match) in a /metrics body.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// Polls /metrics until `series` satisfies `pred` (at most `tries` x 100 ms).
-pub async fn wait_for_metric(server: &ServerHandle, series: &str, pred: impl Fn(f64) -> bool, tries: u32) -> f64 {
+pub async fn wait_for_metric(
+    server: &ServerHandle,
+    series: &str,
+    pred: impl Fn(f64) -> bool,
+    tries: u32,
+) -> f64 {
     let mut last = None;
     for _ in 0..tries {
         let (_, text) = get_text(server, "/metrics").await;

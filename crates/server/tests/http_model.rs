@@ -1,0 +1,272 @@
+//! End-to-end over real HTTP on loopback with the embedded SmolLM2-135M-Instruct model: greedy
+//! outputs equal the engine's plain greedy decoding (no drafts), streamed or not, alone or
+//! concurrent; chat; disconnect frees KV; LAPS-SD preempts a long request for new short ones.
+//! Needs the model (scripts/fetch-models.sh, or LAPSD_MODEL).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use lapsd_core::PolicyKind;
+use lapsd_engine::chat::{ChatMessage, ChatTemplate};
+use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine};
+use lapsd_engine::spec::DraftSpec;
+use lapsd_server::sd_backend::{loader, LoadSpec};
+use serde_json::json;
+
+fn model_path() -> PathBuf {
+    let path = std::env::var_os("LAPSD_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
+        path.display()
+    );
+    path
+}
+
+fn model_loader(draft: &str) -> lapsd_server::ModelLoader {
+    loader(LoadSpec {
+        model_path: model_path(),
+        draft: draft.parse().expect("draft spec"),
+        speculation_length: 4,
+        served_model_name: Some("smollm2".into()),
+    })
+}
+
+/// Plain greedy decoding with the engine alone (no drafts, k = 0): the reference every
+/// speculative greedy output must equal.
+fn reference(prompt: Prompt<'_>, max_tokens: u32) -> String {
+    let mut engine = SdEngine::load(EngineConfig {
+        model_path: model_path(),
+        draft: DraftSpec::None,
+        speculation_length: 0,
+    })
+    .expect("engine loads");
+    let ids = match prompt {
+        Prompt::Text(t) => engine.tokenizer().encode(t, true).expect("encodes"),
+        Prompt::Chat(messages) => {
+            let template = ChatTemplate::for_model(engine.info(), engine.tokenizer());
+            let text = template.render(&messages, true).expect("renders");
+            engine.tokenizer().encode(&text, false).expect("encodes")
+        }
+    };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens,
+        ..SamplingParams::default()
+    };
+    engine.add_sequence(1, ids, params).expect("added");
+    let mut out = Vec::new();
+    for _ in 0..=max_tokens {
+        let step = engine.step(&[(1, 0)]).expect("step");
+        out.extend_from_slice(&step[0].new_tokens);
+        if step[0].finished.is_some() {
+            break;
+        }
+    }
+    engine.tokenizer().decode(&out).expect("decodes")
+}
+
+enum Prompt<'a> {
+    Text(&'a str),
+    Chat(Vec<ChatMessage>),
+}
+
+#[tokio::test]
+async fn greedy_completion_equals_plain_decoding_streamed_or_not() {
+    let prompt = "The capital of France is";
+    let expected = reference(Prompt::Text(prompt), 16);
+    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let body = json!({"model": "smollm2", "prompt": prompt, "max_tokens": 16, "temperature": 0});
+    let (s, v) = post_json(&server, "/v1/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], expected.as_str());
+    assert!(
+        v["usage"]["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| n <= 16),
+        "{v}"
+    );
+    let sd = &v["metrics"]["speculative_decoding"];
+    assert!(sd["verify_steps"].as_u64().is_some_and(|n| n >= 1), "{v}");
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let (s, data) = post_sse(&server, "/v1/completions", &sb).await;
+    assert_eq!(s, 200);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(stream_text(&data), expected);
+    let usage: serde_json::Value =
+        serde_json::from_str(&data[data.len() - 2]).expect("usage chunk");
+    assert_eq!(usage["usage"], v["usage"]);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn greedy_chat_equals_plain_decoding() {
+    let messages = vec![ChatMessage::user("What is 2 + 2?")];
+    let expected = reference(Prompt::Chat(messages), 12);
+    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let body = json!({"messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 12, "temperature": 0});
+    let (s, v) = post_json(&server, "/v1/chat/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], expected.as_str());
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let (_, data) = post_sse(&server, "/v1/chat/completions", &sb).await;
+    assert_eq!(stream_text(&data), expected);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn concurrent_greedy_requests_match_their_solo_outputs() {
+    let prompts = [
+        "Once upon a time",
+        "def fibonacci(n):",
+        "The best way to learn",
+        "1, 2, 3, 4,",
+    ];
+    let expected: Vec<String> = prompts
+        .iter()
+        .map(|p| reference(Prompt::Text(p), 12))
+        .collect();
+    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let mut tasks = Vec::new();
+    for p in prompts {
+        let addr = server.local_addr;
+        tasks.push(tokio::spawn(async move {
+            client()
+                .post(format!("http://{addr}/v1/completions"))
+                .json(&json!({"prompt": p, "max_tokens": 12, "temperature": 0}))
+                .send()
+                .await
+                .expect("sent")
+                .json::<serde_json::Value>()
+                .await
+                .expect("JSON")
+        }));
+    }
+    for (t, want) in tasks.into_iter().zip(expected) {
+        let v = t.await.expect("task");
+        assert_eq!(v["choices"][0]["text"], want.as_str(), "{v}");
+    }
+    let (_, text) = get_text(&server, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "lapsd_requests_finished_total{finish_reason=\"length\"}"
+        )
+        .unwrap_or(0.0)
+            + metric(
+                &text,
+                "lapsd_requests_finished_total{finish_reason=\"stop\"}"
+            )
+            .unwrap_or(0.0),
+        4.0
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn disconnect_frees_the_kv_of_the_real_engine() {
+    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let resp = client()
+        .post(url(&server, "/v1/completions"))
+        .json(&json!({"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 1000, "temperature": 0, "stream": true}))
+        .send()
+        .await
+        .expect("sent");
+    let mut body = resp.bytes_stream();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .expect("chunk in time");
+    }
+    wait_for_metric(&server, "lapsd_kv_tokens_in_use", |v| v > 0.0, 300).await;
+    drop(body);
+    wait_for_metric(
+        &server,
+        "lapsd_requests_finished_total{finish_reason=\"cancelled\"}",
+        |v| v == 1.0,
+        300,
+    )
+    .await;
+    wait_for_metric(&server, "lapsd_kv_tokens_in_use", |v| v == 0.0, 300).await;
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// Plain LAPS-SD (aging off), one request per step: a long request that has used up the first
+/// queue's service (16 passes) is preempted when short requests arrive (they enter queue 0).
+#[tokio::test]
+async fn laps_sd_preempts_a_long_request_for_new_short_ones() {
+    let mut cfg = config(PolicyKind::LapsSd);
+    cfg.policy_config.max_wait_s = None;
+    cfg.capacity.max_batch = 1;
+    let server = start(cfg, model_loader("ngram")).await;
+    let addr = server.local_addr;
+    let long = tokio::spawn(async move {
+        client()
+            .post(format!("http://{addr}/v1/completions"))
+            .json(&json!({"prompt": "List the numbers from 1 to 100:", "max_tokens": 160, "temperature": 0, "stop": ["zzzz"]}))
+            .send()
+            .await
+            .expect("sent")
+            .json::<serde_json::Value>()
+            .await
+            .expect("JSON")
+    });
+    wait_for_metric(
+        &server,
+        "lapsd_queue_requests{level=\"1\"}",
+        |v| v == 1.0,
+        600,
+    )
+    .await;
+    let mut shorts = Vec::new();
+    for p in ["Hi", "Hello"] {
+        let addr = server.local_addr;
+        shorts.push(tokio::spawn(async move {
+            client()
+                .post(format!("http://{addr}/v1/completions"))
+                .json(&json!({"prompt": p, "max_tokens": 3, "temperature": 0}))
+                .send()
+                .await
+                .expect("sent")
+                .json::<serde_json::Value>()
+                .await
+                .expect("JSON")
+        }));
+    }
+    for s in shorts {
+        let v = s.await.expect("task");
+        assert_eq!(
+            v["metrics"]["scheduling"]["queue_levels_visited"],
+            json!([0]),
+            "{v}"
+        );
+    }
+    let v = long.await.expect("task");
+    let sched = &v["metrics"]["scheduling"];
+    assert!(sched["preemptions"].as_u64().is_some_and(|n| n >= 1), "{v}");
+    assert_eq!(sched["policy"], "laps-sd");
+    assert!(
+        sched["queue_levels_visited"]
+            .as_array()
+            .is_some_and(|l| l.len() >= 2),
+        "{v}"
+    );
+    let (_, text) = get_text(&server, "/metrics").await;
+    assert!(
+        metric(&text, "lapsd_preemptions_total{kind=\"keep_kv\"}").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
