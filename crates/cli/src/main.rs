@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lapsd", version, about = "Speculative-decoding LLM server with the LAPS-SD scheduler")]
+#[command(
+    name = "lapsd",
+    version,
+    about = "Speculative-decoding LLM server with the LAPS-SD scheduler"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -73,7 +73,12 @@ fn main() {
     let t0 = Instant::now();
     let (model, tok): (Model, Tokenizer) = Model::load_with_tokenizer(&path)
         .unwrap_or_else(|e| panic!("{e}: run scripts/fetch-models.sh first"));
-    println!("model {} ({}), loaded in {:.2} s", model.info().name, path.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "model {} ({}), loaded in {:.2} s",
+        model.info().name,
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
     let texts = [
         "The capital of France is",
         "Write a Python function that checks whether a number is prime.",
@@ -92,13 +97,25 @@ fn main() {
     let b1: Vec<f64> = (0..RUNS)
         .map(|_| decode_batch(&model, &prompts[..1], n_tokens))
         .collect();
-    println!("batch 1 decode: median {:.1} tok/s  runs {b1:.1?}", median(b1.clone()));
+    println!(
+        "batch 1 decode: median {:.1} tok/s  runs {b1:.1?}",
+        median(b1.clone())
+    );
     let b8: Vec<f64> = (0..RUNS)
         .map(|_| decode_batch(&model, &prompts[..BATCH], n_tokens))
         .collect();
-    println!("batch {BATCH} decode aggregate: median {:.1} tok/s  runs {b8:.1?}", median(b8.clone()));
+    println!(
+        "batch {BATCH} decode aggregate: median {:.1} tok/s  runs {b8:.1?}",
+        median(b8.clone())
+    );
 
-    let long: Vec<u32> = prompts.iter().flatten().copied().cycle().take(512).collect();
+    let long: Vec<u32> = prompts
+        .iter()
+        .flatten()
+        .copied()
+        .cycle()
+        .take(512)
+        .collect();
     let pf: Vec<f64> = (0..RUNS)
         .map(|_| {
             let mut cache = model.new_cache();
@@ -107,5 +124,8 @@ fn main() {
             long.len() as f64 / start.elapsed().as_secs_f64()
         })
         .collect();
-    println!("prefill 512 tokens: median {:.1} tok/s  runs {pf:.1?}", median(pf.clone()));
+    println!(
+        "prefill 512 tokens: median {:.1} tok/s  runs {pf:.1?}",
+        median(pf.clone())
+    );
 }

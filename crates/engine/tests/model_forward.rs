@@ -10,10 +10,12 @@ use candle_core::Tensor;
 use lapsd_engine::{EngineError, KvCache, Model, SeqForward, Tokenizer};
 
 fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = std::env::var_os("LAPSD_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     assert!(
         path.is_file(),
         "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
@@ -49,7 +51,10 @@ fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
         assert_eq!(x.len(), y.len(), "{what}: vocab");
         let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
         let diff = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-        assert!(diff <= 1e-4 * scale, "{what}: row {r} max |diff| {diff} (scale {scale})");
+        assert!(
+            diff <= 1e-4 * scale,
+            "{what}: row {r} max |diff| {diff} (scale {scale})"
+        );
     }
 }
 
@@ -211,7 +216,7 @@ fn invalid_calls_fail_with_named_errors_and_leave_caches_untouched() {
     let mut cache = model.new_cache();
     forward(model, &[1, 2, 3], &mut cache);
     let before = cache.clone();
-    let mut check = |tokens: &[u32], cache: &mut KvCache, n_layers: usize| {
+    let check = |tokens: &[u32], cache: &mut KvCache, n_layers: usize| {
         model
             .forward_batch_layers(&mut [SeqForward { tokens, cache }], n_layers)
             .expect_err("must fail")
@@ -270,14 +275,22 @@ fn model_info_comes_from_the_gguf_metadata() {
     assert_eq!((info.n_heads, info.n_kv_heads, info.head_dim), (9, 3, 64));
     assert_eq!(info.bos_token_id, Some(1));
     assert!(info.eos_token_ids.contains(&2), "{:?}", info.eos_token_ids);
-    assert!(info.eos_token_ids.contains(&tok.token_id("<|endoftext|>").unwrap()));
-    assert!(info.chat_template.as_deref().unwrap().contains("<|im_start|>"));
+    assert!(info
+        .eos_token_ids
+        .contains(&tok.token_id("<|endoftext|>").unwrap()));
+    assert!(info
+        .chat_template
+        .as_deref()
+        .unwrap()
+        .contains("<|im_start|>"));
     assert_eq!(info.kv_bytes_per_token, 2 * 3 * 64 * 30 * 4);
 }
 
 #[test]
 fn unsupported_or_missing_files_fail_clearly() {
-    let err = Model::load(std::path::Path::new("/nonexistent/model.gguf")).err().unwrap();
+    let err = Model::load(std::path::Path::new("/nonexistent/model.gguf"))
+        .err()
+        .unwrap();
     assert!(matches!(err, EngineError::Io { .. }), "{err}");
     let dir = std::env::temp_dir().join(format!("lapsd-notgguf-{}", std::process::id()));
     std::fs::write(&dir, b"this is not a gguf file at all").unwrap();

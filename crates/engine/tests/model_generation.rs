@@ -4,10 +4,12 @@ use std::path::PathBuf;
 use lapsd_engine::{KvCache, Model, SeqForward, Tokenizer};
 
 fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = std::env::var_os("LAPSD_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     assert!(
         path.is_file(),
         "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
@@ -17,7 +19,9 @@ fn model_path() -> PathBuf {
 }
 
 fn argmax_last(logits: &candle_core::Tensor) -> u32 {
-    let rows = logits.to_vec2::<f32>().expect("logits are [rows, vocab] f32");
+    let rows = logits
+        .to_vec2::<f32>()
+        .expect("logits are [rows, vocab] f32");
     let last = rows.last().expect("at least one row");
     let mut best = 0;
     for (i, v) in last.iter().enumerate() {
@@ -66,7 +70,8 @@ fn greedy_chat_answer_is_on_topic() {
     let (model, tok) = load();
     // (With the template's default system prompt this 135M model rambles about French landmarks;
     // candle-transformers' quantized llama gives the same answer, so the question is asked bare.)
-    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = tok.encode(prompt, true).unwrap();
     let text = tok.decode(&greedy(&model, &ids, 24)).unwrap();
     assert!(text.contains("Paris"), "answer was {text:?}");

@@ -7,7 +7,9 @@ use candle_core::{IndexOp, Tensor};
 use lapsd_engine::{Model, SeqForward};
 
 fn path(file: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(file);
     assert!(
         path.is_file(),
         "{} is missing: run scripts/fetch-models.sh qwen",
@@ -21,7 +23,13 @@ const TARGET: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 
 fn argmax_last(logits: &Tensor) -> u32 {
     let n = logits.dim(0).unwrap();
-    logits.i(n - 1).unwrap().argmax(0).unwrap().to_scalar().unwrap()
+    logits
+        .i(n - 1)
+        .unwrap()
+        .argmax(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn greedy_text(file: &str, prompt: &str, max_new: usize) -> String {
@@ -52,7 +60,10 @@ fn qwen_tokenizer_gives_the_reference_ids() {
     for file in [DRAFT, TARGET] {
         let (model, tok) = Model::load_with_tokenizer(&path(file)).unwrap();
         assert_eq!(model.info().architecture, "qwen2");
-        assert_eq!(tok.encode("Hello, world!", true).unwrap(), vec![9707, 11, 1879, 0]);
+        assert_eq!(
+            tok.encode("Hello, world!", true).unwrap(),
+            vec![9707, 11, 1879, 0]
+        );
         assert_eq!(tok.token_id("<|im_end|>"), Some(151645));
         assert!(model.info().eos_token_ids.contains(&151645));
         let code = "def add(a, b):\n    return a + b  # 合計\n";

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 use lapsd_engine::{DecodeStream, Tokenizer};
 
 fn tokenizer() -> Tokenizer {
-    let path = std::env::var_os("LAPSD_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = std::env::var_os("LAPSD_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     assert!(
         path.is_file(),
         "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
@@ -83,7 +85,10 @@ fn decode_stream_yields_exactly_the_text_and_never_broken_utf8() {
         let mut out = String::new();
         for &id in &ids {
             let piece = stream.push(&tok, id).unwrap();
-            assert!(!piece.contains('\u{FFFD}'), "{text:?}: broken piece {piece:?}");
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "{text:?}: broken piece {piece:?}"
+            );
             out.push_str(&piece);
         }
         assert_eq!(out, text);

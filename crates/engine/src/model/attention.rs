@@ -241,8 +241,11 @@ mod candle_parity {
     #[test]
     fn rope_matches_candle_kernels() {
         let (h, t, d) = (3usize, 5usize, 8usize);
-        let x: Vec<f32> = (0..h * t * d).map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0).collect();
-        for (layout, interleaved) in [(RopeLayout::Interleaved, true), (RopeLayout::Halves, false)] {
+        let x: Vec<f32> = (0..h * t * d)
+            .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+            .collect();
+        for (layout, interleaved) in [(RopeLayout::Interleaved, true), (RopeLayout::Halves, false)]
+        {
             let rope = Rope::new(100_000.0, d, layout);
             let positions: Vec<usize> = (0..t).collect();
             let rows = rope.rows(&positions);
@@ -270,7 +273,10 @@ mod candle_parity {
                     for di in 0..d {
                         let a = ours[(ti * h + hi) * d + di];
                         let b = theirs[(hi * t + ti) * d + di];
-                        assert!((a - b).abs() < 1e-5, "{layout:?} t{ti} h{hi} d{di}: {a} vs {b}");
+                        assert!(
+                            (a - b).abs() < 1e-5,
+                            "{layout:?} t{ti} h{hi} d{di}: {a} vs {b}"
+                        );
                     }
                 }
             }
@@ -284,23 +290,63 @@ mod candle_parity {
         let q: Vec<f32> = (0..t * h * d).map(val).collect();
         let k: Vec<f32> = (0..t * kvh * d).map(|i| val(i + 7)).collect();
         let v: Vec<f32> = (0..t * kvh * d).map(|i| val(i + 13)).collect();
-        let dims = HeadDims { n_heads: h, n_kv_heads: kvh, head_dim: d };
+        let dims = HeadDims {
+            n_heads: h,
+            n_kv_heads: kvh,
+            head_dim: d,
+        };
         let mut ours = vec![0f32; t * h * d];
         attend(&q, &k, &v, 0, dims, &mut ours);
         let dev = Device::Cpu;
-        let qt = Tensor::from_vec(q, (t, h, d), &dev).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
-        let kt = Tensor::from_vec(k, (t, kvh, d), &dev).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
-        let vt = Tensor::from_vec(v, (t, kvh, d), &dev).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
+        let qt = Tensor::from_vec(q, (t, h, d), &dev)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let kt = Tensor::from_vec(k, (t, kvh, d), &dev)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let vt = Tensor::from_vec(v, (t, kvh, d), &dev)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
         // head hh uses kv head hh / (h / kvh)
-        let idx = Tensor::from_vec((0..h as u32).map(|x| x / (h / kvh) as u32).collect::<Vec<_>>(), h, &dev).unwrap();
+        let idx = Tensor::from_vec(
+            (0..h as u32)
+                .map(|x| x / (h / kvh) as u32)
+                .collect::<Vec<_>>(),
+            h,
+            &dev,
+        )
+        .unwrap();
         let kt = kt.index_select(&idx, 0).unwrap();
         let vt = vt.index_select(&idx, 0).unwrap();
         let att = (qt.matmul(&kt.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let mask = Tensor::from_vec(mask, (t, t), &dev).unwrap();
         let att = att.broadcast_add(&mask).unwrap();
         let att = candle_nn::ops::softmax_last_dim(&att).unwrap();
-        let y = att.matmul(&vt).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
+        let y = att
+            .matmul(&vt)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
         let theirs: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             assert!((a - b).abs() < 1e-5, "{i}: {a} vs {b}");

@@ -105,7 +105,9 @@ fn projection(t: QTensor, requantize: bool) -> Result<QMatMul, EngineError> {
 }
 
 fn dequantize_vec(t: &QTensor) -> Result<Vec<f32>, EngineError> {
-    Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(t.dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 fn add_bias(x: &mut [f32], bias: &Bias) {
@@ -135,7 +137,10 @@ impl Transformer {
         let n_kv_heads = gguf
             .opt_u64(&key("attention.head_count_kv"))
             .map_or(n_heads, |v| v as usize);
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden_size % n_heads != 0
+        if n_heads == 0
+            || n_kv_heads == 0
+            || n_heads % n_kv_heads != 0
+            || hidden_size % n_heads != 0
         {
             return Err(EngineError::InvalidModel(format!(
                 "{n_heads} heads / {n_kv_heads} kv heads / hidden {hidden_size} do not divide"
@@ -147,7 +152,7 @@ impl Transformer {
         let rot_dim = gguf
             .opt_u64(&key("rope.dimension_count"))
             .map_or(head_dim, |v| v as usize);
-        if rot_dim > head_dim || rot_dim % 2 != 0 {
+        if rot_dim > head_dim || !rot_dim.is_multiple_of(2) {
             return Err(EngineError::InvalidModel(format!(
                 "rope dimension {rot_dim} does not fit head dimension {head_dim}"
             )));
@@ -279,8 +284,10 @@ impl Transformer {
             add_bias(&mut q, &layer.attn_q_bias);
             add_bias(&mut k, &layer.attn_k_bias);
             add_bias(&mut v, &layer.attn_v_bias);
-            self.rope.apply(&mut q, &rope_rows, dims.n_heads, dims.head_dim);
-            self.rope.apply(&mut k, &rope_rows, dims.n_kv_heads, dims.head_dim);
+            self.rope
+                .apply(&mut q, &rope_rows, dims.n_heads, dims.head_dim);
+            self.rope
+                .apply(&mut k, &rope_rows, dims.n_kv_heads, dims.head_dim);
             for seq in seqs.iter_mut() {
                 let rows = seq.row_offset..seq.row_offset + seq.n_rows;
                 let first_pos = seq.cache.len_tokens;
