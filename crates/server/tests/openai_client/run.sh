@@ -5,7 +5,7 @@
 # python3 with `openai` (installed into a venv here if missing), the model (scripts/fetch-models.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."
-BIN="${LAPSD_BIN:-target/debug/lapsd}"
+BIN="${LAPSD_BIN:-${CARGO_TARGET_DIR:-target}/debug/lapsd}"
 HERE=crates/server/tests/openai_client
 PY=python3
 if ! python3 -c "import openai" 2>/dev/null; then
