@@ -2,7 +2,7 @@
 //! fits now, later, or never (mistral.rs's `AllocStatus`). Always reserves room for the next step's
 //! lookahead (k draft tokens + 1), as vLLM's lookahead slots and TGI's `+ speculate` do.
 
-use std::collections::HashMap;
+use crate::request::IdMap;
 
 use crate::request::RequestId;
 
@@ -22,7 +22,7 @@ pub enum KvFit {
 pub struct KvAccountant {
     budget_tokens: u64,
     in_use_tokens: u64,
-    resident: HashMap<RequestId, u64>,
+    resident: IdMap<u64>,
 }
 
 impl KvAccountant {
@@ -30,7 +30,7 @@ impl KvAccountant {
         Self {
             budget_tokens,
             in_use_tokens: 0,
-            resident: HashMap::new(),
+            resident: Default::default(),
         }
     }
     pub fn budget_tokens(&self) -> u64 {

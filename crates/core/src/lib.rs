@@ -32,8 +32,8 @@ pub use kv::{KvAccountant, KvFit};
 pub use policy::{BatchBuilder, Policy, PolicyConfig, PolicyKind, ScheduleContext};
 pub use predictor::{LengthPredictor, OnlineQuantilePredictor};
 pub use request::{
-    AcceptanceTracker, FinishReason, RequestId, RequestPhase, RequestSpec, RequestState,
-    StabilityRule,
+    AcceptanceTracker, FinishReason, IdMap, IdSet, RequestId, RequestPhase, RequestSpec,
+    RequestState, StabilityRule,
 };
 pub use scheduler::{
     Capacity, PreemptKind, Preemption, ScheduledRequest, Scheduler, SchedulerConfig,

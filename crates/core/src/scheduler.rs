@@ -4,7 +4,7 @@
 //!
 //! A step is two calls (vLLM v1): [`Scheduler::schedule`] then [`Scheduler::update`].
 
-use std::collections::{HashMap, HashSet};
+use crate::request::{IdMap, IdSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +106,7 @@ pub struct Scheduler {
     config: SchedulerConfig,
     policy: Box<dyn Policy>,
     predictor: Option<Box<dyn LengthPredictor>>,
-    requests: HashMap<RequestId, RequestState>,
+    requests: IdMap<RequestState>,
     running: Vec<RequestId>,
     kv: KvAccountant,
 }
@@ -118,7 +118,7 @@ impl Scheduler {
             config,
             policy,
             predictor: None,
-            requests: HashMap::new(),
+            requests: Default::default(),
             running: Vec::new(),
             kv,
         }
@@ -257,7 +257,7 @@ impl Scheduler {
     fn kv_victims(
         &self,
         ctx: &ScheduleContext<'_>,
-        chosen: &HashSet<RequestId>,
+        chosen: &IdSet,
         need_tokens: u64,
     ) -> Vec<RequestId> {
         let held_by_chosen: u64 = chosen.iter().map(|&id| self.kv.held_tokens(id)).sum();
@@ -291,7 +291,7 @@ impl Scheduler {
     /// Running requests the policy left out become preempted (keeping their KV unless evicted).
     fn preempt_left_out(
         &mut self,
-        chosen_set: &HashSet<RequestId>,
+        chosen_set: &IdSet,
         victims: &[RequestId],
         output: &mut SchedulerOutput,
     ) {
@@ -358,7 +358,7 @@ impl Scheduler {
         now_s: f64,
     ) -> Vec<RequestState> {
         // Results usually come in batch order: look there first, search only when they do not.
-        let mut by_id: Option<HashMap<RequestId, &StepResult>> = None;
+        let mut by_id: Option<IdMap<&StepResult>> = None;
         let mut finished = Vec::new();
         for (i, scheduled) in output.batch.iter().enumerate() {
             let id = scheduled.id;

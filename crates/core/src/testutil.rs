@@ -1,7 +1,7 @@
 //! Test fixtures shared by the policy tests: a request table, a running set and a way to run a
 //! policy's `select` and fake steps without the full scheduler.
 
-use std::collections::HashMap;
+use crate::request::IdMap;
 
 use crate::cost::LinearCost;
 use crate::policy::{BatchBuilder, Policy, ScheduleContext};
@@ -21,7 +21,7 @@ pub(crate) fn test_cost() -> LinearCost {
 }
 
 pub(crate) struct Fixture {
-    pub requests: HashMap<RequestId, RequestState>,
+    pub requests: IdMap<RequestState>,
     pub running: Vec<RequestId>,
     pub capacity: Capacity,
     pub k: u32,
@@ -34,7 +34,7 @@ impl Fixture {
     /// Batch of `max_batch`, no token or KV limits to speak of, k = 4.
     pub fn new(max_batch: usize) -> Self {
         Self {
-            requests: HashMap::new(),
+            requests: IdMap::default(),
             running: Vec::new(),
             capacity: Capacity {
                 max_batch,

@@ -40,7 +40,7 @@
 //! arrival time for non-perceptible requests and T for perceptible ones. Keys of arrivals and
 //! batch members are refreshed lazily in `select` (which brings the cost model): O(b log n).
 
-use std::collections::HashMap;
+use crate::request::IdMap;
 
 use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
 use super::{BatchBuilder, Policy, ScheduleContext};
@@ -79,9 +79,9 @@ pub struct LapsSd {
     config: LapsSdConfig,
     queue: KeyedQueue<Key>,
     /// Queue a perceptible request was in when it became perceptible.
-    frozen_level: HashMap<RequestId, usize>,
+    frozen_level: IdMap<usize>,
     /// Queue each request is in (as of its last key refresh).
-    levels: HashMap<RequestId, usize>,
+    levels: IdMap<usize>,
     aging: StarvationGuard,
     dirty: Vec<RequestId>,
 }
@@ -111,8 +111,8 @@ impl LapsSd {
         Self {
             config,
             queue: KeyedQueue::default(),
-            frozen_level: HashMap::new(),
-            levels: HashMap::new(),
+            frozen_level: Default::default(),
+            levels: Default::default(),
             aging: StarvationGuard::default(),
             dirty: Vec::new(),
         }

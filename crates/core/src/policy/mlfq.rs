@@ -13,7 +13,7 @@
 //! Not modelled: FastServe's proactive KV offload to host memory (the scheduler's KV mechanism
 //! applies instead) and its starvation promotion. Key: (client priority, level, entry sequence).
 
-use std::collections::HashMap;
+use crate::request::IdMap;
 
 use super::queue::{offer_in_order, KeyedQueue};
 use super::{BatchBuilder, Policy, ScheduleContext};
@@ -31,7 +31,7 @@ pub struct Mlfq {
     num_queues: usize,
     first_quantum_passes: u64,
     queue: KeyedQueue<(i32, usize, u64)>,
-    entries: HashMap<RequestId, Entry>,
+    entries: IdMap<Entry>,
     /// Arrivals not yet placed (placing needs the cost model, which `select` brings).
     pending: Vec<(RequestId, i32)>,
     next_seq: u64,
@@ -43,7 +43,7 @@ impl Mlfq {
             num_queues: num_queues.max(1),
             first_quantum_passes: first_quantum_passes.max(1),
             queue: KeyedQueue::default(),
-            entries: HashMap::new(),
+            entries: Default::default(),
             pending: Vec::new(),
             next_seq: 0,
         }

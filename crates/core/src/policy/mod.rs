@@ -16,7 +16,7 @@ pub mod sjf;
 pub mod srpt;
 pub mod trail;
 
-use std::collections::{HashMap, HashSet};
+use crate::request::{IdMap, IdSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,7 @@ use crate::scheduler::Capacity;
 pub struct ScheduleContext<'a> {
     pub now_s: f64,
     /// Every unfinished request, by id.
-    pub requests: &'a HashMap<RequestId, RequestState>,
+    pub requests: &'a IdMap<RequestState>,
     /// Requests in the previous step's batch (candidates for preemption).
     pub running: &'a [RequestId],
     /// Speculation length n (draft tokens per step) the engine will use.
@@ -61,10 +61,10 @@ pub const MISS_BUDGET: usize = 64;
 /// KV budget including the lookahead of k+1 tokens).
 pub struct BatchBuilder<'a> {
     pub(crate) capacity: Capacity,
-    pub(crate) requests: &'a HashMap<RequestId, RequestState>,
+    pub(crate) requests: &'a IdMap<RequestState>,
     pub(crate) speculation_length: u32,
     pub(crate) chosen: Vec<RequestId>,
-    pub(crate) chosen_set: HashSet<RequestId>,
+    pub(crate) chosen_set: IdSet,
     pub(crate) step_tokens: u64,
     pub(crate) kv_tokens: u64,
     pub(crate) misses: usize,
@@ -73,7 +73,7 @@ pub struct BatchBuilder<'a> {
 impl<'a> BatchBuilder<'a> {
     pub fn new(
         capacity: Capacity,
-        requests: &'a HashMap<RequestId, RequestState>,
+        requests: &'a IdMap<RequestState>,
         speculation_length: u32,
     ) -> Self {
         Self {
@@ -81,7 +81,10 @@ impl<'a> BatchBuilder<'a> {
             requests,
             speculation_length,
             chosen: Vec::with_capacity(capacity.max_batch.min(1024)),
-            chosen_set: HashSet::with_capacity(capacity.max_batch.min(1024)),
+            chosen_set: IdSet::with_capacity_and_hasher(
+                capacity.max_batch.min(1024),
+                Default::default(),
+            ),
             step_tokens: 0,
             kv_tokens: 0,
             misses: 0,
@@ -411,7 +414,7 @@ mod tests {
     use super::*;
     use crate::request::{RequestPhase, RequestSpec};
 
-    fn table(specs: &[(RequestId, u32, u32, bool)]) -> HashMap<RequestId, RequestState> {
+    fn table(specs: &[(RequestId, u32, u32, bool)]) -> IdMap<RequestState> {
         specs
             .iter()
             .map(|&(id, prompt, generated, prefilled)| {

@@ -5,7 +5,8 @@
 //! Every key starts with the client priority (lower first, vLLM's convention), so every policy
 //! honours `priority` as its first sort key.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use crate::request::{IdMap, IdSet};
+use std::collections::BTreeSet;
 
 use crate::policy::BatchBuilder;
 use crate::request::RequestId;
@@ -51,14 +52,14 @@ impl<A: Ord + Clone, B: Ord + Clone, C: Ord + Clone> PriorityKey for (i32, A, B,
 #[derive(Debug, Clone)]
 pub(crate) struct KeyedQueue<K: Ord + Clone> {
     set: BTreeSet<(K, RequestId)>,
-    keys: HashMap<RequestId, K>,
+    keys: IdMap<K>,
 }
 
 impl<K: Ord + Clone> Default for KeyedQueue<K> {
     fn default() -> Self {
         Self {
             set: BTreeSet::new(),
-            keys: HashMap::new(),
+            keys: Default::default(),
         }
     }
 }
@@ -167,7 +168,7 @@ pub(crate) fn offer_with_pinned<K: PriorityKey>(
         .filter_map(|&id| queue.key(id).map(|k| (k.clone(), id)))
         .collect();
     pinned_sorted.sort();
-    let pinned_set: HashSet<RequestId> = pinned_sorted.iter().map(|(_, id)| *id).collect();
+    let pinned_set: IdSet = pinned_sorted.iter().map(|(_, id)| *id).collect();
     let mut next_pinned = 0;
     for (key, id) in queue.iter() {
         if batch.should_stop() {

@@ -1,7 +1,7 @@
 //! Property tests of the scheduler with every policy, driven by a tiny deterministic fake
 //! engine: nothing lost, nothing duplicated, capacity never exceeded, never idle while work waits.
 
-use std::collections::HashMap;
+use crate::request::IdMap;
 
 use proptest::prelude::*;
 
@@ -123,7 +123,7 @@ fn run(setup: &Setup) -> Result<(), TestCaseError> {
             .total_cmp(&setup.requests[b].arrival_s)
     });
     let mut next_arrival = 0;
-    let mut finished: HashMap<RequestId, RequestState> = HashMap::new();
+    let mut finished: IdMap<RequestState> = IdMap::default();
     let mut never_fits = 0usize;
     let mut now_s = 0.0;
     let mut steps = 0u32;
