@@ -208,7 +208,10 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
                         .into(),
                 });
             }
-            let file = std::fs::File::open(path).map_err(SimError::TraceIo)?;
+            let file = std::fs::File::open(path).map_err(|source| SimError::TraceIo {
+                path: path.display().to_string(),
+                source,
+            })?;
             let records = parse_trace(BufReader::new(file))?;
             (
                 RequestSource::Trace {

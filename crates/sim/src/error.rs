@@ -12,8 +12,18 @@ pub enum SimError {
         field: &'static str,
         reason: String,
     },
-    #[error("trace: {0}")]
-    TraceIo(#[source] std::io::Error),
+    #[error("trace {path}: {source}")]
+    TraceIo {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("trace line {line}: {source}")]
+    TraceRead {
+        line: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("trace has no requests")]
     EmptyTrace,
     #[error("cost profile {path}: {reason}")]

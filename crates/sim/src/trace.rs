@@ -95,7 +95,10 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
 pub fn parse_trace<R: BufRead>(reader: R) -> Result<Vec<TraceRecord>, SimError> {
     let mut records = Vec::new();
     for (index, line) in reader.lines().enumerate() {
-        let text = line.map_err(SimError::TraceIo)?;
+        let text = line.map_err(|source| SimError::TraceRead {
+            line: index + 1,
+            source,
+        })?;
         if text.trim().is_empty() {
             continue;
         }
