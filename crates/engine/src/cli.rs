@@ -127,6 +127,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         max_tokens: args.max_tokens,
         stop_token_ids: Vec::new(),
+        ignore_eos: false,
     };
     engine.add_sequence(0, prompt_ids.clone(), params)?;
 

@@ -31,6 +31,9 @@ pub struct SamplingParams {
     pub max_tokens: u32,
     /// Extra token ids that end the request, besides the model's EOS ids.
     pub stop_token_ids: Vec<u32>,
+    /// Keep generating past the model's EOS ids (benchmarks: exactly `max_tokens` tokens, as
+    /// vLLM's `ignore_eos`); `stop_token_ids` still end the request.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +44,7 @@ impl Default for SamplingParams {
             seed: 0,
             max_tokens: 256,
             stop_token_ids: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

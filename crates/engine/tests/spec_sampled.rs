@@ -16,6 +16,7 @@ fn sampled(seed: u64, max_tokens: u32) -> SamplingParams {
         seed,
         max_tokens,
         stop_token_ids: Vec::new(),
+        ignore_eos: false,
     }
 }
 
@@ -161,4 +162,49 @@ fn misuse_gives_exact_errors() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn ignore_eos_generates_exactly_max_tokens_past_the_eos() {
+    use lapsd_engine::chat::{ChatMessage, ChatTemplate};
+    let mut engine = engine(DraftSpec::NGram { n: 3 });
+    let chat = ChatTemplate::for_model(engine.info(), engine.tokenizer())
+        .render(
+            &[ChatMessage::user("Is the sky blue? Answer with one word.")],
+            true,
+        )
+        .expect("the chat template renders");
+    let prompt = engine.tokenizer().encode(&chat, false).unwrap();
+    let max_tokens = 48u32;
+    engine
+        .add_sequence(0, prompt.clone(), greedy_params(max_tokens))
+        .unwrap();
+    let (plain, plain_finish) = run_one(&mut engine, 0);
+    assert_eq!(
+        plain_finish,
+        SeqFinish::Eos,
+        "the test needs a prompt the model ends early: {plain:?}"
+    );
+    let mut params = greedy_params(max_tokens);
+    params.ignore_eos = true;
+    engine.add_sequence(1, prompt, params).unwrap();
+    let (long, long_finish) = run_one(&mut engine, 1);
+    assert_eq!(long_finish, SeqFinish::Length);
+    assert_eq!(long.len(), max_tokens as usize);
+    assert_eq!(long[..plain.len()], plain[..], "same greedy prefix");
+    assert!(
+        engine.info().eos_token_ids.contains(&long[plain.len()]),
+        "where the plain run stopped, the EOS token is emitted and decoding goes on"
+    );
+}
+
+fn run_one(engine: &mut lapsd_engine::engine::SdEngine, id: u64) -> (Vec<u32>, SeqFinish) {
+    let mut got = Vec::new();
+    loop {
+        let o = engine.step(&[(id, 4)]).unwrap().remove(0);
+        got.extend(o.new_tokens);
+        if let Some(f) = o.finished {
+            return (got, f);
+        }
+    }
 }

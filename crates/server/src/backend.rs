@@ -11,6 +11,8 @@ pub struct SequenceParams {
     pub seed: u64,
     pub max_tokens: u32,
     pub stop_token_ids: Vec<u32>,
+    /// Generate past EOS (the request's `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 /// Why the engine ended a sequence.

@@ -135,7 +135,12 @@ impl EngineWorker {
             top_p: req.sampling.top_p,
             seed,
             max_tokens: req.max_tokens,
-            stop_token_ids: self.ctx.eos_token_ids.clone(),
+            stop_token_ids: if req.ignore_eos {
+                Vec::new()
+            } else {
+                self.ctx.eos_token_ids.clone()
+            },
+            ignore_eos: req.ignore_eos,
         };
         let spec =
             RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens).with_priority(req.priority);

@@ -137,6 +137,7 @@ impl Backend for SdBackend {
                     seed: params.seed,
                     max_tokens: params.max_tokens,
                     stop_token_ids: params.stop_token_ids,
+                    ignore_eos: params.ignore_eos,
                 },
             )
             .map_err(backend_err)?;

@@ -40,6 +40,8 @@ pub struct ValidRequest {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Generate past EOS until `max_tokens` (vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 /// The limits requests are checked against, and the model text functions.
@@ -232,6 +234,7 @@ impl Validator {
             priority,
             stream: c.stream,
             include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            ignore_eos: c.ignore_eos,
         })
     }
 
@@ -394,6 +397,17 @@ mod tests {
         assert_eq!(v.stop, vec!["x".to_string()]);
         assert_eq!(v.priority, -3);
         assert!(v.stream && v.include_usage);
+    }
+
+    #[test]
+    fn ignore_eos_is_off_unless_asked_and_must_be_a_bool() {
+        assert!(!completion(r#"{"prompt":"a"}"#).expect("valid").ignore_eos);
+        assert!(
+            completion(r#"{"prompt":"a","ignore_eos":true}"#)
+                .expect("valid")
+                .ignore_eos
+        );
+        assert!(completion(r#"{"prompt":"a","ignore_eos":"yes"}"#).is_err());
     }
 
     #[test]

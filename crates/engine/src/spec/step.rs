@@ -325,8 +325,10 @@ fn commit(
         let mut emitted: Vec<u32> = job.drafts[..verdict.accepted].to_vec();
         emitted.push(verdict.next_token);
         let budget = seq.params.max_tokens as usize - seq.generated_tokens();
-        let is_stop =
-            |t: &u32| info.eos_token_ids.contains(t) || seq.params.stop_token_ids.contains(t);
+        let is_stop = |t: &u32| {
+            (!seq.params.ignore_eos && info.eos_token_ids.contains(t))
+                || seq.params.stop_token_ids.contains(t)
+        };
         let mut finished = None;
         if let Some(pos) = emitted.iter().position(is_stop) {
             if pos < budget {

@@ -82,6 +82,7 @@ pub fn greedy_params(max_tokens: u32) -> SamplingParams {
         seed: 0,
         max_tokens,
         stop_token_ids: Vec::new(),
+        ignore_eos: false,
     }
 }
 

@@ -51,6 +51,8 @@ pub struct CommonParams {
     pub logprobs: Option<serde_json::Value>,
     /// Unsupported beyond 1.
     pub best_of: Option<i64>,
+    /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
+    pub ignore_eos: bool,
 }
 
 macro_rules! common_of {
@@ -68,6 +70,7 @@ macro_rules! common_of {
             priority: $req.priority,
             logprobs: $req.logprobs.clone(),
             best_of: $req.best_of,
+            ignore_eos: $req.ignore_eos,
         }
     };
 }
@@ -94,6 +97,9 @@ pub struct CompletionRequest {
     pub logprobs: Option<serde_json::Value>,
     /// Unsupported beyond 1.
     pub best_of: Option<i64>,
+    /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl CompletionRequest {
@@ -145,6 +151,9 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<serde_json::Value>,
     /// Unsupported beyond 1.
     pub best_of: Option<i64>,
+    /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl ChatCompletionRequest {
