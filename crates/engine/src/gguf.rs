@@ -137,6 +137,15 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// Elements in all tensors of the file (the model's parameter count).
+    pub fn total_elements(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum()
+    }
+
     /// Reads tensor `name` (still quantized) onto `device`.
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor, EngineError> {
         if !self.has_tensor(name) {

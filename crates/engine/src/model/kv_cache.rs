@@ -23,6 +23,11 @@ pub struct KvCache {
     pub(crate) kv_dim: usize,
     /// Identifies the model the cache belongs to, so a cache is never run through another model.
     pub(crate) model_id: u64,
+    /// Positions below this run through the f32 copy of the weights (see `llama::Projection`):
+    /// fixed by the sequence's first forward (its prompt, when that has at least
+    /// `DENSE_MIN_ROWS` tokens) and kept by `clear`, so that a recomputed cache and every later
+    /// step take the same arithmetic path per position whatever the batch around them.
+    pub(crate) dense_prefix: Option<usize>,
 }
 
 impl KvCache {
@@ -32,6 +37,7 @@ impl KvCache {
             len_tokens: 0,
             kv_dim,
             model_id,
+            dense_prefix: None,
         }
     }
 

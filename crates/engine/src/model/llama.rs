@@ -52,17 +52,17 @@ type Bias = Option<Vec<f32>>;
 
 struct Layer {
     attn_norm: Tensor,
-    attn_q: QMatMul,
-    attn_k: QMatMul,
-    attn_v: QMatMul,
+    attn_q: Projection,
+    attn_k: Projection,
+    attn_v: Projection,
     attn_q_bias: Bias,
     attn_k_bias: Bias,
     attn_v_bias: Bias,
-    attn_output: QMatMul,
+    attn_output: Projection,
     ffn_norm: Tensor,
-    ffn_gate: QMatMul,
-    ffn_up: QMatMul,
-    ffn_down: QMatMul,
+    ffn_gate: Projection,
+    ffn_up: Projection,
+    ffn_down: Projection,
 }
 
 /// The loaded decoder.
@@ -71,7 +71,7 @@ pub(crate) struct Transformer {
     token_embd: Arc<QTensor>,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Projection,
     rope: Rope,
 }
 
@@ -93,15 +93,109 @@ fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
 /// A projection weight, optionally re-quantized to Q8_0 when its own type is slow on the CPU.
 /// Q8_0 keeps 8 bits per weight with one scale per 32, so the values of a 4/5-bit block change by
 /// at most half a Q8_0 step (< 0.4% of the block's largest magnitude).
-fn projection(t: QTensor, requantize: bool) -> Result<QMatMul, EngineError> {
-    if requantize && is_slow_on_cpu(t.dtype()) {
-        let dense = t.dequantize(&Device::Cpu)?;
-        return Ok(QMatMul::from_qtensor(QTensor::quantize(
-            &dense,
-            GgmlDType::Q8_0,
-        )?)?);
+fn projection(t: QTensor, opts: WeightOptions) -> Result<Projection, EngineError> {
+    let t = Arc::new(t);
+    let dense = if opts.dense {
+        Some(t.dequantize(&Device::Cpu)?)
+    } else {
+        None
+    };
+    let quantized = if opts.requantize && is_slow_on_cpu(t.dtype()) {
+        let f32_weights = match &dense {
+            Some(d) => d.clone(),
+            None => t.dequantize(&Device::Cpu)?,
+        };
+        QMatMul::from_qtensor(QTensor::quantize(&f32_weights, GgmlDType::Q8_0)?)?
+    } else {
+        QMatMul::from_arc(t)?
+    };
+    Ok(Projection { quantized, dense })
+}
+
+/// How projection weights are kept in memory (from [`crate::LoadOptions`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WeightOptions {
+    /// Re-quantize Q4_1/Q5_1/Q8_1 to Q8_0 (see `is_slow_on_cpu`).
+    pub(crate) requantize: bool,
+    /// Also keep an f32 copy for many-row inputs (see [`DENSE_MIN_ROWS`]).
+    pub(crate) dense: bool,
+}
+
+/// A sequence's first forward of at least this many rows (its prompt) runs those positions
+/// through the f32 copy of the weights instead of the quantized ones. Candle's quantized CPU kernel costs about one full pass of integer dot
+/// products per row (measured on SmolLM2-135M, 2 cores: ~11.4 ms per row for the whole model),
+/// while the f32 GEMM costs a fixed weight read (~100 ms) plus ~3.6 ms per row: the f32 path wins
+/// from ~13 rows on. It is used for prompts only: the choice must be a function of the position,
+/// not of the batch, or greedy output would depend on what else is batched (the two paths round
+/// differently), so decode and verify rows always take the quantized weights.
+pub(crate) const DENSE_MIN_ROWS: usize = 16;
+
+/// A weight matrix `[out, in]`: quantized, plus an optional f32 copy for many-row inputs.
+struct Projection {
+    quantized: QMatMul,
+    dense: Option<Tensor>,
+}
+
+/// Which rows of a batched forward take the f32 weights.
+enum RowPaths {
+    AllQuantized,
+    AllDense,
+    /// Row indices per path, and the permutation that puts `[dense; quantized]` back in order.
+    Mixed {
+        dense: Tensor,
+        quantized: Tensor,
+        restore: Tensor,
+    },
+}
+
+impl RowPaths {
+    fn new(dense_rows: &[bool]) -> Result<Self, EngineError> {
+        let n_dense = dense_rows.iter().filter(|&&d| d).count();
+        if n_dense == 0 {
+            return Ok(Self::AllQuantized);
+        }
+        if n_dense == dense_rows.len() {
+            return Ok(Self::AllDense);
+        }
+        let pick = |want: bool| -> Vec<u32> {
+            (0..dense_rows.len() as u32)
+                .filter(|&i| dense_rows[i as usize] == want)
+                .collect()
+        };
+        let (dense, quantized) = (pick(true), pick(false));
+        let mut restore = vec![0u32; dense_rows.len()];
+        for (slot, &row) in dense.iter().chain(&quantized).enumerate() {
+            restore[row as usize] = slot as u32;
+        }
+        let dev = Device::Cpu;
+        Ok(Self::Mixed {
+            dense: Tensor::new(dense.as_slice(), &dev)?,
+            quantized: Tensor::new(quantized.as_slice(), &dev)?,
+            restore: Tensor::new(restore.as_slice(), &dev)?,
+        })
     }
-    Ok(QMatMul::from_qtensor(t)?)
+}
+
+impl Projection {
+    /// `x [rows, in]` -> `[rows, out]`, each row through the weights `paths` gives it.
+    fn forward(&self, x: &Tensor, paths: &RowPaths) -> Result<Tensor, EngineError> {
+        let Some(w) = &self.dense else {
+            return Ok(self.quantized.forward(x)?);
+        };
+        match paths {
+            RowPaths::AllQuantized => Ok(self.quantized.forward(x)?),
+            RowPaths::AllDense => Ok(x.matmul(&w.t()?)?),
+            RowPaths::Mixed {
+                dense,
+                quantized,
+                restore,
+            } => {
+                let d = x.index_select(dense, 0)?.matmul(&w.t()?)?;
+                let q = self.quantized.forward(&x.index_select(quantized, 0)?)?;
+                Ok(Tensor::cat(&[d, q], 0)?.index_select(restore, 0)?)
+            }
+        }
+    }
 }
 
 fn dequantize_vec(t: &QTensor) -> Result<Vec<f32>, EngineError> {
@@ -126,7 +220,7 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
 
 impl Transformer {
     /// Reads the config and every weight of a `llama` or `qwen2` GGUF file onto the CPU.
-    pub(crate) fn load(gguf: &mut GgufFile, requantize: bool) -> Result<Self, EngineError> {
+    pub(crate) fn load(gguf: &mut GgufFile, opts: WeightOptions) -> Result<Self, EngineError> {
         let dev = Device::Cpu;
         let arch_name = gguf.str("general.architecture")?.to_string();
         let arch = Arch::parse(&arch_name)?;
@@ -183,17 +277,21 @@ impl Transformer {
         let output_norm = gguf.tensor("output_norm.weight", &dev)?.dequantize(&dev)?;
         // Tied embeddings: without output.weight the token embedding doubles as the LM head.
         let output = if gguf.has_tensor("output.weight") {
-            projection(gguf.tensor("output.weight", &dev)?, requantize)?
+            projection(gguf.tensor("output.weight", &dev)?, opts)?
         } else {
-            QMatMul::from_arc(token_embd.clone())?
+            Projection {
+                quantized: QMatMul::from_arc(token_embd.clone())?,
+                dense: if opts.dense {
+                    Some(token_embd.dequantize(&dev)?)
+                } else {
+                    None
+                },
+            }
         };
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
-            let mut qm = |name: &str| -> Result<QMatMul, EngineError> {
-                projection(
-                    gguf.tensor(&format!("blk.{i}.{name}.weight"), &dev)?,
-                    requantize,
-                )
+            let mut qm = |name: &str| -> Result<Projection, EngineError> {
+                projection(gguf.tensor(&format!("blk.{i}.{name}.weight"), &dev)?, opts)
             };
             let attn_q = qm("attn_q")?;
             let attn_k = qm("attn_k")?;
@@ -276,11 +374,29 @@ impl Transformer {
         let mut x = self.token_embd.embedding(&ids)?;
         let rope_rows = self.rope.rows(positions);
         let mut attn_out = vec![0f32; n_rows * q_dim];
+        let mut dense_rows = vec![false; n_rows];
+        for seq in seqs.iter_mut() {
+            let first_pos = seq.cache.len_tokens;
+            let prefix = *seq.cache.dense_prefix.get_or_insert(
+                if first_pos == 0 && seq.n_rows >= DENSE_MIN_ROWS {
+                    seq.n_rows
+                } else {
+                    0
+                },
+            );
+            for (i, dense) in dense_rows[seq.row_offset..seq.row_offset + seq.n_rows]
+                .iter_mut()
+                .enumerate()
+            {
+                *dense = first_pos + i < prefix;
+            }
+        }
+        let paths = RowPaths::new(&dense_rows)?;
         for (l, layer) in self.layers[..n_layers].iter().enumerate() {
             let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
-            let mut q = to_vec(&layer.attn_q.forward(&xn)?)?;
-            let mut k = to_vec(&layer.attn_k.forward(&xn)?)?;
-            let mut v = to_vec(&layer.attn_v.forward(&xn)?)?;
+            let mut q = to_vec(&layer.attn_q.forward(&xn, &paths)?)?;
+            let mut k = to_vec(&layer.attn_k.forward(&xn, &paths)?)?;
+            let mut v = to_vec(&layer.attn_v.forward(&xn, &paths)?)?;
             add_bias(&mut q, &layer.attn_q_bias);
             add_bias(&mut k, &layer.attn_k_bias);
             add_bias(&mut v, &layer.attn_v_bias);
@@ -308,14 +424,14 @@ impl Transformer {
                 );
             }
             let attn = Tensor::from_slice(&attn_out, (n_rows, q_dim), &dev)?;
-            x = (x + layer.attn_output.forward(&attn)?)?;
+            x = (x + layer.attn_output.forward(&attn, &paths)?)?;
             let xn = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
-            let gate = layer.ffn_gate.forward(&xn)?;
-            let up = layer.ffn_up.forward(&xn)?;
+            let gate = layer.ffn_gate.forward(&xn, &paths)?;
+            let up = layer.ffn_up.forward(&xn, &paths)?;
             let h = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + layer.ffn_down.forward(&h)?)?;
+            x = (x + layer.ffn_down.forward(&h, &paths)?)?;
         }
         let xn = candle_nn::ops::rms_norm(&x, &self.output_norm, cfg.rms_eps)?;
-        Ok(self.output.forward(&xn)?)
+        self.output.forward(&xn, &paths)
     }
 }

@@ -15,7 +15,7 @@ pub use kv_cache::KvCache;
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
-use llama::{SeqRows, Transformer};
+use llama::{SeqRows, Transformer, WeightOptions};
 
 /// What callers need to know about a loaded model.
 #[derive(Debug, Clone)]
@@ -65,12 +65,19 @@ pub struct LoadOptions {
     /// ~1.7x the weight memory of Q4_1 and changes each weight by less than half a Q8_0 step.
     /// Default: true. Set false to run the file's exact weights.
     pub requantize_slow_types: bool,
+    /// Also keep an f32 copy of every projection, used for inputs of many rows (prefill, large
+    /// batched verifies), when all the model's weights in f32 take at most this many bytes
+    /// (candle's quantized CPU matmul costs a full pass per row; f32 GEMM amortises the weight
+    /// read over the rows). 0 = never. Default: 2 GiB (SmolLM2-135M: 0.54 GB; Qwen2.5 0.5B:
+    /// 2.0 GB; the 1.5B model stays quantized only).
+    pub dense_weights_max_bytes: u64,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             requantize_slow_types: true,
+            dense_weights_max_bytes: 2 << 30,
         }
     }
 }
@@ -121,7 +128,12 @@ impl Model {
     }
 
     fn from_gguf(gguf: &mut GgufFile, options: &LoadOptions) -> Result<Model, EngineError> {
-        let transformer = Transformer::load(gguf, options.requantize_slow_types)?;
+        let dense_bytes = gguf.total_elements().saturating_mul(4);
+        let weights = WeightOptions {
+            requantize: options.requantize_slow_types,
+            dense: dense_bytes <= options.dense_weights_max_bytes,
+        };
+        let transformer = Transformer::load(gguf, weights)?;
         let cfg = &transformer.config;
         let id32 = |key: &str| gguf.opt_u64(key).and_then(|v| u32::try_from(v).ok());
         let mut eos_token_ids: Vec<u32> = id32("tokenizer.ggml.eos_token_id").into_iter().collect();
