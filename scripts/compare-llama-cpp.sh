@@ -7,7 +7,10 @@
 # and plots include it.
 # Usage: LLAMA_PY=/path/to/venv/bin/python scripts/compare-llama-cpp.sh [OUT_DIR]
 #   Install once: python3 -m venv V && V/bin/pip install cmake ninja && V/bin/pip install "llama-cpp-python[server]"
-#   (env: RATES, WORKLOADS, REQUESTS, SEED, MAX_OUTPUT_TOKENS, PORT, THREADS, as compare-policies.sh)
+#   (env: RATES, WORKLOADS, REQUESTS, SEED, MAX_OUTPUT_TOKENS, PORT, THREADS, as compare-policies.sh;
+#   BENCH_ARGS: extra `lapsd bench` flags. llama-cpp-python has no `ignore_eos`; to make it generate
+#   exactly max_tokens as lapsd does with --ignore-eos, ban its end tokens instead, e.g. for SmolLM2
+#   BENCH_ARGS='--extra-body {"logit_bias":{"0":-100,"2":-100}}')
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -22,6 +25,7 @@ PORT="${PORT:-18081}"
 THREADS="${THREADS:-$(nproc)}"
 MODEL="${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 LAPSD="${LAPSD:-target/release/lapsd}"
+BENCH_ARGS="${BENCH_ARGS:-}"
 url="http://127.0.0.1:$PORT"
 # shellcheck source=scripts/e2e-common.sh
 source scripts/e2e-common.sh
@@ -46,7 +50,7 @@ for workload in $WORKLOADS; do
         echo "== $workload / llama.cpp: rate $rate req/s -> $result"
         # shellcheck disable=SC2086
         "$LAPSD" bench --url "$url" $flags --rate "$rate" --requests "$REQUESTS" --seed "$SEED" \
-            --max-output-tokens "$MAX_OUTPUT_TOKENS" --label llama.cpp --out "$result" --no-progress \
+            --max-output-tokens "$MAX_OUTPUT_TOKENS" --label llama.cpp --out "$result" --no-progress $BENCH_ARGS \
             | tee "$out_dir/$workload/logs/bench_llama.cpp_rate${rate}.txt"
     done
     stop_server

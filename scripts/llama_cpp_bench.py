@@ -3,6 +3,8 @@
 side-by-side engine benchmark (scripts/engine-benchmark.sh). Prints one JSON line per run:
 {"prompt": name, "prompt_tokens": n, "generated": n, "decode_tokens_per_s": x} where decode speed
 excludes the prompt's prefill and the first token (as `lapsd generate`'s "then X tokens/s").
+Prompts are rendered with the GGUF's own chat template (as `lapsd generate --chat` does), so both
+engines decode the same answer to the same templated prompt.
 
 Usage: llama_cpp_bench.py MODEL.gguf THREADS MAX_TOKENS RUNS
 """
@@ -11,6 +13,7 @@ import sys
 import time
 
 from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 PROMPTS = {
     "code": "Write a Python function that checks whether a number is prime.",
@@ -22,8 +25,22 @@ def main() -> int:
     model_path, threads, max_tokens, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     llm = Llama(model_path=model_path, n_ctx=1024, n_threads=threads, n_threads_batch=threads,
                 n_batch=512, verbose=False, seed=0)
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        print("error: the GGUF has no tokenizer.chat_template", file=sys.stderr)
+        return 1
+    eos = llm.detokenize([llm.token_eos()]).decode(errors="replace")
+    bos = llm.detokenize([llm.token_bos()]).decode(errors="replace") if llm.token_bos() >= 0 else ""
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    # The end-of-turn tokens lapsd also stops at (model/mod.rs END_TOKENS) plus the GGUF's EOS.
+    end_ids = {llm.token_eos()}
+    for end in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
+        ids = llm.tokenize(end.encode(), add_bos=False, special=True)
+        if len(ids) == 1:
+            end_ids.add(ids[0])
     for name, text in PROMPTS.items():
-        tokens = llm.tokenize(text.encode(), add_bos=True)
+        rendered = formatter(messages=[{"role": "user", "content": text}]).prompt
+        tokens = llm.tokenize(rendered.encode(), add_bos=False, special=True)
         for _ in range(runs):
             llm.reset()
             llm.eval(tokens)  # prefill, not timed
@@ -32,7 +49,7 @@ def main() -> int:
             # greedy: sample with temp 0 one token at a time, feeding it back.
             while generated < max_tokens:
                 tok = llm.sample(temp=0.0)
-                if tok == llm.token_eos():
+                if tok in end_ids:
                     break
                 if start is None:
                     start = time.perf_counter()  # first token produced; time the rest

@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// Cap on max_tokens for profiles and datasets.
     #[arg(long, default_value_t = 512)]
     pub max_output_tokens: u32,
+    /// Datasets: multiply each reply's length by this (rounded up) before the cap, e.g. 0.125 for
+    /// ShareGPT's length distribution at an eighth of its work on a slow machine.
+    #[arg(long, default_value_t = 1.0)]
+    pub output_scale: f64,
     /// Label stored in the result (e.g. the server's policy); names the line in vs-rate plots.
     #[arg(long)]
     pub label: Option<String>,
@@ -124,6 +128,10 @@ pub struct RunArgs {
     /// Send ignore_eos: true so servers that support it generate exactly max_tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// A JSON object merged into every request body (its fields win), e.g.
+    /// '{"logit_bias": {"2": -100}}' to ban EOS on servers without ignore_eos.
+    #[arg(long, value_parser = parse_json_object)]
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
     /// A request unfinished after this many seconds counts as a timeout.
     #[arg(long, default_value_t = 600.0)]
     pub request_timeout_s: f64,
@@ -195,6 +203,7 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         arrivals,
         seed: args.seed,
         max_output_tokens: args.max_output_tokens,
+        output_scale: args.output_scale,
         tokens: &tokens,
     })?;
     if let Some(path) = &args.emit_sim_trace {
@@ -243,6 +252,7 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
             model: model.clone(),
             temperature: args.temperature,
             ignore_eos: args.ignore_eos,
+            extra_body: args.extra_body.clone().unwrap_or_default(),
             request_timeout: Duration::from_secs_f64(args.request_timeout_s),
         },
         max_concurrency: args.max_concurrency,
@@ -270,9 +280,11 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         requests: plan.items.len(),
         seed: args.seed,
         max_output_tokens: args.max_output_tokens,
+        output_scale: args.output_scale,
         token_counter: tokens.describe().to_string(),
         temperature: args.temperature,
         ignore_eos: args.ignore_eos,
+        extra_body: args.extra_body.clone().unwrap_or_default(),
         slo: Slo {
             ttft_ms: args.slo_ttft_ms,
             tpot_ms: args.slo_tpot_ms,
@@ -294,4 +306,28 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--extra-body`: a JSON object.
+fn parse_json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!("--extra-body must be a JSON object, got {other}")),
+        Err(e) => Err(format!("--extra-body is not valid JSON ({e}): {text}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_json_object;
+
+    #[test]
+    fn extra_body_must_be_a_json_object() {
+        let map = parse_json_object(r#"{"logit_bias": {"2": -100}}"#).expect("an object");
+        assert_eq!(map["logit_bias"]["2"], -100);
+        let err = parse_json_object("[1, 2]").unwrap_err();
+        assert!(err.contains("must be a JSON object"), "{err}");
+        let err = parse_json_object("{logit_bias").unwrap_err();
+        assert!(err.contains("not valid JSON") && err.contains("{logit_bias"), "{err}");
+    }
 }

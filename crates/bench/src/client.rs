@@ -43,6 +43,9 @@ pub struct ClientConfig {
     pub temperature: f64,
     /// Send `ignore_eos: true` (vLLM, llama.cpp) so every request produces `max_tokens` tokens.
     pub ignore_eos: bool,
+    /// Extra fields merged into every request body last (they win), e.g. llama.cpp's
+    /// `logit_bias` to ban EOS where a server has no `ignore_eos`.
+    pub extra_body: serde_json::Map<String, Value>,
     /// Whole-request limit; a request still running after it counts as a timeout.
     pub request_timeout: Duration,
 }
@@ -170,6 +173,9 @@ pub fn request_body(config: &ClientConfig, prompt: &str, max_tokens: u32) -> Val
     }
     if config.ignore_eos {
         body["ignore_eos"] = json!(true);
+    }
+    for (key, value) in &config.extra_body {
+        body[key.as_str()] = value.clone();
     }
     body
 }
@@ -505,6 +511,7 @@ mod tests {
             model: "m".into(),
             temperature: 0.0,
             ignore_eos: false,
+            extra_body: serde_json::Map::new(),
             request_timeout: Duration::from_secs(1),
         };
         let body = request_body(&config, "hello", 9);
@@ -518,5 +525,12 @@ mod tests {
         let body = request_body(&config, "hello", 9);
         assert_eq!(body["messages"][0]["content"], "hello");
         assert_eq!(body["ignore_eos"], true);
+        config.extra_body = json!({"logit_bias": {"2": -100}, "max_tokens": 3})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let body = request_body(&config, "hello", 9);
+        assert_eq!(body["logit_bias"]["2"], -100);
+        assert_eq!(body["max_tokens"], 3, "extra fields win");
     }
 }

@@ -27,10 +27,16 @@ pub struct RunSettings {
     pub requests: usize,
     pub seed: u64,
     pub max_output_tokens: u32,
+    /// `--output-scale` (datasets' reply lengths multiplied by it).
+    #[serde(default = "one")]
+    pub output_scale: f64,
     /// How workload lengths were counted ("chars/4" or "tokenizer.json").
     pub token_counter: String,
     pub temperature: f64,
     pub ignore_eos: bool,
+    /// `--extra-body` fields sent with every request.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
     pub slo: Slo,
 }
 
@@ -396,4 +402,8 @@ fn summarize_sd(results: &[RequestResult]) -> Option<SdSummary> {
                 .collect(),
         ),
     })
+}
+
+fn one() -> f64 {
+    1.0
 }

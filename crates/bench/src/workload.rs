@@ -61,6 +61,9 @@ pub struct PlanConfig<'a> {
     pub seed: u64,
     /// Cap on `max_tokens` for profiles and datasets (not for traces, which say what they want).
     pub max_output_tokens: u32,
+    /// Datasets only: each reply's token count is multiplied by this (rounded up) before the cap,
+    /// keeping the length distribution's shape at a fraction of its work (1.0 = as recorded).
+    pub output_scale: f64,
     pub tokens: &'a TokenCounter,
 }
 
@@ -73,6 +76,12 @@ pub fn build_plan(config: &PlanConfig<'_>) -> Result<Plan, BenchError> {
     arrival_rng.set_stream(2);
     let n_requests = config.requests.unwrap_or(0);
     let is_trace = matches!(config.source, WorkloadSource::Trace { .. });
+    if !(config.output_scale.is_finite() && config.output_scale > 0.0) {
+        return Err(BenchError::InvalidArgument {
+            flag: "output-scale",
+            message: format!("must be a positive number, got {}", config.output_scale),
+        });
+    }
     if n_requests == 0 && !is_trace {
         return Err(BenchError::InvalidArgument {
             flag: "requests",
@@ -163,7 +172,8 @@ fn sample_pairs(
             {
                 continue;
             }
-            let max_tokens = reply_tokens
+            let scaled = (f64::from(reply_tokens) * config.output_scale).ceil();
+            let max_tokens = (scaled.min(f64::from(u32::MAX)) as u32)
                 .min(config.max_output_tokens)
                 .max(MIN_OUTPUT_TOKENS.min(config.max_output_tokens).max(1));
             items.push(WorkItem {
@@ -197,6 +207,7 @@ mod tests {
             arrivals: ArrivalProcess::new(rate_per_s, 1.0).unwrap(),
             seed,
             max_output_tokens: 256,
+            output_scale: 1.0,
             tokens: &TokenCounter::CharsPerFour,
         })
     }
@@ -255,6 +266,42 @@ mod tests {
                 5
             };
             assert_eq!(item.max_tokens, expected, "{}", item.prompt);
+        }
+    }
+
+    #[test]
+    fn output_scale_shrinks_dataset_lengths_before_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = WorkloadSource::ShareGpt {
+            path: sharegpt_file(dir.path()),
+        };
+        let scaled = |scale: f64| {
+            build_plan(&PlanConfig {
+                source: &source,
+                requests: Some(6),
+                arrivals: ArrivalProcess::new(1.0, 1.0).unwrap(),
+                seed: 0,
+                max_output_tokens: 256,
+                output_scale: scale,
+                tokens: &TokenCounter::CharsPerFour,
+            })
+        };
+        let p = scaled(0.125).unwrap();
+        for item in &p.items {
+            // Replies of 1000 and 5 tokens: ceil(1000 / 8) = 125 (under the cap); 5 -> 1 -> the
+            // 4-token floor.
+            let expected = if item.prompt.starts_with("what") {
+                125
+            } else {
+                4
+            };
+            assert_eq!(item.max_tokens, expected, "{}", item.prompt);
+        }
+        for bad in [0.0, -1.0, f64::NAN] {
+            match scaled(bad) {
+                Err(BenchError::InvalidArgument { flag, .. }) => assert_eq!(flag, "output-scale"),
+                other => panic!("scale {bad}: expected InvalidArgument, got {other:?}"),
+            }
         }
     }
 

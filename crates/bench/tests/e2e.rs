@@ -193,6 +193,7 @@ fn run_with_timeout(
             model: "fixture-model".into(),
             temperature: 0.0,
             ignore_eos: false,
+            extra_body: serde_json::Map::new(),
             request_timeout,
         },
         max_concurrency: Some(4),
@@ -214,9 +215,11 @@ fn run_with_timeout(
         requests: plan.items.len(),
         seed: 0,
         max_output_tokens: 512,
+        output_scale: 1.0,
         token_counter: "chars/4".into(),
         temperature: 0.0,
         ignore_eos: false,
+        extra_body: serde_json::Map::new(),
         slo,
     };
     BenchReport::build(Some("fixture".into()), settings, plan, &outcome)

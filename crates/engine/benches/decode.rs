@@ -1,13 +1,13 @@
 //! Decode-speed benchmark of the model half of the engine on the embedded SmolLM2-135M-Instruct
 //! (target-only greedy decoding, no speculation): batch-1 decode tokens/s, batch-8 aggregate
-//! tokens/s and prefill tokens/s, each the median of 3 runs. Run with
+//! tokens/s and prefill tokens/s (f32 prompt path beside quantized-only), each the median of 3 runs. Run with
 //! `cargo bench -p lapsd-engine --bench decode` (release profile); `LAPSD_MODEL` picks another file,
 //! `LAPSD_BENCH_TOKENS` the decode length (default 128).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{IndexOp, Tensor};
-use lapsd_engine::{KvCache, Model, SeqForward, Tokenizer};
+use lapsd_engine::{KvCache, LoadOptions, Model, SeqForward, Tokenizer};
 
 const RUNS: usize = 3;
 const BATCH: usize = 8;
@@ -109,23 +109,40 @@ fn main() {
         median(b8.clone())
     );
 
-    let long: Vec<u32> = prompts
-        .iter()
-        .flatten()
-        .copied()
-        .cycle()
-        .take(512)
-        .collect();
-    let pf: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let mut cache = model.new_cache();
+    // Prefill through the f32 prompt path (default) and through the quantized kernels only,
+    // interleaved run by run so that load drift hits both alike.
+    let quantized_only = Model::load_with_options(
+        &path,
+        &LoadOptions {
+            dense_weights_max_bytes: 0,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("model loads");
+    for len in [64usize, 256, 512] {
+        let long: Vec<u32> = prompts
+            .iter()
+            .flatten()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect();
+        let rate = |m: &Model| {
+            let mut cache = m.new_cache();
             let start = Instant::now();
-            prefill(&model, &long, &mut cache);
+            prefill(m, &long, &mut cache);
             long.len() as f64 / start.elapsed().as_secs_f64()
-        })
-        .collect();
-    println!(
-        "prefill 512 tokens: median {:.1} tok/s  runs {pf:.1?}",
-        median(pf.clone())
-    );
+        };
+        let (mut f32_path, mut quantized) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            f32_path.push(rate(&model));
+            quantized.push(rate(&quantized_only));
+        }
+        let (a, b) = (median(f32_path.clone()), median(quantized.clone()));
+        println!(
+            "prefill {len} tokens: f32 prompt path median {a:.1} tok/s {f32_path:.1?}, \
+             quantized only {b:.1} tok/s {quantized:.1?}, ratio {:.2}x",
+            a / b
+        );
+    }
 }
