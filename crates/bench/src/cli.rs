@@ -328,6 +328,9 @@ mod tests {
         let err = parse_json_object("[1, 2]").unwrap_err();
         assert!(err.contains("must be a JSON object"), "{err}");
         let err = parse_json_object("{logit_bias").unwrap_err();
-        assert!(err.contains("not valid JSON") && err.contains("{logit_bias"), "{err}");
+        assert!(
+            err.contains("not valid JSON") && err.contains("{logit_bias"),
+            "{err}"
+        );
     }
 }
