@@ -83,7 +83,7 @@ for workload in $WORKLOADS; do
     for rate in $RATES; do
         # shellcheck disable=SC2086
         "$LAPSD" bench $flags --rate "$rate" --requests "$REQUESTS" --seed "$SEED" \
-            --max-output-tokens "$MAX_OUTPUT_TOKENS" --dry-run \
+            --max-output-tokens "$MAX_OUTPUT_TOKENS" --dry-run $BENCH_ARGS \
             --emit-sim-trace "$out_dir/$workload/sim-trace_rate${rate}.jsonl"
     done
     for policy in $POLICIES; do

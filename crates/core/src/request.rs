@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+fn default_true() -> bool {
+    true
+}
+
 /// Request identifier, unique within one scheduler.
 pub type RequestId = u64;
 
@@ -27,6 +31,11 @@ pub struct RequestSpec {
     pub priority: Option<i32>,
     /// Predicted total output length in tokens, if a predictor was consulted at arrival.
     pub predicted_output_tokens: Option<u32>,
+    /// Whether length-aware policies may treat `max_tokens` as a bound on the output length (the
+    /// default, and true of real traffic). Benchmarks that force exact lengths (`ignore_eos` with
+    /// `max_tokens` = the target length) turn it off so `max_tokens` does not leak the true length.
+    #[serde(default = "default_true")]
+    pub max_tokens_bounds_prediction: bool,
     /// True output length in tokens. Simulator only (the `oracle` policy reads it); the server
     /// never sets it.
     #[serde(default)]
@@ -48,6 +57,7 @@ impl RequestSpec {
             max_tokens,
             priority: None,
             predicted_output_tokens: None,
+            max_tokens_bounds_prediction: true,
             true_output_tokens: None,
             true_acceptance_rate: None,
         }
@@ -58,6 +68,11 @@ impl RequestSpec {
     }
     pub fn with_predicted_output_tokens(mut self, tokens: u32) -> Self {
         self.predicted_output_tokens = Some(tokens);
+        self
+    }
+    /// Whether `max_tokens` may bound predictions (see the field).
+    pub fn with_max_tokens_bounds_prediction(mut self, bounds: bool) -> Self {
+        self.max_tokens_bounds_prediction = bounds;
         self
     }
     pub fn with_truth(mut self, output_tokens: u32, acceptance_rate: Option<f64>) -> Self {
@@ -266,12 +281,16 @@ impl RequestState {
     }
 
     /// Predicted tokens still to generate, at least 1 (a request that outgrew its prediction is
-    /// predicted to be about to finish unless a predictor re-predicts it).
+    /// predicted to be about to finish unless a predictor re-predicts it). Bounded by `max_tokens`
+    /// unless the spec says `max_tokens` must not inform predictions.
     pub fn predicted_remaining_tokens(&self) -> u32 {
-        self.predicted_output_tokens()
-            .min(self.spec.max_tokens)
-            .saturating_sub(self.generated_tokens)
-            .max(1)
+        let predicted = self.predicted_output_tokens();
+        let bounded = if self.spec.max_tokens_bounds_prediction {
+            predicted.min(self.spec.max_tokens)
+        } else {
+            predicted
+        };
+        bounded.saturating_sub(self.generated_tokens).max(1)
     }
 
     /// Speculation length of its next decode step: `min(k, remaining_max_tokens - 1)` (never
@@ -318,5 +337,20 @@ mod tests {
             t.record_step(4, 2, rule.window);
         }
         assert!(t.is_stable(&rule));
+    }
+
+    #[test]
+    fn max_tokens_bounds_predictions_unless_the_spec_says_not() {
+        let spec = RequestSpec::new(1, 0.0, 10, 20).with_predicted_output_tokens(100);
+        assert_eq!(
+            RequestState::new(spec.clone()).predicted_remaining_tokens(),
+            20
+        );
+        let blind = spec.with_max_tokens_bounds_prediction(false);
+        assert_eq!(RequestState::new(blind).predicted_remaining_tokens(), 100);
+        // A spec serialized before the field existed keeps the bound.
+        let old = r#"{"id":1,"arrival_s":0.0,"prompt_tokens":10,"max_tokens":20,"priority":null,"predicted_output_tokens":100}"#;
+        let spec: RequestSpec = serde_json::from_str(old).expect("parses");
+        assert!(spec.max_tokens_bounds_prediction);
     }
 }

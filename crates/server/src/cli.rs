@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// time); default: a rough built-in profile of SmolLM2-135M on 2 CPU cores.
     #[arg(long)]
     pub cost_profile: Option<PathBuf>,
+    /// Length predictions ignore `max_tokens` (by default a prediction is capped at it). For
+    /// benchmarks that send `ignore_eos` with `max_tokens` set to each request's target length:
+    /// without this flag, `max_tokens` would tell srpt/trail/laps-sd the true length.
+    #[arg(long)]
+    pub predictions_ignore_max_tokens: bool,
     /// On SIGTERM/Ctrl-C, seconds in-flight requests may still run before they are cancelled.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout_s: f64,
@@ -139,6 +144,7 @@ impl ServeArgs {
             cost,
             predictor_prior_tokens: 128,
             predictor_window: 256,
+            max_tokens_bounds_prediction: !self.predictions_ignore_max_tokens,
             shutdown_timeout_s: self.shutdown_timeout_s,
         })
     }

@@ -37,6 +37,8 @@ pub struct WorkerContext {
     pub eos_token_ids: Vec<u32>,
     /// Speculation length used for steps that prefill (the core leaves it to the engine).
     pub speculation_length: u32,
+    /// See [`crate::server::ServerConfig::max_tokens_bounds_prediction`].
+    pub max_tokens_bounds_prediction: bool,
     /// Thresholds used to report queue levels.
     pub policy_config: PolicyConfig,
     /// Set on shutdown once the drain timeout passed: every request still in flight is ended.
@@ -142,8 +144,9 @@ impl EngineWorker {
             },
             ignore_eos: req.ignore_eos,
         };
-        let spec =
-            RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens).with_priority(req.priority);
+        let spec = RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens)
+            .with_priority(req.priority)
+            .with_max_tokens_bounds_prediction(self.ctx.max_tokens_bounds_prediction);
         let queued_s = cmd.received_at.elapsed().as_secs_f64();
         if let Err(e) = self
             .backend

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub predictor_prior_tokens: u32,
     /// Finished requests the online predictor remembers per prompt-length bucket.
     pub predictor_window: usize,
+    /// Whether length-aware policies may bound a request's predicted length by its `max_tokens`
+    /// (true for real traffic; benchmarks that send `ignore_eos` with `max_tokens` = the target
+    /// length turn it off, or `max_tokens` would hand those policies the true length).
+    pub max_tokens_bounds_prediction: bool,
     /// On shutdown, how long in-flight requests may run before they are cancelled.
     pub shutdown_timeout_s: f64,
 }
@@ -255,6 +259,7 @@ fn worker_main(
         metrics,
         eos_token_ids: loaded.card.eos_token_ids.clone(),
         speculation_length: config.speculation_length,
+        max_tokens_bounds_prediction: config.max_tokens_bounds_prediction,
         policy_config: config.policy_config.clone(),
         cancel_all,
         start,

@@ -38,6 +38,7 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
         cost: lapsd_server::cli::DEFAULT_COST,
         predictor_prior_tokens: 64,
         predictor_window: 64,
+        max_tokens_bounds_prediction: true,
         shutdown_timeout_s: 10.0,
     }
 }

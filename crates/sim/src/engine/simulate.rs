@@ -86,6 +86,7 @@ fn request_spec(req: &SimRequest, predictor: &PredictorChoice) -> RequestSpec {
             PredictorChoice::NoisyOracle { .. } => req.predicted_output_tokens,
             PredictorChoice::Online { .. } => None,
         },
+        max_tokens_bounds_prediction: true,
         true_output_tokens: Some(req.size.output_tokens),
         true_acceptance_rate: Some(req.size.acceptance_rate),
     }
