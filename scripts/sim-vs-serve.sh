@@ -30,6 +30,11 @@ for dir in "$e2e"/*/; do
         [ -f "$served" ] || continue
         policy="$(jq -r .label "$served")"
         rate="$(jq -r .settings.rate_per_s "$served")"
+        # Only lapsd's own runs (the label is the policy); a peer server (llama.cpp) has no sim.
+        if ! "$LAPSD" sim --policy "$policy" --requests 1 --format json >/dev/null 2>&1; then
+            echo "skipping $served: label $policy is not a lapsd policy" >&2
+            continue
+        fi
         # The work this run really did: failed requests are left out of both sides.
         trace="$tmp/${workload}_${policy}_${rate}.jsonl"
         jq -c '.requests[] | select(.error == null) | {arrival_s, prompt_tokens,

@@ -94,8 +94,9 @@ pub struct RunArgs {
     /// Cap on max_tokens for profiles and datasets.
     #[arg(long, default_value_t = 512)]
     pub max_output_tokens: u32,
-    /// Datasets: multiply each reply's length by this (rounded up) before the cap, e.g. 0.125 for
-    /// ShareGPT's length distribution at an eighth of its work on a slow machine.
+    /// Multiply each output length (dataset reply or profile draw) by this before the cap, e.g.
+    /// 0.125 for ShareGPT's length distribution at an eighth of its work on a slow machine.
+    /// Traces are sent as written.
     #[arg(long, default_value_t = 1.0)]
     pub output_scale: f64,
     /// Label stored in the result (e.g. the server's policy); names the line in vs-rate plots.

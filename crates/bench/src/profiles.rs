@@ -52,13 +52,15 @@ impl Profile {
         self,
         rng: &mut R,
         max_output_tokens: u32,
+        output_scale: f64,
     ) -> (&'static str, u32) {
         // Non-empty constant lists: `choose` cannot return None.
         let prompt = self.prompts().choose(rng).copied().unwrap_or("Hello!");
         let (median, sigma) = self.output_length_params();
         // median > 0 and sigma > 0 are constants: the distribution is valid.
         let lengths = LogNormal::new(median.ln(), sigma).expect("valid log-normal constants");
-        let drawn = lengths.sample(rng).round();
+        // Scaled before the cap, as datasets are (`--output-scale`).
+        let drawn = (lengths.sample(rng) * output_scale).round();
         let upper = max_output_tokens.max(MIN_OUTPUT_TOKENS);
         let tokens = (drawn as u32).clamp(MIN_OUTPUT_TOKENS, upper);
         (prompt, tokens)
@@ -194,7 +196,7 @@ mod tests {
         for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
             let (median, _) = profile.output_length_params();
             let mut lengths: Vec<u32> = (0..20_001)
-                .map(|_| profile.sample(&mut rng, 100_000).1)
+                .map(|_| profile.sample(&mut rng, 100_000, 1.0).1)
                 .collect();
             lengths.sort_unstable();
             let drawn_median = lengths[lengths.len() / 2] as f64;
@@ -202,10 +204,40 @@ mod tests {
                 (drawn_median - median).abs() < 0.05 * median,
                 "{profile:?}: median {drawn_median}, expected {median}"
             );
-            let capped = (0..1000).map(|_| profile.sample(&mut rng, 64).1);
+            let capped = (0..1000).map(|_| profile.sample(&mut rng, 64, 1.0).1);
             assert!(capped
                 .into_iter()
                 .all(|t| (MIN_OUTPUT_TOKENS..=64).contains(&t)));
+        }
+    }
+
+    #[test]
+    fn output_scale_scales_profile_lengths_before_the_cap() {
+        for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
+            let (median, _) = profile.output_length_params();
+            let draw = |scale: f64| -> Vec<u32> {
+                let mut rng = ChaCha8Rng::seed_from_u64(5);
+                (0..2_001)
+                    .map(|_| profile.sample(&mut rng, 100_000, scale).1)
+                    .collect()
+            };
+            let (full, quarter) = (draw(1.0), draw(0.25));
+            // Same draws, a quarter of the length each (up to rounding and the minimum).
+            for (f, q) in full.iter().zip(&quarter) {
+                let expected = (f64::from(*f) * 0.25).round() as u32;
+                assert!(
+                    q.abs_diff(expected.max(MIN_OUTPUT_TOKENS)) <= 1,
+                    "{f} -> {q}"
+                );
+            }
+            let mut sorted = quarter.clone();
+            sorted.sort_unstable();
+            let drawn_median = f64::from(sorted[sorted.len() / 2]);
+            assert!(
+                (drawn_median - 0.25 * median).abs() < 0.1 * median,
+                "{profile:?}: median {drawn_median}, expected {}",
+                0.25 * median
+            );
         }
     }
 }

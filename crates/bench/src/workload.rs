@@ -91,8 +91,11 @@ pub fn build_plan(config: &PlanConfig<'_>) -> Result<Plan, BenchError> {
     let items = match config.source {
         WorkloadSource::Profile { profile } => (0..n_requests)
             .map(|_| {
-                let (prompt, max_tokens) =
-                    profile.sample(&mut prompt_rng, config.max_output_tokens);
+                let (prompt, max_tokens) = profile.sample(
+                    &mut prompt_rng,
+                    config.max_output_tokens,
+                    config.output_scale,
+                );
                 WorkItem {
                     prompt: prompt.to_string(),
                     prompt_tokens: config.tokens.count(prompt),
