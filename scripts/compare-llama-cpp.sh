@@ -37,8 +37,10 @@ for workload in $WORKLOADS; do
     mkdir -p "$out_dir/$workload/logs"
     log="$out_dir/$workload/logs/serve_llama.cpp.log"
     "$LLAMA_PY" -m llama_cpp.server --model "$MODEL" --host 127.0.0.1 --port "$PORT" \
-        --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx 2048 \
+        --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx 2048 --interrupt_requests False \
         --draft_model prompt-lookup-decoding --draft_model_num_pred_tokens 4 >"$log" 2>&1 &
+    # --interrupt_requests False: by default llama_cpp.server aborts the running request when a new
+    # one arrives, which under open-loop load cuts most streams short (they still end "ok").
     server_pid=$!
     for _ in $(seq 1 300); do
         curl -sf "$url/v1/models" >/dev/null 2>&1 && break

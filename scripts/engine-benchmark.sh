@@ -8,7 +8,8 @@
 #   3. aggregate decode tokens/s at batch 1..8 from `lapsd calibrate` (target verify step, k = 0);
 #   4. llama.cpp (llama-cpp-python, built from source) on the same GGUF, same prompts, batch 1,
 #      when LLAMA_PY (a python with llama_cpp) is set.
-# Usage: scripts/engine-benchmark.sh   (env: MODEL, DRAFTS, RUNS, MAX_TOKENS, LLAMA_PY, OUT)
+# Usage: scripts/engine-benchmark.sh   (env: MODEL, DRAFTS, RUNS, MAX_TOKENS, LLAMA_PY, OUT;
+#   CALIBRATE=0 skips step 3, which takes many minutes on a 1.5B model on 2 cores)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -43,8 +44,10 @@ for run in $(seq 1 "$RUNS"); do
     done
 done
 
-"$LAPSD" calibrate --model "$MODEL" --draft none --max-batch 8 --max-k 0 --repeats 5 \
-    --out "$OUT/calibrate-target.json"
+if [ "${CALIBRATE:-1}" != 0 ]; then
+    "$LAPSD" calibrate --model "$MODEL" --draft none --max-batch 8 --max-k 0 --repeats 5 \
+        --out "$OUT/calibrate-target.json"
+fi
 
 if [ -n "${LLAMA_PY:-}" ]; then
     "$LLAMA_PY" scripts/llama_cpp_bench.py "$MODEL" "$THREADS" "$MAX_TOKENS" "$RUNS" | tee "$OUT/llama-cpp.jsonl"
@@ -56,8 +59,10 @@ jq -rs 'group_by([.draft,.prompt]) | map({draft: .[0].draft, prompt: .[0].prompt
       acc: .[0].acceptance_rate, mal: .[0].mean_accepted_length}) as $rows
     | ($rows | map(select(.draft=="none")) | map({key: .prompt, value: .tps}) | from_entries) as $base
     | $rows[] | "\(.draft)\t\(.prompt)\tdecode \(.tps*10|round/10) tok/s\tspeed-up \((.tps/$base[.prompt])*100|round/100)x\tacceptance \(.acc)\tmean accepted \(.mal)"' "$gen_jsonl"
-echo "== aggregate target-only decode (calibrate, k = 0): batch, tokens/s"
-jq -r '.samples[] | select(.k==0) | "\(.batch)\t\((.batch/.verify_s)*10|round/10)"' "$OUT/calibrate-target.json"
+if [ -f "$OUT/calibrate-target.json" ]; then
+    echo "== aggregate target-only decode (calibrate, k = 0): batch, tokens/s"
+    jq -r '.samples[] | select(.k==0) | "\(.batch)\t\((.batch/.verify_s)*10|round/10)"' "$OUT/calibrate-target.json"
+fi
 if [ -f "$OUT/llama-cpp.jsonl" ]; then
     echo "== llama.cpp batch-1 decode tokens/s (median)"
     jq -rs 'group_by(.prompt)[] | "\(.[0].prompt)\t\((map(.decode_tokens_per_s)|sort|.[length/2|floor])*10|round/10)"' "$OUT/llama-cpp.jsonl"
