@@ -139,6 +139,8 @@ pub struct RequestResult {
     pub content_chunks: u32,
     pub sd: Option<SdStats>,
     pub server_timing: Option<ServerTiming>,
+    /// The last non-null `choices[].finish_reason` of the stream (`length`, `stop`, ...).
+    pub finish_reason: Option<String>,
     pub error: Option<RequestError>,
 }
 
@@ -345,9 +347,16 @@ pub fn apply_chunk(data: &str, result: &mut RequestResult) -> Result<bool, Reque
             preemptions: scheduling.get("preemptions").and_then(Value::as_u64),
         });
     }
-    let has_content = value
-        .get("choices")
-        .and_then(Value::as_array)
+    let choices = value.get("choices").and_then(Value::as_array);
+    if let Some(reason) = choices
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("finish_reason").and_then(Value::as_str))
+        .last()
+    {
+        result.finish_reason = Some(reason.to_string());
+    }
+    let has_content = choices
         .map(|choices| choices.iter().any(choice_has_content))
         .unwrap_or(false);
     Ok(has_content)
@@ -445,6 +454,19 @@ mod tests {
         assert_eq!(r.output_tokens_source, Some(TokenCountSource::Usage));
         assert_eq!(r.server_prompt_tokens, Some(7));
         assert!(r.server_timing.is_none());
+        assert_eq!(r.finish_reason, None);
+        apply_chunk(
+            r#"{"choices":[{"text":"","index":0,"finish_reason":null}]}"#,
+            &mut r,
+        )
+        .unwrap();
+        assert_eq!(r.finish_reason, None);
+        apply_chunk(
+            r#"{"choices":[{"delta":{},"index":0,"finish_reason":"length"}]}"#,
+            &mut r,
+        )
+        .unwrap();
+        assert_eq!(r.finish_reason.as_deref(), Some("length"));
         apply_chunk(
             r#"{"choices":[],"metrics":{"scheduling":{"ttft_s":0.5,"e2e_s":2.0,"queue_time_s":null,"preemptions":3}}}"#,
             &mut r,

@@ -63,6 +63,9 @@ pub struct RequestRecord {
     pub server_queue_ms: Option<f64>,
     /// Server-reported preemptions, when sent.
     pub preemptions: Option<u64>,
+    /// The stream's `finish_reason` (`length`, `stop`, ...), when sent.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
 }
 
 /// Speculative-decoding statistics over the requests that reported them.
@@ -89,6 +92,13 @@ pub struct BenchReport {
     pub completed: usize,
     pub failed: usize,
     pub errors_by_kind: BTreeMap<String, usize>,
+    /// Completed requests by the `finish_reason` the server sent (`none` when it sent none).
+    #[serde(default)]
+    pub finish_reasons: BTreeMap<String, usize>,
+    /// Completed requests that produced fewer tokens than their `max_tokens` (with `--ignore-eos`
+    /// these ran short: a server that ignored it, or cut streams).
+    #[serde(default)]
+    pub ended_before_max_tokens: usize,
     /// Prompt tokens of completed requests (server `usage` where sent, else the workload count).
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
@@ -121,6 +131,8 @@ impl BenchReport {
     ) -> Self {
         let ms = |s: f64| s * 1000.0;
         let mut errors_by_kind = BTreeMap::new();
+        let mut finish_reasons = BTreeMap::new();
+        let mut ended_before_max_tokens = 0;
         let (mut ttfts, mut tpots, mut itls, mut e2es) = (vec![], vec![], vec![], vec![]);
         let mut slo_inputs = Vec::new();
         let (mut server_e2es, mut server_ttfts) = (vec![], vec![]);
@@ -153,6 +165,11 @@ impl BenchReport {
                     input_tokens +=
                         u64::from(result.server_prompt_tokens.unwrap_or(item.prompt_tokens));
                     output_tokens += u64::from(result.output_tokens);
+                    let reason = result.finish_reason.as_deref().unwrap_or("none");
+                    *finish_reasons.entry(reason.to_string()).or_insert(0) += 1;
+                    if result.output_tokens < item.max_tokens {
+                        ended_before_max_tokens += 1;
+                    }
                 }
             }
             records.push(record(
@@ -183,6 +200,8 @@ impl BenchReport {
             completed,
             failed: outcome.results.len() - completed,
             errors_by_kind,
+            finish_reasons,
+            ended_before_max_tokens,
             total_input_tokens: input_tokens,
             total_output_tokens: output_tokens,
             request_throughput_per_s: per_s(completed as f64),
@@ -232,6 +251,18 @@ impl BenchReport {
         for (kind, count) in &self.errors_by_kind {
             line(&mut out, &format!("  errors {kind}:"), count.to_string());
         }
+        for (reason, count) in &self.finish_reasons {
+            line(
+                &mut out,
+                &format!("  finish_reason {reason}:"),
+                count.to_string(),
+            );
+        }
+        line(
+            &mut out,
+            "Ended before max_tokens:",
+            self.ended_before_max_tokens.to_string(),
+        );
         line(
             &mut out,
             "Benchmark duration (s):",
@@ -370,6 +401,7 @@ fn record(
             .and_then(|t| t.queue_time_s)
             .map(|s| s * 1000.0),
         preemptions: result.server_timing.as_ref().and_then(|t| t.preemptions),
+        finish_reason: result.finish_reason.clone(),
     }
 }
 

@@ -26,8 +26,10 @@ const TOKEN_GAP_MS: u64 = 15;
 
 /// What the fixture streams for one request, chosen by the prompt.
 enum Behaviour {
-    /// `max_tokens` chunks, usage, SD stats, [DONE].
+    /// `max_tokens` chunks, finish_reason `length`, usage, SD stats, [DONE].
     Stream,
+    /// Half of `max_tokens` (at least 1), finish_reason `stop` (an EOS despite `ignore_eos`).
+    Short,
     /// HTTP 500 with an OpenAI error body.
     Fail500,
     /// Two chunks, then the connection is cut.
@@ -59,7 +61,12 @@ async fn completions(Json(body): Json<Value>) -> Response {
         "nodone" => Behaviour::NoDone,
         "garbage" => Behaviour::Garbage,
         "stall" => Behaviour::Stall,
+        "short" => Behaviour::Short,
         _ => Behaviour::Stream,
+    };
+    let (max_tokens, finish_reason) = match behaviour {
+        Behaviour::Short => ((max_tokens / 2).max(1), "stop"),
+        _ => (max_tokens, "length"),
     };
     if let Behaviour::Fail500 = behaviour {
         let error = json!({"error": {"message": "fixture failure", "type": "server_error"}});
@@ -68,7 +75,7 @@ async fn completions(Json(body): Json<Value>) -> Response {
     // Step 0 sends an empty role chunk (chat) or nothing; steps 1..=n send tokens; then the tail.
     let stream = futures_util::stream::unfold(0usize, move |step| {
         let behaviour_tag = match behaviour {
-            Behaviour::Stream => 0,
+            Behaviour::Stream | Behaviour::Short => 0,
             Behaviour::Drop => 1,
             Behaviour::NoDone => 2,
             Behaviour::Garbage => 3,
@@ -117,12 +124,18 @@ async fn completions(Json(body): Json<Value>) -> Response {
                 return Some((Ok(chunk(piece)), step + 1));
             }
             if step == max_tokens + 1 {
+                let end = if is_chat {
+                    json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
+                } else {
+                    json!({"choices": [{"index": 0, "text": "", "finish_reason": finish_reason}]})
+                };
                 let tail = json!({
                     "choices": [],
                     "usage": {"prompt_tokens": 3, "completion_tokens": max_tokens, "total_tokens": max_tokens + 3},
                     "metrics": {"speculative_decoding": {"num_drafted_tokens": 8, "num_accepted_tokens": 6, "mean_acceptance_length": 2.5}}
                 });
-                let mut bytes = chunk(tail).to_vec();
+                let mut bytes = chunk(end).to_vec();
+                bytes.extend_from_slice(&chunk(tail));
                 if behaviour_tag != 2 {
                     bytes.extend_from_slice(b"data: [DONE]\n\n");
                 }
@@ -283,6 +296,32 @@ fn streamed_requests_are_timed_and_counted() {
         assert_eq!(sd.acceptance_rate, Some(0.75));
         assert_eq!(sd.mean_acceptance_length, Some(2.5));
         assert!(report.goodput_per_s.expect("slo set") > 0.0);
+        assert_eq!(report.finish_reasons.get("length"), Some(&3));
+        assert_eq!(report.ended_before_max_tokens, 0);
+        assert!(report
+            .requests
+            .iter()
+            .all(|r| r.finish_reason.as_deref() == Some("length")));
+    }
+}
+
+#[test]
+fn outputs_that_end_before_max_tokens_are_counted() {
+    let addr = start_fixture();
+    for endpoint in [Endpoint::Completions, Endpoint::Chat] {
+        let plan = Plan {
+            items: vec![item("short", 6), item("hello", 4), item("short", 1)],
+            arrivals_s: vec![0.0, 0.01, 0.02],
+        };
+        let report = run(addr, endpoint, &plan, Slo::default());
+        assert_eq!(report.completed, 3, "{endpoint:?}");
+        let outputs: Vec<u32> = report.requests.iter().map(|r| r.output_tokens).collect();
+        assert_eq!(outputs, vec![3, 4, 1]);
+        // A one-token "short" request still reached its max_tokens.
+        assert_eq!(report.ended_before_max_tokens, 1, "{endpoint:?}");
+        assert_eq!(report.finish_reasons.get("stop"), Some(&2));
+        assert_eq!(report.finish_reasons.get("length"), Some(&1));
+        assert!(report.table().contains("Ended before max_tokens:"));
     }
 }
 
