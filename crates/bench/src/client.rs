@@ -352,7 +352,7 @@ pub fn apply_chunk(data: &str, result: &mut RequestResult) -> Result<bool, Reque
         .into_iter()
         .flatten()
         .filter_map(|c| c.get("finish_reason").and_then(Value::as_str))
-        .last()
+        .next_back()
     {
         result.finish_reason = Some(reason.to_string());
     }
