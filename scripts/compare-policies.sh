@@ -108,25 +108,6 @@ for workload in $WORKLOADS; do
     "$LAPSD" bench plot --inputs "$out_dir/$workload"/*_rate*.json --out "$out_dir/$workload/plots"
 done
 
-# Summary table (markdown): mean / p99 end-to-end latency and TTFT per workload, policy and rate.
-summary="$out_dir/summary.md"
-{
-    echo "| workload | policy | rate (req/s) | ok | failed | mean e2e (ms) | p99 e2e (ms) | mean TTFT (ms) | p99 TTFT (ms) | output tok/s |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
-    for workload in $WORKLOADS; do
-        for policy in $POLICIES; do
-            for rate in $RATES; do
-                f="$out_dir/$workload/${policy}_rate${rate}.json"
-                [ -f "$f" ] || continue
-                jq -r --arg w "$workload" '[ $w, .label, (.settings.rate_per_s|tostring), .completed, .failed,
-                    (.e2e.mean_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
-                    (.e2e.p99_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
-                    (.ttft.mean_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
-                    (.ttft.p99_ms // "n/a" | if type=="number" then (.*10|round/10) else . end),
-                    (.output_throughput_tokens_per_s*10|round/10) ] | "| " + (map(tostring) | join(" | ")) + " |"' "$f"
-            done
-        done
-    done
-} >"$summary"
-cat "$summary"
+# Summary table (markdown) of every run under OUT_DIR: the same table scripts/e2e-summary.sh writes.
+scripts/e2e-summary.sh "$out_dir"
 echo "plots: $out_dir/<workload>/plots/; sim traces: $out_dir/<workload>/sim-trace_rate*.jsonl"
