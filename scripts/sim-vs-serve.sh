@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Closes the loop between the simulator and the real server (issue 5): for every served run of
 # scripts/compare-policies.sh, replay exactly the work the server did (arrival times, prompt
-# tokens, the output tokens each request really produced, its measured acceptance rate) through
+# tokens, the output tokens each request really produced, its measured SD counters: drafted and
+# accepted tokens and verify steps, or the acceptance rate of older results) through
 # `lapsd sim` with the cost profile `lapsd calibrate` measured on this machine, the server's
 # batch/k/KV settings and the online length predictor, and compare the predicted mean end-to-end
 # latency per policy with the served one. Writes <E2E_DIR>/sim-vs-serve.md.
@@ -37,9 +38,14 @@ for dir in "$e2e"/*/; do
         fi
         # The work this run really did: failed requests are left out of both sides.
         trace="$tmp/${workload}_${policy}_${rate}.jsonl"
+        # The server's SD counters (drafted, accepted, verify steps) when the run recorded them:
+        # the sim then drafts what the drafter really proposed per step (prompt lookup drafts
+        # fewer than k) and solves the per-token acceptance from them; else the served ratio.
         jq -c '.requests[] | select(.error == null) | {arrival_s, prompt_tokens,
             output_tokens: ([.output_tokens, 1] | max)} + (if .acceptance_rate == null then {}
-            else {acceptance_rate: .acceptance_rate} end)' "$served" >"$trace"
+            else {acceptance_rate: .acceptance_rate} end) + (if .verify_steps == null
+            or .drafted_tokens == null or .accepted_tokens == null then {} else
+            {drafted_tokens, accepted_tokens, verify_steps} end)' "$served" >"$trace"
         served_mean="$(jq '[.requests[] | select(.error == null) | .e2e_ms] | add / length / 1000' "$served")"
         sim_mean="$("$LAPSD" sim --trace "$trace" --policy "$policy" --cost-profile "$profile" \
             --max-batch "$MAX_BATCH" --speculation-length "$K" --kv-budget-tokens "$KV_BUDGET" \

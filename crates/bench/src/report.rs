@@ -55,6 +55,16 @@ pub struct RequestRecord {
     pub error: Option<String>,
     pub error_message: Option<String>,
     pub acceptance_rate: Option<f64>,
+    /// Draft tokens the server proposed for this request, when sent.
+    #[serde(default)]
+    pub drafted_tokens: Option<u64>,
+    /// Draft tokens the target accepted, when sent.
+    #[serde(default)]
+    pub accepted_tokens: Option<u64>,
+    /// Target verification passes (SD steps), when sent; with `drafted_tokens` it gives the
+    /// drafter's effective speculation length (`lapsd sim` traces take it, scripts/sim-vs-serve.sh).
+    #[serde(default)]
+    pub verify_steps: Option<u64>,
     /// Server-reported time to first token (from admission, no network), when sent.
     pub server_ttft_ms: Option<f64>,
     /// Server-reported end-to-end latency, when sent.
@@ -385,6 +395,9 @@ fn record(
         error: result.error.as_ref().map(|e| e.kind.tag()),
         error_message: result.error.as_ref().map(|e| e.message.clone()),
         acceptance_rate: result.sd.as_ref().and_then(|sd| sd.acceptance_rate),
+        drafted_tokens: result.sd.as_ref().and_then(|sd| sd.drafted_tokens),
+        accepted_tokens: result.sd.as_ref().and_then(|sd| sd.accepted_tokens),
+        verify_steps: result.sd.as_ref().and_then(|sd| sd.verify_steps),
         server_ttft_ms: result
             .server_timing
             .as_ref()

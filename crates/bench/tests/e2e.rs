@@ -132,7 +132,7 @@ async fn completions(Json(body): Json<Value>) -> Response {
                 let tail = json!({
                     "choices": [],
                     "usage": {"prompt_tokens": 3, "completion_tokens": max_tokens, "total_tokens": max_tokens + 3},
-                    "metrics": {"speculative_decoding": {"num_drafted_tokens": 8, "num_accepted_tokens": 6, "mean_acceptance_length": 2.5}}
+                    "metrics": {"speculative_decoding": {"num_drafted_tokens": 8, "num_accepted_tokens": 6, "mean_acceptance_length": 2.5, "num_verify_steps": 4}}
                 });
                 let mut bytes = chunk(end).to_vec();
                 bytes.extend_from_slice(&chunk(tail));
@@ -280,6 +280,14 @@ fn streamed_requests_are_timed_and_counted() {
             assert!(record.e2e_ms >= ttft_ms);
             assert_eq!(record.tpot_ms.is_some(), n > 1);
             assert_eq!(record.acceptance_rate, Some(0.75));
+            assert_eq!(
+                (
+                    record.drafted_tokens,
+                    record.accepted_tokens,
+                    record.verify_steps
+                ),
+                (Some(8), Some(6), Some(4))
+            );
         }
         // ITL samples: one per content chunk after the first: 5 + 2 + 0.
         assert_eq!(report.itl.expect("itl").count, 7);

@@ -8,8 +8,14 @@ use serde::{Deserialize, Serialize};
 pub trait StepCostModel: Send + Sync {
     /// One draft forward pass over `batch` sequences (one token each).
     fn draft_s(&self, batch: usize) -> f64;
+    /// One target verification of `batch` sequences that together verify `verified_tokens`
+    /// positions (each sequence its own drafted tokens + 1: a drafter may propose fewer than the
+    /// speculation length, as prompt lookup does when nothing matches).
+    fn verify_tokens_s(&self, batch: usize, verified_tokens: usize) -> f64;
     /// One target verification of `speculation_length + 1` positions for each of `batch` sequences.
-    fn verify_s(&self, batch: usize, speculation_length: u32) -> f64;
+    fn verify_s(&self, batch: usize, speculation_length: u32) -> f64 {
+        self.verify_tokens_s(batch, batch * (speculation_length as usize + 1))
+    }
     /// A prefill of `tokens` prompt tokens.
     fn prefill_s(&self, tokens: u32) -> f64;
     /// A whole SD step: k draft passes then one verification (the k*t_draft(b) + t_verify(b,k)).
@@ -36,9 +42,8 @@ impl StepCostModel for LinearCost {
     fn draft_s(&self, batch: usize) -> f64 {
         self.draft_base_s + self.draft_per_seq_s * batch as f64
     }
-    fn verify_s(&self, batch: usize, speculation_length: u32) -> f64 {
-        self.verify_base_s
-            + self.verify_per_token_s * batch as f64 * f64::from(speculation_length + 1)
+    fn verify_tokens_s(&self, _batch: usize, verified_tokens: usize) -> f64 {
+        self.verify_base_s + self.verify_per_token_s * verified_tokens as f64
     }
     fn prefill_s(&self, tokens: u32) -> f64 {
         self.prefill_base_s + self.prefill_per_token_s * f64::from(tokens)

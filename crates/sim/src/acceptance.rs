@@ -88,6 +88,68 @@ impl AcceptanceModel {
     }
 }
 
+/// Salt of the draft-length random numbers, so they are independent of the acceptance draws.
+const DRAFT_LENGTH_SALT: u64 = 0x6472_6166_745f_6c65;
+
+impl AcceptanceModel {
+    /// Draft tokens proposed at SD step `step` of request `id` whose drafter proposes
+    /// `draft_tokens_per_step` on average (a prompt-lookup drafter: fewer than k when nothing
+    /// matches): floor or ceil of the mean, ceil with probability equal to its fraction, so the
+    /// mean is kept; capped at the speculation length k.
+    pub fn drafted_tokens(
+        &self,
+        id: u64,
+        draft_tokens_per_step: f64,
+        step: u32,
+        speculation_length: u32,
+    ) -> u32 {
+        let mean = draft_tokens_per_step.clamp(0.0, f64::from(speculation_length));
+        let floor = mean.floor();
+        let u = uniform(self.seed ^ DRAFT_LENGTH_SALT, id, u64::from(step));
+        let drafted = if u <= mean - floor {
+            floor + 1.0
+        } else {
+            floor
+        };
+        (drafted as u32).min(speculation_length)
+    }
+}
+
+/// Expected accepted draft tokens per step under prefix acceptance with per-token probability
+/// `alpha`, when the draft length is floor or ceil of `draft_tokens_per_step` as in
+/// [`AcceptanceModel::drafted_tokens`]: sum over j = 1..=d of alpha^j, averaged over d.
+pub fn expected_accepted_per_step(alpha: f64, draft_tokens_per_step: f64) -> f64 {
+    let a = alpha.clamp(0.0, 1.0);
+    let mean = draft_tokens_per_step.max(0.0);
+    let floor = mean.floor();
+    let frac = mean - floor;
+    let accepted_of = |d: u32| (1..=d).map(|j| a.powi(j as i32)).sum::<f64>();
+    let d = floor as u32;
+    (1.0 - frac) * accepted_of(d) + frac * accepted_of(d + 1)
+}
+
+/// The per-token acceptance alpha for which [`expected_accepted_per_step`] at
+/// `draft_tokens_per_step` equals `accepted_per_step` (a served request's accepted / steps); by
+/// bisection, the expectation being increasing in alpha. 1 when every drafted token was accepted.
+pub fn alpha_for_accepted_per_step(draft_tokens_per_step: f64, accepted_per_step: f64) -> f64 {
+    if draft_tokens_per_step <= 0.0 || accepted_per_step <= 0.0 {
+        return 0.0;
+    }
+    if accepted_per_step >= draft_tokens_per_step {
+        return 1.0;
+    }
+    let (mut low, mut high) = (0.0f64, 1.0f64);
+    for _ in 0..60 {
+        let mid = 0.5 * (low + high);
+        if expected_accepted_per_step(mid, draft_tokens_per_step) < accepted_per_step {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    0.5 * (low + high)
+}
+
 /// Expected tokens per SD step with per-token acceptance `alpha` and speculation length `k`:
 /// (1 - alpha^(k+1)) / (1 - alpha) (Leviathan et al., 2023).
 pub fn expected_tokens_per_step(alpha: f64, speculation_length: u32) -> f64 {
@@ -151,5 +213,61 @@ mod tests {
         );
         assert_eq!(model.accepted_tokens(5, 0.5, 3, 0), 0);
         assert_eq!(model.accepted_tokens(5, 1.0, 30, 4), 4);
+    }
+
+    #[test]
+    fn draft_lengths_keep_their_mean_and_cap() {
+        let model = AcceptanceModel {
+            seed: 4,
+            ..AcceptanceModel::default()
+        };
+        let n = 100_000u32;
+        let total: u64 = (0..n)
+            .map(|step| u64::from(model.drafted_tokens(7, 1.59, step, 4)))
+            .sum();
+        let mean = total as f64 / f64::from(n);
+        // Bernoulli(0.59) SE ~0.0016: 0.01 is ~6 SE.
+        assert!((mean - 1.59).abs() < 0.01, "mean draft length {mean}");
+        assert!((0..1000).all(|s| (1..=2).contains(&model.drafted_tokens(7, 1.59, s, 4))));
+        assert_eq!(model.drafted_tokens(7, 6.0, 0, 4), 4);
+        assert_eq!(model.drafted_tokens(7, 3.0, 0, 4), 3);
+        assert_eq!(model.drafted_tokens(7, 0.0, 0, 4), 0);
+    }
+
+    #[test]
+    fn alpha_from_served_counters_reproduces_accepted_per_step() {
+        // Whole draft length: the closed form sum alpha^j.
+        assert!((expected_accepted_per_step(0.5, 2.0) - 0.75).abs() < 1e-12);
+        for (draft, accepted) in [(1.59, 0.3), (4.0, 2.5), (2.5, 0.01), (0.8, 0.7)] {
+            let alpha = alpha_for_accepted_per_step(draft, accepted);
+            assert!((0.0..=1.0).contains(&alpha));
+            let back = expected_accepted_per_step(alpha, draft);
+            assert!((back - accepted).abs() < 1e-9, "{draft} {accepted}: {back}");
+        }
+        assert_eq!(alpha_for_accepted_per_step(2.0, 2.0), 1.0);
+        assert_eq!(alpha_for_accepted_per_step(2.0, 0.0), 0.0);
+        assert_eq!(alpha_for_accepted_per_step(0.0, 0.0), 0.0);
+        // The served ratio accepted/drafted understates alpha: at 1.59 drafted and 0.3 accepted
+        // per step the ratio is 0.19, alpha is higher.
+        assert!(alpha_for_accepted_per_step(1.59, 0.3) > 0.3 / 1.59);
+        // And the sampler agrees with the expectation it was solved against.
+        let model = AcceptanceModel {
+            transient_steps: 0,
+            transient_shift: 0.0,
+            seed: 11,
+        };
+        let alpha = alpha_for_accepted_per_step(1.59, 0.3);
+        let n = 200_000u32;
+        let accepted: u64 = (0..n)
+            .map(|step| {
+                let d = model.drafted_tokens(3, 1.59, step, 4);
+                u64::from(model.accepted_tokens(3, alpha, step, d))
+            })
+            .sum();
+        let mean = accepted as f64 / f64::from(n);
+        assert!(
+            (mean - 0.3).abs() < 0.01,
+            "sampled accepted per step {mean}"
+        );
     }
 }

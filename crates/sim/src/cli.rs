@@ -57,7 +57,9 @@ pub struct SimArgs {
     /// still fills trace lines without `acceptance_rate`).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Chatbot)]
     pub workload: WorkloadKind,
-    /// Replay a JSONL trace: {"arrival_s", "prompt_tokens", "output_tokens", "acceptance_rate"?}.
+    /// Replay a JSONL trace: {"arrival_s", "prompt_tokens", "output_tokens", "acceptance_rate"?},
+    /// or with a served request's SD counters {"drafted_tokens", "accepted_tokens",
+    /// "verify_steps"} in place of "acceptance_rate" (the drafter's real draft length is kept).
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Number of requests drawn from the workload.

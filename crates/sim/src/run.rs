@@ -19,7 +19,7 @@ use lapsd_core::{PolicyConfig, PolicyKind, SchedulerConfig, StepCostModel};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::acceptance::{expected_tokens_per_step, AcceptanceModel};
+use crate::acceptance::{expected_accepted_per_step, expected_tokens_per_step, AcceptanceModel};
 use crate::arrivals::{scale_to_rate, ArrivalProcess};
 use crate::engine::{simulate, SimConfig};
 use crate::error::SimError;
@@ -88,11 +88,24 @@ pub fn mean_service_s(sizes: &[RequestSize], scheduler: &SchedulerConfig) -> Res
     let k = scheduler.speculation_length;
     let b = scheduler.capacity.max_batch.max(1);
     let cost = &scheduler.cost;
-    let step_share_s = cost.sd_step_s(b, k) / b as f64;
     let total: f64 = sizes
         .iter()
         .map(|s| {
-            let tau = expected_tokens_per_step(s.acceptance_rate, k);
+            let (tau, step_share_s) = match s.draft_tokens_per_step {
+                // A drafter proposing fewer than k tokens: its mean draft length sets both.
+                Some(draft) => {
+                    let draft = draft.clamp(0.0, f64::from(k));
+                    let verified = (b as f64 * (draft + 1.0)).round() as usize;
+                    (
+                        1.0 + expected_accepted_per_step(s.acceptance_rate, draft),
+                        (draft * cost.draft_s(b) + cost.verify_tokens_s(b, verified)) / b as f64,
+                    )
+                }
+                None => (
+                    expected_tokens_per_step(s.acceptance_rate, k),
+                    cost.sd_step_s(b, k) / b as f64,
+                ),
+            };
             cost.prefill_s(s.prompt_tokens)
                 + f64::from(s.output_tokens.saturating_sub(1)) / tau * step_share_s
         })
@@ -146,6 +159,7 @@ impl Experiment {
                         acceptance_rate: r
                             .acceptance_rate
                             .unwrap_or_else(|| profile.acceptance.sample(&mut rng)),
+                        draft_tokens_per_step: r.draft_tokens_per_step,
                     })
                     .collect();
                 (sizes, None, profile.max_tokens)

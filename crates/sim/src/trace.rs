@@ -1,12 +1,23 @@
 //! Trace replay: one JSON object per line,
 //! `{"arrival_s": f, "prompt_tokens": n, "output_tokens": n, "acceptance_rate": f}`
-//! (`acceptance_rate` optional). Blank lines are skipped. A malformed line is an error naming its
-//! 1-based line number and the field; nothing panics on input.
+//! (`acceptance_rate` optional: the per-token acceptance probability alpha). Blank lines are
+//! skipped. A malformed line is an error naming its 1-based line number and the field; nothing
+//! panics on input.
+//!
+//! A line may instead carry a served request's speculative-decoding counters, `drafted_tokens`,
+//! `accepted_tokens` and `verify_steps` (all three; what `lapsd serve` reports and `lapsd bench`
+//! records). They replace `acceptance_rate`: the request then drafts `drafted / steps` tokens per
+//! step on average (a prompt-lookup drafter proposes fewer than the speculation length when nothing
+//! matches), and alpha is the value whose prefix acceptance yields `accepted / steps` tokens per
+//! step at that draft length (see `acceptance::alpha_for_accepted_per_step`). The served
+//! accepted/drafted ratio is not alpha: draft positions after the first rejection count as
+//! drafted but can never be accepted.
 
 use std::io::BufRead;
 
 use serde_json::{Map, Value};
 
+use crate::acceptance::alpha_for_accepted_per_step;
 use crate::error::SimError;
 
 /// One parsed trace line.
@@ -17,6 +28,8 @@ pub struct TraceRecord {
     pub output_tokens: u32,
     /// Latent acceptance probability; `None` = draw it from the workload's distribution.
     pub acceptance_rate: Option<f64>,
+    /// Mean draft tokens per SD step, from served counters; `None` = the speculation length.
+    pub draft_tokens_per_step: Option<f64>,
 }
 
 fn field_err(line: usize, field: &'static str, reason: impl Into<String>) -> SimError {
@@ -69,6 +82,15 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
     }
     let prompt_tokens = get_tokens(obj, line, "prompt_tokens")?;
     let output_tokens = get_tokens(obj, line, "output_tokens")?;
+    if let Some((draft_tokens_per_step, alpha)) = served_counters(obj, line)? {
+        return Ok(TraceRecord {
+            arrival_s,
+            prompt_tokens,
+            output_tokens,
+            acceptance_rate: Some(alpha),
+            draft_tokens_per_step: Some(draft_tokens_per_step),
+        });
+    }
     let acceptance_rate = match obj.get("acceptance_rate") {
         None | Some(Value::Null) => None,
         Some(_) => {
@@ -88,7 +110,75 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
         prompt_tokens,
         output_tokens,
         acceptance_rate,
+        draft_tokens_per_step: None,
     })
+}
+
+/// An optional non-negative integer field.
+fn get_count(
+    obj: &Map<String, Value>,
+    line: usize,
+    field: &'static str,
+) -> Result<Option<u64>, SimError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            field_err(
+                line,
+                field,
+                format!("expected a non-negative integer, got {v}"),
+            )
+        }),
+    }
+}
+
+/// `(draft tokens per step, alpha)` from a served request's SD counters, when the line has them
+/// and the request took at least one SD step (a request that ended at its prefill has none).
+fn served_counters(obj: &Map<String, Value>, line: usize) -> Result<Option<(f64, f64)>, SimError> {
+    let drafted = get_count(obj, line, "drafted_tokens")?;
+    let accepted = get_count(obj, line, "accepted_tokens")?;
+    let steps = get_count(obj, line, "verify_steps")?;
+    let (drafted, accepted, steps) = match (drafted, accepted, steps) {
+        (None, None, None) => return Ok(None),
+        (Some(d), Some(a), Some(s)) => (d, a, s),
+        (None, _, _) => {
+            return Err(field_err(
+                line,
+                "drafted_tokens",
+                "missing (the SD counters come together)",
+            ))
+        }
+        (_, None, _) => {
+            return Err(field_err(
+                line,
+                "accepted_tokens",
+                "missing (the SD counters come together)",
+            ))
+        }
+        (_, _, None) => {
+            return Err(field_err(
+                line,
+                "verify_steps",
+                "missing (the SD counters come together)",
+            ))
+        }
+    };
+    if accepted > drafted {
+        return Err(field_err(
+            line,
+            "accepted_tokens",
+            format!("{accepted} accepted of {drafted} drafted"),
+        ));
+    }
+    if steps == 0 {
+        return Ok(None);
+    }
+    let draft_per_step = drafted as f64 / steps as f64;
+    let accepted_per_step = accepted as f64 / steps as f64;
+    Ok(Some((
+        draft_per_step,
+        alpha_for_accepted_per_step(draft_per_step, accepted_per_step),
+    )))
 }
 
 /// Parses a whole trace; records are returned sorted by arrival time (stable).
@@ -135,6 +225,22 @@ mod tests {
     }
 
     #[test]
+    fn served_counters_give_the_draft_length_and_alpha() {
+        let text = "{\"arrival_s\": 0, \"prompt_tokens\": 5, \"output_tokens\": 40, \"acceptance_rate\": 0.2, \"drafted_tokens\": 30, \"accepted_tokens\": 6, \"verify_steps\": 20}\n\
+                    {\"arrival_s\": 1, \"prompt_tokens\": 5, \"output_tokens\": 1, \"acceptance_rate\": null, \"drafted_tokens\": 0, \"accepted_tokens\": 0, \"verify_steps\": 0}\n";
+        let recs = parse_trace(text.as_bytes()).expect("valid trace");
+        assert_eq!(recs[0].draft_tokens_per_step, Some(1.5));
+        let alpha = recs[0].acceptance_rate.expect("alpha from the counters");
+        let back = crate::acceptance::expected_accepted_per_step(alpha, 1.5);
+        assert!((back - 6.0 / 20.0).abs() < 1e-9);
+        // The served ratio (6 / 30 = 0.2) is not alpha: later positions are rarely reachable.
+        assert!(alpha > 0.2);
+        // No SD step taken: nothing to learn from, the usual fields apply.
+        assert_eq!(recs[1].draft_tokens_per_step, None);
+        assert_eq!(recs[1].acceptance_rate, None);
+    }
+
+    #[test]
     fn malformed_lines_name_line_and_field() {
         let ok = "{\"arrival_s\": 0, \"prompt_tokens\": 5, \"output_tokens\": 7}\n";
         assert_eq!(err_of(&format!("{ok}not json\n")), (2, "<json>"));
@@ -164,6 +270,18 @@ mod tests {
         assert_eq!(
             err_of("{\"arrival_s\": 1, \"prompt_tokens\": 5, \"output_tokens\": 3, \"acceptance_rate\": 1.5}"),
             (1, "acceptance_rate")
+        );
+        assert_eq!(
+            err_of("{\"arrival_s\": 1, \"prompt_tokens\": 5, \"output_tokens\": 3, \"drafted_tokens\": 4, \"verify_steps\": 2}"),
+            (1, "accepted_tokens")
+        );
+        assert_eq!(
+            err_of("{\"arrival_s\": 1, \"prompt_tokens\": 5, \"output_tokens\": 3, \"drafted_tokens\": 4, \"accepted_tokens\": 5, \"verify_steps\": 2}"),
+            (1, "accepted_tokens")
+        );
+        assert_eq!(
+            err_of("{\"arrival_s\": 1, \"prompt_tokens\": 5, \"output_tokens\": 3, \"drafted_tokens\": -4, \"accepted_tokens\": 0, \"verify_steps\": 2}"),
+            (1, "drafted_tokens")
         );
         assert!(matches!(
             parse_trace("\n\n".as_bytes()),

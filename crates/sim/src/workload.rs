@@ -290,6 +290,11 @@ pub struct RequestSize {
     pub output_tokens: u32,
     /// Latent per-token acceptance probability of the draft on this request.
     pub acceptance_rate: f64,
+    /// Mean draft tokens proposed per SD step, when the drafter proposes fewer than the
+    /// speculation length (prompt lookup drafts only what it finds); `None` = always the
+    /// speculation length (a draft model).
+    #[serde(default)]
+    pub draft_tokens_per_step: Option<f64>,
 }
 
 /// One request to replay: ground truth plus what the scheduler is told.
@@ -317,6 +322,7 @@ pub fn sample_sizes<R: Rng + ?Sized>(
             prompt_tokens: profile.prompt.sample(rng),
             output_tokens: profile.output.sample(rng),
             acceptance_rate: profile.acceptance.sample(rng),
+            draft_tokens_per_step: None,
         })
         .collect()
 }

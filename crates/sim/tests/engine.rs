@@ -36,6 +36,7 @@ fn random_requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
                     prompt_tokens: rng.gen_range(1..200),
                     output_tokens,
                     acceptance_rate: rng.gen_range(0.0..1.0),
+                    draft_tokens_per_step: None,
                 },
                 max_tokens: output_tokens + 1 + rng.gen_range(0..50),
                 predicted_output_tokens: Some(
@@ -200,4 +201,59 @@ fn tight_kv_budget_forces_recomputes_and_everything_still_finishes() {
             assert_eq!(c.output_tokens, requests[c.id as usize].size.output_tokens);
         }
     }
+}
+
+/// A prompt-lookup drafter that finds nothing (mean draft length 0) costs one verified position
+/// per step, a model drafter k + 1 plus k draft passes: the step time charges the positions each
+/// member really drafted, not the speculation length (module header of `engine::simulate`).
+#[test]
+fn step_time_charges_the_tokens_each_member_drafted() {
+    const OUTPUT_TOKENS: u32 = 21;
+    let cost = lapsd_core::LinearCost {
+        draft_base_s: 0.0,
+        draft_per_seq_s: 0.001,
+        verify_base_s: 0.002,
+        verify_per_token_s: 0.010,
+        prefill_base_s: 0.050,
+        prefill_per_token_s: 0.0,
+    };
+    let request = |draft_tokens_per_step| SimRequest {
+        id: 0,
+        arrival_s: 0.0,
+        size: RequestSize {
+            prompt_tokens: 8,
+            output_tokens: OUTPUT_TOKENS,
+            // Never accepted: every step yields exactly one token.
+            acceptance_rate: 0.0,
+            draft_tokens_per_step,
+        },
+        // Far above the true length: the scheduler shortens k only near max_tokens.
+        max_tokens: 10 * OUTPUT_TOKENS,
+        predicted_output_tokens: Some(OUTPUT_TOKENS),
+    };
+    let mut config = sd_config(PolicyKind::Fcfs, 1, 1 << 40);
+    config.scheduler.cost = cost;
+    let k = config.scheduler.speculation_length;
+    assert!(
+        k >= 2,
+        "the test needs a speculation length above the draft"
+    );
+    let busy_s = |draft| {
+        let outcome = simulate(&[request(draft)], &config, None).expect("runs");
+        assert_eq!(outcome.completed[0].output_tokens, OUTPUT_TOKENS);
+        outcome.busy_s
+    };
+    // The prefill yields the first token; the other 20 take one step each.
+    let steps = f64::from(OUTPUT_TOKENS - 1);
+    let model_drafter = 0.050 + steps * (f64::from(k) * 0.001 + 0.002 + 0.010 * f64::from(k + 1));
+    let got = busy_s(None);
+    assert!(
+        (got - model_drafter).abs() < 1e-9,
+        "{got} vs {model_drafter}"
+    );
+    let nothing_found = 0.050 + steps * (0.002 + 0.010);
+    assert!((busy_s(Some(0.0)) - nothing_found).abs() < 1e-9);
+    // One token drafted every step: one draft pass, two verified positions.
+    let one_token = 0.050 + steps * (0.001 + 0.002 + 0.010 * 2.0);
+    assert!((busy_s(Some(1.0)) - one_token).abs() < 1e-9);
 }

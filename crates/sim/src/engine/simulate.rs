@@ -3,9 +3,13 @@
 //! member's accepted tokens, and feed the results back (`update`). An empty batch with requests
 //! still to arrive jumps to the next arrival.
 //!
-//! Step time (issue 2): `k * t_draft(b) + t_verify(b, k)` when the batch has decoding members
-//! (b = their number, k = the largest speculation length among them), plus `prefill_s(tokens)` of
-//! every prefill member (prefills run in the same step, serially in time).
+//! Step time (issue 2): `d_max * t_draft(b) + t_verify(b, sum of (d_i + 1))` when the batch has
+//! decoding members (b = their number, d_i = the draft tokens member i proposed this step, d_max
+//! the largest: draft passes run for the longest draft, the verification covers every member's own
+//! positions in one forward, as the engine does), plus `prefill_s(tokens)` of every prefill member
+//! (prefills run in the same step, serially in time). A member drafts its speculation length k
+//! unless its request has a mean draft length (`RequestSize::draft_tokens_per_step`, a
+//! prompt-lookup drafter), in which case it drafts floor or ceil of that mean, at most k.
 //!
 //! Ground truth stays here: the scheduler is told `max_tokens` (a cap strictly above the true
 //! length) and, only for the oracle policy, the true length and acceptance rate. A request ends
@@ -99,22 +103,26 @@ struct Progress {
     sd_steps: u32,
 }
 
-/// Seconds the batch takes (see the module header).
-fn step_time_s(output: &SchedulerOutput, cost: &dyn StepCostModel) -> f64 {
+/// Seconds the batch takes (see the module header); `results` are the members' outcomes, in
+/// batch order.
+fn step_time_s(output: &SchedulerOutput, results: &[StepResult], cost: &dyn StepCostModel) -> f64 {
     let mut prefill_s = 0.0;
     let mut decoding = 0usize;
-    let mut k_max = 0u32;
-    for member in &output.batch {
+    let mut draft_passes = 0u32;
+    let mut verified_tokens = 0usize;
+    for (member, result) in output.batch.iter().zip(results) {
         match member.kind {
             StepKind::Prefill { tokens } => prefill_s += cost.prefill_s(tokens),
-            StepKind::Decode { speculation_length } => {
+            StepKind::Decode { .. } => {
                 decoding += 1;
-                k_max = k_max.max(speculation_length);
+                draft_passes = draft_passes.max(result.drafted_tokens);
+                verified_tokens += result.drafted_tokens as usize + 1;
             }
         }
     }
     let decode_s = if decoding > 0 {
-        cost.sd_step_s(decoding, k_max)
+        f64::from(draft_passes) * cost.draft_s(decoding)
+            + cost.verify_tokens_s(decoding, verified_tokens)
     } else {
         0.0
     };
@@ -203,7 +211,6 @@ pub fn simulate(
                 }
             }
         }
-        let dt_s = step_time_s(&output, &cost);
         results.clear();
         for member in &output.batch {
             results.push(step_member(
@@ -214,6 +221,7 @@ pub fn simulate(
                 member.kind,
             )?);
         }
+        let dt_s = step_time_s(&output, &results, &cost);
         now_s += dt_s;
         outcome.steps += 1;
         outcome.busy_s += dt_s;
@@ -264,14 +272,20 @@ fn step_member(
             speculation_length: 0,
         } => (0, 0),
         StepKind::Decode { speculation_length } => {
+            let drafted = match req.size.draft_tokens_per_step {
+                Some(mean) => {
+                    acceptance.drafted_tokens(id, mean, progress.sd_steps, speculation_length)
+                }
+                None => speculation_length,
+            };
             let a = acceptance.accepted_tokens(
                 id,
                 req.size.acceptance_rate,
                 progress.sd_steps,
-                speculation_length,
+                drafted,
             );
             progress.sd_steps += 1;
-            (speculation_length, a)
+            (drafted, a)
         }
     };
     let new_tokens = (accepted + 1).min(remaining);

@@ -70,6 +70,7 @@ pub fn poisson_requests(
                     prompt_tokens: 1,
                     output_tokens,
                     acceptance_rate: 0.5,
+                    draft_tokens_per_step: None,
                 },
                 max_tokens: output_tokens + 1,
                 predicted_output_tokens: Some(output_tokens),
