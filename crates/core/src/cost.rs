@@ -68,3 +68,134 @@ pub struct CostSample {
     pub draft_s: f64,
     pub verify_s: f64,
 }
+
+/// Verification times read off a profile's measured samples instead of its linear fit (the
+/// simulator's ground-truth step time). `lapsd calibrate` measures every batch size 1..B at every
+/// k in 0..K; on 2 CPU cores the fit (no intercept, one cost per verified position) is 20% low for
+/// one-position steps (14 ms measured, 11 ms fitted) and the per-position cost grows with the batch.
+/// A step of `batch` sequences verifying `tokens` positions takes the sample of that batch size
+/// at `tokens / batch` positions per sequence, interpolated linearly between the measured k + 1
+/// (extrapolated from the last two beyond them, scaled from the first below it). Batch sizes
+/// without samples, drafts and prefills use the linear fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredCost {
+    pub linear: LinearCost,
+    /// `verify_by_batch[b - 1]`: (positions per sequence = k + 1, seconds), ascending.
+    verify_by_batch: Vec<Vec<(f64, f64)>>,
+}
+
+impl MeasuredCost {
+    /// The profile's samples as a table; `None` when it has none.
+    pub fn from_profile(profile: &CostProfile) -> Option<Self> {
+        let max_batch = profile.samples.iter().map(|s| s.batch).max()?;
+        let mut verify_by_batch = vec![Vec::new(); max_batch];
+        for s in &profile.samples {
+            if s.batch >= 1 && s.verify_s.is_finite() && s.verify_s > 0.0 {
+                verify_by_batch[s.batch - 1].push((f64::from(s.k) + 1.0, s.verify_s));
+            }
+        }
+        for points in &mut verify_by_batch {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            points.dedup_by(|a, b| a.0 == b.0);
+        }
+        Some(Self {
+            linear: profile.cost,
+            verify_by_batch,
+        })
+    }
+}
+
+/// Piecewise-linear interpolation of ascending `points` at `x`.
+fn interpolate(points: &[(f64, f64)], x: f64) -> f64 {
+    let (x0, y0) = points[0];
+    if points.len() == 1 || x <= x0 {
+        return y0 * x / x0;
+    }
+    let upper = points
+        .iter()
+        .position(|&(px, _)| px >= x)
+        .unwrap_or(points.len() - 1);
+    let (x1, y1) = points[upper - 1];
+    let (x2, y2) = points[upper];
+    y1 + (y2 - y1) * (x - x1) / (x2 - x1)
+}
+
+impl StepCostModel for MeasuredCost {
+    fn draft_s(&self, batch: usize) -> f64 {
+        self.linear.draft_s(batch)
+    }
+    fn verify_tokens_s(&self, batch: usize, verified_tokens: usize) -> f64 {
+        match batch
+            .checked_sub(1)
+            .and_then(|i| self.verify_by_batch.get(i))
+            .filter(|points| !points.is_empty())
+        {
+            Some(points) => interpolate(points, verified_tokens as f64 / batch as f64),
+            None => self.linear.verify_tokens_s(batch, verified_tokens),
+        }
+    }
+    fn prefill_s(&self, tokens: u32) -> f64 {
+        self.linear.prefill_s(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(samples: &[(usize, u32, f64)]) -> CostProfile {
+        CostProfile {
+            model: "m".into(),
+            draft: "ngram".into(),
+            cost: LinearCost {
+                draft_base_s: 0.0,
+                draft_per_seq_s: 0.0,
+                verify_base_s: 0.0,
+                verify_per_token_s: 0.010,
+                prefill_base_s: 0.05,
+                prefill_per_token_s: 0.004,
+            },
+            samples: samples
+                .iter()
+                .map(|&(batch, k, verify_s)| CostSample {
+                    batch,
+                    k,
+                    draft_s: 0.0,
+                    verify_s,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn measured_cost_reads_interpolates_and_falls_back() {
+        assert!(MeasuredCost::from_profile(&profile(&[])).is_none());
+        let m = MeasuredCost::from_profile(&profile(&[
+            (1, 0, 0.014),
+            (1, 1, 0.024),
+            (1, 4, 0.055),
+            (2, 0, 0.024),
+        ]))
+        .expect("samples");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // At a sample: the sample.
+        assert!(close(m.verify_s(1, 0), 0.014));
+        assert!(close(m.verify_s(1, 4), 0.055));
+        assert!(close(m.verify_tokens_s(2, 2), 0.024));
+        // Between samples: 3 positions lie a third of the way from 2 (k = 1) to 5 (k = 4).
+        assert!(close(
+            m.verify_tokens_s(1, 3),
+            0.024 + (0.055 - 0.024) / 3.0
+        ));
+        // Two sequences verifying 5 positions in all: 2.5 each, past batch 2's only sample.
+        assert!(close(m.verify_tokens_s(2, 5), 0.024 * 2.5));
+        // Past the last sample: extrapolated from the last two.
+        assert!(close(
+            m.verify_tokens_s(1, 6),
+            0.024 + (0.055 - 0.024) * 4.0 / 3.0
+        ));
+        // No samples for batch 3: the linear fit.
+        assert!(close(m.verify_tokens_s(3, 6), 0.060));
+        assert!(close(m.prefill_s(10), 0.09));
+    }
+}

@@ -138,7 +138,8 @@ impl Default for StabilityRule {
 /// Per-request acceptance statistics, updated after every SD step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AcceptanceTracker {
-    /// SD steps (target verification passes) taken after the prefill.
+    /// SD steps taken after the prefill that drafted at least one token (the scheduler records
+    /// only those; steps whose drafter proposed nothing are plain decoding).
     pub sd_steps: u32,
     /// Draft tokens proposed, in total.
     pub drafted_tokens: u64,

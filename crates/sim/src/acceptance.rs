@@ -88,22 +88,43 @@ impl AcceptanceModel {
     }
 }
 
-/// Salt of the draft-length random numbers, so they are independent of the acceptance draws.
+/// Salts of the draft-length random numbers, so they are independent of the acceptance draws.
+const DRAFT_MATCH_SALT: u64 = 0x6472_6166_745f_6d61;
 const DRAFT_LENGTH_SALT: u64 = 0x6472_6166_745f_6c65;
 
+/// How many tokens a drafter that does not always propose k drafts: prompt lookup drafts when
+/// the recent tokens match earlier text and proposes nothing otherwise. Per SD step it drafts with
+/// probability `match_probability`, then floor or ceil of `tokens_when_matched` (ceil with
+/// probability equal to the fraction, so the mean is kept), at most the speculation length k.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DraftLength {
+    pub match_probability: f64,
+    pub tokens_when_matched: f64,
+}
+
+impl DraftLength {
+    /// Mean draft tokens per SD step (before the cap at k).
+    pub fn mean_tokens_per_step(&self) -> f64 {
+        self.match_probability.clamp(0.0, 1.0) * self.tokens_when_matched.max(0.0)
+    }
+}
+
 impl AcceptanceModel {
-    /// Draft tokens proposed at SD step `step` of request `id` whose drafter proposes
-    /// `draft_tokens_per_step` on average (a prompt-lookup drafter: fewer than k when nothing
-    /// matches): floor or ceil of the mean, ceil with probability equal to its fraction, so the
-    /// mean is kept; capped at the speculation length k.
+    /// Draft tokens proposed at SD step `step` of request `id` whose drafter follows `draft`.
     pub fn drafted_tokens(
         &self,
         id: u64,
-        draft_tokens_per_step: f64,
+        draft: &DraftLength,
         step: u32,
         speculation_length: u32,
     ) -> u32 {
-        let mean = draft_tokens_per_step.clamp(0.0, f64::from(speculation_length));
+        let matched = uniform(self.seed ^ DRAFT_MATCH_SALT, id, u64::from(step));
+        if matched > draft.match_probability {
+            return 0;
+        }
+        let mean = draft
+            .tokens_when_matched
+            .clamp(0.0, f64::from(speculation_length));
         let floor = mean.floor();
         let u = uniform(self.seed ^ DRAFT_LENGTH_SALT, id, u64::from(step));
         let drafted = if u <= mean - floor {
@@ -116,8 +137,9 @@ impl AcceptanceModel {
 }
 
 /// Expected accepted draft tokens per step under prefix acceptance with per-token probability
-/// `alpha`, when the draft length is floor or ceil of `draft_tokens_per_step` as in
-/// [`AcceptanceModel::drafted_tokens`]: sum over j = 1..=d of alpha^j, averaged over d.
+/// `alpha` in a step that drafts floor or ceil of `draft_tokens_per_step` tokens (as
+/// [`AcceptanceModel::drafted_tokens`] does once matched): sum over j = 1..=d of alpha^j, averaged
+/// over d.
 pub fn expected_accepted_per_step(alpha: f64, draft_tokens_per_step: f64) -> f64 {
     let a = alpha.clamp(0.0, 1.0);
     let mean = draft_tokens_per_step.max(0.0);
@@ -129,7 +151,8 @@ pub fn expected_accepted_per_step(alpha: f64, draft_tokens_per_step: f64) -> f64
 }
 
 /// The per-token acceptance alpha for which [`expected_accepted_per_step`] at
-/// `draft_tokens_per_step` equals `accepted_per_step` (a served request's accepted / steps); by
+/// `draft_tokens_per_step` equals `accepted_per_step` (a served request's accepted / drafting
+/// steps); by
 /// bisection, the expectation being increasing in alpha. 1 when every drafted token was accepted.
 pub fn alpha_for_accepted_per_step(draft_tokens_per_step: f64, accepted_per_step: f64) -> f64 {
     if draft_tokens_per_step <= 0.0 || accepted_per_step <= 0.0 {
@@ -221,17 +244,34 @@ mod tests {
             seed: 4,
             ..AcceptanceModel::default()
         };
+        let always = DraftLength {
+            match_probability: 1.0,
+            tokens_when_matched: 1.59,
+        };
+        let sometimes = DraftLength {
+            match_probability: 0.25,
+            tokens_when_matched: 3.0,
+        };
         let n = 100_000u32;
-        let total: u64 = (0..n)
-            .map(|step| u64::from(model.drafted_tokens(7, 1.59, step, 4)))
-            .sum();
-        let mean = total as f64 / f64::from(n);
-        // Bernoulli(0.59) SE ~0.0016: 0.01 is ~6 SE.
-        assert!((mean - 1.59).abs() < 0.01, "mean draft length {mean}");
-        assert!((0..1000).all(|s| (1..=2).contains(&model.drafted_tokens(7, 1.59, s, 4))));
-        assert_eq!(model.drafted_tokens(7, 6.0, 0, 4), 4);
-        assert_eq!(model.drafted_tokens(7, 3.0, 0, 4), 3);
-        assert_eq!(model.drafted_tokens(7, 0.0, 0, 4), 0);
+        let mean_of = |draft: &DraftLength| {
+            let total: u64 = (0..n)
+                .map(|step| u64::from(model.drafted_tokens(7, draft, step, 4)))
+                .sum();
+            total as f64 / f64::from(n)
+        };
+        // Bernoulli SE <= 0.0016 per unit of length: 0.01 and 0.02 are >= 4 SE.
+        assert!((mean_of(&always) - 1.59).abs() < 0.01);
+        assert!((mean_of(&sometimes) - 0.75).abs() < 0.02);
+        assert!((0..1000).all(|s| (1..=2).contains(&model.drafted_tokens(7, &always, s, 4))));
+        assert!((0..1000).all(|s| [0, 3].contains(&model.drafted_tokens(7, &sometimes, s, 4))));
+        let fixed = |tokens| DraftLength {
+            match_probability: 1.0,
+            tokens_when_matched: tokens,
+        };
+        assert_eq!(model.drafted_tokens(7, &fixed(6.0), 0, 4), 4);
+        assert_eq!(model.drafted_tokens(7, &fixed(3.0), 0, 4), 3);
+        assert_eq!(model.drafted_tokens(7, &fixed(0.0), 0, 4), 0);
+        assert_eq!(sometimes.mean_tokens_per_step(), 0.75);
     }
 
     #[test]
@@ -260,7 +300,15 @@ mod tests {
         let n = 200_000u32;
         let accepted: u64 = (0..n)
             .map(|step| {
-                let d = model.drafted_tokens(3, 1.59, step, 4);
+                let d = model.drafted_tokens(
+                    3,
+                    &DraftLength {
+                        match_probability: 1.0,
+                        tokens_when_matched: 1.59,
+                    },
+                    step,
+                    4,
+                );
                 u64::from(model.accepted_tokens(3, alpha, step, d))
             })
             .sum();

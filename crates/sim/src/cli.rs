@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lapsd_core::cost::CostProfile;
+use lapsd_core::cost::{CostProfile, MeasuredCost};
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
 
 use crate::acceptance::AcceptanceModel;
@@ -33,6 +33,15 @@ pub enum PredictorArg {
     Noisy,
     /// Learnt online from finished requests (lapsd-core's OnlineQuantilePredictor).
     Online,
+}
+
+/// Where the simulated time of a step comes from, given a `--cost-profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepTimeArg {
+    /// The profile's measured samples, interpolated (its linear fit where it has none).
+    Measured,
+    /// The profile's linear fit, the model the policies use.
+    Linear,
 }
 
 /// The default step costs when no `--cost-profile` is given: a linear model in the range of
@@ -104,6 +113,10 @@ pub struct SimArgs {
     /// JSON cost profile written by `lapsd calibrate` (default: the built-in linear model).
     #[arg(long)]
     pub cost_profile: Option<PathBuf>,
+    /// With --cost-profile: time each step from the measured samples (`measured`) or from the
+    /// linear fit (`linear`). Policies always estimate with the linear fit.
+    #[arg(long, value_enum, default_value_t = StepTimeArg::Measured)]
+    pub step_time: StepTimeArg,
     /// SD steps over which the early acceptance shift decays (0 = none).
     #[arg(long, default_value_t = 16)]
     pub transient_steps: u32,
@@ -159,14 +172,13 @@ fn parse_policies(text: &str) -> Result<Vec<PolicyKind>, SimError> {
     Ok(out)
 }
 
-fn load_cost(path: &PathBuf) -> Result<LinearCost, SimError> {
+fn load_cost(path: &PathBuf) -> Result<CostProfile, SimError> {
     let err = |reason: String| SimError::CostProfile {
         path: path.display().to_string(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let profile: CostProfile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    Ok(profile.cost)
+    serde_json::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
 fn positive(field: &'static str, value: f64) -> Result<(), SimError> {
@@ -249,9 +261,16 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
             (source, rates)
         }
     };
-    let cost = match &args.cost_profile {
-        Some(path) => load_cost(path)?,
-        None => default_cost(),
+    let (cost, step_cost) = match &args.cost_profile {
+        Some(path) => {
+            let profile = load_cost(path)?;
+            let measured = match args.step_time {
+                StepTimeArg::Measured => MeasuredCost::from_profile(&profile),
+                StepTimeArg::Linear => None,
+            };
+            (profile.cost, measured)
+        }
+        None => (default_cost(), None),
     };
     let defaults = StabilityRule::default();
     let stability = StabilityRule {
@@ -300,6 +319,7 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
             transient_shift: args.transient_shift,
             seed: args.seed,
         },
+        step_cost,
         seed: args.seed,
         jobs: jobs.max(1),
     })

@@ -65,7 +65,7 @@ mod tests {
                 prompt_tokens: 10,
                 output_tokens,
                 acceptance_rate: 0.5,
-                draft_tokens_per_step: None,
+                draft_length: None,
             },
             max_tokens: 4096,
             predicted_output_tokens: None,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
-use lapsd_core::{PolicyConfig, PolicyKind, SchedulerConfig, StepCostModel};
+use lapsd_core::{MeasuredCost, PolicyConfig, PolicyKind, SchedulerConfig, StepCostModel};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -66,6 +66,8 @@ pub struct Experiment {
     pub predictor: PredictorChoice,
     /// Transient parameters (its `seed` is replaced by `seed`).
     pub acceptance: AcceptanceModel,
+    /// Ground-truth step times (see `SimConfig::step_cost`).
+    pub step_cost: Option<MeasuredCost>,
     pub seed: u64,
     /// Worker threads (>= 1).
     pub jobs: usize,
@@ -91,14 +93,16 @@ pub fn mean_service_s(sizes: &[RequestSize], scheduler: &SchedulerConfig) -> Res
     let total: f64 = sizes
         .iter()
         .map(|s| {
-            let (tau, step_share_s) = match s.draft_tokens_per_step {
-                // A drafter proposing fewer than k tokens: its mean draft length sets both.
+            let (tau, step_share_s) = match s.draft_length {
+                // A drafter proposing fewer than k tokens: its draft length sets both.
                 Some(draft) => {
-                    let draft = draft.clamp(0.0, f64::from(k));
-                    let verified = (b as f64 * (draft + 1.0)).round() as usize;
+                    let matched = draft.tokens_when_matched.clamp(0.0, f64::from(k));
+                    let p = draft.match_probability.clamp(0.0, 1.0);
+                    let mean = p * matched;
+                    let verified = (b as f64 * (mean + 1.0)).round() as usize;
                     (
-                        1.0 + expected_accepted_per_step(s.acceptance_rate, draft),
-                        (draft * cost.draft_s(b) + cost.verify_tokens_s(b, verified)) / b as f64,
+                        1.0 + p * expected_accepted_per_step(s.acceptance_rate, matched),
+                        (mean * cost.draft_s(b) + cost.verify_tokens_s(b, verified)) / b as f64,
                     )
                 }
                 None => (
@@ -159,7 +163,7 @@ impl Experiment {
                         acceptance_rate: r
                             .acceptance_rate
                             .unwrap_or_else(|| profile.acceptance.sample(&mut rng)),
-                        draft_tokens_per_step: r.draft_tokens_per_step,
+                        draft_length: r.draft_length,
                     })
                     .collect();
                 (sizes, None, profile.max_tokens)
@@ -266,6 +270,7 @@ impl Experiment {
                         policy_config: self.policy_config.clone(),
                         predictor: self.predictor,
                         acceptance,
+                        step_cost: self.step_cost.clone(),
                     };
                     let result = simulate(&run.requests, &config, progress).map(|outcome| {
                         let label = RunLabel {

@@ -6,18 +6,20 @@
 //!
 //! A line may instead carry a served request's speculative-decoding counters, `drafted_tokens`,
 //! `accepted_tokens` and `verify_steps` (all three; what `lapsd serve` reports and `lapsd bench`
-//! records). They replace `acceptance_rate`: the request then drafts `drafted / steps` tokens per
-//! step on average (a prompt-lookup drafter proposes fewer than the speculation length when nothing
-//! matches), and alpha is the value whose prefix acceptance yields `accepted / steps` tokens per
-//! step at that draft length (see `acceptance::alpha_for_accepted_per_step`). The served
-//! accepted/drafted ratio is not alpha: draft positions after the first rejection count as
-//! drafted but can never be accepted.
+//! records; `verify_steps` counts the steps that drafted at least one token). They replace
+//! `acceptance_rate` and give the request a `DraftLength`, as a prompt-lookup drafter behaves:
+//! of its `output_tokens - 1 - accepted` decode steps (each yields its accepted drafts plus one
+//! token; the prefill yields the first), `verify_steps` drafted, `drafted / verify_steps` tokens
+//! each on average. Alpha is the value whose prefix acceptance yields `accepted / verify_steps`
+//! tokens per drafting step at that length (`acceptance::alpha_for_accepted_per_step`): the
+//! served accepted/drafted ratio is not alpha, since draft positions after the first rejection
+//! count as drafted but can never be accepted.
 
 use std::io::BufRead;
 
 use serde_json::{Map, Value};
 
-use crate::acceptance::alpha_for_accepted_per_step;
+use crate::acceptance::{alpha_for_accepted_per_step, DraftLength};
 use crate::error::SimError;
 
 /// One parsed trace line.
@@ -28,8 +30,8 @@ pub struct TraceRecord {
     pub output_tokens: u32,
     /// Latent acceptance probability; `None` = draw it from the workload's distribution.
     pub acceptance_rate: Option<f64>,
-    /// Mean draft tokens per SD step, from served counters; `None` = the speculation length.
-    pub draft_tokens_per_step: Option<f64>,
+    /// The drafter's draft length, from served counters; `None` = the speculation length.
+    pub draft_length: Option<DraftLength>,
 }
 
 fn field_err(line: usize, field: &'static str, reason: impl Into<String>) -> SimError {
@@ -82,13 +84,13 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
     }
     let prompt_tokens = get_tokens(obj, line, "prompt_tokens")?;
     let output_tokens = get_tokens(obj, line, "output_tokens")?;
-    if let Some((draft_tokens_per_step, alpha)) = served_counters(obj, line)? {
+    if let Some((draft_length, alpha)) = served_counters(obj, line, output_tokens)? {
         return Ok(TraceRecord {
             arrival_s,
             prompt_tokens,
             output_tokens,
             acceptance_rate: Some(alpha),
-            draft_tokens_per_step: Some(draft_tokens_per_step),
+            draft_length: Some(draft_length),
         });
     }
     let acceptance_rate = match obj.get("acceptance_rate") {
@@ -110,7 +112,7 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
         prompt_tokens,
         output_tokens,
         acceptance_rate,
-        draft_tokens_per_step: None,
+        draft_length: None,
     })
 }
 
@@ -132,9 +134,13 @@ fn get_count(
     }
 }
 
-/// `(draft tokens per step, alpha)` from a served request's SD counters, when the line has them
-/// and the request took at least one SD step (a request that ended at its prefill has none).
-fn served_counters(obj: &Map<String, Value>, line: usize) -> Result<Option<(f64, f64)>, SimError> {
+/// `(draft length, alpha)` from a served request's SD counters (module header), when the line
+/// has them and the request drafted at least once.
+fn served_counters(
+    obj: &Map<String, Value>,
+    line: usize,
+    output_tokens: u32,
+) -> Result<Option<(DraftLength, f64)>, SimError> {
     let drafted = get_count(obj, line, "drafted_tokens")?;
     let accepted = get_count(obj, line, "accepted_tokens")?;
     let steps = get_count(obj, line, "verify_steps")?;
@@ -173,11 +179,20 @@ fn served_counters(obj: &Map<String, Value>, line: usize) -> Result<Option<(f64,
     if steps == 0 {
         return Ok(None);
     }
-    let draft_per_step = drafted as f64 / steps as f64;
+    // A recompute after preemption also yields a token, so this can undercount: never below
+    // the drafting steps.
+    let decode_steps = u64::from(output_tokens)
+        .saturating_sub(1)
+        .saturating_sub(accepted)
+        .max(steps);
+    let tokens_when_matched = drafted as f64 / steps as f64;
     let accepted_per_step = accepted as f64 / steps as f64;
     Ok(Some((
-        draft_per_step,
-        alpha_for_accepted_per_step(draft_per_step, accepted_per_step),
+        DraftLength {
+            match_probability: steps as f64 / decode_steps as f64,
+            tokens_when_matched,
+        },
+        alpha_for_accepted_per_step(tokens_when_matched, accepted_per_step),
     )))
 }
 
@@ -229,14 +244,19 @@ mod tests {
         let text = "{\"arrival_s\": 0, \"prompt_tokens\": 5, \"output_tokens\": 40, \"acceptance_rate\": 0.2, \"drafted_tokens\": 30, \"accepted_tokens\": 6, \"verify_steps\": 20}\n\
                     {\"arrival_s\": 1, \"prompt_tokens\": 5, \"output_tokens\": 1, \"acceptance_rate\": null, \"drafted_tokens\": 0, \"accepted_tokens\": 0, \"verify_steps\": 0}\n";
         let recs = parse_trace(text.as_bytes()).expect("valid trace");
-        assert_eq!(recs[0].draft_tokens_per_step, Some(1.5));
+        // 40 tokens = the prefill's + 33 decode steps + 6 accepted; 20 of the 33 drafted.
+        let draft = recs[0]
+            .draft_length
+            .expect("draft length from the counters");
+        assert_eq!(draft.tokens_when_matched, 1.5);
+        assert!((draft.match_probability - 20.0 / 33.0).abs() < 1e-12);
         let alpha = recs[0].acceptance_rate.expect("alpha from the counters");
         let back = crate::acceptance::expected_accepted_per_step(alpha, 1.5);
         assert!((back - 6.0 / 20.0).abs() < 1e-9);
         // The served ratio (6 / 30 = 0.2) is not alpha: later positions are rarely reachable.
         assert!(alpha > 0.2);
         // No SD step taken: nothing to learn from, the usual fields apply.
-        assert_eq!(recs[1].draft_tokens_per_step, None);
+        assert_eq!(recs[1].draft_length, None);
         assert_eq!(recs[1].acceptance_rate, None);
     }
 

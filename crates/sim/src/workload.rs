@@ -11,6 +11,7 @@ use rand::Rng;
 use rand_distr::{Beta, Distribution, Exp, LogNormal};
 use serde::{Deserialize, Serialize};
 
+use crate::acceptance::DraftLength;
 use crate::error::SimError;
 
 /// A distribution of token counts (always >= 1, at most `max`).
@@ -290,11 +291,10 @@ pub struct RequestSize {
     pub output_tokens: u32,
     /// Latent per-token acceptance probability of the draft on this request.
     pub acceptance_rate: f64,
-    /// Mean draft tokens proposed per SD step, when the drafter proposes fewer than the
-    /// speculation length (prompt lookup drafts only what it finds); `None` = always the
-    /// speculation length (a draft model).
+    /// How many tokens the drafter proposes per SD step when it is not always the speculation
+    /// length (prompt lookup drafts only what it finds); `None` = always k (a draft model).
     #[serde(default)]
-    pub draft_tokens_per_step: Option<f64>,
+    pub draft_length: Option<DraftLength>,
 }
 
 /// One request to replay: ground truth plus what the scheduler is told.
@@ -322,7 +322,7 @@ pub fn sample_sizes<R: Rng + ?Sized>(
             prompt_tokens: profile.prompt.sample(rng),
             output_tokens: profile.output.sample(rng),
             acceptance_rate: profile.acceptance.sample(rng),
-            draft_tokens_per_step: None,
+            draft_length: None,
         })
         .collect()
 }

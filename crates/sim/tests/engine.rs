@@ -6,8 +6,11 @@
 mod common;
 
 use common::{single_server, STEP_S};
-use lapsd_core::{Capacity, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
-use lapsd_sim::acceptance::AcceptanceModel;
+use lapsd_core::cost::{CostProfile, CostSample};
+use lapsd_core::{
+    Capacity, MeasuredCost, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule,
+};
+use lapsd_sim::acceptance::{AcceptanceModel, DraftLength};
 use lapsd_sim::arrivals::ArrivalProcess;
 use lapsd_sim::engine::{simulate, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
@@ -36,7 +39,7 @@ fn random_requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
                     prompt_tokens: rng.gen_range(1..200),
                     output_tokens,
                     acceptance_rate: rng.gen_range(0.0..1.0),
-                    draft_tokens_per_step: None,
+                    draft_length: None,
                 },
                 max_tokens: output_tokens + 1 + rng.gen_range(0..50),
                 predicted_output_tokens: Some(
@@ -63,6 +66,7 @@ fn sd_config(policy: PolicyKind, max_batch: usize, kv_budget_tokens: u64) -> Sim
         policy_config: PolicyConfig::default(),
         predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
         acceptance: AcceptanceModel::default(),
+        step_cost: None,
     }
 }
 
@@ -146,6 +150,7 @@ fn experiment(seed: u64) -> Experiment {
         policy_config: PolicyConfig::default(),
         predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
         acceptance: AcceptanceModel::default(),
+        step_cost: None,
         seed,
         jobs: 2,
     }
@@ -217,7 +222,7 @@ fn step_time_charges_the_tokens_each_member_drafted() {
         prefill_base_s: 0.050,
         prefill_per_token_s: 0.0,
     };
-    let request = |draft_tokens_per_step| SimRequest {
+    let request = |draft_length| SimRequest {
         id: 0,
         arrival_s: 0.0,
         size: RequestSize {
@@ -225,7 +230,7 @@ fn step_time_charges_the_tokens_each_member_drafted() {
             output_tokens: OUTPUT_TOKENS,
             // Never accepted: every step yields exactly one token.
             acceptance_rate: 0.0,
-            draft_tokens_per_step,
+            draft_length,
         },
         // Far above the true length: the scheduler shortens k only near max_tokens.
         max_tokens: 10 * OUTPUT_TOKENS,
@@ -238,22 +243,48 @@ fn step_time_charges_the_tokens_each_member_drafted() {
         k >= 2,
         "the test needs a speculation length above the draft"
     );
-    let busy_s = |draft| {
-        let outcome = simulate(&[request(draft)], &config, None).expect("runs");
+    let busy_s = |config: &SimConfig, draft| {
+        let outcome = simulate(&[request(draft)], config, None).expect("runs");
         assert_eq!(outcome.completed[0].output_tokens, OUTPUT_TOKENS);
         outcome.busy_s
     };
     // The prefill yields the first token; the other 20 take one step each.
     let steps = f64::from(OUTPUT_TOKENS - 1);
     let model_drafter = 0.050 + steps * (f64::from(k) * 0.001 + 0.002 + 0.010 * f64::from(k + 1));
-    let got = busy_s(None);
+    let got = busy_s(&config, None);
     assert!(
         (got - model_drafter).abs() < 1e-9,
         "{got} vs {model_drafter}"
     );
     let nothing_found = 0.050 + steps * (0.002 + 0.010);
-    assert!((busy_s(Some(0.0)) - nothing_found).abs() < 1e-9);
+    let always = |tokens| {
+        Some(DraftLength {
+            match_probability: 1.0,
+            tokens_when_matched: tokens,
+        })
+    };
+    assert!((busy_s(&config, always(0.0)) - nothing_found).abs() < 1e-9);
+    let never_matched = Some(DraftLength {
+        match_probability: 0.0,
+        tokens_when_matched: 4.0,
+    });
+    assert!((busy_s(&config, never_matched) - nothing_found).abs() < 1e-9);
     // One token drafted every step: one draft pass, two verified positions.
     let one_token = 0.050 + steps * (0.001 + 0.002 + 0.010 * 2.0);
-    assert!((busy_s(Some(1.0)) - one_token).abs() < 1e-9);
+    assert!((busy_s(&config, always(1.0)) - one_token).abs() < 1e-9);
+    // Measured step times, when given, replace the fit for the verification.
+    let profile = CostProfile {
+        model: "m".into(),
+        draft: "ngram".into(),
+        cost,
+        samples: vec![CostSample {
+            batch: 1,
+            k: 0,
+            draft_s: 0.0,
+            verify_s: 0.020,
+        }],
+    };
+    config.step_cost = MeasuredCost::from_profile(&profile);
+    let measured = 0.050 + steps * 0.020;
+    assert!((busy_s(&config, always(0.0)) - measured).abs() < 1e-9);
 }

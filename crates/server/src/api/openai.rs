@@ -180,7 +180,8 @@ pub struct SpecDecodeStats {
     pub acceptance_rate: Option<f64>,
     /// Mean tokens produced per verification step (accepted + the target's own); null before any step.
     pub mean_acceptance_length: Option<f64>,
-    /// Target verification passes (SD steps) after the prefill.
+    /// SD steps that drafted at least one token (a prompt-lookup step that found no match is a
+    /// plain decoding step and is not counted; nor is the prefill).
     pub verify_steps: u32,
     /// `accepted_per_position[i]`: steps that accepted the draft token at position i.
     pub accepted_per_position: Vec<u64>,

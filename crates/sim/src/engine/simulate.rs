@@ -8,8 +8,8 @@
 //! the largest: draft passes run for the longest draft, the verification covers every member's own
 //! positions in one forward, as the engine does), plus `prefill_s(tokens)` of every prefill member
 //! (prefills run in the same step, serially in time). A member drafts its speculation length k
-//! unless its request has a mean draft length (`RequestSize::draft_tokens_per_step`, a
-//! prompt-lookup drafter), in which case it drafts floor or ceil of that mean, at most k.
+//! unless its request has a draft length (`RequestSize::draft_length`, a prompt-lookup drafter
+//! that drafts only when it finds a match), drawn per step by `AcceptanceModel::drafted_tokens`.
 //!
 //! Ground truth stays here: the scheduler is told `max_tokens` (a cap strictly above the true
 //! length) and, only for the oracle policy, the true length and acceptance rate. A request ends
@@ -19,8 +19,8 @@ use indicatif::ProgressBar;
 use lapsd_core::policy::build_policy;
 use lapsd_core::FinishReason;
 use lapsd_core::{
-    CoreError, OnlineQuantilePredictor, PolicyConfig, PolicyKind, RequestSpec, Scheduler,
-    SchedulerConfig, SchedulerOutput, StepCostModel, StepKind, StepResult,
+    CoreError, MeasuredCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind, RequestSpec,
+    Scheduler, SchedulerConfig, SchedulerOutput, StepCostModel, StepKind, StepResult,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,10 @@ pub struct SimConfig {
     pub policy_config: PolicyConfig,
     pub predictor: PredictorChoice,
     pub acceptance: AcceptanceModel,
+    /// What a step really takes (the measured samples of a cost profile); `None` = the
+    /// scheduler's own cost model (`scheduler.cost`), which policies use for their estimates.
+    #[serde(default)]
+    pub step_cost: Option<MeasuredCost>,
 }
 
 /// One finished request.
@@ -159,7 +163,10 @@ pub fn simulate(
         scheduler =
             scheduler.with_predictor(Box::new(OnlineQuantilePredictor::new(prior_tokens, window)));
     }
-    let cost = config.scheduler.cost;
+    let cost: &dyn StepCostModel = match &config.step_cost {
+        Some(measured) => measured,
+        None => &config.scheduler.cost,
+    };
     let mut state = vec![Progress::default(); requests.len()];
     let mut outcome = SimOutcome {
         policy: config.policy.name().to_string(),
@@ -221,7 +228,7 @@ pub fn simulate(
                 member.kind,
             )?);
         }
-        let dt_s = step_time_s(&output, &results, &cost);
+        let dt_s = step_time_s(&output, &results, cost);
         now_s += dt_s;
         outcome.steps += 1;
         outcome.busy_s += dt_s;
@@ -272,9 +279,9 @@ fn step_member(
             speculation_length: 0,
         } => (0, 0),
         StepKind::Decode { speculation_length } => {
-            let drafted = match req.size.draft_tokens_per_step {
-                Some(mean) => {
-                    acceptance.drafted_tokens(id, mean, progress.sd_steps, speculation_length)
+            let drafted = match &req.size.draft_length {
+                Some(draft) => {
+                    acceptance.drafted_tokens(id, draft, progress.sd_steps, speculation_length)
                 }
                 None => speculation_length,
             };

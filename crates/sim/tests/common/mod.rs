@@ -48,6 +48,7 @@ pub fn single_server(policy: PolicyKind) -> SimConfig {
             transient_shift: 0.0,
             seed: 0,
         },
+        step_cost: None,
     }
 }
 
@@ -70,7 +71,7 @@ pub fn poisson_requests(
                     prompt_tokens: 1,
                     output_tokens,
                     acceptance_rate: 0.5,
-                    draft_tokens_per_step: None,
+                    draft_length: None,
                 },
                 max_tokens: output_tokens + 1,
                 predicted_output_tokens: Some(output_tokens),
