@@ -92,7 +92,12 @@ for workload in $WORKLOADS; do
         log="$out_dir/$workload/logs/serve_${policy}.log"
         echo "== $workload / $policy: starting lapsd serve (log: $log)"
         # shellcheck disable=SC2086
-        "$LAPSD" serve --policy "$policy" --port "$PORT" "${wait_flag[@]}" $SERVE_ARGS >"$log" 2>&1 &
+        # Every engine step goes to a step log (the in-situ costs `lapsd calibrate
+        # --from-step-log` fits, for scripts/sim-vs-serve.sh).
+        steps_log="$out_dir/$workload/logs/steps_${policy}.jsonl"
+        rm -f "$steps_log"
+        "$LAPSD" serve --policy "$policy" --port "$PORT" "${wait_flag[@]}" --step-log "$steps_log" \
+            $SERVE_ARGS >"$log" 2>&1 &
         server_pid=$!
         wait_for_health "$log"
         for rate in $RATES; do

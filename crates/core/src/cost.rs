@@ -139,6 +139,115 @@ impl StepCostModel for MeasuredCost {
     }
 }
 
+/// One engine step as the server ran it (`lapsd serve --step-log`, one JSON object per line): the
+/// in-situ measurement behind [`fit_served_steps`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepObservation {
+    /// Seconds since the server started, at the end of the step.
+    pub t_s: f64,
+    /// Members that decoded (drafted and verified) this step.
+    pub decode_members: u32,
+    /// Positions verified in all: each decoding member's drafted tokens + 1.
+    pub verified_tokens: u32,
+    /// Draft passes: the largest number of tokens a member drafted.
+    pub draft_passes: u32,
+    /// Members (re)computing their prompt this step.
+    pub prefills: u32,
+    /// Tokens those prefills computed.
+    pub prefill_tokens: u32,
+    pub duration_s: f64,
+}
+
+/// The regressors of one observation, in [`LinearCost`]'s terms: a step costs
+/// `draft_passes * (draft_base + draft_per_seq * decode_members)
+///  + [decoding] * verify_base + verify_per_token * verified_tokens
+///  + prefills * prefill_base + prefill_per_token * prefill_tokens`.
+fn regressors(o: &StepObservation) -> [f64; 6] {
+    [
+        f64::from(o.draft_passes),
+        f64::from(o.draft_passes) * f64::from(o.decode_members),
+        if o.decode_members > 0 { 1.0 } else { 0.0 },
+        f64::from(o.verified_tokens),
+        f64::from(o.prefills),
+        f64::from(o.prefill_tokens),
+    ]
+}
+
+/// Least squares on the regressors in `active` (normal equations, Gaussian elimination with
+/// partial pivoting); `None` when the design is singular.
+fn least_squares(rows: &[([f64; 6], f64)], active: &[usize]) -> Option<Vec<f64>> {
+    let n = active.len();
+    let mut a = vec![vec![0.0; n + 1]; n];
+    for (x, y) in rows {
+        for (i, &ci) in active.iter().enumerate() {
+            for (j, &cj) in active.iter().enumerate() {
+                a[i][j] += x[ci] * x[cj];
+            }
+            a[i][n] += x[ci] * y;
+        }
+    }
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&r1, &r2| a[r1][col].abs().total_cmp(&a[r2][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        for r in 0..n {
+            if r != col {
+                let factor = a[r][col] / a[col][col];
+                for c in col..=n {
+                    a[r][c] -= factor * a[col][c];
+                }
+            }
+        }
+    }
+    Some((0..n).map(|i| a[i][n] / a[i][i]).collect())
+}
+
+/// Fits [`LinearCost`] to the steps a server really ran (in situ, with its HTTP threads and
+/// clients on the same cores, which `lapsd calibrate`'s isolated measurement leaves out). A
+/// regressor that never varies from 0 is left out (cost 0, e.g. the draft terms of prompt
+/// lookup, whose drafting is not a forward pass, stay in); a coefficient that comes out negative
+/// is set to 0 and the rest refitted, costs being never negative. `None` without observations
+/// or with a singular design.
+pub fn fit_served_steps(observations: &[StepObservation]) -> Option<LinearCost> {
+    let rows: Vec<([f64; 6], f64)> = observations
+        .iter()
+        .filter(|o| o.duration_s.is_finite() && o.duration_s >= 0.0)
+        .map(|o| (regressors(o), o.duration_s))
+        .collect();
+    let mut active: Vec<usize> = (0..6)
+        .filter(|&c| rows.iter().any(|(x, _)| x[c] != 0.0))
+        .collect();
+    if active.is_empty() {
+        return None;
+    }
+    let coefficients = loop {
+        let fitted = least_squares(&rows, &active)?;
+        match fitted.iter().position(|&c| c < 0.0) {
+            Some(negative) => {
+                active.remove(negative);
+                if active.is_empty() {
+                    return None;
+                }
+            }
+            None => break fitted,
+        }
+    };
+    let mut c = [0.0; 6];
+    for (&column, value) in active.iter().zip(coefficients) {
+        c[column] = value;
+    }
+    Some(LinearCost {
+        draft_base_s: c[0],
+        draft_per_seq_s: c[1],
+        verify_base_s: c[2],
+        verify_per_token_s: c[3],
+        prefill_base_s: c[4],
+        prefill_per_token_s: c[5],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +306,71 @@ mod tests {
         // No samples for batch 3: the linear fit.
         assert!(close(m.verify_tokens_s(3, 6), 0.060));
         assert!(close(m.prefill_s(10), 0.09));
+    }
+
+    fn observation(
+        decode_members: u32,
+        drafted: u32,
+        prefills: u32,
+        prefill_tokens: u32,
+    ) -> StepObservation {
+        StepObservation {
+            t_s: 0.0,
+            decode_members,
+            verified_tokens: decode_members + drafted,
+            draft_passes: drafted.min(4),
+            prefills,
+            prefill_tokens,
+            duration_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn served_steps_fit_recovers_the_costs_and_never_goes_negative() {
+        let truth = LinearCost {
+            draft_base_s: 0.0,
+            draft_per_seq_s: 0.0,
+            verify_base_s: 0.003,
+            verify_per_token_s: 0.011,
+            prefill_base_s: 0.060,
+            prefill_per_token_s: 0.005,
+        };
+        let step_s = |o: &StepObservation| {
+            f64::from(o.draft_passes)
+                * (truth.draft_base_s + truth.draft_per_seq_s * f64::from(o.decode_members))
+                + if o.decode_members > 0 {
+                    truth.verify_base_s
+                } else {
+                    0.0
+                }
+                + truth.verify_per_token_s * f64::from(o.verified_tokens)
+                + truth.prefill_s(o.prefill_tokens) * f64::from(o.prefills.min(1))
+                + truth.prefill_base_s * f64::from(o.prefills.saturating_sub(1))
+        };
+        let mut observations = Vec::new();
+        for b in 1..=6u32 {
+            for drafted in [0, 1, 3, 7] {
+                for (prefills, tokens) in [(0, 0), (1, 20), (1, 90), (2, 150)] {
+                    let mut o = observation(b, drafted, prefills, tokens);
+                    o.duration_s = step_s(&o);
+                    observations.push(o);
+                }
+            }
+        }
+        let fit = fit_served_steps(&observations).expect("fits");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(fit.verify_base_s, 0.003), "{fit:?}");
+        assert!(close(fit.verify_per_token_s, 0.011), "{fit:?}");
+        assert!(close(fit.prefill_base_s, 0.060), "{fit:?}");
+        assert!(close(fit.prefill_per_token_s, 0.005), "{fit:?}");
+        assert!(close(fit.draft_base_s, 0.0) && close(fit.draft_per_seq_s, 0.0));
+        // A fixed cost that would come out negative is dropped, not kept below zero.
+        for o in &mut observations {
+            o.duration_s = 0.011 * f64::from(o.verified_tokens) - 0.001 * f64::from(o.draft_passes);
+        }
+        let fit = fit_served_steps(&observations).expect("fits");
+        assert!(fit.draft_base_s >= 0.0 && fit.verify_base_s >= 0.0 && fit.prefill_base_s >= 0.0);
+        assert!(fit.verify_per_token_s > 0.0);
+        assert!(fit_served_steps(&[]).is_none());
     }
 }

@@ -26,7 +26,7 @@ pub mod scheduler;
 #[cfg(test)]
 mod testutil;
 
-pub use cost::{LinearCost, MeasuredCost, StepCostModel};
+pub use cost::{fit_served_steps, LinearCost, MeasuredCost, StepCostModel, StepObservation};
 pub use error::CoreError;
 pub use kv::{KvAccountant, KvFit};
 pub use policy::{BatchBuilder, Policy, PolicyConfig, PolicyKind, ScheduleContext};

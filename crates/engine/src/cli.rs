@@ -77,6 +77,10 @@ pub struct CalibrateArgs {
     /// Where to write the JSON cost profile.
     #[arg(long)]
     pub out: PathBuf,
+    /// Fit the profile to the steps a server really ran (`lapsd serve --step-log`) instead of
+    /// measuring here: in situ, with the server's HTTP threads and its clients on the same cores.
+    #[arg(long, conflicts_with_all = ["model", "draft"])]
+    pub from_step_log: Option<PathBuf>,
 }
 
 /// Resolves the target model path: the flag, else the embedded default relative to the current
@@ -191,7 +195,63 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 const CALIBRATION_TEXT: &str = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\nclass Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        return self.items.pop()\n";
 
 /// `lapsd calibrate`.
+/// `lapsd calibrate --from-step-log`: least squares over the served steps
+/// (`lapsd_core::fit_served_steps`).
+fn calibrate_from_step_log(log: &Path, out: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let mut steps = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let step: lapsd_core::StepObservation = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not a step record", log.display(), index + 1))?;
+        steps.push(step);
+    }
+    if steps.is_empty() {
+        bail!("{}: no steps recorded", log.display());
+    }
+    let cost = lapsd_core::fit_served_steps(&steps).with_context(|| {
+        format!(
+            "{}: the {} steps do not determine the cost model (too little variety)",
+            log.display(),
+            steps.len()
+        )
+    })?;
+    let profile = lapsd_core::cost::CostProfile {
+        model: format!("served steps of {}", log.display()),
+        draft: "as served".into(),
+        cost,
+        samples: Vec::new(),
+    };
+    std::fs::write(out, serde_json::to_string_pretty(&profile)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} (fitted to {} served steps)",
+        out.display(),
+        steps.len()
+    );
+    print_cost(&cost);
+    Ok(())
+}
+
+fn print_cost(cost: &lapsd_core::LinearCost) {
+    println!(
+        "draft: {:.3} ms + {:.3} ms/seq per position | verify: {:.3} ms + {:.3} ms/token | prefill: {:.3} ms + {:.4} ms/token",
+        cost.draft_base_s * 1e3,
+        cost.draft_per_seq_s * 1e3,
+        cost.verify_base_s * 1e3,
+        cost.verify_per_token_s * 1e3,
+        cost.prefill_base_s * 1e3,
+        cost.prefill_per_token_s * 1e3,
+    );
+}
+
 pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
+    if let Some(log) = &args.from_step_log {
+        return calibrate_from_step_log(log, &args.out);
+    }
     if args.max_batch == 0 {
         bail!("--max-batch must be at least 1, got 0");
     }

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// On SIGTERM/Ctrl-C, seconds in-flight requests may still run before they are cancelled.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout_s: f64,
+    /// Append one JSON line per engine step (members, verified positions, prefill tokens,
+    /// duration) to this file: the in-situ measurement `lapsd calibrate --from-step-log` fits.
+    #[arg(long)]
+    pub step_log: Option<PathBuf>,
 }
 
 /// Rough step costs of SmolLM2-135M (Q4_1) with n-gram drafts on 2 CPU cores; used when no
@@ -146,6 +150,7 @@ impl ServeArgs {
             predictor_window: 256,
             max_tokens_bounds_prediction: !self.predictions_ignore_max_tokens,
             shutdown_timeout_s: self.shutdown_timeout_s,
+            step_log: self.step_log.clone(),
         })
     }
 }

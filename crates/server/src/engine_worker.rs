@@ -9,18 +9,21 @@
 //! the worker blocks on the command channel.
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapsd_core::{
     CoreError, FinishReason, PolicyConfig, PreemptKind, RequestId, RequestPhase, RequestSpec,
-    RequestState, Scheduler, SchedulerOutput, StepKind, StepResult,
+    RequestState, Scheduler, SchedulerOutput, StepKind, StepObservation, StepResult,
 };
 use tokio::sync::mpsc;
 
 use crate::backend::{Backend, BackendFinish, BackendStepOutput, SequenceParams};
-use crate::error::ApiError;
+use crate::error::{ApiError, ServerError};
 use crate::inflight::{queue_level, GenerateCommand, Inflight, ResponseEvent};
 use crate::metrics::{Metrics, REQUEST_STATES};
 use crate::model_text::ModelText;
@@ -39,12 +42,89 @@ pub struct WorkerContext {
     pub speculation_length: u32,
     /// See [`crate::server::ServerConfig::max_tokens_bounds_prediction`].
     pub max_tokens_bounds_prediction: bool,
+    /// `--step-log`: one line per step.
+    pub step_log: Option<StepLog>,
     /// Thresholds used to report queue levels.
     pub policy_config: PolicyConfig,
     /// Set on shutdown once the drain timeout passed: every request still in flight is ended.
     pub cancel_all: Arc<AtomicBool>,
     /// The server's clock origin: `now_s` is seconds since this instant.
     pub start: Instant,
+}
+
+/// `lapsd serve --step-log`: appends one [`StepObservation`] JSON line per engine step, flushed
+/// at once so that a killed server leaves whole lines.
+pub struct StepLog {
+    writer: BufWriter<File>,
+    failed: bool,
+}
+
+impl StepLog {
+    pub fn create(path: &Path) -> Result<Self, ServerError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| ServerError::Config(format!("--step-log {}: {e}", path.display())))?;
+        Ok(Self {
+            writer: BufWriter::new(file),
+            failed: false,
+        })
+    }
+
+    fn write(&mut self, observation: &StepObservation) {
+        if self.failed {
+            return;
+        }
+        let written = serde_json::to_writer(&mut self.writer, observation)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.writer.write_all(b"\n"))
+            .and_then(|()| self.writer.flush());
+        if let Err(e) = written {
+            // Serving goes on; the log is only a measurement.
+            tracing::error!(error = %e, "step log write failed: no more steps will be logged");
+            self.failed = true;
+        }
+    }
+}
+
+/// What one step did, in the terms of the cost model (`StepObservation`).
+fn observe_step(
+    output: &SchedulerOutput,
+    outputs: &[BackendStepOutput],
+    duration_s: f64,
+    t_s: f64,
+) -> StepObservation {
+    let drafted_of = |id: u64| {
+        outputs
+            .iter()
+            .find(|o| o.id == id)
+            .map_or(0, |o| o.drafted_tokens)
+    };
+    let mut observation = StepObservation {
+        t_s,
+        decode_members: 0,
+        verified_tokens: 0,
+        draft_passes: 0,
+        prefills: 0,
+        prefill_tokens: 0,
+        duration_s,
+    };
+    for member in &output.batch {
+        match member.kind {
+            StepKind::Prefill { tokens } => {
+                observation.prefills += 1;
+                observation.prefill_tokens += tokens;
+            }
+            StepKind::Decode { .. } => {
+                let drafted = drafted_of(member.id);
+                observation.decode_members += 1;
+                observation.verified_tokens += drafted + 1;
+                observation.draft_passes = observation.draft_passes.max(drafted);
+            }
+        }
+    }
+    observation
 }
 
 /// The worker's state; [`EngineWorker::run`] is its loop.
@@ -299,6 +379,9 @@ impl EngineWorker {
                 return;
             }
         };
+        if let Some(log) = self.ctx.step_log.as_mut() {
+            log.write(&observe_step(&output, &outputs, step_time_s, now_s));
+        }
         let results = self.apply_outputs(&output, &outputs, now_s);
         let finished = self.scheduler.update(&output, &results, step_time_s, now_s);
         self.record_levels(&output);

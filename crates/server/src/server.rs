@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::backend::Backend;
-use crate::engine_worker::{EngineWorker, WorkerContext};
+use crate::engine_worker::{EngineWorker, StepLog, WorkerContext};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::model_text::{ModelCard, ModelText};
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub max_tokens_bounds_prediction: bool,
     /// On shutdown, how long in-flight requests may run before they are cancelled.
     pub shutdown_timeout_s: f64,
+    /// Where to append one [`lapsd_core::StepObservation`] JSON line per engine step.
+    pub step_log: Option<PathBuf>,
 }
 
 /// A loaded model: the engine (owned by the worker thread) and what handlers need.
@@ -254,12 +257,20 @@ fn worker_main(
         .policy_info
         .with_label_values(&[config.policy.name(), &loaded.draft_name])
         .set(1.0);
+    let step_log = match config.step_log.as_deref().map(StepLog::create).transpose() {
+        Ok(log) => log,
+        Err(e) => {
+            let _ = ready_tx.send(Err(e));
+            return;
+        }
+    };
     let ctx = WorkerContext {
         text: loaded.text.clone(),
         metrics,
         eos_token_ids: loaded.card.eos_token_ids.clone(),
         speculation_length: config.speculation_length,
         max_tokens_bounds_prediction: config.max_tokens_bounds_prediction,
+        step_log,
         policy_config: config.policy_config.clone(),
         cancel_all,
         start,

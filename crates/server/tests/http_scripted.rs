@@ -527,3 +527,61 @@ async fn oracle_is_refused_at_start() {
         .expect("oracle refused");
     assert!(err.to_string().contains("oracle"), "{err}");
 }
+
+/// `--step-log`: one line per engine step, in the cost model's terms (the scripted engine's
+/// steps are known exactly: see `completion_non_stream_and_stream_agree`).
+#[tokio::test]
+async fn step_log_records_every_step() {
+    let path = std::env::temp_dir().join(format!("lapsd-step-log-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut cfg = config(PolicyKind::Fcfs);
+    cfg.step_log = Some(path.clone());
+    let server = start(cfg, fast()).await;
+    let body = json!({"model": "scripted", "prompt": "Hello", "max_tokens": 12, "temperature": 0});
+    let (status, v) = post_json(&server, "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    server.shutdown().await.expect("clean shutdown");
+    let text = std::fs::read_to_string(&path).expect("step log written");
+    let _ = std::fs::remove_file(&path);
+    let steps: Vec<lapsd_core::StepObservation> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a StepObservation per line"))
+        .collect();
+    let shape: Vec<(u32, u32, u32, u32, u32)> = steps
+        .iter()
+        .map(|s| {
+            (
+                s.prefills,
+                s.prefill_tokens,
+                s.decode_members,
+                s.verified_tokens,
+                s.draft_passes,
+            )
+        })
+        .collect();
+    // Prefill of the 5 prompt tokens, three k = 4 steps, then k = 1 and k = 0.
+    assert_eq!(
+        shape,
+        vec![
+            (1, 5, 0, 0, 0),
+            (0, 0, 1, 5, 4),
+            (0, 0, 1, 5, 4),
+            (0, 0, 1, 5, 4),
+            (0, 0, 1, 2, 1),
+            (0, 0, 1, 1, 0),
+        ]
+    );
+    assert!(steps.iter().all(|s| s.duration_s >= 0.0));
+    assert!(steps.windows(2).all(|w| w[0].t_s <= w[1].t_s));
+}
+
+#[tokio::test]
+async fn unwritable_step_log_fails_the_start() {
+    let mut cfg = config(PolicyKind::Fcfs);
+    cfg.step_log = Some(std::path::PathBuf::from("/nonexistent-dir/steps.jsonl"));
+    let err = lapsd_server::start(cfg, fast(), std::future::pending())
+        .await
+        .err()
+        .expect("start refused");
+    assert!(err.to_string().contains("--step-log"), "{err}");
+}

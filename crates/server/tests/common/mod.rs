@@ -40,6 +40,7 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
         predictor_window: 64,
         max_tokens_bounds_prediction: true,
         shutdown_timeout_s: 10.0,
+        step_log: None,
     }
 }
 
