@@ -192,11 +192,12 @@ fn least_squares(rows: &[([f64; 6], f64)], active: &[usize]) -> Option<Vec<f64>>
             return None;
         }
         a.swap(col, pivot);
-        for r in 0..n {
+        let pivot_row = a[col].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != col {
-                let factor = a[r][col] / a[col][col];
-                for c in col..=n {
-                    a[r][c] -= factor * a[col][c];
+                let factor = row[col] / pivot_row[col];
+                for (x, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                    *x -= factor * p;
                 }
             }
         }
