@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Closes the loop between the simulator and the real server (issue 5): for every served run of
 # scripts/compare-policies.sh, replay exactly the work the server did (arrival times, prompt
-# tokens, the output tokens each request really produced, its measured SD counters: drafted and
+# tokens (the server's count when recorded), the output tokens each request really produced, its
+# measured SD counters: drafted and
 # accepted tokens and verify steps, or the acceptance rate of older results) through
 # `lapsd sim` with the cost profile `lapsd calibrate` measured on this machine, the server's
 # batch/k/KV settings and the online length predictor, and compare the predicted mean end-to-end
@@ -12,8 +13,9 @@
 #   (env: MAX_BATCH [8], K [4], KV_BUDGET [16384], MAX_STEP_TOKENS [2048], LAPSD,
 #    STEP_TIME [measured] (`lapsd sim --step-time`),
 #    COUNTERS_FROM: another E2E_DIR of the same seeded workload whose runs recorded the SD
-#    counters, for older runs that did not: greedy decoding makes the tokens, hence the
-#    counters, the same under every policy and run; arrival times are checked to match)
+#    counters and the server's prompt token counts, for older runs that did not: greedy
+#    decoding makes the tokens, hence the counters, the same under every policy and run;
+#    arrival times are checked to match)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -47,21 +49,26 @@ for dir in "$e2e"/*/; do
         # The work this run really did: failed requests are left out of both sides.
         trace="$tmp/${workload}_${policy}_${rate}.jsonl"
         source_json="$served"
-        if [ -n "$COUNTERS_FROM" ] && [ "$(jq '[.requests[].verify_steps] | any(. != null)' "$served")" = false ]; then
+        if [ -n "$COUNTERS_FROM" ] && [ "$(jq '[.requests[] | .verify_steps, .server_prompt_tokens]
+                | any(. == null)' "$served")" = true ]; then
             donor="$(ls "$COUNTERS_FROM/$workload/"*_rate"$rate".json 2>/dev/null | head -1 || true)"
             if [ -n "$donor" ]; then
                 source_json="$tmp/merged.json"
+                # Only the fields the run lacks are taken from the donor.
                 jq --slurpfile d "$donor" '
                     if ([.requests[].arrival_s] != [$d[0].requests[].arrival_s]) then
                         error("arrival times differ from the counters donor") else . end
-                    | .requests = [.requests | to_entries[] | .value + ($d[0].requests[.key]
-                        | {drafted_tokens, accepted_tokens, verify_steps})]' "$served" >"$source_json"
+                    | .requests = [.requests | to_entries[] | .value as $v
+                        | ($d[0].requests[.key] | {drafted_tokens, accepted_tokens, verify_steps,
+                            server_prompt_tokens}) as $b
+                        | $v + ($b | with_entries(select($v[.key] == null)))]' "$served" >"$source_json"
             fi
         fi
         # The server's SD counters (drafted, accepted, verify steps) when the run recorded them:
         # the sim then drafts what the drafter really proposed per step (prompt lookup drafts
         # fewer than k) and solves the per-token acceptance from them; else the served ratio.
-        jq -c '.requests[] | select(.error == null) | {arrival_s, prompt_tokens,
+        jq -c '.requests[] | select(.error == null) | {arrival_s,
+            prompt_tokens: (.server_prompt_tokens // .prompt_tokens),
             output_tokens: ([.output_tokens, 1] | max)} + (if .acceptance_rate == null then {}
             else {acceptance_rate: .acceptance_rate} end) + (if .verify_steps == null
             or .drafted_tokens == null or .accepted_tokens == null then {} else

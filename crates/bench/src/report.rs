@@ -55,6 +55,10 @@ pub struct RequestRecord {
     pub error: Option<String>,
     pub error_message: Option<String>,
     pub acceptance_rate: Option<f64>,
+    /// The server's count of the prompt (`usage.prompt_tokens`), when sent: `prompt_tokens` is
+    /// the client's estimate (`--token-counter`), the server's count is what it computed.
+    #[serde(default)]
+    pub server_prompt_tokens: Option<u32>,
     /// Draft tokens the server proposed for this request, when sent.
     #[serde(default)]
     pub drafted_tokens: Option<u64>,
@@ -395,6 +399,7 @@ fn record(
         error: result.error.as_ref().map(|e| e.kind.tag()),
         error_message: result.error.as_ref().map(|e| e.message.clone()),
         acceptance_rate: result.sd.as_ref().and_then(|sd| sd.acceptance_rate),
+        server_prompt_tokens: result.server_prompt_tokens,
         drafted_tokens: result.sd.as_ref().and_then(|sd| sd.drafted_tokens),
         accepted_tokens: result.sd.as_ref().and_then(|sd| sd.accepted_tokens),
         verify_steps: result.sd.as_ref().and_then(|sd| sd.verify_steps),

@@ -288,6 +288,8 @@ fn streamed_requests_are_timed_and_counted() {
                 ),
                 (Some(8), Some(6), Some(4))
             );
+            // The fixture's usage says 3 prompt tokens.
+            assert_eq!(record.server_prompt_tokens, Some(3));
         }
         // ITL samples: one per content chunk after the first: 5 + 2 + 0.
         assert_eq!(report.itl.expect("itl").count, 7);
