@@ -556,6 +556,9 @@ impl EngineWorker {
             tokens = info.usage.completion_tokens,
             "finished"
         );
+        // Gauges first: a client that reads /metrics right after its response must not still
+        // see its request running.
+        self.refresh_gauges();
         r.send(ResponseEvent::Finished(Box::new(info)));
     }
 
