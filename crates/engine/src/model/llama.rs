@@ -85,14 +85,19 @@ pub(crate) struct SeqRows<'a> {
 }
 
 /// Quantized types whose candle 0.11 CPU dot product has no SIMD path (`vec_dot_unopt`): a decode
-/// step on them is several times slower than on Q8_0 (measured: Q4_1 took 44% of all cycles).
-fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
+/// step on them is several times slower than on Q8_0 (measured: Q4_1 took 44% of all cycles;
+/// Q5_0, which llama.cpp's Q4_K_M uses for Qwen2.5-0.5B's 896-wide rows, 24% of a
+/// speculative-decoding run with that model as the draft).
+pub(crate) fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
+    )
 }
 
 /// A projection weight, optionally re-quantized to Q8_0 when its own type is slow on the CPU.
 /// Q8_0 keeps 8 bits per weight with one scale per 32, so the values of a 4/5-bit block change by
-/// at most half a Q8_0 step (< 0.4% of the block's largest magnitude).
+/// about half a Q8_0 step (< 0.5% of the block's largest magnitude, the f16 scale included).
 fn projection(t: QTensor, opts: WeightOptions) -> Result<Projection, EngineError> {
     let t = Arc::new(t);
     let dense = if opts.dense {
@@ -115,7 +120,7 @@ fn projection(t: QTensor, opts: WeightOptions) -> Result<Projection, EngineError
 /// How projection weights are kept in memory (from [`crate::LoadOptions`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WeightOptions {
-    /// Re-quantize Q4_1/Q5_1/Q8_1 to Q8_0 (see `is_slow_on_cpu`).
+    /// Re-quantize Q4_1/Q5_0/Q5_1/Q8_1 to Q8_0 (see `is_slow_on_cpu`).
     pub(crate) requantize: bool,
     /// Also keep an f32 copy for many-row inputs (see [`DENSE_MIN_ROWS`]).
     pub(crate) dense: bool,
@@ -433,5 +438,50 @@ impl Transformer {
         }
         let xn = candle_nn::ops::rms_norm(&x, &self.output_norm, cfg.rms_eps)?;
         self.output.forward(&xn, &paths)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_types_are_requantized_to_q8_0_and_stay_close() {
+        assert!(is_slow_on_cpu(GgmlDType::Q5_0) && is_slow_on_cpu(GgmlDType::Q4_1));
+        assert!(!is_slow_on_cpu(GgmlDType::Q4K) && !is_slow_on_cpu(GgmlDType::Q8_0));
+        let dev = Device::Cpu;
+        // 64 outputs of 256 inputs, deterministic values in [-1, 1).
+        let values: Vec<f32> = (0..64 * 256)
+            .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
+            .collect();
+        let weights = Tensor::from_vec(values, (64, 256), &dev).expect("weights");
+        let q5 = QTensor::quantize(&weights, GgmlDType::Q5_0).expect("Q5_0");
+        let reference = q5.dequantize(&dev).expect("dequantize");
+        let options = WeightOptions {
+            requantize: true,
+            dense: false,
+        };
+        let p = projection(q5, options).expect("projection");
+        match &p.quantized {
+            QMatMul::QTensor(t) => assert_eq!(t.dtype(), GgmlDType::Q8_0),
+            _ => panic!("expected a quantized Q8_0 weight"),
+        }
+        let back = match &p.quantized {
+            QMatMul::QTensor(t) => t.dequantize(&dev).expect("dequantize"),
+            _ => unreachable!(),
+        };
+        // Half a Q8_0 step (the step is 1/127 of the block's largest magnitude, here <= 1), plus
+        // the f16 rounding of the block scale (2^-11 relative, over up to 127 steps).
+        let max_diff = (back - reference)
+            .expect("diff")
+            .abs()
+            .expect("abs")
+            .flatten_all()
+            .expect("flat")
+            .max(0)
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar");
+        assert!(max_diff <= 0.6 / 127.0, "max diff {max_diff}");
     }
 }

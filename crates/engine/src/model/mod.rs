@@ -60,7 +60,7 @@ pub struct SeqForward<'a> {
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Re-quantize projection weights stored as Q4_1/Q5_1/Q8_1 to Q8_0 at load time, because
+    /// Re-quantize projection weights stored as Q4_1/Q5_0/Q5_1/Q8_1 to Q8_0 at load time, because
     /// candle's CPU kernels for those types are scalar (several times slower per token). Costs
     /// ~1.7x the weight memory of Q4_1 and changes each weight by less than half a Q8_0 step.
     /// Default: true. Set false to run the file's exact weights.
