@@ -194,7 +194,6 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 /// Context text for calibration: code, so n-gram drafting sees realistic repetition.
 const CALIBRATION_TEXT: &str = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\nclass Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        return self.items.pop()\n";
 
-/// `lapsd calibrate`.
 /// `lapsd calibrate --from-step-log`: least squares over the served steps
 /// (`lapsd_core::fit_served_steps`).
 fn calibrate_from_step_log(log: &Path, out: &Path) -> anyhow::Result<()> {
@@ -248,6 +247,7 @@ fn print_cost(cost: &lapsd_core::LinearCost) {
     );
 }
 
+/// `lapsd calibrate`.
 pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     if let Some(log) = &args.from_step_log {
         return calibrate_from_step_log(log, &args.out);
@@ -326,14 +326,6 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     std::fs::write(&args.out, json + "\n")
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!("wrote {}", args.out.display());
-    println!(
-        "draft: {:.3} ms + {:.3} ms/seq per position | verify: {:.3} ms + {:.3} ms/token | prefill: {:.3} ms + {:.4} ms/token",
-        cost.draft_base_s * 1e3,
-        cost.draft_per_seq_s * 1e3,
-        cost.verify_base_s * 1e3,
-        cost.verify_per_token_s * 1e3,
-        cost.prefill_base_s * 1e3,
-        cost.prefill_per_token_s * 1e3
-    );
+    print_cost(&cost);
     Ok(())
 }

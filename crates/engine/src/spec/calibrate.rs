@@ -1,8 +1,7 @@
 //! Cost calibration for the simulator: measures, on this machine, the draft cost of one draft
 //! position and the target's verification cost for batch sizes 1..B and speculation lengths 0..K,
 //! plus the prefill cost per prompt token, and fits the linear step-cost model the simulator uses
-//! (`lapsd_core::cost::LinearCost`, mirrored here field for field so this crate does not depend on
-//! the simulator's types): an SD step of `b` sequences with speculation length `k` costs
+//! (`lapsd_core::LinearCost`): an SD step of `b` sequences with speculation length `k` costs
 //! `k * (draft_base_s + draft_per_seq_s * b) + verify_base_s + verify_per_token_s * b * (k + 1)`;
 //! a prefill of `t` tokens costs `prefill_base_s + prefill_per_token_s * t`.
 
@@ -14,22 +13,9 @@ use crate::error::EngineError;
 use crate::model::{KvCache, Model, SeqForward};
 use crate::spec::draft::ngram_propose;
 
-/// The fitted linear cost model (the JSON object `cost`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LinearCost {
-    /// Fixed seconds of one draft position for a batch.
-    pub draft_base_s: f64,
-    /// Extra seconds per sequence of one draft position.
-    pub draft_per_seq_s: f64,
-    /// Fixed seconds of one verification forward.
-    pub verify_base_s: f64,
-    /// Extra seconds per verified token (a sequence verifies k + 1 tokens).
-    pub verify_per_token_s: f64,
-    /// Fixed seconds of one prefill.
-    pub prefill_base_s: f64,
-    /// Extra seconds per prompt token of a prefill.
-    pub prefill_per_token_s: f64,
-}
+/// The fitted linear cost model (the JSON object `cost`): the core's type, so the profile is
+/// what `lapsd sim` and `lapsd serve` read.
+pub use lapsd_core::LinearCost;
 
 /// One measured point (median over the repeats).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
