@@ -88,45 +88,6 @@ impl StepLog {
     }
 }
 
-/// What one step did, in the terms of the cost model (`StepObservation`).
-fn observe_step(
-    output: &SchedulerOutput,
-    outputs: &[BackendStepOutput],
-    duration_s: f64,
-    t_s: f64,
-) -> StepObservation {
-    let drafted_of = |id: u64| {
-        outputs
-            .iter()
-            .find(|o| o.id == id)
-            .map_or(0, |o| o.drafted_tokens)
-    };
-    let mut observation = StepObservation {
-        t_s,
-        decode_members: 0,
-        verified_tokens: 0,
-        draft_passes: 0,
-        prefills: 0,
-        prefill_tokens: 0,
-        duration_s,
-    };
-    for member in &output.batch {
-        match member.kind {
-            StepKind::Prefill { tokens } => {
-                observation.prefills += 1;
-                observation.prefill_tokens += tokens;
-            }
-            StepKind::Decode { .. } => {
-                let drafted = drafted_of(member.id);
-                observation.decode_members += 1;
-                observation.verified_tokens += drafted + 1;
-                observation.draft_passes = observation.draft_passes.max(drafted);
-            }
-        }
-    }
-    observation
-}
-
 /// The worker's state; [`EngineWorker::run`] is its loop.
 pub struct EngineWorker {
     backend: Box<dyn Backend>,
@@ -379,10 +340,15 @@ impl EngineWorker {
                 return;
             }
         };
-        if let Some(log) = self.ctx.step_log.as_mut() {
-            log.write(&observe_step(&output, &outputs, step_time_s, now_s));
-        }
         let results = self.apply_outputs(&output, &outputs, now_s);
+        if let Some(log) = self.ctx.step_log.as_mut() {
+            log.write(&StepObservation::of_step(
+                &output,
+                &results,
+                step_time_s,
+                now_s,
+            ));
+        }
         let finished = self.scheduler.update(&output, &results, step_time_s, now_s);
         self.record_levels(&output);
         for state in finished {

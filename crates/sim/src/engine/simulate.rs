@@ -20,7 +20,8 @@ use lapsd_core::policy::build_policy;
 use lapsd_core::FinishReason;
 use lapsd_core::{
     CoreError, MeasuredCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind, RequestSpec,
-    Scheduler, SchedulerConfig, SchedulerOutput, StepCostModel, StepKind, StepResult,
+    Scheduler, SchedulerConfig, SchedulerOutput, StepCostModel, StepKind, StepObservation,
+    StepResult,
 };
 use serde::{Deserialize, Serialize};
 
@@ -107,26 +108,21 @@ struct Progress {
     sd_steps: u32,
 }
 
-/// Seconds the batch takes (see the module header); `results` are the members' outcomes, in
-/// batch order.
+/// Seconds the batch takes (see the module header); `results` are the members' outcomes.
 fn step_time_s(output: &SchedulerOutput, results: &[StepResult], cost: &dyn StepCostModel) -> f64 {
-    let mut prefill_s = 0.0;
-    let mut decoding = 0usize;
-    let mut draft_passes = 0u32;
-    let mut verified_tokens = 0usize;
-    for (member, result) in output.batch.iter().zip(results) {
-        match member.kind {
-            StepKind::Prefill { tokens } => prefill_s += cost.prefill_s(tokens),
-            StepKind::Decode { .. } => {
-                decoding += 1;
-                draft_passes = draft_passes.max(result.drafted_tokens);
-                verified_tokens += result.drafted_tokens as usize + 1;
-            }
-        }
-    }
-    let decode_s = if decoding > 0 {
-        f64::from(draft_passes) * cost.draft_s(decoding)
-            + cost.verify_tokens_s(decoding, verified_tokens)
+    let prefill_s: f64 = output
+        .batch
+        .iter()
+        .filter_map(|member| match member.kind {
+            StepKind::Prefill { tokens } => Some(cost.prefill_s(tokens)),
+            StepKind::Decode { .. } => None,
+        })
+        .sum();
+    let step = StepObservation::of_step(output, results, 0.0, 0.0);
+    let decode_s = if step.decode_members > 0 {
+        let members = step.decode_members as usize;
+        f64::from(step.draft_passes) * cost.draft_s(members)
+            + cost.verify_tokens_s(members, step.verified_tokens as usize)
     } else {
         0.0
     };
