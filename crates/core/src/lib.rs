@@ -14,11 +14,13 @@
 //!
 //! Policies (one file each under [`policy`]): `fcfs`, `sjf`, `srpt`, `las`, `mlfq`, `trail`,
 //! `oracle`, `laps-sd` (arXiv 2505.17074), the ablations `laps-sd-perceptible-first` /
-//! `laps-sd-perceptible-last`, and our variants `laps-sd-mal`, `laps-sd-aging`, `laps-sd+`.
+//! `laps-sd-perceptible-last`, and our variants `laps-sd-mal`, `laps-sd-aging`, `laps-sd+`,
+//! `laps-sd-srpt`.
 
 pub mod cost;
 pub mod error;
 pub mod kv;
+pub mod length_model;
 pub mod policy;
 pub mod predictor;
 pub mod request;

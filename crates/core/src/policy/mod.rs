@@ -8,6 +8,7 @@
 
 pub mod fcfs;
 pub mod laps_sd;
+pub mod laps_sd_srpt;
 pub mod las;
 pub mod mlfq;
 pub mod oracle;
@@ -219,10 +220,13 @@ pub enum PolicyKind {
     LapsSdAging,
     /// Ours: `laps-sd-mal` and `laps-sd-aging` together.
     LapsSdPlus,
+    /// Ours: LAPS-SD's estimate (with the prefill still owed, and the acceptance rate shrunk
+    /// toward the finished requests' rate) from arrival, shortest first, no LAS phase.
+    LapsSdSrpt,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 13] = [
+    pub const ALL: [PolicyKind; 14] = [
         PolicyKind::Fcfs,
         PolicyKind::Sjf,
         PolicyKind::Srpt,
@@ -236,6 +240,7 @@ impl PolicyKind {
         PolicyKind::LapsSdMal,
         PolicyKind::LapsSdAging,
         PolicyKind::LapsSdPlus,
+        PolicyKind::LapsSdSrpt,
     ];
     /// The baselines of the paper's comparison (no oracle, no LAPS-SD variant).
     pub const BASELINES: [PolicyKind; 6] = [
@@ -258,13 +263,14 @@ impl PolicyKind {
         PolicyKind::LapsSd,
     ];
     /// `laps-sd` and its ablations / our variants.
-    pub const LAPS_SD_VARIANTS: [PolicyKind; 6] = [
+    pub const LAPS_SD_VARIANTS: [PolicyKind; 7] = [
         PolicyKind::LapsSd,
         PolicyKind::LapsSdPerceptibleFirst,
         PolicyKind::LapsSdPerceptibleLast,
         PolicyKind::LapsSdMal,
         PolicyKind::LapsSdAging,
         PolicyKind::LapsSdPlus,
+        PolicyKind::LapsSdSrpt,
     ];
     pub fn name(&self) -> &'static str {
         match self {
@@ -281,6 +287,7 @@ impl PolicyKind {
             PolicyKind::LapsSdMal => "laps-sd-mal",
             PolicyKind::LapsSdAging => "laps-sd-aging",
             PolicyKind::LapsSdPlus => "laps-sd+",
+            PolicyKind::LapsSdSrpt => "laps-sd-srpt",
         }
     }
     /// Whether it needs the simulator-only truth (`RequestSpec::true_output_tokens`).
@@ -406,6 +413,7 @@ pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn P
         PolicyKind::LapsSdMal => laps(PerceptiblePlacement::WithinQueue, true, None),
         PolicyKind::LapsSdAging => laps(PerceptiblePlacement::WithinQueue, false, aging_wait_s),
         PolicyKind::LapsSdPlus => laps(PerceptiblePlacement::WithinQueue, true, aging_wait_s),
+        PolicyKind::LapsSdSrpt => Box::new(laps_sd_srpt::LapsSdSrpt::new(config.max_wait_s)),
     })
 }
 

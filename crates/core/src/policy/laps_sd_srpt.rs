@@ -1,0 +1,231 @@
+//! `laps-sd-srpt` (ours): LAPS-SD's execution-time estimate applied from arrival, without the
+//! least-attained-service phase. Every request, every step, is ranked by its estimated remaining
+//! execution time (shortest first, preemptive):
+//!
+//! `T = prefill_s(context) [if its KV must still be computed]
+//!      + L_rem * (n*T_draft + T_target) / (n*A + 1)`
+//!
+//! with L_rem the predicted remaining tokens, n the speculation length and the step costs at
+//! batch 1 as in `laps-sd` (the paper's estimate), and A the acceptance rate *shrunk toward a
+//! prior*: `A = (accepted + w*A_prior) / (drafted + w)`, `w` = [`PRIOR_WEIGHT_TOKENS`] drafted
+//! tokens, `A_prior` the pooled acceptance rate of the requests finished so far (0 before any).
+//! A request's own rate takes over as its drafts accumulate, which is the paper's "acceptance
+//! rate learnt while decoding" without a stability test or a phase in which the estimate is
+//! ignored.
+//!
+//! Why (measured, docs/e2e-results.md): on the embedded model on 2 CPU cores, reply lengths
+//! vary little (ShareGPT CV^2 0.47) and least attained service, which LAPS-SD uses until a
+//! request's rate is stable, loses to FCFS by far near saturation; and a long prompt's prefill
+//! costs as much as dozens of decode steps, which the paper's estimate (decode only) ignores.
+//!
+//! Starvation bound (optional, `PolicyConfig::max_wait_s`, as `srpt`): a request that has not
+//! run for `max_wait_s` is promoted ahead of all others until it finishes.
+//!
+//! Keys are refreshed lazily in `select` (which brings the cost model) for arrivals and batch
+//! members: O(b log n) per step. The prior changes only when a request finishes; keys of waiting
+//! requests keep the prior they were computed with until they run (they have not moved).
+
+use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
+use super::{BatchBuilder, Policy, ScheduleContext};
+use crate::cost::StepCostModel;
+use crate::request::{IdMap, RequestId, RequestState};
+
+/// Drafted tokens' worth of weight the prior acceptance rate carries against a request's own.
+pub const PRIOR_WEIGHT_TOKENS: f64 = 8.0;
+
+type Key = (i32, OrdF64, OrdF64);
+
+#[derive(Debug, Default)]
+pub struct LapsSdSrpt {
+    queue: KeyedQueue<Key>,
+    aging: StarvationGuard,
+    max_wait_s: Option<f64>,
+    dirty: Vec<RequestId>,
+    /// Latest (accepted, drafted) of each live request, pooled into the prior when it finishes.
+    counts: IdMap<(u64, u64)>,
+    finished_accepted: u64,
+    finished_drafted: u64,
+}
+
+/// The acceptance rate the estimate uses: the request's own, shrunk toward `prior`.
+pub fn shrunk_acceptance_rate(accepted: u64, drafted: u64, prior: f64) -> f64 {
+    (accepted as f64 + PRIOR_WEIGHT_TOKENS * prior) / (drafted as f64 + PRIOR_WEIGHT_TOKENS)
+}
+
+/// Estimated remaining execution time at batch 1 (module header).
+pub fn estimated_remaining_with_prefill_s(
+    r: &RequestState,
+    speculation_length: u32,
+    cost: &dyn StepCostModel,
+    prior_acceptance_rate: f64,
+) -> f64 {
+    let n = f64::from(speculation_length);
+    let a = shrunk_acceptance_rate(
+        r.acceptance.accepted_tokens,
+        r.acceptance.drafted_tokens,
+        prior_acceptance_rate,
+    );
+    let tokens_per_step = n * a + 1.0;
+    let step_s = n * cost.draft_s(1) + cost.verify_s(1, speculation_length);
+    let prefill_s = if r.needs_prefill() {
+        cost.prefill_s(r.context_tokens())
+    } else {
+        0.0
+    };
+    prefill_s + f64::from(r.predicted_remaining_tokens()) * step_s / tokens_per_step
+}
+
+impl LapsSdSrpt {
+    pub fn new(max_wait_s: Option<f64>) -> Self {
+        Self {
+            max_wait_s,
+            ..Self::default()
+        }
+    }
+
+    /// Pooled acceptance rate of the finished requests (0 before any drafted token).
+    pub fn prior_acceptance_rate(&self) -> f64 {
+        if self.finished_drafted == 0 {
+            0.0
+        } else {
+            self.finished_accepted as f64 / self.finished_drafted as f64
+        }
+    }
+}
+
+impl Policy for LapsSdSrpt {
+    fn name(&self) -> &str {
+        "laps-sd-srpt"
+    }
+    fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
+        self.dirty.push(request.id());
+        if self.max_wait_s.is_some() {
+            self.aging.on_arrival(request.id(), request.spec.arrival_s);
+        }
+    }
+    fn on_step(&mut self, request: &RequestState, _now_s: f64) {
+        self.dirty.push(request.id());
+        self.counts.insert(
+            request.id(),
+            (
+                request.acceptance.accepted_tokens,
+                request.acceptance.drafted_tokens,
+            ),
+        );
+        if self.max_wait_s.is_some() {
+            self.aging.on_step(request.id(), request.last_scheduled_s);
+        }
+    }
+    fn on_finish(&mut self, id: RequestId) {
+        self.queue.remove(id);
+        self.aging.remove(id);
+        if let Some((accepted, drafted)) = self.counts.remove(&id) {
+            self.finished_accepted += accepted;
+            self.finished_drafted += drafted;
+        }
+    }
+    fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
+        let prior = self.prior_acceptance_rate();
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(r) = ctx.requests.get(&id) {
+                let t =
+                    estimated_remaining_with_prefill_s(r, ctx.speculation_length, ctx.cost, prior);
+                let key = (
+                    r.spec.priority_or_default(),
+                    OrdF64(t),
+                    OrdF64(r.spec.arrival_s),
+                );
+                self.queue.insert(id, key);
+            }
+        }
+        if let Some(max_wait_s) = self.max_wait_s {
+            self.aging.offer_starved(batch, ctx.now_s, max_wait_s);
+        }
+        offer_in_order(batch, self.queue.ids());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Fixture;
+
+    fn arrive(f: &mut Fixture, id: u64, t: f64, prompt: u32, predicted: u32) {
+        f.arrive_with(id, t, prompt, 1000, |s| {
+            s.predicted_output_tokens = Some(predicted)
+        });
+    }
+
+    #[test]
+    fn a_long_prompt_counts_against_a_request_before_its_prefill() {
+        let mut f = Fixture::new(1);
+        // Same predicted length and no acceptance known: request 1 first only by arrival, but
+        // its 60000-token prompt costs 0.6 s to prefill, which request 2's does not.
+        arrive(&mut f, 1, 0.0, 60_000, 40);
+        arrive(&mut f, 2, 0.1, 10, 40);
+        let mut p = LapsSdSrpt::new(None);
+        f.announce(&mut p);
+        assert_eq!(f.select(&mut p), vec![2]);
+        let t1 = estimated_remaining_with_prefill_s(f.get(1), 4, &f.cost, 0.0);
+        let t2 = estimated_remaining_with_prefill_s(f.get(2), 4, &f.cost, 0.0);
+        // Step at batch 1: 4 drafts of 1 ms + verify 10 ms + 5 * 0.1 ms = 14.5 ms; 1 token/step.
+        assert!(
+            (t2 - (0.005 + 10.0 * 0.00001 + 40.0 * 0.0145)).abs() < 1e-9,
+            "{t2}"
+        );
+        assert!(
+            (t1 - (0.005 + 60_000.0 * 0.00001 + 40.0 * 0.0145)).abs() < 1e-9,
+            "{t1}"
+        );
+    }
+
+    #[test]
+    fn a_shorter_newcomer_preempts_and_acceptance_shortens_the_estimate() {
+        let mut f = Fixture::new(1);
+        arrive(&mut f, 1, 0.0, 10, 100);
+        let mut p = LapsSdSrpt::new(None);
+        f.announce(&mut p);
+        assert_eq!(f.select(&mut p), vec![1]);
+        // Request 1 accepts every draft: A = (40 + 0) / (40 + 8) after 10 steps of 4/4.
+        for _ in 0..10 {
+            f.step_one(&mut p, 1, 4, 4);
+        }
+        let a = shrunk_acceptance_rate(40, 40, 0.0);
+        assert!((a - 40.0 / 48.0).abs() < 1e-12);
+        // 100 - 50 = 50 tokens left at 4a + 1 tokens per step.
+        let t1 = estimated_remaining_with_prefill_s(f.get(1), 4, &f.cost, 0.0);
+        assert!((t1 - 50.0 * 0.0145 / (4.0 * a + 1.0)).abs() < 1e-9, "{t1}");
+        // A newcomer predicted at 40 tokens, no drafts yet (A = prior 0): 40 steps ~ 0.58 s
+        // + its prefill, longer than request 1's ~0.17 s: request 1 keeps running.
+        arrive(&mut f, 2, 0.2, 10, 40);
+        p.on_arrival(f.get(2), 0.2);
+        assert_eq!(f.select(&mut p), vec![1]);
+        // A newcomer predicted at 5 tokens is shorter: it preempts.
+        arrive(&mut f, 3, 0.3, 10, 5);
+        p.on_arrival(f.get(3), 0.3);
+        assert_eq!(f.select(&mut p), vec![3]);
+    }
+
+    #[test]
+    fn the_prior_pools_finished_requests_and_aging_bounds_the_wait() {
+        let mut f = Fixture::new(1);
+        arrive(&mut f, 1, 0.0, 10, 10);
+        let mut p = LapsSdSrpt::new(Some(1.0));
+        f.announce(&mut p);
+        assert_eq!(p.prior_acceptance_rate(), 0.0);
+        f.select(&mut p);
+        f.step_one(&mut p, 1, 4, 3);
+        f.step_one(&mut p, 1, 4, 1);
+        p.on_finish(1);
+        f.remove(1);
+        assert!((p.prior_acceptance_rate() - 0.5).abs() < 1e-12);
+        // A long request waits behind a stream of short ones until aging promotes it.
+        arrive(&mut f, 2, 0.0, 10, 500);
+        p.on_arrival(f.get(2), 0.0);
+        arrive(&mut f, 3, 0.0, 10, 5);
+        p.on_arrival(f.get(3), 0.0);
+        assert_eq!(f.select(&mut p), vec![3]);
+        f.now_s = 2.0;
+        assert_eq!(f.select(&mut p), vec![2], "waited 2 s > 1 s");
+    }
+}
