@@ -5,7 +5,8 @@
 # measured SD counters: drafted and
 # accepted tokens and verify steps, or the acceptance rate of older results) through
 # `lapsd sim` with the cost profile `lapsd calibrate` measured on this machine, the server's
-# batch/k/KV settings and the online length predictor, and compare the predicted mean end-to-end
+# batch/k/KV settings and the online length predictor (plus, when the server ran with
+# `--length-model`, each request's text prediction as the server made it), and compare the predicted mean end-to-end
 # latency per policy with the served one: as the client measured it, and as the server did
 # (`server_e2e_ms`: from admission, without HTTP, tokenization and the client). Writes
 # <E2E_DIR>/sim-vs-serve.md.
@@ -72,7 +73,9 @@ for dir in "$e2e"/*/; do
             output_tokens: ([.output_tokens, 1] | max)} + (if .acceptance_rate == null then {}
             else {acceptance_rate: .acceptance_rate} end) + (if .verify_steps == null
             or .drafted_tokens == null or .accepted_tokens == null then {} else
-            {drafted_tokens, accepted_tokens, verify_steps} end)' "$source_json" >"$trace"
+            {drafted_tokens, accepted_tokens, verify_steps} end)
+            + (if .predicted_output_tokens == null then {} else {predicted_output_tokens} end)' \
+            "$source_json" >"$trace"
         served_mean="$(jq '[.requests[] | select(.error == null) | .e2e_ms] | add / length / 1000' "$served")"
         server_mean="$(jq '[.requests[] | select(.error == null) | .server_e2e_ms // empty]
             | if length == 0 then null else add / length / 1000 end' "$served")"

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::arrivals::ArrivalProcess;
 use crate::client::{self, ClientConfig, Endpoint};
+use crate::length_model;
 use crate::plot;
 use crate::profiles::Profile;
 use crate::report::{BenchReport, RunSettings};
@@ -32,6 +33,42 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Draw mean/p99 latency vs request rate from several result files (one line per --label).
     Plot(PlotArgs),
+    /// Train the prompt-text length model `lapsd serve --length-model` reads, on a dataset's
+    /// reply lengths as a benchmark with the same --output-scale/--max-output-tokens sends them,
+    /// leaving out the prompts of the benchmark runs named by --exclude-seed/--exclude-requests.
+    TrainLengthModel(TrainLengthModelArgs),
+}
+
+/// `lapsd bench train-length-model` flags.
+#[derive(clap::Args, Debug)]
+pub struct TrainLengthModelArgs {
+    /// The dataset: `sharegpt PATH` or `gsm8k PATH`.
+    #[arg(long, num_args = 2, value_names = ["KIND", "PATH"], required = true)]
+    pub dataset: Vec<String>,
+    /// As `lapsd bench --output-scale`.
+    #[arg(long, default_value_t = 1.0)]
+    pub output_scale: f64,
+    /// As `lapsd bench --max-output-tokens`.
+    #[arg(long, default_value_t = 512)]
+    pub max_output_tokens: u32,
+    /// Seeds of the benchmark runs whose prompts must not be trained on (repeatable).
+    #[arg(long)]
+    pub exclude_seed: Vec<u64>,
+    /// Requests per excluded benchmark run.
+    #[arg(long, default_value_t = 100)]
+    pub exclude_requests: usize,
+    /// Share of the other pairs held out to measure the rank correlation.
+    #[arg(long, default_value_t = 0.1)]
+    pub holdout_fraction: f64,
+    /// Seed of the shuffles (training order, holdout split).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Count tokens with this tokenizer.json instead of characters/4 (as `lapsd bench`).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Where to write the model (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `lapsd bench plot` flags.
@@ -148,6 +185,7 @@ pub struct RunArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Plot(plot_args)) => run_plot(plot_args),
+        Some(BenchCommand::TrainLengthModel(train_args)) => run_train_length_model(train_args),
         None => run_bench(args.run),
     }
 }
@@ -170,6 +208,78 @@ fn run_plot(args: PlotArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_train_length_model(args: TrainLengthModelArgs) -> anyhow::Result<()> {
+    let source = dataset_source(&args.dataset)?;
+    let tokens = match &args.tokenizer {
+        Some(path) => TokenCounter::from_file(path)?,
+        None => TokenCounter::CharsPerFour,
+    };
+    let mut excluded_prompts = std::collections::HashSet::new();
+    for &seed in &args.exclude_seed {
+        let plan = workload::build_plan(&PlanConfig {
+            source: &source,
+            requests: Some(args.exclude_requests),
+            arrivals: ArrivalProcess::new(f64::INFINITY, 1.0)?,
+            seed,
+            max_output_tokens: args.max_output_tokens,
+            output_scale: args.output_scale,
+            tokens: &tokens,
+        })?;
+        excluded_prompts.extend(plan.items.into_iter().map(|item| item.prompt));
+    }
+    let outcome = length_model::train_length_model(&length_model::TrainSettings {
+        source: &source,
+        output_scale: args.output_scale,
+        max_output_tokens: args.max_output_tokens,
+        tokens: &tokens,
+        excluded_prompts: &excluded_prompts,
+        holdout_fraction: args.holdout_fraction,
+        seed: args.seed,
+        train: lapsd_core::length_model::TrainConfig::default(),
+    })?;
+    let mut model = outcome.model;
+    model.description = format!(
+        "{} {}, output scale {}, cap {}, {} tokens; trained on {} pairs, {} held out, {} benchmark prompts left out (seeds {:?} x {} requests)",
+        args.dataset[0],
+        args.dataset[1],
+        args.output_scale,
+        args.max_output_tokens,
+        tokens.describe(),
+        outcome.train_examples,
+        outcome.holdout_examples,
+        outcome.excluded_examples,
+        args.exclude_seed,
+        args.exclude_requests,
+    );
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let json = serde_json::to_vec(&model).context("serialising the model")?;
+    std::fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
+    let show = |s: Option<f64>| s.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    println!("{}", model.description);
+    println!(
+        "Spearman (predicted vs served length): held out {}, benchmark prompts {}; residual sigma {:.2} (ln tokens)",
+        show(model.holdout_spearman),
+        show(outcome.excluded_spearman),
+        model.residual_sigma
+    );
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn dataset_source(dataset: &[String]) -> anyhow::Result<WorkloadSource> {
+    match dataset {
+        [kind, path] => match kind.as_str() {
+            "sharegpt" => Ok(WorkloadSource::ShareGpt { path: path.into() }),
+            "gsm8k" => Ok(WorkloadSource::Gsm8k { path: path.into() }),
+            other => bail!("--dataset KIND must be sharegpt or gsm8k, got {other:?}"),
+        },
+        _ => bail!("--dataset takes KIND PATH"),
+    }
+}
+
 fn workload_source(source: &SourceArgs) -> anyhow::Result<WorkloadSource> {
     if let Some(profile) = source.workload {
         return Ok(WorkloadSource::Profile { profile });
@@ -180,12 +290,8 @@ fn workload_source(source: &SourceArgs) -> anyhow::Result<WorkloadSource> {
         });
     }
     match source.dataset.as_deref() {
-        Some([kind, path]) => match kind.as_str() {
-            "sharegpt" => Ok(WorkloadSource::ShareGpt { path: path.into() }),
-            "gsm8k" => Ok(WorkloadSource::Gsm8k { path: path.into() }),
-            other => bail!("--dataset KIND must be sharegpt or gsm8k, got {other:?}"),
-        },
-        _ => bail!("one of --workload, --dataset KIND PATH or --trace is required"),
+        Some(dataset) => dataset_source(dataset),
+        None => bail!("one of --workload, --dataset KIND PATH or --trace is required"),
     }
 }
 

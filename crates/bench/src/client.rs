@@ -111,6 +111,9 @@ pub struct ServerTiming {
     pub queue_time_s: Option<f64>,
     /// Times the request was removed from the batch unfinished.
     pub preemptions: Option<u64>,
+    /// Output length the server predicted from the prompt's text at admission.
+    #[serde(default)]
+    pub text_predicted_output_tokens: Option<u64>,
 }
 
 /// Where the output token count came from.
@@ -345,6 +348,9 @@ pub fn apply_chunk(data: &str, result: &mut RequestResult) -> Result<bool, Reque
             e2e_s: scheduling.get("e2e_s").and_then(Value::as_f64),
             queue_time_s: scheduling.get("queue_time_s").and_then(Value::as_f64),
             preemptions: scheduling.get("preemptions").and_then(Value::as_u64),
+            text_predicted_output_tokens: scheduling
+                .get("text_predicted_output_tokens")
+                .and_then(Value::as_u64),
         });
     }
     let choices = value.get("choices").and_then(Value::as_array);

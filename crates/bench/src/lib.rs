@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod datasets;
 pub mod error;
+pub mod length_model;
 pub mod plot;
 pub mod profiles;
 pub mod report;

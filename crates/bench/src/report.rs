@@ -77,6 +77,10 @@ pub struct RequestRecord {
     pub server_queue_ms: Option<f64>,
     /// Server-reported preemptions, when sent.
     pub preemptions: Option<u64>,
+    /// The server's prediction of the output length from the prompt's text (`lapsd serve
+    /// --length-model`), when sent; `lapsd sim` traces replay it (scripts/sim-vs-serve.sh).
+    #[serde(default)]
+    pub predicted_output_tokens: Option<u64>,
     /// The stream's `finish_reason` (`length`, `stop`, ...), when sent.
     #[serde(default)]
     pub finish_reason: Option<String>,
@@ -419,6 +423,10 @@ fn record(
             .and_then(|t| t.queue_time_s)
             .map(|s| s * 1000.0),
         preemptions: result.server_timing.as_ref().and_then(|t| t.preemptions),
+        predicted_output_tokens: result
+            .server_timing
+            .as_ref()
+            .and_then(|t| t.text_predicted_output_tokens),
         finish_reason: result.finish_reason.clone(),
     }
 }

@@ -144,6 +144,23 @@ pub fn build_plan(config: &PlanConfig<'_>) -> Result<Plan, BenchError> {
     Ok(Plan { items, arrivals_s })
 }
 
+/// Whether a dataset pair passes vLLM's ShareGPT length filter.
+pub fn passes_sharegpt_filter(prompt_tokens: u32, reply_tokens: u32) -> bool {
+    prompt_tokens >= 4
+        && reply_tokens >= 4
+        && prompt_tokens <= SHAREGPT_MAX_PROMPT_TOKENS
+        && prompt_tokens + reply_tokens <= SHAREGPT_MAX_TOTAL_TOKENS
+}
+
+/// The `max_tokens` a dataset reply of `reply_tokens` becomes: scaled (rounded up), capped, and at
+/// least the profiles' minimum (or the cap, if smaller).
+pub fn served_output_tokens(reply_tokens: u32, output_scale: f64, max_output_tokens: u32) -> u32 {
+    let scaled = (f64::from(reply_tokens) * output_scale).ceil();
+    (scaled.min(f64::from(u32::MAX)) as u32)
+        .min(max_output_tokens)
+        .max(MIN_OUTPUT_TOKENS.min(max_output_tokens).max(1))
+}
+
 /// Samples `n` prompt/reply pairs as vLLM does for ShareGPT: shuffle with the seed, walk the
 /// shuffled list keeping pairs that pass the length filter, until `n` are taken (starting over with
 /// a new shuffle if the dataset has fewer than `n` usable pairs). The output length is the reply's
@@ -167,22 +184,17 @@ fn sample_pairs(
             let pair = &pairs[index];
             let prompt_tokens = config.tokens.count(&pair.prompt);
             let reply_tokens = config.tokens.count(&pair.reply);
-            if vllm_sharegpt_filter
-                && (prompt_tokens < 4
-                    || reply_tokens < 4
-                    || prompt_tokens > SHAREGPT_MAX_PROMPT_TOKENS
-                    || prompt_tokens + reply_tokens > SHAREGPT_MAX_TOTAL_TOKENS)
-            {
+            if vllm_sharegpt_filter && !passes_sharegpt_filter(prompt_tokens, reply_tokens) {
                 continue;
             }
-            let scaled = (f64::from(reply_tokens) * config.output_scale).ceil();
-            let max_tokens = (scaled.min(f64::from(u32::MAX)) as u32)
-                .min(config.max_output_tokens)
-                .max(MIN_OUTPUT_TOKENS.min(config.max_output_tokens).max(1));
             items.push(WorkItem {
                 prompt: pair.prompt.clone(),
                 prompt_tokens,
-                max_tokens,
+                max_tokens: served_output_tokens(
+                    reply_tokens,
+                    config.output_scale,
+                    config.max_output_tokens,
+                ),
             });
         }
         if items.len() == before {

@@ -24,7 +24,7 @@ enum Command {
     /// OpenAI-compatible HTTP server whose batches are chosen by the scheduling core.
     Serve(lapsd_server::cli::ServeArgs),
     /// Benchmark client: replay a workload against any OpenAI-compatible server.
-    Bench(lapsd_bench::cli::BenchArgs),
+    Bench(Box<lapsd_bench::cli::BenchArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => lapsd_engine::cli::run_generate(args),
         Command::Calibrate(args) => lapsd_engine::cli::run_calibrate(args),
         Command::Serve(args) => lapsd_server::cli::run(args),
-        Command::Bench(args) => lapsd_bench::cli::run(args),
+        Command::Bench(args) => lapsd_bench::cli::run(*args),
     }
 }

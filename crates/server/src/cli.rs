@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use lapsd_core::length_model::TextLengthModel;
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind};
 
 use crate::server::{start, ServerConfig};
@@ -70,6 +71,11 @@ pub struct ServeArgs {
     /// duration) to this file: the in-situ measurement `lapsd calibrate --from-step-log` fits.
     #[arg(long)]
     pub step_log: Option<PathBuf>,
+    /// Predict each request's output length from its prompt text with this model (written by
+    /// `lapsd bench train-length-model`) instead of from its prompt length alone. Requests that
+    /// outgrow the prediction fall back to the online predictor's conditional median.
+    #[arg(long)]
+    pub length_model: Option<PathBuf>,
 }
 
 /// Rough step costs of SmolLM2-135M (Q4_1) with n-gram drafts on 2 CPU cores; used when no
@@ -130,6 +136,10 @@ impl ServeArgs {
                 profile.cost
             }
         };
+        let length_model = match &self.length_model {
+            None => None,
+            Some(path) => Some(std::sync::Arc::new(load_length_model(path)?)),
+        };
         Ok(ServerConfig {
             host: self.host.clone(),
             port: self.port,
@@ -151,8 +161,26 @@ impl ServeArgs {
             max_tokens_bounds_prediction: !self.predictions_ignore_max_tokens,
             shutdown_timeout_s: self.shutdown_timeout_s,
             step_log: self.step_log.clone(),
+            length_model,
         })
     }
+}
+
+/// Reads a `--length-model` file and checks it is whole.
+pub fn load_length_model(path: &std::path::Path) -> anyhow::Result<TextLengthModel> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --length-model {}", path.display()))?;
+    let model: TextLengthModel = serde_json::from_str(&text)
+        .with_context(|| format!("parsing --length-model {}", path.display()))?;
+    if !model.is_consistent() {
+        anyhow::bail!(
+            "--length-model {}: {} weights for {} hash buckets, or non-finite values, or an empty length range",
+            path.display(),
+            model.weights.len(),
+            model.hash_buckets
+        );
+    }
+    Ok(model)
 }
 
 /// `lapsd serve`.
@@ -255,5 +283,29 @@ mod tests {
         let cli = Cli::parse_from(["lapsd", "--policy", "lottery"]);
         let err = cli.serve.to_config().expect_err("unknown policy");
         assert!(err.to_string().contains("lottery"), "{err}");
+    }
+
+    #[test]
+    fn length_model_loads_and_a_broken_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.json");
+        let mut model = TextLengthModel::zeros(8);
+        model.bias = 3.0;
+        std::fs::write(&good, serde_json::to_vec(&model).expect("json")).expect("write");
+        let cli = Cli::parse_from(["lapsd", "--length-model", good.to_str().expect("utf-8")]);
+        let config = cli.serve.to_config().expect("valid");
+        assert_eq!(config.length_model.as_deref(), Some(&model));
+        model.weights.truncate(3);
+        let broken = dir.path().join("broken.json");
+        std::fs::write(&broken, serde_json::to_vec(&model).expect("json")).expect("write");
+        let cli = Cli::parse_from(["lapsd", "--length-model", broken.to_str().expect("utf-8")]);
+        let err = cli.serve.to_config().expect_err("3 weights for 8 buckets");
+        assert!(err.to_string().contains("broken.json"), "{err}");
+        let cli = Cli::parse_from(["lapsd", "--length-model", "/nonexistent/model.json"]);
+        let err = format!("{:#}", cli.serve.to_config().expect_err("missing file"));
+        assert!(
+            err.contains("--length-model /nonexistent/model.json"),
+            "{err}"
+        );
     }
 }

@@ -185,9 +185,12 @@ impl EngineWorker {
             },
             ignore_eos: req.ignore_eos,
         };
-        let spec = RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens)
+        let mut spec = RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens)
             .with_priority(req.priority)
             .with_max_tokens_bounds_prediction(self.ctx.max_tokens_bounds_prediction);
+        // A text prediction replaces the online predictor's first guess (which uses only the
+        // prompt's length); the online predictor still re-predicts once it is outgrown.
+        spec.predicted_output_tokens = req.predicted_output_tokens;
         let queued_s = cmd.received_at.elapsed().as_secs_f64();
         if let Err(e) = self
             .backend

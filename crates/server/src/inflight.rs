@@ -58,12 +58,15 @@ pub struct Inflight {
     pub first_token_s: Option<f64>,
     /// Queue levels visited, in order of first visit.
     pub queue_levels: Vec<u32>,
+    /// The `--length-model` prediction made at admission.
+    pub text_predicted_output_tokens: Option<u32>,
 }
 
 impl Inflight {
     pub fn new(cmd: GenerateCommand, arrival_s: f64) -> Self {
         Self {
             prompt_tokens: cmd.request.prompt_ids.len() as u32,
+            text_predicted_output_tokens: cmd.request.predicted_output_tokens,
             stop: StopMatcher::new(cmd.request.stop.clone()),
             events_tx: cmd.events_tx,
             _permit: cmd.permit,
@@ -123,6 +126,7 @@ impl Inflight {
                     perceptible_at_s: state.perceptible_at_s.map(|t| t - self.arrival_s),
                     preemptions: state.preemptions,
                     recomputes: state.recomputes,
+                    text_predicted_output_tokens: self.text_predicted_output_tokens,
                     ttft_s: self.first_token_s.map(|t| t - self.arrival_s),
                     e2e_s: now_s - self.arrival_s,
                     queue_time_s: self.first_step_s.map(|t| t - self.arrival_s),

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::model_text::{ModelCard, ModelText};
 use crate::routes::{router, AppState};
 use crate::validation::Validator;
+use lapsd_core::length_model::TextLengthModel;
 
 /// Everything `lapsd serve` is configured with (built from the CLI flags, or by tests).
 #[derive(Debug, Clone)]
@@ -52,6 +53,8 @@ pub struct ServerConfig {
     pub shutdown_timeout_s: f64,
     /// Where to append one [`lapsd_core::StepObservation`] JSON line per engine step.
     pub step_log: Option<PathBuf>,
+    /// Predicts output lengths from prompt text at admission (`--length-model`).
+    pub length_model: Option<Arc<TextLengthModel>>,
 }
 
 /// A loaded model: the engine (owned by the worker thread) and what handlers need.
@@ -164,6 +167,7 @@ pub async fn start(
             text,
             kv_budget_tokens: config.capacity.kv_budget_tokens,
             lookahead_tokens: config.speculation_length + 1,
+            length_model: config.length_model.clone(),
         },
         commands_tx,
         admission: Arc::new(Semaphore::new(config.max_queue)),

@@ -15,6 +15,7 @@ use crate::api::openai::{
 };
 use crate::error::ApiError;
 use crate::model_text::{ModelCard, ModelText};
+use lapsd_core::length_model::TextLengthModel;
 
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -42,6 +43,9 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Generate past EOS until `max_tokens` (vLLM's `ignore_eos`).
     pub ignore_eos: bool,
+    /// Output length predicted from the prompt's text (`--length-model`), if a model is loaded
+    /// and the prompt came as text.
+    pub predicted_output_tokens: Option<u32>,
 }
 
 /// The limits requests are checked against, and the model text functions.
@@ -53,6 +57,8 @@ pub struct Validator {
     pub kv_budget_tokens: u64,
     /// KV tokens reserved beyond the context for one SD step (k + 1).
     pub lookahead_tokens: u32,
+    /// Predicts output lengths from prompt text (`--length-model`).
+    pub length_model: Option<Arc<TextLengthModel>>,
 }
 
 impl Validator {
@@ -87,7 +93,19 @@ impl Validator {
                 ids.clone()
             }
         };
-        self.finish(&req.common(), None, prompt_ids, "prompt")
+        let prompt_text = match &req.prompt {
+            PromptInput::Text(text) => Some(text.as_str()),
+            PromptInput::Texts(texts) => texts.first().map(String::as_str),
+            PromptInput::TokenIds(_) => None,
+        };
+        let mut valid = self.finish(&req.common(), None, prompt_ids, "prompt")?;
+        valid.predicted_output_tokens = self.predict_length(prompt_text);
+        Ok(valid)
+    }
+
+    /// The length model's prediction for a prompt text (None without a model or text).
+    fn predict_length(&self, text: Option<&str>) -> Option<u32> {
+        Some(self.length_model.as_ref()?.predict_output_tokens(text?))
     }
 
     pub fn chat(&self, req: &ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
@@ -145,13 +163,21 @@ impl Validator {
         })?;
         // The template writes any special tokens itself.
         let prompt_ids = self.encode(&prompt, false, "messages")?;
-        self.finish(
+        let mut valid = self.finish(
             &req.common(),
             req.max_completion_tokens
                 .map(|v| ("max_completion_tokens", v)),
             prompt_ids,
             "messages",
-        )
+        )?;
+        // The model was trained on first user turns: predict from the last user message.
+        let last_user = turns
+            .iter()
+            .rev()
+            .find(|(role, _)| role == "user")
+            .map(|(_, content)| content.as_str());
+        valid.predicted_output_tokens = self.predict_length(last_user);
+        Ok(valid)
     }
 
     fn encode(&self, text: &str, add_special: bool, field: &str) -> Result<Vec<u32>, ApiError> {
@@ -235,6 +261,7 @@ impl Validator {
             stream: c.stream,
             include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
             ignore_eos: c.ignore_eos,
+            predicted_output_tokens: None,
         })
     }
 
@@ -358,7 +385,48 @@ mod tests {
             text: Arc::new(Words),
             kv_budget_tokens: 1000,
             lookahead_tokens: 5,
+            length_model: None,
         }
+    }
+
+    /// A length model that predicts 10 tokens, or 90 for prompts containing "essay".
+    fn essay_model() -> Arc<TextLengthModel> {
+        let mut model = TextLengthModel::zeros(64);
+        model.bias = 10f64.ln();
+        model.max_output_tokens = 1000;
+        let features = lapsd_core::length_model::PromptFeatures::of("essay", 64);
+        let (bucket, value) = features.hashed[0];
+        model.weights[bucket as usize] = (9f64.ln() / f64::from(value)) as f32;
+        Arc::new(model)
+    }
+
+    #[test]
+    fn length_model_predicts_from_the_prompt_text_or_the_last_user_turn() {
+        let v = Validator {
+            length_model: Some(essay_model()),
+            ..validator()
+        };
+        let parse =
+            |body: &str| -> CompletionRequest { parse_body(body.as_bytes()).expect("body") };
+        let text = v.completion(&parse(r#"{"prompt": "essay", "max_tokens": 5}"#));
+        assert_eq!(text.expect("valid").predicted_output_tokens, Some(90));
+        let other = v.completion(&parse(r#"{"prompt": "a poem", "max_tokens": 5}"#));
+        assert_eq!(other.expect("valid").predicted_output_tokens, Some(10));
+        let ids = v.completion(&parse(r#"{"prompt": [1, 2], "max_tokens": 5}"#));
+        assert_eq!(ids.expect("valid").predicted_output_tokens, None);
+        let chat: ChatCompletionRequest = parse_body(
+            br#"{"messages": [{"role": "user", "content": "a poem"},
+                {"role": "assistant", "content": "ok"}, {"role": "user", "content": "essay"}],
+                "max_tokens": 3}"#,
+        )
+        .expect("body");
+        assert_eq!(
+            v.chat(&chat).expect("valid").predicted_output_tokens,
+            Some(90)
+        );
+        // Without a model nothing is predicted here (the scheduler's online predictor is).
+        let plain = validator().completion(&parse(r#"{"prompt": "essay", "max_tokens": 5}"#));
+        assert_eq!(plain.expect("valid").predicted_output_tokens, None);
     }
 
     fn completion(body: &str) -> Result<ValidRequest, ApiError> {

@@ -485,6 +485,7 @@ async fn concurrent_requests_complete_under_every_policy() {
         "mlfq",
         "trail",
         "laps-sd+",
+        "laps-sd-srpt",
     ] {
         let mut cfg = config(policy.parse().expect("policy"));
         cfg.capacity.max_batch = 3;

@@ -31,8 +31,10 @@ impl PredictorChoice {
     }
 }
 
-/// Fills `predicted_output_tokens` of every request for the noisy oracle (clears it for the online
-/// predictor, which predicts inside the scheduler).
+/// Fills `predicted_output_tokens` of every request for the noisy oracle. The online predictor
+/// predicts inside the scheduler, except for requests that already carry a prediction (a served
+/// trace's, from `lapsd serve --length-model`): those keep it until they outgrow it, as on the
+/// server.
 pub fn assign_predictions<R: Rng + ?Sized>(
     requests: &mut [SimRequest],
     predictor: &PredictorChoice,
@@ -45,7 +47,7 @@ pub fn assign_predictions<R: Rng + ?Sized>(
                 let p = (f64::from(r.size.output_tokens) * (sigma * z).exp()).round();
                 Some(p.clamp(1.0, f64::from(u32::MAX)) as u32)
             }
-            PredictorChoice::Online { .. } => None,
+            PredictorChoice::Online { .. } => r.predicted_output_tokens,
         };
     }
 }
@@ -104,6 +106,25 @@ mod tests {
             },
             &mut rng,
         );
-        assert!(reqs.iter().all(|r| r.predicted_output_tokens.is_none()));
+        // The online predictor keeps a prediction a request already carries (a served trace's)
+        // and leaves the others to the scheduler.
+        assert!(reqs.iter().all(|r| r.predicted_output_tokens.is_some()));
+        let mut fresh = vec![req(200); 3];
+        fresh[1].predicted_output_tokens = Some(7);
+        assign_predictions(
+            &mut fresh,
+            &PredictorChoice::Online {
+                prior_tokens: 100,
+                window: 10,
+            },
+            &mut rng,
+        );
+        assert_eq!(
+            fresh
+                .iter()
+                .map(|r| r.predicted_output_tokens)
+                .collect::<Vec<_>>(),
+            vec![None, Some(7), None]
+        );
     }
 }

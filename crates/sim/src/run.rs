@@ -169,6 +169,13 @@ impl Experiment {
                 (sizes, None, profile.max_tokens)
             }
         };
+        // A served trace's length predictions (`lapsd serve --length-model`), replayed as given.
+        let trace_predictions: Vec<Option<u32>> = match &self.source {
+            RequestSource::Trace { records, .. } => {
+                records.iter().map(|r| r.predicted_output_tokens).collect()
+            }
+            _ => Vec::new(),
+        };
         let mean_s = mean_service_s(&sizes, &self.scheduler)?;
         let mut runs = Vec::new();
         for rate in &self.rates {
@@ -216,7 +223,7 @@ impl Experiment {
                     arrival_s,
                     size: *size,
                     max_tokens: max_tokens_cap(cap, size.output_tokens),
-                    predicted_output_tokens: None,
+                    predicted_output_tokens: trace_predictions.get(i).copied().flatten(),
                 })
                 .collect();
             assign_predictions(

@@ -14,6 +14,10 @@
 //! tokens per drafting step at that length (`acceptance::alpha_for_accepted_per_step`): the
 //! served accepted/drafted ratio is not alpha, since draft positions after the first rejection
 //! count as drafted but can never be accepted.
+//!
+//! A line may also carry `predicted_output_tokens`: the length the server predicted from the
+//! prompt's text (`lapsd serve --length-model`). With `--predictor online` the request starts
+//! with that prediction, as it did on the server.
 
 use std::io::BufRead;
 
@@ -32,6 +36,10 @@ pub struct TraceRecord {
     pub acceptance_rate: Option<f64>,
     /// The drafter's draft length, from served counters; `None` = the speculation length.
     pub draft_length: Option<DraftLength>,
+    /// The length the server predicted from the prompt's text at admission
+    /// (`predicted_output_tokens`, from `lapsd serve --length-model`), used with
+    /// `--predictor online` in place of the online predictor's first guess.
+    pub predicted_output_tokens: Option<u32>,
 }
 
 fn field_err(line: usize, field: &'static str, reason: impl Into<String>) -> SimError {
@@ -84,6 +92,10 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
     }
     let prompt_tokens = get_tokens(obj, line, "prompt_tokens")?;
     let output_tokens = get_tokens(obj, line, "output_tokens")?;
+    let predicted_output_tokens = match obj.get("predicted_output_tokens") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(get_tokens(obj, line, "predicted_output_tokens")?),
+    };
     if let Some((draft_length, alpha)) = served_counters(obj, line, output_tokens)? {
         return Ok(TraceRecord {
             arrival_s,
@@ -91,6 +103,7 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
             output_tokens,
             acceptance_rate: Some(alpha),
             draft_length: Some(draft_length),
+            predicted_output_tokens,
         });
     }
     let acceptance_rate = match obj.get("acceptance_rate") {
@@ -113,6 +126,7 @@ pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
         output_tokens,
         acceptance_rate,
         draft_length: None,
+        predicted_output_tokens,
     })
 }
 
@@ -237,6 +251,30 @@ mod tests {
         assert_eq!(recs[0].acceptance_rate, Some(0.8));
         assert_eq!(recs[1].output_tokens, 7);
         assert_eq!(recs[1].acceptance_rate, None);
+        assert_eq!(recs[1].predicted_output_tokens, None);
+    }
+
+    #[test]
+    fn a_served_text_prediction_is_kept_and_checked() {
+        let text = concat!(
+            r#"{"arrival_s": 0, "prompt_tokens": 5, "output_tokens": 7, "predicted_output_tokens": 12}"#,
+            "\n",
+            r#"{"arrival_s": 1, "prompt_tokens": 5, "output_tokens": 40, "drafted_tokens": 30, "accepted_tokens": 6, "verify_steps": 20, "predicted_output_tokens": 33}"#,
+            "\n",
+            r#"{"arrival_s": 2, "prompt_tokens": 5, "output_tokens": 7, "predicted_output_tokens": null}"#,
+            "\n",
+        );
+        let recs = parse_trace(text.as_bytes()).expect("valid trace");
+        assert_eq!(
+            recs.iter()
+                .map(|r| r.predicted_output_tokens)
+                .collect::<Vec<_>>(),
+            vec![Some(12), Some(33), None]
+        );
+        assert_eq!(
+            err_of("{\"arrival_s\": 1, \"prompt_tokens\": 5, \"output_tokens\": 3, \"predicted_output_tokens\": 0}"),
+            (1, "predicted_output_tokens")
+        );
     }
 
     #[test]

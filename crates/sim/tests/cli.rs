@@ -147,3 +147,42 @@ fn trace_errors_name_line_and_field_and_a_good_trace_replays() {
     assert!(err.to_string().contains("trace"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A served trace's text predictions reach the length-aware policies: srpt on one sequence runs
+/// the request predicted shorter first, so wrong predictions cost mean latency and right ones
+/// do not.
+#[test]
+fn trace_predictions_steer_length_aware_policies() {
+    let dir = std::env::temp_dir().join(format!("lapsd-sim-pred-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mean_latency = |short_predicted: u32, long_predicted: u32| {
+        let path = dir.join(format!("t{short_predicted}_{long_predicted}.jsonl"));
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"arrival_s\": 0.0, \"prompt_tokens\": 8, \"output_tokens\": 200, \"acceptance_rate\": 0.5, \"predicted_output_tokens\": {long_predicted}}}\n\
+                 {{\"arrival_s\": 0.0, \"prompt_tokens\": 8, \"output_tokens\": 5, \"acceptance_rate\": 0.5, \"predicted_output_tokens\": {short_predicted}}}\n"
+            ),
+        )
+        .expect("write");
+        let v = json_of(&[
+            "--trace",
+            path.to_str().expect("utf-8 path"),
+            "--format",
+            "json",
+            "--policy",
+            "srpt",
+            "--predictor",
+            "online",
+            "--max-batch",
+            "1",
+        ]);
+        v["results"][0]["mean_latency_s"]
+            .as_f64()
+            .expect("a number")
+    };
+    let right = mean_latency(5, 200);
+    let wrong = mean_latency(400, 200);
+    assert!(wrong > right * 1.5, "right {right} wrong {wrong}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

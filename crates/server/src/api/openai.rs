@@ -207,6 +207,10 @@ pub struct SchedulingStats {
     pub preemptions: u32,
     /// Times its KV was freed and its prefill recomputed.
     pub recomputes: u32,
+    /// Output length predicted from the prompt's text at admission (`lapsd serve
+    /// --length-model`); absent without a length model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_predicted_output_tokens: Option<u32>,
     /// Seconds from arrival (admission by the engine worker) to its first generated token.
     pub ttft_s: Option<f64>,
     /// Seconds from arrival to finish.

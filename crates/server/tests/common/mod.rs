@@ -41,6 +41,7 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
         max_tokens_bounds_prediction: true,
         shutdown_timeout_s: 10.0,
         step_log: None,
+        length_model: None,
     }
 }
 
