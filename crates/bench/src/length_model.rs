@@ -80,13 +80,24 @@ pub fn train_length_model(settings: &TrainSettings<'_>) -> Result<TrainOutcome, 
     }
     let labelled = labelled_pairs(settings)?;
     let buckets = settings.train.hash_buckets;
-    let (excluded, mut usable): (Vec<_>, Vec<_>) = labelled
+    let (excluded, usable): (Vec<_>, Vec<_>) = labelled
         .into_iter()
         .partition(|(prompt, _)| settings.excluded_prompts.contains(prompt));
+    // Held out by prompt, not by pair: ShareGPT repeats first turns, and a prompt seen in
+    // training would flatter the held-out correlation.
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
-    usable.shuffle(&mut rng);
-    let holdout_len = (usable.len() as f64 * settings.holdout_fraction).round() as usize;
-    let holdout = usable.split_off(usable.len() - holdout_len.min(usable.len()));
+    let mut prompts: Vec<&str> = usable.iter().map(|(p, _)| p.as_str()).collect();
+    prompts.sort_unstable();
+    prompts.dedup();
+    prompts.shuffle(&mut rng);
+    let holdout_len = (prompts.len() as f64 * settings.holdout_fraction).round() as usize;
+    let held_out: HashSet<String> = prompts[..holdout_len.min(prompts.len())]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let (holdout, usable): (Vec<_>, Vec<_>) = usable
+        .into_iter()
+        .partition(|(prompt, _)| held_out.contains(prompt));
     if usable.is_empty() {
         return Err(BenchError::EmptyWorkload(
             "no dataset pair is left to train on".into(),
@@ -175,7 +186,8 @@ mod tests {
         assert_eq!(outcome.excluded_examples, 2);
         assert_eq!(outcome.holdout_examples, 60);
         assert_eq!(outcome.train_examples, 238);
-        // Served lengths: 40/4*0.5 = 5 (raised to the minimum), 400/4*0.5 = 50, 500*0.5 = 250 -> 200.
+        // Served lengths: 40/4*0.5 = 5, 400/4*0.5 = 50, 2000/4*0.5 = 250, capped at 200.
+        assert_eq!(outcome.model.min_output_tokens, 5);
         assert_eq!(outcome.model.max_output_tokens, 200);
         let m = &outcome.model;
         let (short, mid, long) = (

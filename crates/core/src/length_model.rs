@@ -172,6 +172,10 @@ impl TextLengthModel {
             f64::from(self.min_output_tokens.max(1)),
             f64::from(self.max_output_tokens.max(1)),
         );
+        if tokens.is_nan() {
+            // Only a corrupt model gets here (e.g. weights so large they overflow).
+            return lo as u32;
+        }
         tokens.clamp(lo, hi.max(lo)) as u32
     }
 }

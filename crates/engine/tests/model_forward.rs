@@ -117,9 +117,12 @@ fn incremental_decoding_matches_one_full_forward() {
 }
 
 /// The f32 prompt path and the quantized path compute the same function up to Q8_0 rounding of
-/// the activations (which the quantized kernels round to 8 bits at every layer): logits within 10%
-/// of their scale (measured on these texts: up to 5.4%, on chat-template tokens) and the same
-/// greedy token at nine positions in ten or more.
+/// the activations (which the quantized kernels round to 8 bits at every layer): per position, the
+/// largest logit difference relative to the logits' scale is on average within 8% and nowhere
+/// above 20%, and the greedy token is the same at nine positions in ten or more. Measured: on the
+/// CPU of sessions 4-5 at most 5.4% (chat-template tokens); on an AVX-512 Xeon (session 6, same
+/// code and model file) up to 13.1% at single positions, 4.5% and 5.3% on average per text. A
+/// wrong weight, layout or RoPE gives differences of the logits' own size and other greedy tokens.
 #[test]
 fn f32_prompt_path_agrees_with_the_quantized_path() {
     let (dense, _) = model();
@@ -135,16 +138,23 @@ fn f32_prompt_path_agrees_with_the_quantized_path() {
         let a = forward(dense, &tokens, &mut dense.new_cache());
         let b = forward(quantized, &tokens, &mut quantized.new_cache());
         let mut same_argmax = 0;
+        let mut ratio_sum = 0f32;
         for (r, (x, y)) in a.iter().zip(&b).enumerate() {
             let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
             let diff = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
             assert!(
-                diff <= 0.1 * scale,
+                diff <= 0.2 * scale,
                 "{text:?} row {r}: |diff| {diff}, scale {scale}"
             );
+            ratio_sum += diff / scale;
             same_argmax +=
                 usize::from(lapsd_engine::spec::argmax(x) == lapsd_engine::spec::argmax(y));
         }
+        let mean_ratio = ratio_sum / a.len() as f32;
+        assert!(
+            mean_ratio <= 0.08,
+            "{text:?}: mean |diff| / scale {mean_ratio}"
+        );
         // Near-ties may flip; allow one position in ten.
         assert!(
             same_argmax * 10 >= a.len() * 9,

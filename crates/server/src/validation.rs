@@ -391,10 +391,12 @@ mod tests {
 
     /// A length model that predicts 10 tokens, or 90 for prompts containing "essay".
     fn essay_model() -> Arc<TextLengthModel> {
-        let mut model = TextLengthModel::zeros(64);
+        // Enough buckets that "a", "poem" and "a poem" do not share the bucket of "essay".
+        let buckets = 1 << 16;
+        let mut model = TextLengthModel::zeros(buckets);
         model.bias = 10f64.ln();
         model.max_output_tokens = 1000;
-        let features = lapsd_core::length_model::PromptFeatures::of("essay", 64);
+        let features = lapsd_core::length_model::PromptFeatures::of("essay", buckets);
         let (bucket, value) = features.hashed[0];
         model.weights[bucket as usize] = (9f64.ln() / f64::from(value)) as f32;
         Arc::new(model)

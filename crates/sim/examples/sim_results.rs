@@ -530,7 +530,8 @@ fn write_doc(
          of every non-perceptible one) and `laps-sd-perceptible-last` (behind). Ours: \
          `laps-sd-mal` (tokens per step from the measured mean accepted length instead of \
          n A + 1), `laps-sd-aging` (a request waiting longer than 30 s goes first), `laps-sd+` \
-         (both). Mean / p99 latency in seconds:\n"
+         (both), `laps-sd-srpt` (the estimate, plus the prefill still owed, from arrival: no \
+         least-attained-service phase). Mean / p99 latency in seconds:\n"
     );
     let variant_names = names(&PolicyKind::LAPS_SD_VARIANTS);
     let _ = write!(doc, "| condition | workload |");

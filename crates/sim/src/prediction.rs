@@ -31,10 +31,9 @@ impl PredictorChoice {
     }
 }
 
-/// Fills `predicted_output_tokens` of every request for the noisy oracle. The online predictor
-/// predicts inside the scheduler, except for requests that already carry a prediction (a served
-/// trace's, from `lapsd serve --length-model`): those keep it until they outgrow it, as on the
-/// server.
+/// Fills `predicted_output_tokens` of every request for the noisy oracle (clears it for the online
+/// predictor, which predicts inside the scheduler, starting from a served trace's
+/// `served_predicted_output_tokens` where there is one).
 pub fn assign_predictions<R: Rng + ?Sized>(
     requests: &mut [SimRequest],
     predictor: &PredictorChoice,
@@ -47,7 +46,7 @@ pub fn assign_predictions<R: Rng + ?Sized>(
                 let p = (f64::from(r.size.output_tokens) * (sigma * z).exp()).round();
                 Some(p.clamp(1.0, f64::from(u32::MAX)) as u32)
             }
-            PredictorChoice::Online { .. } => r.predicted_output_tokens,
+            PredictorChoice::Online { .. } => None,
         };
     }
 }
@@ -71,6 +70,7 @@ mod tests {
             },
             max_tokens: 4096,
             predicted_output_tokens: None,
+            served_predicted_output_tokens: None,
         }
     }
 
@@ -106,25 +106,7 @@ mod tests {
             },
             &mut rng,
         );
-        // The online predictor keeps a prediction a request already carries (a served trace's)
-        // and leaves the others to the scheduler.
-        assert!(reqs.iter().all(|r| r.predicted_output_tokens.is_some()));
-        let mut fresh = vec![req(200); 3];
-        fresh[1].predicted_output_tokens = Some(7);
-        assign_predictions(
-            &mut fresh,
-            &PredictorChoice::Online {
-                prior_tokens: 100,
-                window: 10,
-            },
-            &mut rng,
-        );
-        assert_eq!(
-            fresh
-                .iter()
-                .map(|r| r.predicted_output_tokens)
-                .collect::<Vec<_>>(),
-            vec![None, Some(7), None]
-        );
+        // The online predictor clears the oracle's draws (they come from the true lengths).
+        assert!(reqs.iter().all(|r| r.predicted_output_tokens.is_none()));
     }
 }

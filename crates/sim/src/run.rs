@@ -223,7 +223,8 @@ impl Experiment {
                     arrival_s,
                     size: *size,
                     max_tokens: max_tokens_cap(cap, size.output_tokens),
-                    predicted_output_tokens: trace_predictions.get(i).copied().flatten(),
+                    predicted_output_tokens: None,
+                    served_predicted_output_tokens: trace_predictions.get(i).copied().flatten(),
                 })
                 .collect();
             assign_predictions(

@@ -309,6 +309,10 @@ pub struct SimRequest {
     pub max_tokens: u32,
     /// Noisy-oracle prediction of the output length (`None` when the online predictor is used).
     pub predicted_output_tokens: Option<u32>,
+    /// The length the server predicted from the prompt's text (a served trace's
+    /// `predicted_output_tokens`); with the online predictor the request starts with it.
+    #[serde(default)]
+    pub served_predicted_output_tokens: Option<u32>,
 }
 
 /// Draws `count` request sizes from `profile`.

@@ -45,6 +45,7 @@ fn random_requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
                 predicted_output_tokens: Some(
                     (f64::from(output_tokens) * rng.gen_range(0.5..2.0)) as u32 + 1,
                 ),
+                served_predicted_output_tokens: None,
             }
         })
         .collect()
@@ -235,6 +236,7 @@ fn step_time_charges_the_tokens_each_member_drafted() {
         // Far above the true length: the scheduler shortens k only near max_tokens.
         max_tokens: 10 * OUTPUT_TOKENS,
         predicted_output_tokens: Some(OUTPUT_TOKENS),
+        served_predicted_output_tokens: None,
     };
     let mut config = sd_config(PolicyKind::Fcfs, 1, 1 << 40);
     config.scheduler.cost = cost;

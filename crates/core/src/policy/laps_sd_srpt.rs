@@ -22,8 +22,12 @@
 //! run for `max_wait_s` is promoted ahead of all others until it finishes.
 //!
 //! Keys are refreshed lazily in `select` (which brings the cost model) for arrivals and batch
-//! members: O(b log n) per step. The prior changes only when a request finishes; keys of waiting
-//! requests keep the prior they were computed with until they run (they have not moved).
+//! members: O(b log n) per step. The prior changes only when a request finishes (or is
+//! cancelled: its drafts count too; a request's last step, which the scheduler reports by
+//! finishing it, is not pooled); when it has moved by more than [`PRIOR_REKEY_THRESHOLD`] since
+//! the queued keys were computed, every queued request is re-keyed, O(n log n), which happens a
+//! bounded number of times as the pooled rate settles. A request whose KV is freed while it waits
+//! keeps a key without the recompute cost (no hook reports the eviction), as in `oracle`.
 
 use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
 use super::{BatchBuilder, Policy, ScheduleContext};
@@ -32,6 +36,10 @@ use crate::request::{IdMap, RequestId, RequestState};
 
 /// Drafted tokens' worth of weight the prior acceptance rate carries against a request's own.
 pub const PRIOR_WEIGHT_TOKENS: f64 = 8.0;
+
+/// How far the pooled prior may move before every queued key is recomputed with it (requests
+/// keyed with an older prior would otherwise be ordered against newer ones on different terms).
+pub const PRIOR_REKEY_THRESHOLD: f64 = 0.02;
 
 type Key = (i32, OrdF64, OrdF64);
 
@@ -45,6 +53,8 @@ pub struct LapsSdSrpt {
     counts: IdMap<(u64, u64)>,
     finished_accepted: u64,
     finished_drafted: u64,
+    /// The prior the queued keys were computed with.
+    keyed_prior: f64,
 }
 
 /// The acceptance rate the estimate uses: the request's own, shrunk toward `prior`.
@@ -67,12 +77,14 @@ pub fn estimated_remaining_with_prefill_s(
     );
     let tokens_per_step = n * a + 1.0;
     let step_s = n * cost.draft_s(1) + cost.verify_s(1, speculation_length);
-    let prefill_s = if r.needs_prefill() {
-        cost.prefill_s(r.context_tokens())
-    } else {
-        0.0
-    };
-    prefill_s + f64::from(r.predicted_remaining_tokens()) * step_s / tokens_per_step
+    let mut decode_tokens = f64::from(r.predicted_remaining_tokens());
+    let mut prefill_s = 0.0;
+    if r.needs_prefill() {
+        // The prefill also yields the first token.
+        prefill_s = cost.prefill_s(r.context_tokens());
+        decode_tokens = (decode_tokens - 1.0).max(0.0);
+    }
+    prefill_s + decode_tokens * step_s / tokens_per_step
 }
 
 impl LapsSdSrpt {
@@ -126,6 +138,11 @@ impl Policy for LapsSdSrpt {
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
         let prior = self.prior_acceptance_rate();
+        if (prior - self.keyed_prior).abs() > PRIOR_REKEY_THRESHOLD {
+            let queued: Vec<RequestId> = self.queue.ids().collect();
+            self.dirty.extend(queued);
+            self.keyed_prior = prior;
+        }
         for id in std::mem::take(&mut self.dirty) {
             if let Some(r) = ctx.requests.get(&id) {
                 let t =
@@ -168,13 +185,14 @@ mod tests {
         assert_eq!(f.select(&mut p), vec![2]);
         let t1 = estimated_remaining_with_prefill_s(f.get(1), 4, &f.cost, 0.0);
         let t2 = estimated_remaining_with_prefill_s(f.get(2), 4, &f.cost, 0.0);
-        // Step at batch 1: 4 drafts of 1 ms + verify 10 ms + 5 * 0.1 ms = 14.5 ms; 1 token/step.
+        // Step at batch 1: 4 drafts of 1 ms + verify 10 ms + 5 * 0.1 ms = 14.5 ms; 1 token/step;
+        // the prefill yields the first of the 40 tokens.
         assert!(
-            (t2 - (0.005 + 10.0 * 0.00001 + 40.0 * 0.0145)).abs() < 1e-9,
+            (t2 - (0.005 + 10.0 * 0.00001 + 39.0 * 0.0145)).abs() < 1e-9,
             "{t2}"
         );
         assert!(
-            (t1 - (0.005 + 60_000.0 * 0.00001 + 40.0 * 0.0145)).abs() < 1e-9,
+            (t1 - (0.005 + 60_000.0 * 0.00001 + 39.0 * 0.0145)).abs() < 1e-9,
             "{t1}"
         );
     }
@@ -219,6 +237,7 @@ mod tests {
         p.on_finish(1);
         f.remove(1);
         assert!((p.prior_acceptance_rate() - 0.5).abs() < 1e-12);
+        assert_eq!(p.keyed_prior, 0.0, "re-keyed on the next select");
         // A long request waits behind a stream of short ones until aging promotes it.
         arrive(&mut f, 2, 0.0, 10, 500);
         p.on_arrival(f.get(2), 0.0);
@@ -227,5 +246,35 @@ mod tests {
         assert_eq!(f.select(&mut p), vec![3]);
         f.now_s = 2.0;
         assert_eq!(f.select(&mut p), vec![2], "waited 2 s > 1 s");
+        assert_eq!(p.keyed_prior, 0.5);
+    }
+
+    /// A request keyed before the prior moved is re-keyed with the new prior, so it is not
+    /// ordered against a later arrival with the same prediction on different terms.
+    #[test]
+    fn queued_keys_follow_the_prior() {
+        let mut f = Fixture::new(1);
+        arrive(&mut f, 1, 0.0, 10, 4);
+        arrive(&mut f, 2, 0.0, 10, 40);
+        let mut p = LapsSdSrpt::new(None);
+        f.announce(&mut p);
+        assert_eq!(f.select(&mut p), vec![1]);
+        let before = p.queue.key(2).expect("queued").1 .0;
+        f.step_one(&mut p, 1, 4, 4);
+        p.on_finish(1);
+        f.remove(1);
+        assert_eq!(f.select(&mut p), vec![2]);
+        let after = p.queue.key(2).expect("queued").1 .0;
+        // Prior 0 -> 1 (4 of 4 accepted) and request 2 has not drafted: its 39 decode tokens
+        // take 1 / (4 * 8/8 + 1) of the steps; its prefill part is unchanged.
+        let prefill_s = 0.005 + 10.0 * 0.00001;
+        assert!(
+            (before - (prefill_s + 39.0 * 0.0145)).abs() < 1e-9,
+            "{before}"
+        );
+        assert!(
+            (after - (prefill_s + 39.0 * 0.0145 / 5.0)).abs() < 1e-9,
+            "{after}"
+        );
     }
 }

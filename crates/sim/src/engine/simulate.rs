@@ -91,12 +91,11 @@ fn request_spec(req: &SimRequest, predictor: &PredictorChoice) -> RequestSpec {
         prompt_tokens: req.size.prompt_tokens,
         max_tokens: req.max_tokens,
         priority: None,
-        // The noisy oracle's draw, or a served trace's prediction (the online predictor then
+        // The noisy oracle's draw, or a served trace's text prediction (the online predictor
         // takes over once it is outgrown, as on the server).
         predicted_output_tokens: match predictor {
-            PredictorChoice::NoisyOracle { .. } | PredictorChoice::Online { .. } => {
-                req.predicted_output_tokens
-            }
+            PredictorChoice::NoisyOracle { .. } => req.predicted_output_tokens,
+            PredictorChoice::Online { .. } => req.served_predicted_output_tokens,
         },
         max_tokens_bounds_prediction: true,
         true_output_tokens: Some(req.size.output_tokens),

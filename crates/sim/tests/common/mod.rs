@@ -75,6 +75,7 @@ pub fn poisson_requests(
                 },
                 max_tokens: output_tokens + 1,
                 predicted_output_tokens: Some(output_tokens),
+                served_predicted_output_tokens: None,
             }
         })
         .collect()
