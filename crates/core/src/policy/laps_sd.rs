@@ -102,7 +102,7 @@ pub fn estimated_remaining_s(
     } else {
         n * r.acceptance.acceptance_rate()? + 1.0
     };
-    let step_s = n * cost.draft_s(1) + cost.verify_s(1, speculation_length);
+    let step_s = cost.sd_step_s(1, speculation_length);
     Some(f64::from(r.predicted_remaining_tokens()) * step_s / tokens_per_step)
 }
 

@@ -30,7 +30,7 @@
 //! keeps a key without the recompute cost (no hook reports the eviction), as in `oracle`.
 
 use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
-use super::{BatchBuilder, Policy, ScheduleContext};
+use super::{execution_time_s, BatchBuilder, Policy, ScheduleContext};
 use crate::cost::StepCostModel;
 use crate::request::{IdMap, RequestId, RequestState};
 
@@ -75,16 +75,13 @@ pub fn estimated_remaining_with_prefill_s(
         r.acceptance.drafted_tokens,
         prior_acceptance_rate,
     );
-    let tokens_per_step = n * a + 1.0;
-    let step_s = n * cost.draft_s(1) + cost.verify_s(1, speculation_length);
-    let mut decode_tokens = f64::from(r.predicted_remaining_tokens());
-    let mut prefill_s = 0.0;
-    if r.needs_prefill() {
-        // The prefill also yields the first token.
-        prefill_s = cost.prefill_s(r.context_tokens());
-        decode_tokens = (decode_tokens - 1.0).max(0.0);
-    }
-    prefill_s + decode_tokens * step_s / tokens_per_step
+    execution_time_s(
+        r,
+        f64::from(r.predicted_remaining_tokens()),
+        n * a + 1.0,
+        speculation_length,
+        cost,
+    )
 }
 
 impl LapsSdSrpt {

@@ -26,6 +26,28 @@ use crate::error::CoreError;
 use crate::request::{RequestId, RequestState};
 use crate::scheduler::Capacity;
 
+/// Remaining execution time at batch 1 of `r` with `remaining_tokens` still to generate at
+/// `tokens_per_step` tokens per SD step of speculation length `k`: the prefill it still owes,
+/// if its KV must be computed (which yields the first of those tokens), plus its SD steps.
+/// `oracle` calls it with the true length and acceptance, `laps-sd-srpt` with predicted ones.
+pub fn execution_time_s(
+    r: &RequestState,
+    remaining_tokens: f64,
+    tokens_per_step: f64,
+    k: u32,
+    cost: &dyn StepCostModel,
+) -> f64 {
+    let (prefill_s, decode_tokens) = if r.needs_prefill() {
+        (
+            cost.prefill_s(r.context_tokens()),
+            (remaining_tokens - 1.0).max(0.0),
+        )
+    } else {
+        (0.0, remaining_tokens)
+    };
+    prefill_s + decode_tokens / tokens_per_step * cost.sd_step_s(1, k)
+}
+
 /// Read-only view a policy gets when choosing a batch.
 pub struct ScheduleContext<'a> {
     pub now_s: f64,

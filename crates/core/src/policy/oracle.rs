@@ -11,7 +11,7 @@
 //! recompute cost is not added).
 
 use super::queue::{offer_in_order, KeyedQueue, OrdF64};
-use super::{BatchBuilder, Policy, ScheduleContext};
+use super::{execution_time_s, BatchBuilder, Policy, ScheduleContext};
 use crate::cost::StepCostModel;
 use crate::request::{RequestId, RequestState};
 
@@ -39,17 +39,12 @@ pub fn true_remaining_s(r: &RequestState, k: u32, cost: &dyn StepCostModel) -> f
         .true_output_tokens
         .unwrap_or_else(|| r.predicted_output_tokens())
         .min(r.spec.max_tokens);
-    let mut remaining_tokens = f64::from(total.saturating_sub(r.generated_tokens));
-    let mut time_s = 0.0;
-    if r.needs_prefill() {
-        time_s += cost.prefill_s(r.context_tokens());
-        remaining_tokens = (remaining_tokens - 1.0).max(0.0);
-    }
+    let remaining_tokens = f64::from(total.saturating_sub(r.generated_tokens));
     let tokens_per_step = match r.spec.true_acceptance_rate {
         Some(a) => expected_tokens_per_step(k, a),
         None => r.acceptance.mean_accepted_length().unwrap_or(1.0),
     };
-    time_s + remaining_tokens / tokens_per_step * cost.sd_step_s(1, k)
+    execution_time_s(r, remaining_tokens, tokens_per_step, k, cost)
 }
 
 impl Policy for Oracle {
