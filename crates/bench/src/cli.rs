@@ -210,10 +210,7 @@ fn run_plot(args: PlotArgs) -> anyhow::Result<()> {
 
 fn run_train_length_model(args: TrainLengthModelArgs) -> anyhow::Result<()> {
     let source = dataset_source(&args.dataset)?;
-    let tokens = match &args.tokenizer {
-        Some(path) => TokenCounter::from_file(path)?,
-        None => TokenCounter::CharsPerFour,
-    };
+    let tokens = TokenCounter::from_flag(args.tokenizer.as_deref())?;
     let mut excluded_prompts = std::collections::HashSet::new();
     for &seed in &args.exclude_seed {
         let plan = workload::build_plan(&PlanConfig {
@@ -251,10 +248,7 @@ fn run_train_length_model(args: TrainLengthModelArgs) -> anyhow::Result<()> {
         args.exclude_seed,
         args.exclude_requests,
     );
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
+    create_parent_dir(&args.out)?;
     let json = serde_json::to_vec(&model).context("serialising the model")?;
     std::fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
     let show = |s: Option<f64>| s.map_or("n/a".to_string(), |v| format!("{v:.3}"));
@@ -300,10 +294,7 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
     let is_trace = matches!(source, WorkloadSource::Trace { .. });
     let rate_per_s = args.rate.unwrap_or(f64::INFINITY);
     let arrivals = ArrivalProcess::new(rate_per_s, args.burstiness)?;
-    let tokens = match &args.tokenizer {
-        Some(path) => TokenCounter::from_file(path)?,
-        None => TokenCounter::CharsPerFour,
-    };
+    let tokens = TokenCounter::from_flag(args.tokenizer.as_deref())?;
     let plan = workload::build_plan(&PlanConfig {
         source: &source,
         requests: args.requests,
@@ -400,10 +391,7 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
     let report = BenchReport::build(args.label.clone(), settings, &plan, &outcome);
     print!("{}", report.table());
     if let Some(path) = &args.out {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
+        create_parent_dir(path)?;
         report.save(path)?;
         eprintln!("wrote {}", path.display());
     }
@@ -411,6 +399,15 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         for file in plot::plot_latency_cdf(&report, dir)? {
             eprintln!("wrote {}", file.display());
         }
+    }
+    Ok(())
+}
+
+/// Creates the folder an output file goes into, if it names one.
+fn create_parent_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok(())
 }

@@ -26,6 +26,14 @@ impl TokenCounter {
         Ok(TokenCounter::Tokenizer(Box::new(tokenizer)))
     }
 
+    /// The counter `--tokenizer FILE` selects: that tokenizer, or characters/4 without the flag.
+    pub fn from_flag(tokenizer: Option<&Path>) -> Result<Self, BenchError> {
+        match tokenizer {
+            Some(path) => Self::from_file(path),
+            None => Ok(TokenCounter::CharsPerFour),
+        }
+    }
+
     /// Name recorded in the result file.
     pub fn describe(&self) -> &'static str {
         match self {
