@@ -129,11 +129,7 @@ impl ServeArgs {
         let cost = match &self.cost_profile {
             None => DEFAULT_COST,
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --cost-profile {}", path.display()))?;
-                let profile: lapsd_core::cost::CostProfile = serde_json::from_str(&text)
-                    .with_context(|| format!("parsing --cost-profile {}", path.display()))?;
-                profile.cost
+                read_json_flag::<lapsd_core::cost::CostProfile>("--cost-profile", path)?.cost
             }
         };
         let length_model = match &self.length_model {
@@ -166,12 +162,19 @@ impl ServeArgs {
     }
 }
 
+/// Reads the JSON file a flag names; errors say `reading`/`parsing FLAG PATH`.
+fn read_json_flag<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {flag} {}", path.display()))
+}
+
 /// Reads a `--length-model` file and checks it is whole.
 pub fn load_length_model(path: &std::path::Path) -> anyhow::Result<TextLengthModel> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --length-model {}", path.display()))?;
-    let model: TextLengthModel = serde_json::from_str(&text)
-        .with_context(|| format!("parsing --length-model {}", path.display()))?;
+    let model: TextLengthModel = read_json_flag("--length-model", path)?;
     if !model.is_consistent() {
         anyhow::bail!(
             "--length-model {}: {} weights for {} hash buckets, or non-finite values, or an empty length range",
