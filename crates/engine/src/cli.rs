@@ -258,9 +258,13 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let model_path = resolve_model(args.model.as_deref())?;
     let (target, tokenizer) = Model::load_with_tokenizer(&model_path)
         .with_context(|| format!("loading {}", model_path.display()))?;
+    target.warm_up()?;
     let draft_model = match &args.draft {
         DraftSpec::Model(path) => {
-            Some(Model::load(path).with_context(|| format!("loading draft {}", path.display()))?)
+            let draft =
+                Model::load(path).with_context(|| format!("loading draft {}", path.display()))?;
+            draft.warm_up()?;
+            Some(draft)
         }
         _ => None,
     };

@@ -169,6 +169,7 @@ impl SdEngine {
     /// vocabulary must match the target's).
     pub fn load(config: EngineConfig) -> Result<Self, EngineError> {
         let (target, tokenizer) = Model::load_with_tokenizer(&config.model_path)?;
+        target.warm_up()?;
         let drafter = Drafter::new(&config.draft, &target)?;
         Ok(Self {
             target,

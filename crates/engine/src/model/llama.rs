@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor, D};
 
 use super::attention::{attend, HeadDims, Rope, RopeLayout};
 use super::kv_cache::KvCache;
@@ -95,26 +95,69 @@ pub(crate) fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
     )
 }
 
-/// A projection weight, optionally re-quantized to Q8_0 when its own type is slow on the CPU.
-/// Q8_0 keeps 8 bits per weight with one scale per 32, so the values of a 4/5-bit block change by
-/// about half a Q8_0 step (< 0.5% of the block's largest magnitude, the f16 scale included).
-fn projection(t: QTensor, opts: WeightOptions) -> Result<Projection, EngineError> {
-    let t = Arc::new(t);
+/// A projection weight `[out, in]`, optionally re-quantized to Q8_0 when its own type is slow on
+/// the CPU. Q8_0 keeps 8 bits per weight with one scale per 32, so the values of a 4/5-bit block
+/// change by about half a Q8_0 step (< 0.5% of the block's largest magnitude, the f16 scale
+/// included). A Q8_0 weight whose input width is not a multiple of 256 is padded with zero
+/// columns when `opts.pad_q8_0` (see [`q8_0_pad_cols`]); re-quantizing a llama.cpp Q8_0 block
+/// gives back the same scale and quants (its largest value sits at +-127 steps), so padding an
+/// already-Q8_0 weight changes no value.
+fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, EngineError> {
+    let (n_out, n_in) = t.shape().dims2()?;
     let dense = if opts.dense {
         Some(t.dequantize(&Device::Cpu)?)
     } else {
         None
     };
-    let quantized = if opts.requantize && is_slow_on_cpu(t.dtype()) {
+    let requantize = opts.requantize && is_slow_on_cpu(t.dtype());
+    let pad_cols = if opts.pad_q8_0 && (requantize || t.dtype() == GgmlDType::Q8_0) {
+        q8_0_pad_cols(n_out, n_in)
+    } else {
+        0
+    };
+    let quantized = if requantize || pad_cols > 0 {
         let f32_weights = match &dense {
             Some(d) => d.clone(),
             None => t.dequantize(&Device::Cpu)?,
         };
+        let f32_weights = f32_weights.pad_with_zeros(1, 0, pad_cols)?;
         QMatMul::from_qtensor(QTensor::quantize(&f32_weights, GgmlDType::Q8_0)?)?
     } else {
         QMatMul::from_arc(t)?
     };
-    Ok(Projection { quantized, dense })
+    Ok(Projection {
+        quantized,
+        quantized_pad_cols: pad_cols,
+        dense,
+    })
+}
+
+/// Zero columns to append to a Q8_0 weight of `n_out x n_in` so that candle's repacked int8
+/// kernel (AVX-512 VNNI, 16 output rows x 256 inputs per tile) takes it instead of its per-row
+/// `vec_dot` path, which it uses when `n_in` is not a multiple of 256: Qwen2.5-0.5B's 896-wide
+/// rows (the Qwen pair's draft; padded to 1024, +14% multiply-adds) and SmolLM2-135M's 576-wide
+/// ones (to 768, +33%). Zero weights times the zero-padded input add exactly nothing, so only the
+/// speed changes. 0 when the kernel would not apply (no AVX-512 VNNI, `n_out` not a multiple of
+/// 16) or no padding is needed.
+pub(crate) fn q8_0_pad_cols(n_out: usize, n_in: usize) -> usize {
+    const REPACK_K: usize = 256;
+    const REPACK_N: usize = 16;
+    if !cpu_has_avx512_vnni() || n_in == 0 || !n_out.is_multiple_of(REPACK_N) {
+        return 0;
+    }
+    n_in.next_multiple_of(REPACK_K) - n_in
+}
+
+fn cpu_has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// How projection weights are kept in memory (from [`crate::LoadOptions`]).
@@ -124,6 +167,8 @@ pub(crate) struct WeightOptions {
     pub(crate) requantize: bool,
     /// Also keep an f32 copy for many-row inputs (see [`DENSE_MIN_ROWS`]).
     pub(crate) dense: bool,
+    /// Pad Q8_0 weights to a multiple of 256 inputs (see [`q8_0_pad_cols`]).
+    pub(crate) pad_q8_0: bool,
 }
 
 /// A sequence's first forward of at least this many rows (its prompt) runs those positions
@@ -138,6 +183,9 @@ pub(crate) const DENSE_MIN_ROWS: usize = 16;
 /// A weight matrix `[out, in]`: quantized, plus an optional f32 copy for many-row inputs.
 struct Projection {
     quantized: QMatMul,
+    /// Zero columns the quantized weight has beyond the input width (see [`q8_0_pad_cols`]); the
+    /// input is padded to match before the quantized matmul.
+    quantized_pad_cols: usize,
     dense: Option<Tensor>,
 }
 
@@ -185,10 +233,10 @@ impl Projection {
     /// `x [rows, in]` -> `[rows, out]`, each row through the weights `paths` gives it.
     fn forward(&self, x: &Tensor, paths: &RowPaths) -> Result<Tensor, EngineError> {
         let Some(w) = &self.dense else {
-            return Ok(self.quantized.forward(x)?);
+            return self.forward_quantized(x);
         };
         match paths {
-            RowPaths::AllQuantized => Ok(self.quantized.forward(x)?),
+            RowPaths::AllQuantized => self.forward_quantized(x),
             RowPaths::AllDense => Ok(x.matmul(&w.t()?)?),
             RowPaths::Mixed {
                 dense,
@@ -196,10 +244,33 @@ impl Projection {
                 restore,
             } => {
                 let d = x.index_select(dense, 0)?.matmul(&w.t()?)?;
-                let q = self.quantized.forward(&x.index_select(quantized, 0)?)?;
+                let q = self.forward_quantized(&x.index_select(quantized, 0)?)?;
                 Ok(Tensor::cat(&[d, q], 0)?.index_select(restore, 0)?)
             }
         }
+    }
+}
+
+impl Projection {
+    /// `x [rows, in]` through the quantized weights. candle picks its CPU kernel by the row count
+    /// m, and for Q6_K the kernels round differently: per-row dot products on the compact weights
+    /// at m = 1, repacked tiles above. A position's logits would then depend on what it is batched
+    /// with, and greedy speculative decoding would drift from target-only decoding (measured on
+    /// the Qwen2.5-Coder-1.5B target, whose Q6_K tensors made the two texts part after ~150
+    /// tokens). So a single Q6_K row runs as two copies of itself. (Q4_K's AMX tiles, taken from
+    /// 32 rows on, agree bit for bit with its other kernel: tested below.)
+    fn forward_quantized(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let x = if self.quantized_pad_cols == 0 {
+            x.clone()
+        } else {
+            x.pad_with_zeros(D::Minus1, 0, self.quantized_pad_cols)?
+        };
+        let is_q6k = matches!(&self.quantized, QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q6K);
+        if is_q6k && x.dim(0)? == 1 {
+            let twice = Tensor::cat(&[&x, &x], 0)?;
+            return Ok(self.quantized.forward(&twice)?.narrow(0, 0, 1)?);
+        }
+        Ok(self.quantized.forward(&x)?)
     }
 }
 
@@ -282,21 +353,15 @@ impl Transformer {
         let output_norm = gguf.tensor("output_norm.weight", &dev)?.dequantize(&dev)?;
         // Tied embeddings: without output.weight the token embedding doubles as the LM head.
         let output = if gguf.has_tensor("output.weight") {
-            projection(gguf.tensor("output.weight", &dev)?, opts)?
+            projection(Arc::new(gguf.tensor("output.weight", &dev)?), opts)?
         } else {
-            Projection {
-                quantized: QMatMul::from_arc(token_embd.clone())?,
-                dense: if opts.dense {
-                    Some(token_embd.dequantize(&dev)?)
-                } else {
-                    None
-                },
-            }
+            projection(token_embd.clone(), opts)?
         };
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
             let mut qm = |name: &str| -> Result<Projection, EngineError> {
-                projection(gguf.tensor(&format!("blk.{i}.{name}.weight"), &dev)?, opts)
+                let weight = gguf.tensor(&format!("blk.{i}.{name}.weight"), &dev)?;
+                projection(Arc::new(weight), opts)
             };
             let attn_q = qm("attn_q")?;
             let attn_k = qm("attn_k")?;
@@ -460,8 +525,9 @@ mod tests {
         let options = WeightOptions {
             requantize: true,
             dense: false,
+            pad_q8_0: false,
         };
-        let p = projection(q5, options).expect("projection");
+        let p = projection(Arc::new(q5), options).expect("projection");
         match &p.quantized {
             QMatMul::QTensor(t) => assert_eq!(t.dtype(), GgmlDType::Q8_0),
             _ => panic!("expected a quantized Q8_0 weight"),
@@ -483,5 +549,124 @@ mod tests {
             .to_scalar::<f32>()
             .expect("scalar");
         assert!(max_diff <= 0.6 / 127.0, "max diff {max_diff}");
+    }
+
+    #[test]
+    fn padded_q8_0_projection_keeps_the_weights_and_the_outputs() {
+        let dev = Device::Cpu;
+        // 32 outputs of 96 inputs: 96 is not a multiple of 256, so candle's repacked kernel only
+        // serves the padded weight.
+        let (n_out, n_in) = (32, 96);
+        let values: Vec<f32> = (0..n_out * n_in)
+            .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
+            .collect();
+        let weights = Tensor::from_vec(values, (n_out, n_in), &dev).expect("weights");
+        let q8 = || Arc::new(QTensor::quantize(&weights, GgmlDType::Q8_0).expect("Q8_0"));
+        let options = |pad_q8_0| WeightOptions {
+            requantize: true,
+            dense: false,
+            pad_q8_0,
+        };
+        let plain = projection(q8(), options(false)).expect("plain");
+        let padded = projection(q8(), options(true)).expect("padded");
+        assert_eq!(plain.quantized_pad_cols, 0);
+        let expected_pad = q8_0_pad_cols(n_out, n_in);
+        assert_eq!(padded.quantized_pad_cols, expected_pad);
+        if expected_pad == 0 {
+            // No AVX-512 VNNI here: nothing is padded, nothing more to check.
+            return;
+        }
+        assert_eq!(expected_pad, 160);
+        let dequantized = |p: &Projection| match &p.quantized {
+            QMatMul::QTensor(t) => t.dequantize(&dev).expect("dequantize"),
+            _ => panic!("expected a quantized weight"),
+        };
+        let w_plain = dequantized(&plain).to_vec2::<f32>().expect("rows");
+        let w_padded = dequantized(&padded).to_vec2::<f32>().expect("rows");
+        for (a, b) in w_plain.iter().zip(&w_padded) {
+            // Re-quantizing a Q8_0 block gives back the same values; the padding is zeros.
+            assert_eq!(a.as_slice(), &b[..n_in]);
+            assert!(b[n_in..].iter().all(|&v| v == 0.0));
+        }
+        let x: Vec<f32> = (0..3 * n_in)
+            .map(|i| ((i * 104_729 % 997) as f32 / 498.5) - 1.0)
+            .collect();
+        let x = Tensor::from_vec(x, (3, n_in), &dev).expect("input");
+        let y_plain = plain
+            .forward(&x, &RowPaths::AllQuantized)
+            .expect("forward")
+            .to_vec2::<f32>()
+            .expect("rows");
+        let y_padded = padded
+            .forward(&x, &RowPaths::AllQuantized)
+            .expect("forward")
+            .to_vec2::<f32>()
+            .expect("rows");
+        // The two kernels quantize the input differently (32- vs 256-wide int8 blocks), so the
+        // outputs agree to the input's quantization error, not bit for bit.
+        let scale = y_plain.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in y_plain.iter().flatten().zip(y_padded.iter().flatten()) {
+            assert!((a - b).abs() <= 0.02 * scale, "{a} vs {b} (scale {scale})");
+        }
+    }
+
+    /// Rows of `x` through `p`'s quantized weights, one call per row.
+    fn rows_alone(p: &Projection, x: &Tensor) -> Vec<Vec<f32>> {
+        (0..x.dim(0).expect("rows"))
+            .map(|r| {
+                let row = x.narrow(0, r, 1).expect("row");
+                let y = p.forward(&row, &RowPaths::AllQuantized).expect("forward");
+                y.to_vec2::<f32>().expect("rows").remove(0)
+            })
+            .collect()
+    }
+
+    fn test_weights(dtype: GgmlDType, n_out: usize, n_in: usize) -> Projection {
+        let values: Vec<f32> = (0..n_out * n_in)
+            .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
+            .collect();
+        let w = Tensor::from_vec(values, (n_out, n_in), &Device::Cpu).expect("weights");
+        let options = WeightOptions {
+            requantize: true,
+            dense: false,
+            pad_q8_0: true,
+        };
+        projection(
+            Arc::new(QTensor::quantize(&w, dtype).expect("quantize")),
+            options,
+        )
+        .expect("projection")
+    }
+
+    fn test_input(rows: usize, n_in: usize) -> Tensor {
+        let x: Vec<f32> = (0..rows * n_in)
+            .map(|i| ((i * 104_729 % 997) as f32 / 498.5) - 1.0)
+            .collect();
+        Tensor::from_vec(x, (rows, n_in), &Device::Cpu).expect("input")
+    }
+
+    #[test]
+    fn quantized_rows_do_not_depend_on_the_rows_beside_them() {
+        // candle picks its CPU kernel by the row count (Q6_K: per-row dot products for one row,
+        // repacked tiles for more; Q4_K: AMX tiles from 32 rows where the CPU has them), and the
+        // kernels round differently. Greedy speculative decoding needs a position's logits to be
+        // the same whether it is verified in a batch or decoded alone.
+        for (dtype, rows) in [
+            (GgmlDType::Q6K, 5),
+            (GgmlDType::Q4K, 5),
+            (GgmlDType::Q4K, 40),
+            (GgmlDType::Q4K, 400),
+            (GgmlDType::Q6K, 40),
+            (GgmlDType::Q8_0, 40),
+        ] {
+            let p = test_weights(dtype, 32, 512);
+            let x = test_input(rows, 512);
+            let together = p
+                .forward(&x, &RowPaths::AllQuantized)
+                .expect("forward")
+                .to_vec2::<f32>()
+                .expect("rows");
+            assert_eq!(together, rows_alone(&p, &x), "{dtype:?}, {rows} rows");
+        }
     }
 }

@@ -71,6 +71,11 @@ pub struct LoadOptions {
     /// read over the rows). 0 = never. Default: 2 GiB (SmolLM2-135M: 0.54 GB; Qwen2.5 0.5B:
     /// 2.0 GB; the 1.5B model stays quantized only).
     pub dense_weights_max_bytes: u64,
+    /// Pad Q8_0 weights (including re-quantized ones) whose input width is not a multiple of 256
+    /// with zero columns, so that candle's repacked AVX-512 VNNI kernel serves them instead of its
+    /// per-row dot product (no effect on CPUs without AVX-512 VNNI). Exact: zero weights meet a
+    /// zero-padded input. Default: true.
+    pub pad_q8_0_for_repack: bool,
 }
 
 impl Default for LoadOptions {
@@ -78,6 +83,7 @@ impl Default for LoadOptions {
         Self {
             requantize_slow_types: true,
             dense_weights_max_bytes: 2 << 30,
+            pad_q8_0_for_repack: true,
         }
     }
 }
@@ -132,6 +138,7 @@ impl Model {
         let weights = WeightOptions {
             requantize: options.requantize_slow_types,
             dense: dense_bytes <= options.dense_weights_max_bytes,
+            pad_q8_0: options.pad_q8_0_for_repack,
         };
         let transformer = Transformer::load(gguf, weights)?;
         let cfg = &transformer.config;
@@ -170,6 +177,31 @@ impl Model {
             transformer,
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// Runs throwaway forwards of 1, 2 and 32 quantized rows so that candle builds the weight
+    /// layouts it otherwise builds lazily, inside the first requests' steps: its int8 kernels
+    /// repack each weight on first use, once for matmuls of up to 31 rows (Q6_K only from 2 rows
+    /// on) and once more, AMX tiles, for Q4_K matmuls of 32 rows or more. Measured on the
+    /// Qwen2.5-Coder-1.5B target: the first prefill took 5.3 s instead of ~0.7 s and the first
+    /// decode step 2.2 s instead of ~0.13 s. Caches are left untouched.
+    pub fn warm_up(&self) -> Result<(), EngineError> {
+        let mut cache = self.new_cache();
+        let mut used = 0;
+        // The first forward has one row, so the cache's positions never take the f32 copy
+        // (`llama::DENSE_MIN_ROWS`) and every later row is quantized.
+        for rows in [1usize, 2, 32] {
+            if used + rows > self.info.context_length {
+                break;
+            }
+            let tokens = vec![0u32; rows];
+            self.forward_batch(&mut [SeqForward {
+                tokens: &tokens,
+                cache: &mut cache,
+            }])?;
+            used += rows;
+        }
+        Ok(())
     }
 
     /// Facts about the model.
