@@ -2,8 +2,9 @@
 # Engine benchmark (issue 3), side by side in one run on this machine; writes
 # results/engine-benchmark/{lapsd-generate.jsonl,calibrate-*.json,llama-cpp.jsonl} and prints a
 # summary. Not a test: timings depend on the machine and its load; run it on a quiet machine.
-#   1. target-only greedy decode tokens/s at batch 1 (`lapsd generate --draft none -k 0`), code and
-#      chat prompts, RUNS runs each (the median is reported);
+#   1. target-only greedy decode tokens/s at batch 1 (`lapsd generate --draft none -k 0`), three
+#      prompts (code written from scratch, a code edit that repeats its input, chat), RUNS runs
+#      each (the median is reported);
 #   2. the same prompts with each draft method in DRAFTS at k = 4: acceptance and speed-up;
 #   3. aggregate decode tokens/s at batch 1..8 from `lapsd calibrate` (target verify step, k = 0);
 #   4. llama.cpp (llama-cpp-python, built from source) on the same GGUF, same prompts, batch 1,
@@ -23,6 +24,18 @@ THREADS="${THREADS:-$(nproc)}"
 mkdir -p "$OUT"
 CODE="Write a Python function that checks whether a number is prime."
 CHAT="Give three tips for staying healthy."
+# Code editing: the answer repeats most of the prompt, the case prompt lookup (ngram) is made for.
+EDIT='Add type hints and a docstring to this Python function, and return the whole function:
+
+def merge_intervals(intervals):
+    intervals.sort(key=lambda x: x[0])
+    merged = []
+    for start, end in intervals:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged'
 
 gen_jsonl="$OUT/lapsd-generate.jsonl"
 : >"$gen_jsonl"
@@ -37,9 +50,11 @@ run_generate() { # DRAFT K PROMPT_NAME PROMPT
 for run in $(seq 1 "$RUNS"); do
     # Interleave methods inside each run so that load drift hits them alike.
     run_generate none 0 code "$CODE"
+    run_generate none 0 code-edit "$EDIT"
     run_generate none 0 chat "$CHAT"
     for d in $DRAFTS; do
         run_generate "$d" 4 code "$CODE"
+        run_generate "$d" 4 code-edit "$EDIT"
         run_generate "$d" 4 chat "$CHAT"
     done
 done

@@ -34,6 +34,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Debug spans (e.g. the engine's sd_step / draft / verify, with RUST_LOG=lapsd_engine=debug)
+        // print their busy time when they close: a per-phase timing without a profiler.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();
     let cli = Cli::parse();
     match cli.command {

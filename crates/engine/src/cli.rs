@@ -12,6 +12,7 @@ use crate::chat::{ChatMessage, ChatTemplate};
 use crate::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
 use crate::model::Model;
 use crate::spec::calibrate::{calibrate, CalibrationDrafter, CalibrationPlan, CostProfile};
+use crate::spec::draft::load_draft_model;
 use crate::spec::DraftSpec;
 use crate::tokenizer::DecodeStream;
 
@@ -260,12 +261,14 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", model_path.display()))?;
     target.warm_up()?;
     let draft_model = match &args.draft {
-        DraftSpec::Model(path) => {
-            let draft =
-                Model::load(path).with_context(|| format!("loading draft {}", path.display()))?;
-            draft.warm_up()?;
-            Some(draft)
-        }
+        DraftSpec::Model {
+            path,
+            head_rows,
+            pad_q8_0,
+        } => Some(
+            load_draft_model(path, *head_rows, *pad_q8_0)
+                .with_context(|| format!("loading draft {}", path.display()))?,
+        ),
         _ => None,
     };
     let drafter = match (&args.draft, &draft_model) {
@@ -283,11 +286,13 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
                 n_layers: *n_layers,
             }
         }
-        (DraftSpec::Model(_), Some(model)) => CalibrationDrafter::Model {
+        (DraftSpec::Model { .. }, Some(model)) => CalibrationDrafter::Model {
             model,
             n_layers: model.info().n_layers,
         },
-        (DraftSpec::Model(path), None) => bail!("draft model {} was not loaded", path.display()),
+        (DraftSpec::Model { path, .. }, None) => {
+            bail!("draft model {} was not loaded", path.display())
+        }
     };
     let text_ids = tokenizer.encode(CALIBRATION_TEXT, false)?;
     let context_tokens: Vec<u32> = text_ids

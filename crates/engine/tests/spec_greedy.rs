@@ -75,8 +75,13 @@ fn self_layers_batched_every_k_matches_target_greedy() {
 #[test]
 fn separate_draft_model_batched_every_k_matches_target_greedy() {
     // The only model here is the target itself, so the "separate" draft model is a second copy
-    // of it: greedy drafts must then almost always be accepted (same weights, same argmax).
-    let engine = check_batched_every_k(DraftSpec::Model(model_path()));
+    // of it, run with the target's arithmetic (`:exact`): greedy drafts must then almost always
+    // be accepted (same weights, same argmax).
+    let engine = check_batched_every_k(DraftSpec::Model {
+        path: model_path(),
+        head_rows: None,
+        pad_q8_0: false,
+    });
     let (mut drafted, mut accepted) = (0, 0);
     for k in 1..=8u64 {
         let s = engine.stats((k - 1) % 3 * 100 + k).unwrap();
@@ -89,6 +94,48 @@ fn separate_draft_model_batched_every_k_matches_target_greedy() {
         rate > 0.95,
         "identical draft model accepted only {accepted}/{drafted}"
     );
+}
+
+#[test]
+fn draft_model_with_a_cut_head_matches_target_greedy() {
+    // The draft scores only the first 2048 of 49152 ids (`:vocab=2048`): it cannot propose the
+    // rest, so it is accepted less often, and the output must still be the target's.
+    let full = check_batched_every_k(DraftSpec::Model {
+        path: model_path(),
+        head_rows: None,
+        pad_q8_0: false,
+    });
+    let cut = check_batched_every_k(DraftSpec::Model {
+        path: model_path(),
+        head_rows: Some(2048),
+        pad_q8_0: false,
+    });
+    let accepted = |engine: &SdEngine| -> u64 {
+        (1..=8u64)
+            .map(|k| engine.stats((k - 1) % 3 * 100 + k).unwrap().accepted_tokens)
+            .sum()
+    };
+    assert!(
+        accepted(&cut) < accepted(&full),
+        "a draft that cannot name most ids was accepted as often ({} vs {})",
+        accepted(&cut),
+        accepted(&full)
+    );
+}
+
+#[test]
+fn draft_model_with_padded_fast_weights_matches_target_greedy() {
+    // The default for a draft model: its Q8_0 weights padded for candle's faster kernel, which
+    // rounds differently from the target's. Only acceptance may change, never the output.
+    let engine = check_batched_every_k(DraftSpec::Model {
+        path: model_path(),
+        head_rows: None,
+        pad_q8_0: true,
+    });
+    let drafted: u64 = (1..=8u64)
+        .map(|k| engine.stats((k - 1) % 3 * 100 + k).unwrap().drafted_tokens)
+        .sum();
+    assert!(drafted > 0);
 }
 
 #[test]

@@ -136,9 +136,9 @@ fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, Engine
 /// kernel (AVX-512 VNNI, 16 output rows x 256 inputs per tile) takes it instead of its per-row
 /// `vec_dot` path, which it uses when `n_in` is not a multiple of 256: Qwen2.5-0.5B's 896-wide
 /// rows (the Qwen pair's draft; padded to 1024, +14% multiply-adds) and SmolLM2-135M's 576-wide
-/// ones (to 768, +33%). Zero weights times the zero-padded input add exactly nothing, so only the
-/// speed changes. 0 when the kernel would not apply (no AVX-512 VNNI, `n_out` not a multiple of
-/// 16) or no padding is needed.
+/// ones (to 768, +33%). Zero weights times the zero-padded input add exactly nothing; the kernel
+/// itself rounds differently (see `LoadOptions::pad_q8_0_for_repack`). 0 when the kernel would
+/// not apply (no AVX-512 VNNI, `n_out` not a multiple of 16) or no padding is needed.
 pub(crate) fn q8_0_pad_cols(n_out: usize, n_in: usize) -> usize {
     const REPACK_K: usize = 256;
     const REPACK_N: usize = 16;
@@ -169,6 +169,8 @@ pub(crate) struct WeightOptions {
     pub(crate) dense: bool,
     /// Pad Q8_0 weights to a multiple of 256 inputs (see [`q8_0_pad_cols`]).
     pub(crate) pad_q8_0: bool,
+    /// Keep only the LM head's first rows (see `LoadOptions::lm_head_rows`).
+    pub(crate) lm_head_rows: Option<usize>,
 }
 
 /// A sequence's first forward of at least this many rows (its prompt) runs those positions
@@ -352,10 +354,22 @@ impl Transformer {
         }
         let output_norm = gguf.tensor("output_norm.weight", &dev)?.dequantize(&dev)?;
         // Tied embeddings: without output.weight the token embedding doubles as the LM head.
-        let output = if gguf.has_tensor("output.weight") {
-            projection(Arc::new(gguf.tensor("output.weight", &dev)?), opts)?
+        let head = if gguf.has_tensor("output.weight") {
+            Arc::new(gguf.tensor("output.weight", &dev)?)
         } else {
-            projection(token_embd.clone(), opts)?
+            token_embd.clone()
+        };
+        let output = match opts.lm_head_rows {
+            Some(rows) if rows < vocab_size => {
+                // The first `rows` token ids only: re-quantized to Q8_0 from the head's values.
+                // (Copied out: a narrowed view keeps the whole buffer, which quantize would read.)
+                let kept = head.dequantize(&dev)?.narrow(0, 0, rows)?;
+                let kept =
+                    Tensor::from_vec(kept.flatten_all()?.to_vec1::<f32>()?, kept.shape(), &dev)?;
+                let q8 = QTensor::quantize(&kept, GgmlDType::Q8_0)?;
+                projection(Arc::new(q8), opts)?
+            }
+            _ => projection(head, opts)?,
         };
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
@@ -526,6 +540,7 @@ mod tests {
             requantize: true,
             dense: false,
             pad_q8_0: false,
+            lm_head_rows: None,
         };
         let p = projection(Arc::new(q5), options).expect("projection");
         match &p.quantized {
@@ -566,6 +581,7 @@ mod tests {
             requantize: true,
             dense: false,
             pad_q8_0,
+            lm_head_rows: None,
         };
         let plain = projection(q8(), options(false)).expect("plain");
         let padded = projection(q8(), options(true)).expect("padded");
@@ -630,6 +646,7 @@ mod tests {
             requantize: true,
             dense: false,
             pad_q8_0: true,
+            lm_head_rows: None,
         };
         projection(
             Arc::new(QTensor::quantize(&w, dtype).expect("quantize")),

@@ -12,7 +12,10 @@ use std::str::FromStr;
 pub const DEFAULT_NGRAM_N: usize = 3;
 
 /// Which draft method proposes tokens. Parsed from `none`, `ngram`, `ngram:N`, `self:N`, or a
-/// path to a `.gguf` file (a separate draft model sharing the target's tokenizer).
+/// path to a `.gguf` file (a separate draft model sharing the target's tokenizer), optionally
+/// followed by `:vocab=N` (the draft scores only the first N token ids, see
+/// `LoadOptions::lm_head_rows`) and/or `:exact` (the draft runs the target's arithmetic, without
+/// the padded fast kernel of `LoadOptions::pad_q8_0_for_repack`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DraftSpec {
     /// No drafting: every step is plain decoding.
@@ -28,12 +31,20 @@ pub enum DraftSpec {
         n_layers: usize,
     },
     /// A separate draft model (GGUF) with the target's tokenizer.
-    Model(PathBuf),
+    Model {
+        /// The GGUF file.
+        path: PathBuf,
+        /// Score only the first `head_rows` token ids in the draft's LM head (None: all).
+        head_rows: Option<usize>,
+        /// Pad Q8_0 weights for candle's faster kernel (`LoadOptions::pad_q8_0_for_repack`);
+        /// false with `:exact`.
+        pad_q8_0: bool,
+    },
 }
 
 /// Why a `--draft` string was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid draft spec {spec:?}: {reason} (expected none, ngram, ngram:N, self:N or a path to a .gguf file)")]
+#[error("invalid draft spec {spec:?}: {reason} (expected none, ngram, ngram:N, self:N, or a path to a .gguf file, optionally with :vocab=N)")]
 pub struct DraftSpecParseError {
     /// The string as given.
     pub spec: String,
@@ -71,8 +82,25 @@ impl FromStr for DraftSpec {
                     Ok(DraftSpec::SelfLayers {
                         n_layers: positive(v, "the layer count")?,
                     })
-                } else if trimmed.to_ascii_lowercase().ends_with(".gguf") {
-                    Ok(DraftSpec::Model(PathBuf::from(trimmed)))
+                } else if let Some(at) = gguf_path_end(trimmed) {
+                    let mut head_rows = None;
+                    let mut pad_q8_0 = true;
+                    for option in trimmed[at..].split(':').filter(|o| !o.is_empty()) {
+                        if let Some(v) = option.strip_prefix("vocab=") {
+                            head_rows = Some(positive(v, "the draft vocabulary size")?);
+                        } else if option == "exact" {
+                            pad_q8_0 = false;
+                        } else {
+                            return Err(err(&format!(
+                                "unknown draft model option {option:?} (expected vocab=N or exact)"
+                            )));
+                        }
+                    }
+                    Ok(DraftSpec::Model {
+                        path: PathBuf::from(&trimmed[..at]),
+                        head_rows,
+                        pad_q8_0,
+                    })
                 } else {
                     Err(err("unknown draft method"))
                 }
@@ -87,9 +115,51 @@ impl fmt::Display for DraftSpec {
             DraftSpec::None => write!(f, "none"),
             DraftSpec::NGram { n } => write!(f, "ngram:{n}"),
             DraftSpec::SelfLayers { n_layers } => write!(f, "self:{n_layers}"),
-            DraftSpec::Model(path) => write!(f, "{}", path.display()),
+            DraftSpec::Model {
+                path,
+                head_rows,
+                pad_q8_0,
+            } => {
+                write!(f, "{}", path.display())?;
+                if let Some(rows) = head_rows {
+                    write!(f, ":vocab={rows}")?;
+                }
+                if !pad_q8_0 {
+                    write!(f, ":exact")?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// Where the `.gguf` path of a draft-model spec ends: the end of the string, or the first `:`
+/// after a `.gguf` (options follow).
+fn gguf_path_end(spec: &str) -> Option<usize> {
+    let lower = spec.to_ascii_lowercase();
+    lower
+        .match_indices(".gguf")
+        .map(|(i, _)| i + 5)
+        .find(|&end| end == spec.len() || spec[end..].starts_with(':'))
+}
+
+/// Loads a separate draft model for `DraftSpec::Model`, with its LM head cut to `head_rows`
+/// token ids when given, its Q8_0 weights padded for candle's faster kernel when `pad_q8_0`
+/// (`LoadOptions::pad_q8_0_for_repack`: a draft's arithmetic moves only its acceptance, never the
+/// output), and its lazily packed weights built now (`Model::warm_up`).
+pub(crate) fn load_draft_model(
+    path: &std::path::Path,
+    head_rows: Option<usize>,
+    pad_q8_0: bool,
+) -> Result<crate::Model, crate::EngineError> {
+    let options = crate::LoadOptions {
+        lm_head_rows: head_rows,
+        pad_q8_0_for_repack: pad_q8_0,
+        ..Default::default()
+    };
+    let draft = crate::Model::load_with_options(path, &options)?;
+    draft.warm_up()?;
+    Ok(draft)
 }
 
 /// Prompt-lookup proposal: finds the most recent earlier occurrence of the last `m` tokens of
@@ -136,9 +206,29 @@ mod tests {
         );
         assert_eq!(
             "models/draft.Q4_K_M.gguf".parse::<DraftSpec>(),
-            Ok(DraftSpec::Model(PathBuf::from("models/draft.Q4_K_M.gguf")))
+            Ok(DraftSpec::Model {
+                path: PathBuf::from("models/draft.Q4_K_M.gguf"),
+                head_rows: None,
+                pad_q8_0: true,
+            })
         );
-        for s in ["none", "ngram:3", "self:12", "a/b.gguf"] {
+        assert_eq!(
+            "models/draft.gguf:vocab=65536:exact".parse::<DraftSpec>(),
+            Ok(DraftSpec::Model {
+                path: PathBuf::from("models/draft.gguf"),
+                head_rows: Some(65536),
+                pad_q8_0: false,
+            })
+        );
+        for s in [
+            "none",
+            "ngram:3",
+            "self:12",
+            "a/b.gguf",
+            "a/b.gguf:vocab=100",
+            "a/b.gguf:exact",
+            "x.gguf.d/b.gguf:vocab=7:exact",
+        ] {
             assert_eq!(
                 s.parse::<DraftSpec>().map(|d| d.to_string()).as_deref(),
                 Ok(s)
@@ -161,6 +251,20 @@ mod tests {
             "unknown draft method"
         );
         assert_eq!("".parse::<DraftSpec>().unwrap_err().reason, "empty");
+        assert!("d.gguf:vocab=0"
+            .parse::<DraftSpec>()
+            .unwrap_err()
+            .reason
+            .contains("draft vocabulary size"));
+        assert_eq!(
+            "draft.bin:vocab=5".parse::<DraftSpec>().unwrap_err().reason,
+            "unknown draft method"
+        );
+        assert!("d.gguf:fast"
+            .parse::<DraftSpec>()
+            .unwrap_err()
+            .reason
+            .contains("unknown draft model option \"fast\""));
     }
 
     #[test]

@@ -421,4 +421,27 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_draft_distribution_shorter_than_the_vocabulary_is_zero_beyond_it() {
+        // A draft head cut to the first 2 ids: q covers ids 0..2 only. The target puts no mass on
+        // the drafted id 0, so the draft is always rejected and the residual max(0, p - q) is p
+        // itself on ids 2 and 3, which q does not cover.
+        let p = vec![0.0f32, 0.0, 0.5, 0.5];
+        let q = DraftProbs::Dense(vec![1.0, 0.0]);
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut seen = [0u32; 4];
+        for _ in 0..200 {
+            let v = verify_sampled(
+                &[0],
+                std::slice::from_ref(&q),
+                &[p.clone(), p.clone()],
+                &mut rng,
+            );
+            assert_eq!(v.accepted, 0);
+            seen[v.next_token as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[1], 0, "{seen:?}");
+        assert!(seen[2] > 50 && seen[3] > 50, "{seen:?}");
+    }
 }

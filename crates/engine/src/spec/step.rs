@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use crate::engine::{SeqFinish, SeqState, SeqStepOutput};
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, SeqForward};
-use crate::spec::draft::{ngram_propose, DraftSpec};
+use crate::spec::draft::{load_draft_model, ngram_propose, DraftSpec};
 use crate::spec::sampling::{sample, verify_greedy, verify_sampled, DraftProbs};
 
 /// The draft method of an engine, built from a [`DraftSpec`].
@@ -47,8 +47,12 @@ impl Drafter {
                     n_layers: *n_layers,
                 }
             }
-            DraftSpec::Model(path) => {
-                let draft = Model::load(path)?;
+            DraftSpec::Model {
+                path,
+                head_rows,
+                pad_q8_0,
+            } => {
+                let draft = load_draft_model(path, *head_rows, *pad_q8_0)?;
                 let (dv, tv) = (draft.info().vocab_size, target.info().vocab_size);
                 if dv != tv {
                     return Err(EngineError::InvalidModel(format!(
@@ -148,6 +152,8 @@ impl<'a> StepJob<'a> {
     }
 
     /// Appends one draft token picked from the draft's logits for the next position.
+    /// `logits` may cover fewer ids than the vocabulary (a draft head cut by
+    /// `LoadOptions::lm_head_rows`): `verify_sampled` reads the ids beyond as probability 0.
     fn push_model_draft(&mut self, logits: &[f32]) {
         let mode = self.seq.mode;
         if mode.is_greedy() {
@@ -191,6 +197,7 @@ pub(crate) fn run(
 
 /// Draft phase: fills each decoding job's `drafts` (up to its `k`).
 fn draft(target: &Model, drafter: &Drafter, jobs: &mut [StepJob<'_>]) -> Result<(), EngineError> {
+    let _span = tracing::debug_span!("draft").entered();
     match drafter {
         Drafter::None => {
             jobs.iter_mut().for_each(|j| j.k = 0);
@@ -255,6 +262,7 @@ fn verify_forward(
     target: &Model,
     jobs: &mut [StepJob<'_>],
 ) -> Result<Vec<Option<Tensor>>, EngineError> {
+    let _span = tracing::debug_span!("verify").entered();
     let inputs: Vec<Option<Vec<u32>>> = jobs
         .iter()
         .map(|j| {
