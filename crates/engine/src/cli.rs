@@ -28,7 +28,8 @@ pub struct GenerateArgs {
     /// Target model GGUF (default: the embedded SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Draft method: none, ngram, ngram:N, self:N (first N target layers) or a draft .gguf path.
+    /// Draft method: none, ngram, ngram:N, self:N (first N target layers) or a draft .gguf path,
+    /// optionally with :vocab=N (the draft scores only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: DraftSpec,
     /// The prompt text.
@@ -60,7 +61,8 @@ pub struct CalibrateArgs {
     /// Target model GGUF (default: the embedded SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Draft method whose cost is measured (none, ngram[:N], self:N or a draft .gguf path).
+    /// Draft method whose cost is measured (none, ngram[:N], self:N or a draft .gguf path with
+    /// optional :vocab=N and :exact).
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: DraftSpec,
     /// Largest batch size measured (1..=B).

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use candle_core::{IndexOp, Tensor};
+use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine};
+use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{Model, SeqForward};
 
 fn path(file: &str) -> PathBuf {
@@ -79,5 +81,57 @@ fn qwen_pair_completes_code_coherently() {
         let text = greedy_text(file, prompt, 48);
         assert!(text.contains("def is_even"), "{file}: {text:?}");
         assert!(text.contains("% 2"), "{file}: {text:?}");
+    }
+}
+
+/// Greedy tokens of `draft` at k = 4 on the 1.5B target, the prompt alone in its batch.
+fn sd_greedy_tokens(draft: DraftSpec, prompt: &str, max_tokens: u32) -> Vec<u32> {
+    let mut engine = SdEngine::load(EngineConfig {
+        model_path: path(TARGET),
+        draft,
+        speculation_length: 4,
+    })
+    .unwrap();
+    let ids = engine.tokenizer().encode(prompt, false).unwrap();
+    let params = SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        max_tokens,
+        stop_token_ids: Vec::new(),
+        ignore_eos: false,
+    };
+    engine.add_sequence(0, ids, params).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let step = engine.step(&[(0, 4)]).unwrap().remove(0);
+        out.extend_from_slice(&step.new_tokens);
+        if step.finished.is_some() {
+            return out;
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/fetch-models.sh qwen (1.45 GB)"]
+fn qwen_pair_greedy_sd_matches_the_target_alone() {
+    // 200 tokens of the code prompt: before a single Q6_K row was run as two, target-only
+    // decoding (one row) and verification (k + 1 rows) rounded the 1.5B model's Q6_K tensors
+    // differently and the two texts parted after ~150 tokens.
+    let prompt = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nWrite a Python function that checks whether a number is prime.<|im_end|>\n<|im_start|>assistant\n";
+    let alone = sd_greedy_tokens(DraftSpec::None, prompt, 200);
+    assert!(alone.len() > 150, "only {} tokens", alone.len());
+    let draft = path(DRAFT);
+    for head_rows in [None, Some(65_536)] {
+        let with_draft = sd_greedy_tokens(
+            DraftSpec::Model {
+                path: draft.clone(),
+                head_rows,
+                pad_q8_0: true,
+            },
+            prompt,
+            200,
+        );
+        assert_eq!(with_draft, alone, "draft head {head_rows:?}");
     }
 }

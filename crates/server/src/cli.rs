@@ -20,7 +20,8 @@ pub struct ServeArgs {
     /// Target model (GGUF). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Draft method: none, ngram[:N], self:N (first N target layers) or a draft .gguf path.
+    /// Draft method: none, ngram[:N], self:N (first N target layers) or a draft .gguf path,
+    /// optionally with :vocab=N (the draft scores only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
     /// Scheduling policy: laps-sd (default), fcfs, sjf, srpt, las, mlfq, trail, or a laps-sd
