@@ -4,6 +4,7 @@
 //! per sequence against that sequence's own KV cache (see `attention.rs`).
 use std::sync::Arc;
 
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
 
@@ -276,6 +277,21 @@ impl Projection {
     }
 }
 
+/// The first `rows` rows of a quantized `[n, k]` weight, in its own type and values: a row is a
+/// whole number of blocks, so those rows are a prefix of the tensor's bytes.
+fn first_rows(t: &QTensor, rows: usize) -> Result<QTensor, EngineError> {
+    let (_, n_in) = t.shape().dims2()?;
+    let dtype = t.dtype();
+    let row_bytes = n_in / dtype.block_size() * dtype.type_size();
+    let data = t.data()?;
+    Ok(qtensor_from_ggml(
+        dtype,
+        &data[..rows * row_bytes],
+        vec![rows, n_in],
+        &Device::Cpu,
+    )?)
+}
+
 fn dequantize_vec(t: &QTensor) -> Result<Vec<f32>, EngineError> {
     Ok(t.dequantize(&Device::Cpu)?
         .flatten_all()?
@@ -359,18 +375,11 @@ impl Transformer {
         } else {
             token_embd.clone()
         };
-        let output = match opts.lm_head_rows {
-            Some(rows) if rows < vocab_size => {
-                // The first `rows` token ids only: re-quantized to Q8_0 from the head's values.
-                // (Copied out: a narrowed view keeps the whole buffer, which quantize would read.)
-                let kept = head.dequantize(&dev)?.narrow(0, 0, rows)?;
-                let kept =
-                    Tensor::from_vec(kept.flatten_all()?.to_vec1::<f32>()?, kept.shape(), &dev)?;
-                let q8 = QTensor::quantize(&kept, GgmlDType::Q8_0)?;
-                projection(Arc::new(q8), opts)?
-            }
-            _ => projection(head, opts)?,
+        let head = match opts.lm_head_rows {
+            Some(rows) if rows < vocab_size => Arc::new(first_rows(&head, rows)?),
+            _ => head,
         };
+        let output = projection(head, opts)?;
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
             let mut qm = |name: &str| -> Result<Projection, EngineError> {
@@ -684,6 +693,28 @@ mod tests {
                 .to_vec2::<f32>()
                 .expect("rows");
             assert_eq!(together, rows_alone(&p, &x), "{dtype:?}, {rows} rows");
+        }
+    }
+
+    #[test]
+    fn first_rows_keeps_the_type_and_the_values() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q6K] {
+            let values: Vec<f32> = (0..64 * 256)
+                .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
+                .collect();
+            let w = Tensor::from_vec(values, (64, 256), &Device::Cpu).expect("weights");
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let cut = first_rows(&q, 10).expect("first rows");
+            assert_eq!(cut.dtype(), dtype);
+            assert_eq!(cut.shape().dims(), &[10, 256]);
+            let all = q.dequantize(&Device::Cpu).expect("dequantize");
+            let want = all
+                .narrow(0, 0, 10)
+                .expect("narrow")
+                .to_vec2::<f32>()
+                .expect("rows");
+            let got = cut.dequantize(&Device::Cpu).expect("dequantize");
+            assert_eq!(got.to_vec2::<f32>().expect("rows"), want, "{dtype:?}");
         }
     }
 }
