@@ -22,20 +22,12 @@ MAX_TOKENS="${MAX_TOKENS:-96}"
 OUT="${OUT:-results/engine-benchmark/$(basename "$MODEL" .gguf)}"
 THREADS="${THREADS:-$(nproc)}"
 mkdir -p "$OUT"
-CODE="Write a Python function that checks whether a number is prime."
-CHAT="Give three tips for staying healthy."
-# Code editing: the answer repeats most of the prompt, the case prompt lookup (ngram) is made for.
-EDIT='Add type hints and a docstring to this Python function, and return the whole function:
-
-def merge_intervals(intervals):
-    intervals.sort(key=lambda x: x[0])
-    merged = []
-    for start, end in intervals:
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return merged'
+# The prompts (scripts/engine-prompts.json, shared with the llama.cpp scripts): code written from
+# scratch; a code edit whose answer repeats most of the prompt (what prompt lookup is made for);
+# chat.
+CODE="$(jq -r '.code' scripts/engine-prompts.json)"
+EDIT="$(jq -r '."code-edit"' scripts/engine-prompts.json)"
+CHAT="$(jq -r '.chat' scripts/engine-prompts.json)"
 
 gen_jsonl="$OUT/lapsd-generate.jsonl"
 : >"$gen_jsonl"

@@ -19,19 +19,12 @@ RUNS="${3:-3}"
 THREADS="${THREADS:-$(nproc)}"
 OUT="${OUT:-results/engine-benchmark/$(basename "$MODEL" .gguf)}"
 mkdir -p "$OUT"
-# The prompts of scripts/engine-benchmark.sh and scripts/llama_cpp_bench.py.
-prompt_of() {
-    python3 -c "import ast,sys; t=ast.parse(open('scripts/llama_cpp_bench.py').read())
-for n in t.body:
-    if isinstance(n, ast.Assign) and getattr(n.targets[0], 'id', '') == 'PROMPTS':
-        sys.stdout.write(ast.literal_eval(n.value)[sys.argv[1]])" "$1"
-}
 : >"$OUT/side-lapsd.jsonl"
 : >"$OUT/side-llama-cpp.jsonl"
 for _ in $(seq 1 "$RUNS"); do
     for name in code code-edit chat; do
         rate="$("$LAPSD" generate --model "$MODEL" --draft none -k 0 --max-tokens "$MAX_TOKENS" --chat \
-            --prompt "$(prompt_of "$name")" 2>/dev/null | grep -o 'then [0-9.]* tokens/s' | grep -o '[0-9.]*')"
+            --prompt "$(jq -r --arg p "$name" '.[$p]' scripts/engine-prompts.json)" 2>/dev/null | grep -o 'then [0-9.]* tokens/s' | grep -o '[0-9.]*')"
         echo "{\"prompt\":\"$name\",\"decode_tokens_per_s\":$rate}" | tee -a "$OUT/side-lapsd.jsonl"
     done
     "$LLAMA_PY" scripts/llama_cpp_bench.py "$MODEL" "$THREADS" "$MAX_TOKENS" 1 | tee -a "$OUT/side-llama-cpp.jsonl"

@@ -11,28 +11,14 @@ Usage: llama_cpp_bench.py MODEL.gguf THREADS MAX_TOKENS RUNS
 import json
 import sys
 import time
+from pathlib import Path
 
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-# The same prompts as scripts/engine-benchmark.sh.
-PROMPTS = {
-    "code": "Write a Python function that checks whether a number is prime.",
-    "code-edit": (
-        "Add type hints and a docstring to this Python function, and return the whole function:\n"
-        "\n"
-        "def merge_intervals(intervals):\n"
-        "    intervals.sort(key=lambda x: x[0])\n"
-        "    merged = []\n"
-        "    for start, end in intervals:\n"
-        "        if merged and start <= merged[-1][1]:\n"
-        "            merged[-1][1] = max(merged[-1][1], end)\n"
-        "        else:\n"
-        "            merged.append([start, end])\n"
-        "    return merged"
-    ),
-    "chat": "Give three tips for staying healthy.",
-}
+# The prompts of every engine benchmark script (name -> user message), in one file.
+with open(Path(__file__).with_name("engine-prompts.json"), encoding="utf-8") as f:
+    PROMPTS = json.load(f)
 
 
 def main() -> int:
