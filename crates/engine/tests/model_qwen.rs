@@ -1,12 +1,15 @@
 //! The Qwen2.5-Coder pair (architecture qwen2: attention biases, "halves" RoPE, GQA 14/2 and 12/2,
 //! untied LM head). Opt-in because the files are large: `scripts/fetch-models.sh qwen`, then
 //! `cargo test -p lapsd-engine --test model_qwen -- --ignored`. Run that way, a missing file fails.
+mod spec_common;
+
 use std::path::PathBuf;
 
 use candle_core::{IndexOp, Tensor};
-use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine};
+use lapsd_engine::engine::{EngineConfig, SdEngine};
 use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{Model, SeqForward};
+use spec_common::{greedy_params, run_to_end};
 
 fn path(file: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -93,23 +96,12 @@ fn sd_greedy_tokens(draft: DraftSpec, prompt: &str, max_tokens: u32) -> Vec<u32>
     })
     .unwrap();
     let ids = engine.tokenizer().encode(prompt, false).unwrap();
-    let params = SamplingParams {
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-        max_tokens,
-        stop_token_ids: Vec::new(),
-        ignore_eos: false,
-    };
-    engine.add_sequence(0, ids, params).unwrap();
-    let mut out = Vec::new();
-    loop {
-        let step = engine.step(&[(0, 4)]).unwrap().remove(0);
-        out.extend_from_slice(&step.new_tokens);
-        if step.finished.is_some() {
-            return out;
-        }
-    }
+    engine
+        .add_sequence(0, ids, greedy_params(max_tokens))
+        .unwrap();
+    run_to_end(&mut engine, &[(0, 4)], |_, _| {})
+        .remove(&0)
+        .unwrap()
 }
 
 #[test]
