@@ -13,6 +13,9 @@
 # Usage: scripts/sim-vs-serve.sh E2E_DIR COST_PROFILE.json
 #   (env: MAX_BATCH [8], K [4], KV_BUDGET [16384], MAX_STEP_TOKENS [2048], LAPSD,
 #    STEP_TIME [measured] (`lapsd sim --step-time`),
+#    POLICY_COST: the cost profile the servers were started with (`lapsd serve --cost-profile`):
+#    the simulated policies then estimate with it, as the served ones did, while COST_PROFILE
+#    times the steps (`lapsd sim --policy-cost-profile`); default: COST_PROFILE for both,
 #    COUNTERS_FROM: another E2E_DIR of the same seeded workload whose runs recorded the SD
 #    counters and the server's prompt token counts, for older runs that did not: greedy
 #    decoding makes the tokens, hence the counters, the same under every policy and run;
@@ -28,6 +31,11 @@ K="${K:-4}"
 KV_BUDGET="${KV_BUDGET:-16384}"
 MAX_STEP_TOKENS="${MAX_STEP_TOKENS:-2048}"
 STEP_TIME="${STEP_TIME:-measured}"
+POLICY_COST="${POLICY_COST:-}"
+policy_cost_flag=()
+if [ -n "$POLICY_COST" ]; then
+    policy_cost_flag=(--policy-cost-profile "$POLICY_COST")
+fi
 COUNTERS_FROM="${COUNTERS_FROM:-}"
 out="$e2e/sim-vs-serve.md"
 tmp="$(mktemp -d)"
@@ -82,7 +90,7 @@ for dir in "$e2e"/*/; do
         sim_mean="$("$LAPSD" sim --trace "$trace" --policy "$policy" --cost-profile "$profile" \
             --max-batch "$MAX_BATCH" --speculation-length "$K" --kv-budget-tokens "$KV_BUDGET" \
             --max-step-tokens "$MAX_STEP_TOKENS" --predictor online --transient-steps 0 \
-            --step-time "$STEP_TIME" \
+            --step-time "$STEP_TIME" "${policy_cost_flag[@]}" \
             --format json 2>/dev/null | jq '.results[0].mean_latency_s')"
         jq -rn --arg w "$workload" --arg p "$policy" --argjson r "$rate" --argjson s "$served_mean" \
             --argjson v "$server_mean" --argjson m "$sim_mean" \

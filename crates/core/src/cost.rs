@@ -105,6 +105,14 @@ impl MeasuredCost {
             verify_by_batch,
         })
     }
+
+    /// A linear cost with no samples (steps timed by the fit alone).
+    pub fn linear_only(linear: LinearCost) -> Self {
+        Self {
+            linear,
+            verify_by_batch: Vec::new(),
+        }
+    }
 }
 
 /// Piecewise-linear interpolation of ascending `points` at `x`.

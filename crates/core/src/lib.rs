@@ -15,7 +15,7 @@
 //! Policies (one file each under [`policy`]): `fcfs`, `sjf`, `srpt`, `las`, `mlfq`, `trail`,
 //! `oracle`, `laps-sd` (arXiv 2505.17074), the ablations `laps-sd-perceptible-first` /
 //! `laps-sd-perceptible-last`, and our variants `laps-sd-mal`, `laps-sd-aging`, `laps-sd+`,
-//! `laps-sd-srpt`.
+//! `laps-sd-srpt`, `laps-sd-srpt-mb`.
 
 pub mod cost;
 pub mod error;

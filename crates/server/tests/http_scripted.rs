@@ -486,6 +486,7 @@ async fn concurrent_requests_complete_under_every_policy() {
         "trail",
         "laps-sd+",
         "laps-sd-srpt",
+        "laps-sd-srpt-mb",
     ] {
         let mut cfg = config(policy.parse().expect("policy"));
         cfg.capacity.max_batch = 3;

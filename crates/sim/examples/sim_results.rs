@@ -531,7 +531,8 @@ fn write_doc(
          `laps-sd-mal` (tokens per step from the measured mean accepted length instead of \
          n A + 1), `laps-sd-aging` (a request waiting longer than 30 s goes first), `laps-sd+` \
          (both), `laps-sd-srpt` (the estimate, plus the prefill still owed, from arrival: no \
-         least-attained-service phase). Mean / p99 latency in seconds:\n"
+         least-attained-service phase), `laps-sd-srpt-mb` (the same order, with a request \
+         joining the batch only when the cost model says co-batching it lowers total latency). Mean / p99 latency in seconds:\n"
     );
     let variant_names = names(&PolicyKind::LAPS_SD_VARIANTS);
     let _ = write!(doc, "| condition | workload |");

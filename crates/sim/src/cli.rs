@@ -117,6 +117,11 @@ pub struct SimArgs {
     /// linear fit (`linear`). Policies always estimate with the linear fit.
     #[arg(long, value_enum, default_value_t = StepTimeArg::Measured)]
     pub step_time: StepTimeArg,
+    /// Policies estimate with this profile's linear costs (what the server was started with,
+    /// `lapsd serve --cost-profile`) while steps are timed by --cost-profile's (default: the
+    /// same profile for both).
+    #[arg(long)]
+    pub policy_cost_profile: Option<PathBuf>,
     /// SD steps over which the early acceptance shift decays (0 = none).
     #[arg(long, default_value_t = 16)]
     pub transient_steps: u32,
@@ -271,6 +276,14 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
             (profile.cost, measured)
         }
         None => (default_cost(), None),
+    };
+    let (cost, step_cost) = match &args.policy_cost_profile {
+        Some(path) => {
+            let policy_cost = load_cost(path)?.cost;
+            let timing = step_cost.unwrap_or_else(|| MeasuredCost::linear_only(cost));
+            (policy_cost, Some(timing))
+        }
+        None => (cost, step_cost),
     };
     let defaults = StabilityRule::default();
     let stability = StabilityRule {

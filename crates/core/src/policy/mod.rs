@@ -245,10 +245,13 @@ pub enum PolicyKind {
     /// Ours: LAPS-SD's estimate (with the prefill still owed, and the acceptance rate shrunk
     /// toward the finished requests' rate) from arrival, shortest first, no LAS phase.
     LapsSdSrpt,
+    /// Ours: `laps-sd-srpt` with marginal batching (a request joins the batch only when the cost
+    /// model says co-batching it lowers the total latency).
+    LapsSdSrptMb,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 14] = [
+    pub const ALL: [PolicyKind; 15] = [
         PolicyKind::Fcfs,
         PolicyKind::Sjf,
         PolicyKind::Srpt,
@@ -263,6 +266,7 @@ impl PolicyKind {
         PolicyKind::LapsSdAging,
         PolicyKind::LapsSdPlus,
         PolicyKind::LapsSdSrpt,
+        PolicyKind::LapsSdSrptMb,
     ];
     /// The baselines of the paper's comparison (no oracle, no LAPS-SD variant).
     pub const BASELINES: [PolicyKind; 6] = [
@@ -285,7 +289,7 @@ impl PolicyKind {
         PolicyKind::LapsSd,
     ];
     /// `laps-sd` and its ablations / our variants.
-    pub const LAPS_SD_VARIANTS: [PolicyKind; 7] = [
+    pub const LAPS_SD_VARIANTS: [PolicyKind; 8] = [
         PolicyKind::LapsSd,
         PolicyKind::LapsSdPerceptibleFirst,
         PolicyKind::LapsSdPerceptibleLast,
@@ -293,6 +297,7 @@ impl PolicyKind {
         PolicyKind::LapsSdAging,
         PolicyKind::LapsSdPlus,
         PolicyKind::LapsSdSrpt,
+        PolicyKind::LapsSdSrptMb,
     ];
     pub fn name(&self) -> &'static str {
         match self {
@@ -310,6 +315,7 @@ impl PolicyKind {
             PolicyKind::LapsSdAging => "laps-sd-aging",
             PolicyKind::LapsSdPlus => "laps-sd+",
             PolicyKind::LapsSdSrpt => "laps-sd-srpt",
+            PolicyKind::LapsSdSrptMb => "laps-sd-srpt-mb",
         }
     }
     /// Whether it needs the simulator-only truth (`RequestSpec::true_output_tokens`).
@@ -436,6 +442,9 @@ pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn P
         PolicyKind::LapsSdAging => laps(PerceptiblePlacement::WithinQueue, false, aging_wait_s),
         PolicyKind::LapsSdPlus => laps(PerceptiblePlacement::WithinQueue, true, aging_wait_s),
         PolicyKind::LapsSdSrpt => Box::new(laps_sd_srpt::LapsSdSrpt::new(config.max_wait_s)),
+        PolicyKind::LapsSdSrptMb => Box::new(laps_sd_srpt::LapsSdSrpt::with_marginal_batching(
+            config.max_wait_s,
+        )),
     })
 }
 

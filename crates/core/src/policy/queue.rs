@@ -80,7 +80,6 @@ impl<K: Ord + Clone> KeyedQueue<K> {
     pub fn key(&self, id: RequestId) -> Option<&K> {
         self.keys.get(&id)
     }
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.len()
     }
