@@ -44,7 +44,7 @@
 //! keeps a key without the recompute cost (no hook reports the eviction), as in `oracle`.
 
 use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
-use super::{execution_time_s, AddOutcome, BatchBuilder, Policy, ScheduleContext};
+use super::{execution_time_s, AddOutcome, BatchBuilder, Policy, ScheduleContext, MISS_BUDGET};
 use crate::cost::StepCostModel;
 use crate::request::{IdMap, RequestId, RequestState};
 
@@ -219,8 +219,12 @@ fn offer_marginal(
             }
         }
     }
+    // Requests the rule declined: bounded like the builder's misses, so a decision stays
+    // O(b + MISS_BUDGET) however many prefills wait (a decode is declined only when fewer than
+    // about b * delta / gain requests rank behind it).
+    let mut declined = 0;
     for (rank, id) in ids.enumerate() {
-        if batch.should_stop() {
+        if batch.should_stop() || declined >= MISS_BUDGET {
             break;
         }
         let Some(r) = ctx.requests.get(&id) else {
@@ -240,7 +244,9 @@ fn offer_marginal(
         let behind = queued.saturating_sub(rank + 1) as f64;
         let worth =
             batch.is_empty() || (1.0 + behind) * (alone_s - delta_s) > batch.len() as f64 * delta_s;
-        if worth && batch.try_add(id) == AddOutcome::Added && !r.needs_prefill() {
+        if !worth {
+            declined += 1;
+        } else if batch.try_add(id) == AddOutcome::Added && !r.needs_prefill() {
             members += 1;
             positions += BatchBuilder::step_tokens_of(r, k);
         }
@@ -443,5 +449,29 @@ mod tests {
         f.remove(1);
         p.on_finish(1);
         assert_eq!(f.select(&mut p)[0], 2);
+    }
+
+    /// The rule's refusals are bounded like the builder's misses: behind [`MISS_BUDGET`]
+    /// declined prefills the scan stops, so a decision never walks a long queue.
+    #[test]
+    fn marginal_batching_stops_scanning_after_the_miss_budget() {
+        for (prefills, last_joins) in [(10u64, true), (MISS_BUDGET as u64 + 6, false)] {
+            let mut f = Fixture::new(8);
+            let mut p = LapsSdSrpt::with_marginal_batching(None);
+            arrive(&mut f, 1, 0.0, 10, 2);
+            f.get_mut(1).prefilled = true;
+            for id in 2..2 + prefills {
+                arrive(&mut f, id, 0.0, 10, 5);
+            }
+            // Ranked last (predicted 1000 tokens), decoding: with test_cost's 10 ms per step it
+            // would join the decode at the top.
+            let last = 2 + prefills;
+            arrive(&mut f, last, 0.0, 10, 1000);
+            f.get_mut(last).prefilled = true;
+            f.announce(&mut p);
+            let chosen = f.select(&mut p);
+            assert_eq!(chosen[0], 1);
+            assert_eq!(chosen.contains(&last), last_joins, "{prefills}: {chosen:?}");
+        }
     }
 }
