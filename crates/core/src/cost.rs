@@ -20,6 +20,16 @@ pub trait StepCostModel: Send + Sync {
     }
     /// A prefill of `tokens` prompt tokens.
     fn prefill_s(&self, tokens: u32) -> f64;
+    /// The decode part of a step: `draft_passes` draft passes over `members` sequences, then one
+    /// verification of `verified_tokens` positions; 0 without members.
+    fn decode_s(&self, members: usize, draft_passes: u32, verified_tokens: usize) -> f64 {
+        if members == 0 {
+            0.0
+        } else {
+            f64::from(draft_passes) * self.draft_s(members)
+                + self.verify_tokens_s(members, verified_tokens)
+        }
+    }
     /// A whole SD step: k draft passes then one verification (the k*t_draft(b) + t_verify(b,k)).
     fn sd_step_s(&self, batch: usize, speculation_length: u32) -> f64 {
         f64::from(speculation_length) * self.draft_s(batch)

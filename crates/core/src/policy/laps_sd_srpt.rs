@@ -184,46 +184,43 @@ impl Policy for LapsSdSrpt {
             self.aging.offer_starved(batch, ctx.now_s, max_wait_s);
         }
         if self.marginal_batching {
-            offer_marginal(ctx, batch, self.queue.ids(), self.queue.len());
+            offer_marginal(ctx, batch, &self.queue);
         } else {
             offer_in_order(batch, self.queue.ids());
         }
     }
 }
 
-/// The decode part of a step of `members` sequences verifying `positions` positions.
-fn decode_step_s(cost: &dyn StepCostModel, k: u32, members: usize, positions: u64) -> f64 {
-    if members == 0 {
-        0.0
-    } else {
-        f64::from(k) * cost.draft_s(members) + cost.verify_tokens_s(members, positions as usize)
-    }
-}
-
-/// Offers `ids` (the queue, `queued` long, in key order) under the marginal batching rule
-/// (module header).
+/// Offers `queue` in key order under the marginal batching rule (module header).
 fn offer_marginal(
     ctx: &ScheduleContext<'_>,
     batch: &mut BatchBuilder<'_>,
-    ids: impl Iterator<Item = RequestId>,
-    queued: usize,
+    queue: &KeyedQueue<Key>,
 ) {
     let k = ctx.speculation_length;
-    // Decode members and verified positions already chosen (aging may have promoted some).
+    let decode_s =
+        |members: usize, positions: u64| ctx.cost.decode_s(members, k, positions as usize);
+    // Decode members and verified positions chosen so far (aging may have promoted some).
     let (mut members, mut positions) = (0usize, 0u64);
-    for id in batch.chosen() {
-        if let Some(r) = ctx.requests.get(id) {
-            if !r.needs_prefill() {
-                members += 1;
-                positions += BatchBuilder::step_tokens_of(r, k);
-            }
+    // What a request adds to the decode part of the step: (members, positions).
+    let decode_share = |r: &RequestState| {
+        if r.needs_prefill() {
+            (0, 0)
+        } else {
+            (1, BatchBuilder::step_tokens_of(r, k))
         }
+    };
+    for r in batch.chosen().iter().filter_map(|id| ctx.requests.get(id)) {
+        let (m, p) = decode_share(r);
+        members += m;
+        positions += p;
     }
     // Requests the rule declined: bounded like the builder's misses, so a decision stays
     // O(b + MISS_BUDGET) however many prefills wait (a decode is declined only when fewer than
     // about b * delta / gain requests rank behind it).
     let mut declined = 0;
-    for (rank, id) in ids.enumerate() {
+    let queued = queue.len();
+    for (rank, id) in queue.ids().enumerate() {
         if batch.should_stop() || declined >= MISS_BUDGET {
             break;
         }
@@ -236,9 +233,8 @@ fn offer_marginal(
         } else {
             let own = BatchBuilder::step_tokens_of(r, k);
             (
-                decode_step_s(ctx.cost, k, members + 1, positions + own)
-                    - decode_step_s(ctx.cost, k, members, positions),
-                decode_step_s(ctx.cost, k, 1, own),
+                decode_s(members + 1, positions + own) - decode_s(members, positions),
+                decode_s(1, own),
             )
         };
         let behind = queued.saturating_sub(rank + 1) as f64;
@@ -246,9 +242,10 @@ fn offer_marginal(
             batch.is_empty() || (1.0 + behind) * (alone_s - delta_s) > batch.len() as f64 * delta_s;
         if !worth {
             declined += 1;
-        } else if batch.try_add(id) == AddOutcome::Added && !r.needs_prefill() {
-            members += 1;
-            positions += BatchBuilder::step_tokens_of(r, k);
+        } else if batch.try_add(id) == AddOutcome::Added {
+            let (m, p) = decode_share(r);
+            members += m;
+            positions += p;
         }
     }
 }

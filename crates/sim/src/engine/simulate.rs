@@ -121,14 +121,12 @@ fn step_time_s(output: &SchedulerOutput, results: &[StepResult], cost: &dyn Step
         })
         .sum();
     let step = StepObservation::of_step(output, results, 0.0, 0.0);
-    let decode_s = if step.decode_members > 0 {
-        let members = step.decode_members as usize;
-        f64::from(step.draft_passes) * cost.draft_s(members)
-            + cost.verify_tokens_s(members, step.verified_tokens as usize)
-    } else {
-        0.0
-    };
-    prefill_s + decode_s
+    prefill_s
+        + cost.decode_s(
+            step.decode_members as usize,
+            step.draft_passes,
+            step.verified_tokens as usize,
+        )
 }
 
 /// Runs `requests` (sorted by arrival, `id` == index) through the policy of `config`.
