@@ -12,10 +12,10 @@
 //! policies (`fcfs`, `sjf`, and `trail` past its no-preemption point) keep a running request's
 //! slot against equal or worse priorities only; a strictly more urgent request takes it.
 //!
-//! Policies (one file each under [`policy`]): `fcfs`, `sjf`, `srpt`, `las`, `mlfq`, `trail`,
-//! `oracle`, `laps-sd` (arXiv 2505.17074), the ablations `laps-sd-perceptible-first` /
-//! `laps-sd-perceptible-last`, and our variants `laps-sd-mal`, `laps-sd-aging`, `laps-sd+`,
-//! `laps-sd-srpt`, `laps-sd-srpt-mb`.
+//! Orderings (one file each under [`policy`]): `fcfs`, `sjf`, `srpt`, `las`, `mlfq`, `trail`,
+//! `oracle`, `laps-sd` (arXiv 2505.17074) and `gittins` (ours). Settings shared by every ordering
+//! (aging, batch formation) and LAPS-SD's knobs are fields of [`PolicyConfig`]; a configured
+//! policy is a [`PolicySpec`] (`laps-sd[las-phase=false]`).
 
 pub mod cost;
 pub mod error;
@@ -31,7 +31,10 @@ mod testutil;
 pub use cost::{fit_served_steps, LinearCost, MeasuredCost, StepCostModel, StepObservation};
 pub use error::CoreError;
 pub use kv::{KvAccountant, KvFit};
-pub use policy::{BatchBuilder, Policy, PolicyConfig, PolicyKind, ScheduleContext};
+pub use policy::{
+    BatchBuilder, BatchFormation, Policy, PolicyConfig, PolicyKind, PolicySpec, ScheduleContext,
+    TokensPerStep,
+};
 pub use predictor::{LengthPredictor, OnlineQuantilePredictor};
 pub use request::{
     AcceptanceTracker, FinishReason, IdMap, IdSet, RequestId, RequestPhase, RequestSpec,

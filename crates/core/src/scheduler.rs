@@ -198,8 +198,8 @@ impl Scheduler {
         let mut state = self.requests.remove(&id)?;
         self.kv.free(id);
         self.running.retain(|&r| r != id);
-        self.policy.on_finish(id);
         state.phase = RequestPhase::Finished(FinishReason::Cancelled);
+        self.policy.on_finish(&state);
         Some(state)
     }
 
@@ -221,7 +221,8 @@ impl Scheduler {
                 speculation_length: k,
                 cost: &self.config.cost,
             };
-            let mut batch = BatchBuilder::new(self.config.capacity, &self.requests, k);
+            let mut batch =
+                BatchBuilder::new(self.config.capacity, &self.requests, k, &self.config.cost);
             self.policy.select(&ctx, &mut batch);
             let chosen = std::mem::take(&mut batch.chosen);
             let chosen_set = std::mem::take(&mut batch.chosen_set);
@@ -386,7 +387,7 @@ impl Scheduler {
                 };
                 state.phase = RequestPhase::Finished(reason);
                 self.kv.free(id);
-                self.policy.on_finish(id);
+                self.policy.on_finish(&state);
                 if let Some(p) = &mut self.predictor {
                     p.observe(state.spec.prompt_tokens, state.generated_tokens);
                 }

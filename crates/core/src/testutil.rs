@@ -97,7 +97,7 @@ impl Fixture {
                 speculation_length: self.k,
                 cost: &self.cost,
             };
-            let mut batch = BatchBuilder::new(self.capacity, &self.requests, self.k);
+            let mut batch = BatchBuilder::new(self.capacity, &self.requests, self.k, &self.cost);
             policy.select(&ctx, &mut batch);
             batch.chosen().to_vec()
         };

@@ -7,7 +7,7 @@
 
 use super::queue::{offer_with_pinned, KeyedQueue, OrdF64};
 use super::{BatchBuilder, Policy, ScheduleContext};
-use crate::request::{RequestId, RequestState};
+use crate::request::RequestState;
 
 #[derive(Debug, Default)]
 pub struct Fcfs {
@@ -26,7 +26,8 @@ impl Policy for Fcfs {
         self.queue.insert(request.id(), key);
     }
     fn on_step(&mut self, _request: &RequestState, _now_s: f64) {}
-    fn on_finish(&mut self, id: RequestId) {
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
         self.queue.remove(id);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
@@ -81,7 +82,7 @@ mod tests {
         f.arrive(2, 2.0, 10, 100);
         let mut p = Fcfs::default();
         f.announce(&mut p);
-        p.on_finish(1);
+        p.on_finish(f.get(1));
         f.remove(1);
         assert_eq!(f.select(&mut p), vec![2]);
     }

@@ -28,28 +28,32 @@
 //! Ablations: `laps-sd-perceptible-first` (every perceptible request, by T, ahead of every
 //! non-perceptible one) and `laps-sd-perceptible-last` (behind every non-perceptible one).
 //!
-//! Our variants (never changing `laps-sd`): `laps-sd-mal` estimates tokens per step from the
-//! measured mean accepted length (accepted + 1 per step) instead of n*A + 1; `laps-sd-aging`
-//! promotes any request that has not run for `max_wait_s` (default 30 s) ahead of all others
-//! until it finishes, longest wait first;
-//! `laps-sd+` is both. Note: with a fixed n, accepted/drafted = mean accepted / n, so n*A + 1
-//! equals the mean accepted length except where steps drafted fewer than n tokens (the last
-//! steps before `max_tokens`); `laps-sd-mal` differs from `laps-sd` only there.
+//! Settings (fields of `PolicyConfig`, never changing the default reading above):
+//! `tokens_per_step = mean-accepted-length` estimates tokens per step from the measured mean
+//! accepted length (accepted + 1 per step) instead of n*A + 1; with a fixed n,
+//! accepted/drafted = mean accepted / n, so the two differ only where steps drafted fewer than
+//! n tokens (the last steps before `max_tokens`). Aging (`max_wait_s`) and batch formation are
+//! the shared settings of every ordering (`compose`). `las_phase = false` replaces the algorithm
+//! by its estimate-only form (`laps_sd_srpt`).
 //!
 //! Key: (client priority, (rank class, level), sub-key, arrival, id) where the sub-key is the
 //! arrival time for non-perceptible requests and T for perceptible ones. Keys of arrivals and
 //! batch members are refreshed lazily in `select` (which brings the cost model): O(b log n).
 
 use crate::request::IdMap;
+use serde::{Deserialize, Serialize};
 
-use super::queue::{offer_in_order, KeyedQueue, OrdF64, StarvationGuard};
+use super::queue::{offer_in_order, KeyedQueue, OrdF64};
 use super::{BatchBuilder, Policy, ScheduleContext};
 use crate::cost::StepCostModel;
 use crate::request::{RequestId, RequestState};
 
 /// Where perceptible requests rank relative to non-perceptible ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
 pub enum PerceptiblePlacement {
+    #[default]
     /// In the queue where they became perceptible, after its non-perceptible requests.
     WithinQueue,
     /// Ahead of every non-perceptible request.
@@ -58,18 +62,14 @@ pub enum PerceptiblePlacement {
     Last,
 }
 
-/// How a LAPS-SD variant is configured.
+/// How LAPS-SD is configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LapsSdConfig {
-    pub name: &'static str,
     pub num_queues: usize,
     pub first_threshold_passes: u64,
     pub placement: PerceptiblePlacement,
     /// Tokens per step from the measured mean accepted length instead of n*A + 1.
     pub mean_accepted_length: bool,
-    /// Starvation bound: a request that has not run for this long is promoted ahead of the
-    /// others until it finishes.
-    pub max_wait_s: Option<f64>,
 }
 
 type Key = (i32, (u8, usize), OrdF64, OrdF64);
@@ -82,7 +82,6 @@ pub struct LapsSd {
     frozen_level: IdMap<usize>,
     /// Queue each request is in (as of its last key refresh).
     levels: IdMap<usize>,
-    aging: StarvationGuard,
     dirty: Vec<RequestId>,
 }
 
@@ -113,7 +112,6 @@ impl LapsSd {
             queue: KeyedQueue::default(),
             frozen_level: Default::default(),
             levels: Default::default(),
-            aging: StarvationGuard::default(),
             dirty: Vec::new(),
         }
     }
@@ -170,25 +168,19 @@ impl LapsSd {
 
 impl Policy for LapsSd {
     fn name(&self) -> &str {
-        self.config.name
+        "laps-sd"
     }
     fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
         self.dirty.push(request.id());
-        if self.config.max_wait_s.is_some() {
-            self.aging.on_arrival(request.id(), request.spec.arrival_s);
-        }
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
         self.dirty.push(request.id());
-        if self.config.max_wait_s.is_some() {
-            self.aging.on_step(request.id(), request.last_scheduled_s);
-        }
     }
-    fn on_finish(&mut self, id: RequestId) {
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
         self.queue.remove(id);
         self.frozen_level.remove(&id);
         self.levels.remove(&id);
-        self.aging.remove(id);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
         for id in std::mem::take(&mut self.dirty) {
@@ -196,9 +188,6 @@ impl Policy for LapsSd {
                 let key = self.key(r, ctx.speculation_length, ctx.cost);
                 self.queue.insert(id, key);
             }
-        }
-        if let Some(max_wait_s) = self.config.max_wait_s {
-            self.aging.offer_starved(batch, ctx.now_s, max_wait_s);
         }
         offer_in_order(batch, self.queue.ids());
     }
@@ -211,12 +200,10 @@ mod tests {
 
     fn config(placement: PerceptiblePlacement) -> LapsSdConfig {
         LapsSdConfig {
-            name: "laps-sd",
             num_queues: 3,
             first_threshold_passes: 4,
             placement,
             mean_accepted_length: false,
-            max_wait_s: None,
         }
     }
 
@@ -224,7 +211,7 @@ mod tests {
     /// when `perceptible` (the scheduler's job, done by hand here).
     fn sd_steps(
         f: &mut Fixture,
-        p: &mut LapsSd,
+        p: &mut dyn Policy,
         id: u64,
         steps: u32,
         accepted: u32,
@@ -338,9 +325,10 @@ mod tests {
         let mut f = Fixture::new(1);
         f.arrive(1, 0.0, 10, 1000);
         f.arrive(2, 0.0, 10, 1000);
-        let mut c = config(PerceptiblePlacement::WithinQueue);
-        c.max_wait_s = Some(1.0);
-        let mut p = LapsSd::new(c);
+        let mut p = crate::policy::compose::Aging::new(
+            Box::new(LapsSd::new(config(PerceptiblePlacement::WithinQueue))),
+            1.0,
+        );
         f.announce(&mut p);
         sd_steps(&mut f, &mut p, 2, 10, 2, false); // 2: queue 2, last ran at 0.1 s
         f.now_s = 0.5;

@@ -6,7 +6,7 @@
 
 use super::queue::{offer_in_order, KeyedQueue, OrdF64};
 use super::{BatchBuilder, Policy, ScheduleContext};
-use crate::request::{RequestId, RequestState};
+use crate::request::RequestState;
 
 #[derive(Debug, Default)]
 pub struct Las {
@@ -33,7 +33,8 @@ impl Policy for Las {
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
         self.queue.insert(request.id(), Self::key(request));
     }
-    fn on_finish(&mut self, id: RequestId) {
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
         self.queue.remove(id);
     }
     fn select(&mut self, _ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {

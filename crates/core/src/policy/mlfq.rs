@@ -100,7 +100,8 @@ impl Policy for Mlfq {
             self.enqueue(id, request.spec.priority_or_default(), demoted);
         }
     }
-    fn on_finish(&mut self, id: RequestId) {
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
         self.queue.remove(id);
         self.entries.remove(&id);
         self.pending.retain(|(p, _)| *p != id);

@@ -1,12 +1,18 @@
-//! The `Policy` trait, the batch builder a policy fills, and the factory that builds a policy by
-//! name. Each policy lives in its own file beside this one.
+//! The `Policy` trait, the batch builder a policy fills, and the factory that builds a policy from
+//! its kind (the ordering) and its [`PolicyConfig`] (the settings). Each ordering lives in its
+//! own file beside this one; the settings every ordering shares (aging, batch formation) are
+//! wrappers in [`compose`].
 //!
 //! Policy vs mechanism (vLLM's split): the [`crate::Scheduler`] owns request state, KV accounting
 //! and preemption mechanics; a policy only keeps its own ordering structures (heaps / ordered maps,
 //! so decisions are O(log n)) and chooses who runs. Running requests it does not put in the batch
 //! are preempted.
 
+#[cfg(feature = "cli")]
+pub mod args;
+pub mod compose;
 pub mod fcfs;
+pub mod gittins;
 pub mod laps_sd;
 pub mod laps_sd_srpt;
 pub mod las;
@@ -29,7 +35,8 @@ use crate::scheduler::Capacity;
 /// Remaining execution time at batch 1 of `r` with `remaining_tokens` still to generate at
 /// `tokens_per_step` tokens per SD step of speculation length `k`: the prefill it still owes,
 /// if its KV must be computed (which yields the first of those tokens), plus its SD steps.
-/// `oracle` calls it with the true length and acceptance, `laps-sd-srpt` with predicted ones.
+/// `oracle` calls it with the true length and acceptance, `laps-sd` without its LAS phase with
+/// predicted ones.
 pub fn execution_time_s(
     r: &RequestState,
     remaining_tokens: f64,
@@ -72,6 +79,9 @@ pub enum AddOutcome {
     DoesNotFit,
     /// Already in the batch, or not a runnable request.
     Rejected,
+    /// Marginal formation: co-batching it would raise the total latency (see
+    /// [`BatchBuilder::use_marginal_formation`]); counted as a miss.
+    NotWorthBatching,
 }
 
 /// How many `DoesNotFit` answers one selection may collect before [`BatchBuilder::should_stop`]
@@ -85,12 +95,20 @@ pub const MISS_BUDGET: usize = 64;
 pub struct BatchBuilder<'a> {
     pub(crate) capacity: Capacity,
     pub(crate) requests: &'a IdMap<RequestState>,
+    pub(crate) cost: &'a dyn StepCostModel,
     pub(crate) speculation_length: u32,
     pub(crate) chosen: Vec<RequestId>,
     pub(crate) chosen_set: IdSet,
     pub(crate) step_tokens: u64,
     pub(crate) kv_tokens: u64,
     pub(crate) misses: usize,
+    /// Offers that reached the size checks (rank of the next offer).
+    offers: usize,
+    /// Decode members chosen and the positions they verify (the marginal rule's step shape).
+    decode_members: usize,
+    decode_positions: u64,
+    /// `Some(full_at_queue)` under marginal formation.
+    marginal_until: Option<usize>,
 }
 
 impl<'a> BatchBuilder<'a> {
@@ -98,10 +116,12 @@ impl<'a> BatchBuilder<'a> {
         capacity: Capacity,
         requests: &'a IdMap<RequestState>,
         speculation_length: u32,
+        cost: &'a dyn StepCostModel,
     ) -> Self {
         Self {
             capacity,
             requests,
+            cost,
             speculation_length,
             chosen: Vec::with_capacity(capacity.max_batch.min(1024)),
             chosen_set: IdSet::with_capacity_and_hasher(
@@ -111,7 +131,58 @@ impl<'a> BatchBuilder<'a> {
             step_tokens: 0,
             kv_tokens: 0,
             misses: 0,
+            offers: 0,
+            decode_members: 0,
+            decode_positions: 0,
+            marginal_until: None,
         }
+    }
+
+    /// Marginal batch formation for the rest of this selection (ours; first measured as
+    /// `laps-sd-srpt-mb`, docs/scheduling.md). A request offered at rank r, with the batch
+    /// already holding b requests and m = n - r - 1 of the n requests in the system behind it,
+    /// joins only if `(1 + m) * (alone - delta) > b * delta`: delta is how much longer it makes
+    /// this step (its verified positions and draft share, plus the step's fixed part if it is
+    /// the first decode member), alone what its step would cost by itself later. The delay hits
+    /// the b members; the saving advances it and the m behind it. A prefill costs the same
+    /// batched or alone, so it joins only an empty batch (it runs when it ranks first).
+    ///
+    /// The rule is myopic (it ignores arrivals still to come) and on its own can starve the
+    /// server of throughput: with cheap batching and prefills waiting behind decodes, batches
+    /// stay small while the queue grows without bound. So it applies only while fewer than
+    /// `full_at_queue` requests are in the system; from there on every offer that fits joins,
+    /// exactly as under full formation. Stability follows: above the limit every step is a full
+    /// batch, which drains the queue wherever full-batch FCFS is stable.
+    pub fn use_marginal_formation(&mut self, full_at_queue: usize) {
+        self.marginal_until = Some(full_at_queue);
+    }
+
+    /// Whether the marginal rule declines `request` at this point (see
+    /// [`BatchBuilder::use_marginal_formation`]).
+    fn marginal_declines(&self, request: &RequestState) -> bool {
+        let Some(full_at_queue) = self.marginal_until else {
+            return false;
+        };
+        let in_system = self.requests.len();
+        if in_system >= full_at_queue || self.chosen.is_empty() {
+            return false;
+        }
+        let k = self.speculation_length;
+        let (delta_s, alone_s) = if request.needs_prefill() {
+            let prefill_s = self.cost.prefill_s(request.context_tokens());
+            (prefill_s, prefill_s)
+        } else {
+            let own = Self::step_tokens_of(request, k);
+            let (members, positions) = (self.decode_members, self.decode_positions);
+            (
+                self.cost
+                    .decode_s(members + 1, k, (positions + own) as usize)
+                    - self.cost.decode_s(members, k, positions as usize),
+                self.cost.decode_s(1, k, own as usize),
+            )
+        };
+        let behind = in_system.saturating_sub(self.offers) as f64;
+        (1.0 + behind) * (alone_s - delta_s) <= self.chosen.len() as f64 * delta_s
     }
 
     /// Tokens `request` processes in its next step: its whole context for a (re)prefill, else
@@ -145,6 +216,11 @@ impl<'a> BatchBuilder<'a> {
         if self.is_full() {
             return AddOutcome::BatchFull;
         }
+        self.offers += 1;
+        if self.marginal_declines(request) {
+            self.misses += 1;
+            return AddOutcome::NotWorthBatching;
+        }
         let step_tokens = Self::step_tokens_of(request, self.speculation_length);
         let kv_need = Self::kv_need_of(request, self.speculation_length);
         let fits_tokens = self.chosen.is_empty()
@@ -158,12 +234,17 @@ impl<'a> BatchBuilder<'a> {
         self.chosen_set.insert(id);
         self.step_tokens += step_tokens;
         self.kv_tokens += kv_need;
+        if !request.needs_prefill() {
+            self.decode_members += 1;
+            self.decode_positions += step_tokens;
+        }
         AddOutcome::Added
     }
     pub fn is_full(&self) -> bool {
         self.chosen.len() >= self.capacity.max_batch
     }
-    /// Full, or [`MISS_BUDGET`] offers did not fit: a policy should stop offering.
+    /// Full, or [`MISS_BUDGET`] offers did not fit (or were not worth batching): a policy
+    /// should stop offering.
     pub fn should_stop(&self) -> bool {
         self.is_full() || self.misses >= MISS_BUDGET
     }
@@ -201,8 +282,9 @@ pub trait Policy: Send {
     /// A request took part in a step; `request` is its updated state (attained service,
     /// acceptance, generated tokens, perceptibility). Called for each batch member after each step.
     fn on_step(&mut self, request: &RequestState, now_s: f64);
-    /// A request left (finished or cancelled): forget it.
-    fn on_finish(&mut self, id: RequestId);
+    /// A request left: `request` is its final state, `phase` `Finished(reason)` (cancelled
+    /// ones included). Forget it; learn from it if the policy learns.
+    fn on_finish(&mut self, request: &RequestState);
     /// Fill `batch` for the next step by offering requests in priority order.
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>);
     /// When KV must be freed, which of these preempted requests holding KV loses it first.
@@ -220,8 +302,10 @@ pub trait Policy: Send {
     }
 }
 
-/// Every policy, by name.
+/// Every ordering, by name. Settings (aging, batch formation, LAPS-SD's knobs) are fields of
+/// [`PolicyConfig`], not names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     Fcfs,
     Sjf,
@@ -231,27 +315,14 @@ pub enum PolicyKind {
     Trail,
     /// SRPT on the true remaining execution time (simulator only: needs the true length).
     Oracle,
+    /// The paper's algorithm (arXiv 2505.17074), or with `las_phase = false` its estimate alone.
     LapsSd,
-    /// Ablation: every perceptible request ahead of every non-perceptible one.
-    LapsSdPerceptibleFirst,
-    /// Ablation: every perceptible request behind every non-perceptible one.
-    LapsSdPerceptibleLast,
-    /// Ours: tokens per step from the measured mean accepted length instead of n*A+1.
-    LapsSdMal,
-    /// Ours: LAPS-SD with an aging bound (a request waiting longer than `max_wait_s` goes first).
-    LapsSdAging,
-    /// Ours: `laps-sd-mal` and `laps-sd-aging` together.
-    LapsSdPlus,
-    /// Ours: LAPS-SD's estimate (with the prefill still owed, and the acceptance rate shrunk
-    /// toward the finished requests' rate) from arrival, shortest first, no LAS phase.
-    LapsSdSrpt,
-    /// Ours: `laps-sd-srpt` with marginal batching (a request joins the batch only when the cost
-    /// model says co-batching it lowers the total latency).
-    LapsSdSrptMb,
+    /// Ours: the Gittins index of each request's posterior remaining time.
+    Gittins,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 15] = [
+    pub const ALL: [PolicyKind; 9] = [
         PolicyKind::Fcfs,
         PolicyKind::Sjf,
         PolicyKind::Srpt,
@@ -260,15 +331,9 @@ impl PolicyKind {
         PolicyKind::Trail,
         PolicyKind::Oracle,
         PolicyKind::LapsSd,
-        PolicyKind::LapsSdPerceptibleFirst,
-        PolicyKind::LapsSdPerceptibleLast,
-        PolicyKind::LapsSdMal,
-        PolicyKind::LapsSdAging,
-        PolicyKind::LapsSdPlus,
-        PolicyKind::LapsSdSrpt,
-        PolicyKind::LapsSdSrptMb,
+        PolicyKind::Gittins,
     ];
-    /// The baselines of the paper's comparison (no oracle, no LAPS-SD variant).
+    /// The baselines of the paper's comparison (no oracle, no LAPS-SD).
     pub const BASELINES: [PolicyKind; 6] = [
         PolicyKind::Fcfs,
         PolicyKind::Sjf,
@@ -277,28 +342,9 @@ impl PolicyKind {
         PolicyKind::Mlfq,
         PolicyKind::Trail,
     ];
-    /// The paper's comparison: baselines, the oracle bound and `laps-sd`.
-    pub const MAIN: [PolicyKind; 8] = [
-        PolicyKind::Fcfs,
-        PolicyKind::Sjf,
-        PolicyKind::Srpt,
-        PolicyKind::Las,
-        PolicyKind::Mlfq,
-        PolicyKind::Trail,
-        PolicyKind::Oracle,
-        PolicyKind::LapsSd,
-    ];
-    /// `laps-sd` and its ablations / our variants.
-    pub const LAPS_SD_VARIANTS: [PolicyKind; 8] = [
-        PolicyKind::LapsSd,
-        PolicyKind::LapsSdPerceptibleFirst,
-        PolicyKind::LapsSdPerceptibleLast,
-        PolicyKind::LapsSdMal,
-        PolicyKind::LapsSdAging,
-        PolicyKind::LapsSdPlus,
-        PolicyKind::LapsSdSrpt,
-        PolicyKind::LapsSdSrptMb,
-    ];
+    /// What the server runs when `--policy` is not given: the policy that wins the regime
+    /// matrix (docs/scheduling.md).
+    pub const SERVER_DEFAULT: PolicyKind = PolicyKind::Gittins;
     pub fn name(&self) -> &'static str {
         match self {
             PolicyKind::Fcfs => "fcfs",
@@ -309,13 +355,7 @@ impl PolicyKind {
             PolicyKind::Trail => "trail",
             PolicyKind::Oracle => "oracle",
             PolicyKind::LapsSd => "laps-sd",
-            PolicyKind::LapsSdPerceptibleFirst => "laps-sd-perceptible-first",
-            PolicyKind::LapsSdPerceptibleLast => "laps-sd-perceptible-last",
-            PolicyKind::LapsSdMal => "laps-sd-mal",
-            PolicyKind::LapsSdAging => "laps-sd-aging",
-            PolicyKind::LapsSdPlus => "laps-sd+",
-            PolicyKind::LapsSdSrpt => "laps-sd-srpt",
-            PolicyKind::LapsSdSrptMb => "laps-sd-srpt-mb",
+            PolicyKind::Gittins => "gittins",
         }
     }
     /// Whether it needs the simulator-only truth (`RequestSpec::true_output_tokens`).
@@ -344,10 +384,34 @@ impl std::str::FromStr for PolicyKind {
     }
 }
 
-/// Default starvation bound of `laps-sd-aging` / `laps-sd+` when `max_wait_s` is `None`.
-pub const DEFAULT_AGING_MAX_WAIT_S: f64 = 30.0;
+/// How a step's batch is formed from the ordering's offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchFormation {
+    /// Every offer that fits joins, up to the batch limits.
+    #[default]
+    Full,
+    /// A short queue may run a smaller batch when the cost model says co-batching raises the
+    /// total latency; full from `marginal_full_at_queue` requests on
+    /// ([`BatchBuilder::use_marginal_formation`]).
+    Marginal,
+}
 
-/// Parameters of every policy (defaults documented per field); the factory reads the ones it needs.
+/// LAPS-SD's estimate of tokens per SD step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum TokensPerStep {
+    /// The paper's `n*A + 1` from the measured acceptance rate A.
+    #[default]
+    AcceptanceRate,
+    /// The measured mean accepted length (accepted + 1 per step).
+    MeanAcceptedLength,
+}
+
+/// The settings of a policy (defaults documented per field); every field applies to the same
+/// ordering the same way in `lapsd sim` and `lapsd serve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PolicyConfig {
@@ -359,11 +423,27 @@ pub struct PolicyConfig {
     /// TRAIL: no preemption once a request has done this fraction of its predicted length
     /// (default 0.5).
     pub trail_no_preempt_fraction: f64,
-    /// Starvation bound (aging): a request waiting longer than this is served first. `None` = off
-    /// for `srpt` (its starvation counter) and 30 s for `laps-sd-aging` / `laps-sd+`; plain
-    /// `laps-sd` ignores it.
+    /// Starvation bound (aging), any ordering: a request that has not run for this long is
+    /// served first until it finishes. `None` = off (default in the simulator; the server's
+    /// default is [`SERVER_DEFAULT_MAX_WAIT_S`]).
     pub max_wait_s: Option<f64>,
+    /// How batches are formed (default full).
+    pub batch_formation: BatchFormation,
+    /// Marginal formation applies only below this many requests in the system (default 16).
+    pub marginal_full_at_queue: usize,
+    /// LAPS-SD: where perceptible requests rank (default: within their queue).
+    pub perceptible_placement: laps_sd::PerceptiblePlacement,
+    /// LAPS-SD: tokens per step from the acceptance rate (default) or the mean accepted length.
+    pub tokens_per_step: TokensPerStep,
+    /// LAPS-SD: least attained service until a request's acceptance rate is stable (the paper,
+    /// default true); false ranks every request by the estimate from arrival, with the prefill
+    /// still owed and the acceptance rate shrunk toward the finished requests' (`laps_sd_srpt`).
+    pub las_phase: bool,
 }
+
+/// The server's default starvation bound: at the loads the regime matrix covers, the p99 of the
+/// default policy stays within 1.5x of FCFS's with it (docs/scheduling.md).
+pub const SERVER_DEFAULT_MAX_WAIT_S: f64 = 30.0;
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -372,6 +452,11 @@ impl Default for PolicyConfig {
             first_threshold_passes: 16,
             trail_no_preempt_fraction: 0.5,
             max_wait_s: None,
+            batch_formation: BatchFormation::Full,
+            marginal_full_at_queue: 16,
+            perceptible_placement: laps_sd::PerceptiblePlacement::WithinQueue,
+            tokens_per_step: TokensPerStep::AcceptanceRate,
+            las_phase: true,
         }
     }
 }
@@ -398,36 +483,236 @@ impl PolicyConfig {
             });
         }
         if let Some(w) = self.max_wait_s {
-            if !(w.is_finite() && w >= 0.0) {
+            if !(w.is_finite() && w > 0.0) {
                 return Err(CoreError::InvalidConfig {
                     field: "max_wait_s",
-                    reason: format!("must be a finite number >= 0, got {w}"),
+                    reason: format!("must be a finite number > 0, got {w}"),
                 });
             }
         }
+        if self.marginal_full_at_queue == 0 {
+            return Err(CoreError::InvalidConfig {
+                field: "marginal_full_at_queue",
+                reason: "must be at least 1".to_string(),
+            });
+        }
         Ok(())
+    }
+
+    /// The settings that differ from the defaults, as `name=value` pairs (labels in reports).
+    pub fn non_default_settings(&self) -> Vec<String> {
+        let d = Self::default();
+        let mut out = Vec::new();
+        if let Some(w) = self.max_wait_s {
+            out.push(format!("max-wait-s={w}"));
+        }
+        if self.batch_formation != d.batch_formation {
+            out.push("batch-formation=marginal".to_string());
+        }
+        if self.marginal_full_at_queue != d.marginal_full_at_queue {
+            out.push(format!(
+                "marginal-full-at-queue={}",
+                self.marginal_full_at_queue
+            ));
+        }
+        if self.perceptible_placement != d.perceptible_placement {
+            out.push(format!(
+                "perceptible-placement={}",
+                match self.perceptible_placement {
+                    laps_sd::PerceptiblePlacement::WithinQueue => "within-queue",
+                    laps_sd::PerceptiblePlacement::First => "first",
+                    laps_sd::PerceptiblePlacement::Last => "last",
+                }
+            ));
+        }
+        if self.tokens_per_step != d.tokens_per_step {
+            out.push("tokens-per-step=mean-accepted-length".to_string());
+        }
+        if !self.las_phase {
+            out.push("las-phase=false".to_string());
+        }
+        if self.num_queues != d.num_queues {
+            out.push(format!("num-queues={}", self.num_queues));
+        }
+        if self.first_threshold_passes != d.first_threshold_passes {
+            out.push(format!(
+                "first-threshold-passes={}",
+                self.first_threshold_passes
+            ));
+        }
+        if self.trail_no_preempt_fraction != d.trail_no_preempt_fraction {
+            out.push(format!(
+                "trail-no-preempt-fraction={}",
+                self.trail_no_preempt_fraction
+            ));
+        }
+        out
+    }
+
+    /// Applies one `name=value` setting (the names of [`Self::non_default_settings`]).
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), CoreError> {
+        fn parse<T: std::str::FromStr>(field: &'static str, value: &str) -> Result<T, CoreError> {
+            value.trim().parse().map_err(|_| CoreError::InvalidConfig {
+                field,
+                reason: format!("cannot parse {value:?}"),
+            })
+        }
+        let bad = |field: &'static str, expected: &str| CoreError::InvalidConfig {
+            field,
+            reason: format!("expected {expected}, got {value:?}"),
+        };
+        match name.trim() {
+            "max-wait-s" => {
+                let w: f64 = parse("max_wait_s", value)?;
+                self.max_wait_s = (w > 0.0).then_some(w);
+            }
+            "batch-formation" => {
+                self.batch_formation = match value.trim() {
+                    "full" => BatchFormation::Full,
+                    "marginal" => BatchFormation::Marginal,
+                    _ => return Err(bad("batch_formation", "full or marginal")),
+                }
+            }
+            "marginal-full-at-queue" => {
+                self.marginal_full_at_queue = parse("marginal_full_at_queue", value)?
+            }
+            "perceptible-placement" => {
+                use laps_sd::PerceptiblePlacement as P;
+                self.perceptible_placement = match value.trim() {
+                    "within-queue" => P::WithinQueue,
+                    "first" => P::First,
+                    "last" => P::Last,
+                    _ => return Err(bad("perceptible_placement", "within-queue, first or last")),
+                }
+            }
+            "tokens-per-step" => {
+                self.tokens_per_step = match value.trim() {
+                    "acceptance-rate" => TokensPerStep::AcceptanceRate,
+                    "mean-accepted-length" => TokensPerStep::MeanAcceptedLength,
+                    _ => {
+                        return Err(bad(
+                            "tokens_per_step",
+                            "acceptance-rate or mean-accepted-length",
+                        ))
+                    }
+                }
+            }
+            "las-phase" => self.las_phase = parse("las_phase", value)?,
+            "num-queues" => self.num_queues = parse("num_queues", value)?,
+            "first-threshold-passes" => {
+                self.first_threshold_passes = parse("first_threshold_passes", value)?
+            }
+            "trail-no-preempt-fraction" => {
+                self.trail_no_preempt_fraction = parse("trail_no_preempt_fraction", value)?
+            }
+            other => {
+                return Err(CoreError::InvalidConfig {
+                    field: "setting",
+                    reason: format!(
+                        "unknown setting {other:?} (expected max-wait-s, batch-formation, \
+                         marginal-full-at-queue, perceptible-placement, tokens-per-step, \
+                         las-phase, num-queues, first-threshold-passes, \
+                         trail-no-preempt-fraction)"
+                    ),
+                })
+            }
+        }
+        self.validate()
     }
 }
 
-/// Builds a policy by kind (vLLM's `create_request_queue`). Errors: an invalid config.
+/// One configured policy: an ordering and its settings, with the label reports show
+/// (`gittins`, `laps-sd[las-phase=false]`, ...). Parsed from `name` or `name[setting=value,...]`
+/// on top of a base configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySpec {
+    pub kind: PolicyKind,
+    pub config: PolicyConfig,
+}
+
+impl PolicySpec {
+    pub fn new(kind: PolicyKind, config: PolicyConfig) -> Self {
+        Self { kind, config }
+    }
+
+    /// The name, with the settings that differ from the defaults in brackets.
+    pub fn label(&self) -> String {
+        let settings = self.config.non_default_settings();
+        if settings.is_empty() {
+            self.kind.name().to_string()
+        } else {
+            format!("{}[{}]", self.kind.name(), settings.join(","))
+        }
+    }
+
+    /// Parses `name` or `name[setting=value,...]`, the settings applied on top of `base`.
+    pub fn parse(text: &str, base: &PolicyConfig) -> Result<Self, CoreError> {
+        let text = text.trim();
+        let (name, settings) = match text.split_once('[') {
+            Some((name, rest)) => {
+                let inner = rest
+                    .strip_suffix(']')
+                    .ok_or_else(|| CoreError::InvalidConfig {
+                        field: "policy",
+                        reason: format!("{text:?}: settings must end with ']'"),
+                    })?;
+                (name, inner)
+            }
+            None => (text, ""),
+        };
+        let kind: PolicyKind = name.parse()?;
+        let mut config = base.clone();
+        for pair in settings.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or_else(|| CoreError::InvalidConfig {
+                field: "policy",
+                reason: format!("{pair:?} in {text:?}: expected setting=value"),
+            })?;
+            config.set(key, value)?;
+        }
+        Ok(Self { kind, config })
+    }
+
+    /// Parses a comma-separated list of specs (commas inside brackets belong to the settings).
+    pub fn parse_list(text: &str, base: &PolicyConfig) -> Result<Vec<Self>, CoreError> {
+        let mut out = Vec::new();
+        let (mut depth, mut start) = (0i32, 0usize);
+        let bytes: Vec<char> = text.chars().collect();
+        let mut pieces = Vec::new();
+        for (i, c) in bytes.iter().enumerate() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    pieces.push(bytes[start..i].iter().collect::<String>());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        pieces.push(bytes[start..].iter().collect::<String>());
+        for piece in pieces.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            let spec = Self::parse(piece, base)?;
+            if !out.contains(&spec) {
+                out.push(spec);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn build(&self) -> Result<Box<dyn Policy>, CoreError> {
+        build_policy(self.kind, &self.config)
+    }
+}
+
+/// Builds a policy: the ordering `kind`, wrapped in the shared settings of `config` (vLLM's
+/// `create_request_queue`). Errors: an invalid config.
 pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn Policy>, CoreError> {
     config.validate()?;
-    use laps_sd::{LapsSd, LapsSdConfig, PerceptiblePlacement};
-    let laps = |placement, mean_accepted_length, max_wait_s| -> Box<dyn Policy> {
-        Box::new(LapsSd::new(LapsSdConfig {
-            name: kind.name(),
-            num_queues: config.num_queues,
-            first_threshold_passes: config.first_threshold_passes,
-            placement,
-            mean_accepted_length,
-            max_wait_s,
-        }))
-    };
-    let aging_wait_s = Some(config.max_wait_s.unwrap_or(DEFAULT_AGING_MAX_WAIT_S));
-    Ok(match kind {
+    use laps_sd::{LapsSd, LapsSdConfig};
+    let ordering: Box<dyn Policy> = match kind {
         PolicyKind::Fcfs => Box::new(fcfs::Fcfs::default()),
         PolicyKind::Sjf => Box::new(sjf::Sjf::default()),
-        PolicyKind::Srpt => Box::new(srpt::Srpt::new(config.max_wait_s)),
+        PolicyKind::Srpt => Box::new(srpt::Srpt::default()),
         PolicyKind::Las => Box::new(las::Las::default()),
         PolicyKind::Mlfq => Box::new(mlfq::Mlfq::new(
             config.num_queues,
@@ -435,15 +720,24 @@ pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn P
         )),
         PolicyKind::Trail => Box::new(trail::Trail::new(config.trail_no_preempt_fraction)),
         PolicyKind::Oracle => Box::new(oracle::Oracle::default()),
-        PolicyKind::LapsSd => laps(PerceptiblePlacement::WithinQueue, false, None),
-        PolicyKind::LapsSdPerceptibleFirst => laps(PerceptiblePlacement::First, false, None),
-        PolicyKind::LapsSdPerceptibleLast => laps(PerceptiblePlacement::Last, false, None),
-        PolicyKind::LapsSdMal => laps(PerceptiblePlacement::WithinQueue, true, None),
-        PolicyKind::LapsSdAging => laps(PerceptiblePlacement::WithinQueue, false, aging_wait_s),
-        PolicyKind::LapsSdPlus => laps(PerceptiblePlacement::WithinQueue, true, aging_wait_s),
-        PolicyKind::LapsSdSrpt => Box::new(laps_sd_srpt::LapsSdSrpt::new(config.max_wait_s)),
-        PolicyKind::LapsSdSrptMb => Box::new(laps_sd_srpt::LapsSdSrpt::with_marginal_batching(
-            config.max_wait_s,
+        PolicyKind::LapsSd if !config.las_phase => Box::new(laps_sd_srpt::LapsSdSrpt::new()),
+        PolicyKind::LapsSd => Box::new(LapsSd::new(LapsSdConfig {
+            num_queues: config.num_queues,
+            first_threshold_passes: config.first_threshold_passes,
+            placement: config.perceptible_placement,
+            mean_accepted_length: config.tokens_per_step == TokensPerStep::MeanAcceptedLength,
+        })),
+        PolicyKind::Gittins => Box::new(gittins::Gittins::new()),
+    };
+    let aged: Box<dyn Policy> = match config.max_wait_s {
+        Some(max_wait_s) => Box::new(compose::Aging::new(ordering, max_wait_s)),
+        None => ordering,
+    };
+    Ok(match config.batch_formation {
+        BatchFormation::Full => aged,
+        BatchFormation::Marginal => Box::new(compose::MarginalFormation::new(
+            aged,
+            config.marginal_full_at_queue,
         )),
     })
 }
@@ -470,6 +764,7 @@ mod tests {
 
     #[test]
     fn builder_enforces_batch_step_tokens_and_kv() {
+        let cost = crate::testutil::test_cost();
         // k = 4: a decode step is 5 tokens, KV need = context + 5.
         let requests = table(&[
             (1, 100, 0, false),
@@ -482,7 +777,7 @@ mod tests {
             max_step_tokens: 50,
             kv_budget_tokens: 160,
         };
-        let mut b = BatchBuilder::new(cap, &requests, 4);
+        let mut b = BatchBuilder::new(cap, &requests, 4, &cost);
         assert_eq!(
             b.try_add(1),
             AddOutcome::Added,
@@ -498,7 +793,7 @@ mod tests {
         assert_eq!(b.try_add(1), AddOutcome::Rejected);
         assert_eq!(b.try_add(99), AddOutcome::Rejected);
 
-        let mut b = BatchBuilder::new(cap, &requests, 4);
+        let mut b = BatchBuilder::new(cap, &requests, 4, &cost);
         assert_eq!(b.try_add(2), AddOutcome::Added);
         assert_eq!(b.try_add(3), AddOutcome::Added);
         assert_eq!((b.step_tokens(), b.kv_tokens()), (10, 40));
@@ -514,7 +809,7 @@ mod tests {
             kv_budget_tokens: 60,
             ..cap
         };
-        let mut b = BatchBuilder::new(tight, &requests, 4);
+        let mut b = BatchBuilder::new(tight, &requests, 4, &cost);
         assert_eq!(b.try_add(4), AddOutcome::Added);
         assert_eq!(b.try_add(2), AddOutcome::DoesNotFit, "KV: 45 + 20 > 60");
         assert!(!b.should_stop());
@@ -535,10 +830,36 @@ mod tests {
     }
 
     #[test]
+    fn specs_parse_settings_and_label_what_differs() {
+        let base = PolicyConfig::default();
+        let specs = PolicySpec::parse_list(
+            "gittins, laps-sd[las-phase=false,batch-formation=marginal], fcfs[max-wait-s=30]",
+            &base,
+        )
+        .expect("valid list");
+        assert_eq!(specs.len(), 3);
+        assert_eq!(specs[0].label(), "gittins");
+        assert!(!specs[1].config.las_phase);
+        assert_eq!(specs[1].config.batch_formation, BatchFormation::Marginal);
+        assert_eq!(
+            specs[1].label(),
+            "laps-sd[batch-formation=marginal,las-phase=false]"
+        );
+        assert_eq!(specs[2].config.max_wait_s, Some(30.0));
+        // Round trip: a label parses back to the same spec.
+        for spec in &specs {
+            assert_eq!(PolicySpec::parse(&spec.label(), &base).as_ref(), Ok(spec));
+        }
+        for bad in ["gittins[", "gittins[nope=1]", "gittins[max-wait-s]", "fifo"] {
+            assert!(PolicySpec::parse(bad, &base).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_names_and_bad_configs_are_named() {
         let err = "lapsd".parse::<PolicyKind>().unwrap_err();
         assert!(matches!(&err, CoreError::UnknownPolicy { name, expected }
-            if name == "lapsd" && expected.contains("laps-sd+")));
+            if name == "lapsd" && expected.contains("gittins")));
         let bad = PolicyConfig {
             num_queues: 0,
             ..PolicyConfig::default()

@@ -57,7 +57,8 @@ impl Policy for Oracle {
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
         self.dirty.push(request.id());
     }
-    fn on_finish(&mut self, id: RequestId) {
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
         self.queue.remove(id);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {

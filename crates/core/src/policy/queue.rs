@@ -80,6 +80,7 @@ impl<K: Ord + Clone> KeyedQueue<K> {
     pub fn key(&self, id: RequestId) -> Option<&K> {
         self.keys.get(&id)
     }
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -92,7 +93,7 @@ impl<K: Ord + Clone> KeyedQueue<K> {
     }
 }
 
-/// Starvation bound shared by `srpt` (its starvation counter) and `laps-sd-aging`: a request that
+/// Starvation bound behind the aging setting of every ordering (`compose::Aging`): a request that
 /// has not run for `max_wait_s` is *promoted*: from then until it finishes it goes ahead of every
 /// unpromoted request, promoted requests in the order they started waiting. Promotion lasts to
 /// the end (instead of one step) so that an overloaded server does not thrash, preempting each
@@ -220,7 +221,7 @@ mod tests {
         g.on_arrival(2, 1.0);
         g.on_arrival(3, 9.0);
         let offer = |g: &mut StarvationGuard, now_s: f64| {
-            let mut b = BatchBuilder::new(f.capacity, &f.requests, f.k);
+            let mut b = BatchBuilder::new(f.capacity, &f.requests, f.k, &f.cost);
             g.offer_starved(&mut b, now_s, 4.0);
             b.chosen().to_vec()
         };

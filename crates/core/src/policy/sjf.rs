@@ -5,7 +5,7 @@
 
 use super::queue::{offer_with_pinned, KeyedQueue, OrdF64};
 use super::{BatchBuilder, Policy, ScheduleContext};
-use crate::request::{RequestId, RequestState};
+use crate::request::RequestState;
 
 #[derive(Debug, Default)]
 pub struct Sjf {
@@ -25,7 +25,8 @@ impl Policy for Sjf {
         self.queue.insert(request.id(), key);
     }
     fn on_step(&mut self, _request: &RequestState, _now_s: f64) {}
-    fn on_finish(&mut self, id: RequestId) {
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
         self.queue.remove(id);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
@@ -66,7 +67,7 @@ mod tests {
         arrive(&mut f, 2, 1.0, 5);
         p.on_arrival(f.get(2), 1.0);
         assert_eq!(f.select(&mut p), vec![1]);
-        p.on_finish(1);
+        p.on_finish(f.get(1));
         f.remove(1);
         assert_eq!(f.select(&mut p), vec![2]);
     }

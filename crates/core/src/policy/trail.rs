@@ -47,7 +47,8 @@ impl Policy for Trail {
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
         self.queue.insert(request.id(), Self::key(request));
     }
-    fn on_finish(&mut self, id: RequestId) {
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
         self.queue.remove(id);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
@@ -84,7 +85,7 @@ mod tests {
         p.on_arrival(f.get(2), 1.0);
         assert_eq!(f.select(&mut p), vec![2], "early: SRPT preempts");
         // Back to request 1 (request 2 leaves), run it past half its prediction.
-        p.on_finish(2);
+        p.on_finish(f.get(2));
         f.remove(2);
         assert_eq!(f.select(&mut p), vec![1]);
         f.run_steps(&mut p, &[1], 10); // 50 of 100: protected

@@ -1,0 +1,661 @@
+//! `gittins` (ours): serve the requests with the highest Gittins index of their *posterior*
+//! remaining execution time. It is the principled form of LAPS-SD's two regimes.
+//!
+//! Theory. For one server, Poisson arrivals and job sizes drawn from a known distribution but
+//! unknown per job, serving the job of highest Gittins index minimizes the mean response time
+//! among non-anticipating policies (Gittins, "Multi-armed Bandit Allocation Indices", 1989,
+//! ch. 5; Aalto, Ayesta and Righter, "On the Gittins index in the M/G/1 queue", Queueing
+//! Systems 63, 2009). A job that has attained `a` has index
+//!
+//! `G(a) = sup_{Δ > 0} P(X - a <= Δ | X > a) / E[min(X - a, Δ) | X > a]`,
+//!
+//! the best ratio of "probability of finishing within the next quantum" to "expected time
+//! spent in it". Aalto et al. show the limits: with a decreasing hazard rate it is LAS (least
+//! attained service first), with an increasing one FCFS, with known sizes SRPT. Scully,
+//! Harchol-Balter and Scheller-Wolf ("SOAP", SIGMETRICS 2018) put it in the rank-function form
+//! used here: a rank per job that changes only while the job runs. LAPS-SD (arXiv 2505.17074)
+//! hand-builds the same shape: least attained service while a request's acceptance rate is
+//! unknown, shortest estimated remaining time once it is stable.
+//!
+//! The posterior of a request's remaining time, in three parts:
+//! - **Tokens.** The total output length is log-normal with median `m = prediction * e^mu` and
+//!   spread `sigma`, where mu and sigma are the mean and standard deviation of
+//!   `ln(actual / predicted)` over the finished requests (learnt online, a weak prior of
+//!   `sigma = 1` first). Without a prediction, `m` and `sigma` are those of `ln(actual)`. It is
+//!   conditioned on the tokens already generated (`X > a`).
+//! - **Acceptance.** A Beta posterior over the fraction of drafted tokens accepted: prior
+//!   `Beta(a0, b0)` fitted by moments to the finished requests' rates, updated with the
+//!   request's own accepted / rejected draft tokens. Expected tokens per SD step at speculation
+//!   length k is then `k * E[A] + 1` (LAPS-SD's `n*A + 1`, with the posterior mean for A). We
+//!   use the posterior mean only: over a request's many steps the length dominates the spread
+//!   of its remaining time.
+//! - **Time.** Seconds per token `c = sd_step_s(1, k) / (k E[A] + 1)` from the `StepCostModel`
+//!   (at batch 1, like LAPS-SD: the batch scales every request alike), and the prefill still
+//!   owed, `p` seconds, paid before the first token.
+//!
+//! So the remaining time is `p + c * (X - a)`. Scale invariance makes the index a function of
+//! three numbers: `G = g(ln(a/m)/sigma, p/(c m); sigma) / (c m)` where g is the index of a
+//! median-1 log-normal. A table of g over (sigma, standardized age, prefill ratio) is built once
+//! per process ([`IndexTable`], ~30k entries, tens of milliseconds) and read with linear
+//! interpolation, so a decision is O(b log n) like every keyed policy: a request's index only
+//! changes when it runs, or when the learnt spread moves (then every queued key is recomputed;
+//! this happens a bounded number of times as the estimates settle, see the thresholds below).
+//!
+//! At batch B > 1 the B highest indices run (the index rule has no batch form; with costs that
+//! amortize, filling the batch is what keeps throughput, see `BatchFormation`).
+
+use std::sync::OnceLock;
+
+use super::queue::{offer_in_order, KeyedQueue, OrdF64};
+use super::{BatchBuilder, Policy, ScheduleContext};
+use crate::request::{FinishReason, IdMap, RequestId, RequestState};
+
+/// Spreads of the table (log-normal sigma), geometric from 0.05 to 3.
+const SIGMA_MIN: f64 = 0.05;
+const SIGMA_MAX: f64 = 3.0;
+const SIGMA_STEPS: usize = 24;
+/// Standardized ages z = ln(a/m)/sigma of the table's rows; a younger request uses the fresh
+/// curve (P(X <= a) < 3e-7 there), an older one the last row.
+const Z_ROW_MIN: f64 = -5.0;
+const Z_ROW_MAX: f64 = 5.0;
+const Z_ROW_STEP: f64 = 0.1;
+/// Integration grid (standardized): beyond 7 sigma the survival is below 1.3e-12.
+const Z_GRID_MIN: f64 = -7.0;
+const Z_GRID_MAX: f64 = 7.0;
+const Z_GRID_STEP: f64 = 0.02;
+/// Prefill ratios q = p / (c m): 0, then 10^-3 .. 10^3 geometrically.
+const Q_STEPS: usize = 17;
+const Q_LOG_MIN: f64 = -3.0;
+const Q_LOG_MAX: f64 = 3.0;
+
+/// Pseudo-observations the prior spread carries (sigma = [`PRIOR_SIGMA`], mu = 0).
+const PRIOR_OBSERVATIONS: f64 = 2.0;
+const PRIOR_SIGMA: f64 = 1.0;
+/// Median output length assumed before any request finished, for requests without prediction.
+const PRIOR_MEDIAN_TOKENS: f64 = 128.0;
+/// Queued keys are recomputed when the learnt spread moves by more than this fraction, the
+/// median shift by more than [`REKEY_MU`], or the prior acceptance by more than
+/// [`REKEY_ACCEPTANCE`].
+const REKEY_SIGMA_FRACTION: f64 = 0.05;
+const REKEY_MU: f64 = 0.05;
+const REKEY_ACCEPTANCE: f64 = 0.02;
+/// Drafted tokens a finished request needs before its rate informs the acceptance prior.
+const MIN_DRAFTED_FOR_PRIOR: u64 = 8;
+
+/// Survival function of the standard normal, P(Z > z).
+fn normal_survival(z: f64) -> f64 {
+    0.5 * libm::erfc(z / std::f64::consts::SQRT_2)
+}
+
+/// The index of a median-1 log-normal of spread `sigma`, by table (module header). It stores the
+/// reciprocal of the index, the *rank* `R = inf_Δ (q + E[min(X - a, Δ) | X > a]) / P(X - a <= Δ
+/// | X > a)` (expected time per completion): an infimum of functions linear in q, so R is concave
+/// and piecewise linear in q and linear interpolation in q is nearly exact.
+///
+/// Two parts per sigma:
+/// - the *fresh* curve, for ages where the survival is still 1 (z <= [`Z_ROW_MIN`]): there the
+///   age only shifts the work owed, `R(a, q) = R(0, q - a)`, so it is stored over `c = q - a`,
+///   from `-e^(sigma Z_ROW_MIN)` up;
+/// - rows of standardized age `z = ln(a)/sigma` from [`Z_ROW_MIN`] to [`Z_ROW_MAX`], each over q.
+#[derive(Debug)]
+pub struct IndexTable {
+    sigmas: Vec<f64>,
+    /// q grid of the rows (and the c >= 0 part of the fresh curve): 0, then geometric.
+    qs: Vec<f64>,
+    age_rows: usize,
+    /// `fresh[s]`: (c, R) ascending in c.
+    fresh: Vec<Vec<(f64, f64)>>,
+    /// `rows[(s * age_rows + row) * Q_STEPS + j]`.
+    rows: Vec<f64>,
+}
+
+/// Points of the fresh curve below c = 0.
+const FRESH_NEGATIVE_POINTS: usize = 32;
+
+impl IndexTable {
+    /// The process-wide table (built on first use).
+    pub fn get() -> &'static IndexTable {
+        static TABLE: OnceLock<IndexTable> = OnceLock::new();
+        TABLE.get_or_init(IndexTable::build)
+    }
+
+    fn build() -> Self {
+        let ratio = (SIGMA_MAX / SIGMA_MIN).powf(1.0 / (SIGMA_STEPS - 1) as f64);
+        let sigmas: Vec<f64> = (0..SIGMA_STEPS)
+            .map(|i| SIGMA_MIN * ratio.powi(i as i32))
+            .collect();
+        let mut qs = vec![0.0];
+        qs.extend((0..Q_STEPS - 1).map(|j| {
+            10f64.powf(Q_LOG_MIN + (Q_LOG_MAX - Q_LOG_MIN) * j as f64 / (Q_STEPS - 2) as f64)
+        }));
+        let age_rows = ((Z_ROW_MAX - Z_ROW_MIN) / Z_ROW_STEP).round() as usize + 1;
+        let grid_points = ((Z_GRID_MAX - Z_GRID_MIN) / Z_GRID_STEP).round() as usize + 1;
+        let zs: Vec<f64> = (0..grid_points)
+            .map(|i| Z_GRID_MIN + i as f64 * Z_GRID_STEP)
+            .collect();
+        let survival: Vec<f64> = zs.iter().map(|&z| normal_survival(z)).collect();
+        let mut fresh = Vec::with_capacity(SIGMA_STEPS);
+        let mut rows = Vec::with_capacity(SIGMA_STEPS * age_rows * Q_STEPS);
+        for &sigma in &sigmas {
+            let xs: Vec<f64> = zs.iter().map(|&z| (sigma * z).exp()).collect();
+            // The rank from grid point `start` (survival s_u there, `spent` already owed by
+            // the time of that point) for each of `owed`.
+            let rank = |start: usize, s_u: f64, spent0: f64, owed: &[f64]| -> Vec<f64> {
+                let mut best = vec![f64::INFINITY; owed.len()];
+                let mut spent = spent0;
+                for i in start + 1..grid_points {
+                    spent += 0.5 * (survival[i - 1] + survival[i]) * (xs[i] - xs[i - 1]);
+                    let done = s_u - survival[i];
+                    if done <= 0.0 {
+                        continue;
+                    }
+                    for (j, c) in owed.iter().enumerate() {
+                        let time = c * s_u + spent;
+                        if time > 0.0 {
+                            best[j] = best[j].min(time / done);
+                        }
+                    }
+                }
+                // Per unit of conditional probability: the ratio is unchanged, R as is.
+                best
+            };
+            let young_age = (sigma * Z_ROW_MIN).exp();
+            let mut owed: Vec<f64> = (0..FRESH_NEGATIVE_POINTS)
+                .map(|j| -young_age * (1.0 - j as f64 / FRESH_NEGATIVE_POINTS as f64))
+                .collect();
+            owed.extend(qs.iter().copied());
+            // A fresh job: survival 1 up to the first grid point, whose time is owed already.
+            let curve = rank(0, 1.0, xs[0], &owed);
+            fresh.push(owed.into_iter().zip(curve).collect());
+            for row in 0..age_rows {
+                let z = Z_ROW_MIN + row as f64 * Z_ROW_STEP;
+                let i = ((z - Z_GRID_MIN) / Z_GRID_STEP).round() as usize;
+                rows.extend(rank(i, survival[i], 0.0, &qs));
+            }
+        }
+        Self {
+            sigmas,
+            qs,
+            age_rows,
+            fresh,
+            rows,
+        }
+    }
+
+    fn sigma_index(&self, sigma: f64) -> usize {
+        let x = (sigma.clamp(SIGMA_MIN, SIGMA_MAX) / SIGMA_MIN).ln()
+            / (self.sigmas[1] / SIGMA_MIN).ln();
+        (x.round() as usize).min(self.sigmas.len() - 1)
+    }
+
+    /// The spread the table uses for `sigma` (its nearest grid value).
+    pub fn grid_sigma(&self, sigma: f64) -> f64 {
+        self.sigmas[self.sigma_index(sigma)]
+    }
+
+    /// Rank of row `row` of spread `s` at prefill ratio `q` (>= 0).
+    fn row_rank(&self, s: usize, row: usize, q: f64) -> f64 {
+        let base = (s * self.age_rows + row) * Q_STEPS;
+        interpolate(
+            self.qs.iter().copied().zip(self.rows[base..base + Q_STEPS].iter().copied()),
+            q,
+        )
+    }
+
+    /// Rank (reciprocal index) of a median-1 log-normal of spread `sigma` (nearest grid value)
+    /// at age `age` (in units of the median) with `q` (same units) still owed first.
+    pub fn rank(&self, sigma: f64, age: f64, q: f64) -> f64 {
+        let s = self.sigma_index(sigma);
+        let q = if q.is_finite() { q.max(0.0) } else { 0.0 };
+        let age = if age.is_finite() { age.max(0.0) } else { 0.0 };
+        let z = if age > 0.0 {
+            age.ln() / self.sigmas[s]
+        } else {
+            f64::NEG_INFINITY
+        };
+        if z <= Z_ROW_MIN {
+            return interpolate(self.fresh[s].iter().copied(), q - age);
+        }
+        let x = (z.min(Z_ROW_MAX) - Z_ROW_MIN) / Z_ROW_STEP;
+        let r = (x.floor() as usize).min(self.age_rows - 2);
+        let t = (x - r as f64).min(1.0);
+        let lo = self.row_rank(s, r, q);
+        let hi = self.row_rank(s, r + 1, q);
+        lo + (hi - lo) * t
+    }
+
+    /// The Gittins index: completions per unit of time (the reciprocal of [`Self::rank`]).
+    pub fn index(&self, sigma: f64, age: f64, q: f64) -> f64 {
+        1.0 / self.rank(sigma, age, q)
+    }
+}
+
+/// Piecewise-linear interpolation over ascending `points`, extrapolated linearly beyond both
+/// ends from the nearest two.
+fn interpolate(points: impl Iterator<Item = (f64, f64)>, x: f64) -> f64 {
+    let mut prev: Option<(f64, f64)> = None;
+    let mut before_prev: Option<(f64, f64)> = None;
+    for (px, py) in points {
+        if let Some((x0, y0)) = prev {
+            if x <= px {
+                return y0 + (py - y0) * (x - x0) / (px - x0);
+            }
+        }
+        before_prev = prev;
+        prev = Some((px, py));
+    }
+    match (before_prev, prev) {
+        (Some((x0, y0)), Some((x1, y1))) => y1 + (y1 - y0) * (x - x1) / (x1 - x0),
+        (None, Some((_, y))) => y,
+        _ => f64::NAN,
+    }
+}
+
+/// Running mean and variance (Welford) with a prior's pseudo-observations.
+#[derive(Debug, Clone, Copy)]
+struct LogStats {
+    n: f64,
+    mean: f64,
+    m2: f64,
+}
+
+impl LogStats {
+    fn with_prior(mean: f64, sigma: f64) -> Self {
+        Self {
+            n: PRIOR_OBSERVATIONS,
+            mean,
+            m2: PRIOR_OBSERVATIONS * sigma * sigma,
+        }
+    }
+    fn push(&mut self, x: f64) {
+        self.n += 1.0;
+        let d = x - self.mean;
+        self.mean += d / self.n;
+        self.m2 += d * (x - self.mean);
+    }
+    fn sigma(&self) -> f64 {
+        (self.m2 / self.n).sqrt().clamp(SIGMA_MIN, SIGMA_MAX)
+    }
+}
+
+/// What the index of every request depends on besides the request itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Beliefs {
+    /// ln(actual / predicted): shift of the median and spread.
+    mu: f64,
+    sigma: f64,
+    /// ln(actual) for requests without a prediction.
+    size_log_median: f64,
+    size_sigma: f64,
+    /// Beta prior of the acceptance fraction.
+    prior_a: f64,
+    prior_b: f64,
+}
+
+impl Beliefs {
+    fn prior_mean(&self) -> f64 {
+        self.prior_a / (self.prior_a + self.prior_b)
+    }
+    fn moved_from(&self, keyed: &Beliefs) -> bool {
+        (self.sigma / keyed.sigma - 1.0).abs() > REKEY_SIGMA_FRACTION
+            || (self.size_sigma / keyed.size_sigma - 1.0).abs() > REKEY_SIGMA_FRACTION
+            || (self.mu - keyed.mu).abs() > REKEY_MU
+            || (self.size_log_median - keyed.size_log_median).abs() > REKEY_MU
+            || (self.prior_mean() - keyed.prior_mean()).abs() > REKEY_ACCEPTANCE
+    }
+}
+
+type Key = (i32, OrdF64, OrdF64);
+
+#[derive(Debug)]
+pub struct Gittins {
+    table: &'static IndexTable,
+    queue: KeyedQueue<Key>,
+    dirty: Vec<RequestId>,
+    /// Each live request's prediction at arrival (the scheduler may re-predict later; the
+    /// posterior conditions on the generated tokens instead).
+    predictions: IdMap<Option<u32>>,
+    ratio_stats: LogStats,
+    size_stats: LogStats,
+    /// Per-request acceptance fractions of finished requests: count, mean, M2.
+    acceptance_n: f64,
+    acceptance_mean: f64,
+    acceptance_m2: f64,
+    /// The beliefs the queued keys were computed with.
+    keyed: Beliefs,
+}
+
+impl Default for Gittins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gittins {
+    pub fn new() -> Self {
+        let mut p = Self {
+            table: IndexTable::get(),
+            queue: KeyedQueue::default(),
+            dirty: Vec::new(),
+            predictions: IdMap::default(),
+            ratio_stats: LogStats::with_prior(0.0, PRIOR_SIGMA),
+            size_stats: LogStats::with_prior(PRIOR_MEDIAN_TOKENS.ln(), PRIOR_SIGMA),
+            acceptance_n: 0.0,
+            acceptance_mean: 0.0,
+            acceptance_m2: 0.0,
+            keyed: Beliefs {
+                mu: 0.0,
+                sigma: PRIOR_SIGMA,
+                size_log_median: PRIOR_MEDIAN_TOKENS.ln(),
+                size_sigma: PRIOR_SIGMA,
+                prior_a: 1.0,
+                prior_b: 1.0,
+            },
+        };
+        p.keyed = p.beliefs();
+        p
+    }
+
+    fn beliefs(&self) -> Beliefs {
+        // Method of moments for the Beta prior; uniform until a few requests finished.
+        let (prior_a, prior_b) = if self.acceptance_n >= 3.0 {
+            let mean = self.acceptance_mean.clamp(0.01, 0.99);
+            let var = (self.acceptance_m2 / self.acceptance_n).max(1e-6);
+            let strength = (mean * (1.0 - mean) / var - 1.0).clamp(1.0, 200.0);
+            (mean * strength, (1.0 - mean) * strength)
+        } else {
+            (1.0, 1.0)
+        };
+        Beliefs {
+            mu: self.ratio_stats.mean,
+            sigma: self.ratio_stats.sigma(),
+            size_log_median: self.size_stats.mean,
+            size_sigma: self.size_stats.sigma(),
+            prior_a,
+            prior_b,
+        }
+    }
+
+    /// The learnt spread of `ln(actual / predicted)`.
+    pub fn prediction_sigma(&self) -> f64 {
+        self.ratio_stats.sigma()
+    }
+
+    /// Gittins index of `r` in completions per second (higher runs first; module header).
+    pub fn index_per_s(&self, r: &RequestState, ctx: &ScheduleContext<'_>) -> f64 {
+        let b = self.keyed;
+        let prediction = self.predictions.get(&r.id()).copied().flatten();
+        let (median_tokens, sigma) = match prediction {
+            Some(p) => (f64::from(p.max(1)) * b.mu.exp(), b.sigma),
+            None => (b.size_log_median.exp(), b.size_sigma),
+        };
+        let median_tokens = median_tokens.max(1.0);
+        let k = ctx.speculation_length;
+        let accepted = r.acceptance.accepted_tokens as f64;
+        let rejected = r.acceptance.drafted_tokens as f64 - accepted;
+        let acceptance = (b.prior_a + accepted) / (b.prior_a + b.prior_b + accepted + rejected);
+        let s_per_token =
+            ctx.cost.sd_step_s(1, k) / (f64::from(k) * acceptance + 1.0).max(1.0);
+        let prefill_s = if r.needs_prefill() {
+            ctx.cost.prefill_s(r.context_tokens())
+        } else {
+            0.0
+        };
+        let unit_s = (s_per_token * median_tokens).max(1e-12);
+        let age = f64::from(r.generated_tokens) / median_tokens;
+        1.0 / (self.table.rank(sigma, age, prefill_s / unit_s) * unit_s)
+    }
+}
+
+impl Policy for Gittins {
+    fn name(&self) -> &str {
+        "gittins"
+    }
+    fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
+        self.predictions
+            .insert(request.id(), request.spec.predicted_output_tokens);
+        self.dirty.push(request.id());
+    }
+    fn on_step(&mut self, request: &RequestState, _now_s: f64) {
+        self.dirty.push(request.id());
+    }
+    fn on_finish(&mut self, request: &RequestState) {
+        let id = request.id();
+        self.queue.remove(id);
+        let prediction = self.predictions.remove(&id).flatten();
+        let completed = matches!(
+            request.phase,
+            crate::request::RequestPhase::Finished(FinishReason::Stop | FinishReason::Length)
+        );
+        if !completed || request.generated_tokens == 0 {
+            return;
+        }
+        let actual = f64::from(request.generated_tokens);
+        if let Some(p) = prediction {
+            self.ratio_stats.push((actual / f64::from(p.max(1))).ln());
+        }
+        self.size_stats.push(actual.ln());
+        let drafted = request.acceptance.drafted_tokens;
+        if drafted >= MIN_DRAFTED_FOR_PRIOR {
+            let rate = request.acceptance.accepted_tokens as f64 / drafted as f64;
+            self.acceptance_n += 1.0;
+            let d = rate - self.acceptance_mean;
+            self.acceptance_mean += d / self.acceptance_n;
+            self.acceptance_m2 += d * (rate - self.acceptance_mean);
+        }
+    }
+    fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
+        let now = self.beliefs();
+        if now.moved_from(&self.keyed) {
+            self.keyed = now;
+            let queued: Vec<RequestId> = self.queue.ids().collect();
+            self.dirty.extend(queued);
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(r) = ctx.requests.get(&id) {
+                let key = (
+                    r.spec.priority_or_default(),
+                    OrdF64(-self.index_per_s(r, ctx)),
+                    OrdF64(r.spec.arrival_s),
+                );
+                self.queue.insert(id, key);
+            }
+        }
+        offer_in_order(batch, self.queue.ids());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Fixture;
+
+    /// Brute-force Gittins index of a discrete size distribution (`atoms`: (size, probability))
+    /// at age `age` with `q` owed first: every quantum ending at an atom, evaluated directly.
+    fn discrete_index(atoms: &[(f64, f64)], age: f64, q: f64) -> f64 {
+        let alive: Vec<(f64, f64)> = atoms.iter().copied().filter(|a| a.0 > age).collect();
+        let mass: f64 = alive.iter().map(|a| a.1).sum();
+        alive
+            .iter()
+            .map(|&(end, _)| {
+                let done: f64 = alive.iter().filter(|a| a.0 <= end).map(|a| a.1).sum();
+                let spent: f64 = alive.iter().map(|a| a.1 * (a.0.min(end) - age)).sum();
+                (done / mass) / (q + spent / mass)
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Direct numerical index of a median-1 log-normal: midpoint integration on a fine
+    /// geometric grid of quanta, independent of the table's grid.
+    fn lognormal_index(sigma: f64, age: f64, q: f64) -> f64 {
+        let survival = |x: f64| normal_survival(x.ln() / sigma);
+        let s_u = if age > 0.0 { survival(age) } else { 1.0 };
+        let start = age.max((-9.0 * sigma).exp());
+        // Work owed before the grid starts (survival 1 below 9 sigma).
+        let mut spent = (start - age) * s_u;
+        let end = (8.0 * sigma).exp().max(age * 2.0);
+        let steps = 200_000;
+        let ratio = (end / start).powf(1.0 / steps as f64);
+        let (mut x, mut best) = (start, 0.0f64);
+        for _ in 0..steps {
+            let next = x * ratio;
+            spent += survival((x * next).sqrt()) * (next - x);
+            let done = s_u - survival(next);
+            best = best.max(done / (q * s_u + spent));
+            x = next;
+        }
+        best
+    }
+
+    #[test]
+    fn the_table_matches_direct_integration() {
+        let table = IndexTable::get();
+        for sigma in [0.1, 0.5, 1.0, 2.0] {
+            let sigma = table.grid_sigma(sigma);
+            // Ages by standardized z (the table's range is z <= 5; a fresh job is z = -inf).
+            for z in [f64::NEG_INFINITY, -6.0, -2.0, 0.0, 1.5, 4.0] {
+                let age = (sigma * z).exp();
+                for q in [0.0, 0.05, 0.7, 3.0] {
+                    let direct = lognormal_index(sigma, age, q);
+                    let tabled = table.index(sigma, age, q);
+                    assert!(
+                        (tabled / direct - 1.0).abs() < 0.02,
+                        "sigma {sigma} age {age} q {q}: table {tabled} direct {direct}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn discrete_brute_force_shows_the_limits_the_table_reproduces() {
+        // Known size (one atom): index = 1 / (q + remaining), SRPT's order.
+        assert!((discrete_index(&[(10.0, 1.0)], 4.0, 0.0) - 1.0 / 6.0).abs() < 1e-12);
+        assert!((discrete_index(&[(10.0, 1.0)], 4.0, 2.0) - 1.0 / 8.0).abs() < 1e-12);
+        // Two atoms 1 and 10, equal mass: fresh, the best quantum stops at 1
+        // (0.5 / 1 = 0.5 > 1 / 5.5); past 1 only the long one is left: 1 / 9.
+        let two = [(1.0, 0.5), (10.0, 0.5)];
+        assert!((discrete_index(&two, 0.0, 0.0) - 0.5).abs() < 1e-12);
+        assert!((discrete_index(&two, 1.0, 0.0) - 1.0 / 9.0).abs() < 1e-12);
+        // A narrow log-normal is nearly a known size: its table index tracks 1 / (1 - age).
+        let table = IndexTable::get();
+        for age in [0.0, 0.5, 0.8] {
+            let g = table.index(SIGMA_MIN, age, 0.0);
+            assert!((g * (1.0 - age) - 1.0).abs() < 0.12, "age {age}: {g}");
+        }
+        // A wide one has a decreasing hazard in its tail: past the median, the older the
+        // request, the lower its index (LAS's order there).
+        let wide = |age| table.index(2.5, age, 0.0);
+        assert!(wide(2.0) > wide(8.0) && wide(8.0) > wide(30.0));
+        // The index falls as the prefill owed grows.
+        assert!(table.index(1.0, 0.0, 0.0) > table.index(1.0, 0.0, 1.0));
+    }
+
+    #[test]
+    fn the_table_agrees_with_a_discretized_lognormal_brute_force() {
+        // A log-normal cut into 400 atoms, indexed by enumerating every quantum.
+        let sigma = IndexTable::get().grid_sigma(0.8);
+        let atoms: Vec<(f64, f64)> = (0..400)
+            .map(|i| {
+                let lo = -5.0 + 10.0 * i as f64 / 400.0;
+                let hi = lo + 10.0 / 400.0;
+                let p = normal_survival(lo) - normal_survival(hi);
+                ((sigma * 0.5 * (lo + hi)).exp(), p)
+            })
+            .collect();
+        for age in [0.0, 0.5, 1.5] {
+            let brute = discrete_index(&atoms, age, 0.1);
+            let tabled = IndexTable::get().index(sigma, age, 0.1);
+            assert!(
+                (tabled / brute - 1.0).abs() < 0.03,
+                "age {age}: table {tabled} brute {brute}"
+            );
+        }
+    }
+
+    fn arrive(f: &mut Fixture, id: u64, t: f64, predicted: Option<u32>) {
+        f.arrive_with(id, t, 10, 10_000, |s| s.predicted_output_tokens = predicted);
+    }
+
+    #[test]
+    fn precise_predictions_give_the_shortest_remaining_first() {
+        let mut f = Fixture::new(1);
+        let mut p = Gittins::new();
+        // Teach it that predictions are exact: sigma at its floor.
+        for id in 100..140 {
+            let mut r = RequestState::new(
+                crate::request::RequestSpec::new(id, 0.0, 10, 1000).with_predicted_output_tokens(50),
+            );
+            p.on_arrival(&r, 0.0);
+            r.generated_tokens = 50;
+            r.phase = crate::request::RequestPhase::Finished(FinishReason::Stop);
+            p.on_finish(&r);
+        }
+        assert!(p.prediction_sigma() < 0.3, "{}", p.prediction_sigma());
+        arrive(&mut f, 1, 0.0, Some(300));
+        arrive(&mut f, 2, 0.0, Some(100));
+        arrive(&mut f, 3, 0.0, Some(200));
+        f.announce(&mut p);
+        for id in 1..=3 {
+            f.get_mut(id).prefilled = true;
+        }
+        assert_eq!(f.select(&mut p), vec![2]);
+        // Request 1 runs until 250 of its 300 are done: 50 left, less than 2's 100.
+        f.get_mut(1).generated_tokens = 250;
+        p.on_step(f.get(1), 0.0);
+        assert_eq!(f.select(&mut p), vec![1]);
+    }
+
+    #[test]
+    fn without_predictions_a_wide_spread_favours_less_attained_service() {
+        let mut f = Fixture::new(1);
+        let mut p = Gittins::new();
+        arrive(&mut f, 1, 0.0, None);
+        arrive(&mut f, 2, 0.1, None);
+        f.announce(&mut p);
+        for id in 1..=2 {
+            f.get_mut(id).prefilled = true;
+        }
+        // Both past the prior median (128) with sigma 1: the younger one goes first.
+        f.get_mut(1).generated_tokens = 2000;
+        f.get_mut(2).generated_tokens = 400;
+        p.on_step(f.get(1), 0.0);
+        p.on_step(f.get(2), 0.0);
+        assert_eq!(f.select(&mut p), vec![2]);
+    }
+
+    #[test]
+    fn higher_acceptance_and_no_prefill_owed_raise_the_index() {
+        let mut f = Fixture::new(2);
+        let mut p = Gittins::new();
+        arrive(&mut f, 1, 0.0, Some(100));
+        arrive(&mut f, 2, 0.0, Some(100));
+        f.announce(&mut p);
+        f.get_mut(1).prefilled = true;
+        f.get_mut(2).prefilled = true;
+        for _ in 0..5 {
+            f.step_one(&mut p, 1, 4, 4);
+            f.step_one(&mut p, 2, 4, 0);
+        }
+        // Same length and age (request 1 produced 25 tokens, 2 only 5: 1 is older but faster).
+        f.get_mut(2).generated_tokens = 25;
+        p.on_step(f.get(2), 0.0);
+        let ctx_index = |f: &Fixture, p: &Gittins, id| {
+            let ctx = ScheduleContext {
+                now_s: 0.0,
+                requests: &f.requests,
+                running: &f.running,
+                speculation_length: 4,
+                cost: &f.cost,
+            };
+            p.index_per_s(f.get(id), &ctx)
+        };
+        assert!(ctx_index(&f, &p, 1) > ctx_index(&f, &p, 2));
+        arrive(&mut f, 3, 0.0, Some(100));
+        p.on_arrival(f.get(3), 0.0);
+        arrive(&mut f, 4, 0.0, Some(100));
+        f.get_mut(4).prefilled = true;
+        p.on_arrival(f.get(4), 0.0);
+        assert!(ctx_index(&f, &p, 4) > ctx_index(&f, &p, 3), "3 owes its prefill");
+    }
+}
