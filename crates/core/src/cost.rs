@@ -68,6 +68,10 @@ pub struct CostProfile {
     pub model: String,
     pub draft: String,
     pub cost: LinearCost,
+    /// The batch size the profile is meant to run at (the regime matrix's "profile batch");
+    /// `None` in profiles `lapsd calibrate` writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
     #[serde(default)]
     pub samples: Vec<CostSample>,
 }
@@ -318,6 +322,7 @@ mod tests {
 
     fn profile(samples: &[(usize, u32, f64)]) -> CostProfile {
         CostProfile {
+            max_batch: None,
             model: "m".into(),
             draft: "ngram".into(),
             cost: LinearCost {

@@ -222,6 +222,7 @@ fn calibrate_from_step_log(log: &Path, out: &Path) -> anyhow::Result<()> {
         )
     })?;
     let profile = lapsd_core::cost::CostProfile {
+        max_batch: None,
         model: format!("served steps of {}", log.display()),
         draft: "as served".into(),
         cost,
@@ -324,6 +325,7 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let (samples, prefill_samples, cost) = calibrate(&target, &drafter, &plan, || bar.inc(1))?;
     bar.finish();
     let profile = CostProfile {
+        max_batch: None,
         model: model_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

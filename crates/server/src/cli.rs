@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use lapsd_core::length_model::TextLengthModel;
+use lapsd_core::policy::args::PolicyArgs;
+use lapsd_core::policy::SERVER_DEFAULT_MAX_WAIT_S;
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind};
 
 use crate::server::{start, ServerConfig};
@@ -24,9 +26,12 @@ pub struct ServeArgs {
     /// optionally with :vocab=N (the draft scores only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
-    /// Scheduling policy: laps-sd (default), fcfs, sjf, srpt, las, mlfq, trail, or a laps-sd
-    /// variant. `oracle` exists only in the simulator.
-    #[arg(long, default_value = "laps-sd")]
+    /// Scheduling policy: gittins (default: the Gittins index of each request's posterior
+    /// remaining time, the policy that wins the simulator's regime matrix, docs/scheduling.md),
+    /// laps-sd (the paper's), fcfs, sjf, srpt, las, mlfq or trail. Settings (aging, batch
+    /// formation, LAPS-SD's knobs) are the flags below, the same as `lapsd sim`'s. `oracle`
+    /// exists only in the simulator.
+    #[arg(long, default_value = "gittins")]
     pub policy: String,
     /// Draft tokens per SD step (k); 0 = plain decoding.
     #[arg(long, default_value_t = 4)]
@@ -52,10 +57,11 @@ pub struct ServeArgs {
     /// Name clients use in `model`; default: the model file stem (e.g. SmolLM2-135M-Instruct.Q4_1).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Starvation bound (aging): a request that has not run for this many seconds is served
-    /// first. On by default in the server; 0 turns it off.
-    #[arg(long, default_value_t = 30.0)]
-    pub max_wait_s: f64,
+    /// Policy settings, shared with `lapsd sim`. The server's starvation bound (--max-wait-s)
+    /// defaults to 30 s: a request that has not run for 30 s is served first, which keeps the
+    /// default policy's p99 near FCFS's (docs/scheduling.md); 0 turns it off.
+    #[command(flatten)]
+    pub policy_settings: PolicyArgs,
     /// Cost profile written by `lapsd calibrate` (step costs LAPS-SD uses to estimate remaining
     /// time); default: a rough built-in profile of SmolLM2-135M on 2 CPU cores.
     #[arg(long)]
@@ -90,18 +96,6 @@ pub const DEFAULT_COST: LinearCost = LinearCost {
     prefill_per_token_s: 0.0005,
 };
 
-/// The server turns aging on by default: plain `laps-sd` ignores `max_wait_s` (the paper's
-/// algorithm has no starvation bound), so with aging on it runs as `laps-sd-aging`, and
-/// `laps-sd-mal` as `laps-sd+` (both). Other policies read `max_wait_s` themselves or have no
-/// aging (documented in docs/server.md).
-pub fn with_aging(policy: PolicyKind, aging: bool) -> PolicyKind {
-    match (policy, aging) {
-        (PolicyKind::LapsSd, true) => PolicyKind::LapsSdAging,
-        (PolicyKind::LapsSdMal, true) => PolicyKind::LapsSdPlus,
-        (other, _) => other,
-    }
-}
-
 /// The model path: the flag, else $LAPSD_MODEL, else the embedded default.
 pub fn resolve_model_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("LAPSD_MODEL").map(PathBuf::from))
@@ -111,22 +105,12 @@ pub fn resolve_model_path(flag: Option<PathBuf>) -> PathBuf {
 impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        let requested: PolicyKind = self.policy.parse()?;
-        if self.max_wait_s < 0.0 || !self.max_wait_s.is_finite() {
-            anyhow::bail!(
-                "--max-wait-s must be a finite number >= 0, got {}",
-                self.max_wait_s
-            );
-        }
-        let policy = with_aging(requested, self.max_wait_s > 0.0);
-        if policy != requested {
-            tracing::info!(
-                requested = requested.name(),
-                policy = policy.name(),
-                max_wait_s = self.max_wait_s,
-                "aging is on: using the policy's aging variant (--max-wait-s 0 for the plain one)"
-            );
-        }
+        let policy: PolicyKind = self.policy.parse()?;
+        let policy_config = self.policy_settings.policy_config(PolicyConfig {
+            max_wait_s: Some(SERVER_DEFAULT_MAX_WAIT_S),
+            ..PolicyConfig::default()
+        })?;
+        let stability = self.policy_settings.stability()?;
         let cost = match &self.cost_profile {
             None => DEFAULT_COST,
             Some(path) => {
@@ -141,10 +125,8 @@ impl ServeArgs {
             host: self.host.clone(),
             port: self.port,
             policy,
-            policy_config: PolicyConfig {
-                max_wait_s: (self.max_wait_s > 0.0).then_some(self.max_wait_s),
-                ..PolicyConfig::default()
-            },
+            policy_config,
+            stability,
             capacity: Capacity {
                 max_batch: self.max_batch,
                 max_step_tokens: self.max_step_tokens,
@@ -259,10 +241,11 @@ mod tests {
     }
 
     #[test]
-    fn defaults_turn_aging_on_and_bind_loopback() {
+    fn defaults_run_gittins_with_aging_and_bind_loopback() {
         let cli = Cli::parse_from(["lapsd"]);
         let config = cli.serve.to_config().expect("valid defaults");
-        assert_eq!(config.policy, PolicyKind::LapsSdAging);
+        assert_eq!(config.policy, PolicyKind::Gittins);
+        assert_eq!(config.policy, PolicyKind::SERVER_DEFAULT);
         assert_eq!(config.policy_config.max_wait_s, Some(30.0));
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.port, 8000);
@@ -273,12 +256,28 @@ mod tests {
         let cli = Cli::parse_from(["lapsd", "--max-wait-s", "0"]);
         let config = cli.serve.to_config().expect("valid");
         assert_eq!(config.policy_config.max_wait_s, None);
+        let cli = Cli::parse_from([
+            "lapsd",
+            "--policy",
+            "laps-sd",
+            "--tokens-per-step",
+            "mean-accepted-length",
+            "--batch-formation",
+            "marginal",
+        ]);
+        let config = cli.serve.to_config().expect("valid");
         assert_eq!(config.policy, PolicyKind::LapsSd);
-        let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd-mal"]);
         assert_eq!(
-            cli.serve.to_config().expect("valid").policy,
-            PolicyKind::LapsSdPlus
+            config.policy_config.tokens_per_step,
+            lapsd_core::TokensPerStep::MeanAcceptedLength
         );
+        assert_eq!(config.policy_config.max_wait_s, Some(30.0));
+        let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd-mal"]);
+        let err = cli.serve.to_config().expect_err("variant names are gone");
+        assert!(err.to_string().contains("laps-sd-mal"), "{err}");
+        let cli = Cli::parse_from(["lapsd", "--max-wait-s", "-1"]);
+        let err = cli.serve.to_config().expect_err("negative wait");
+        assert!(err.to_string().contains("max_wait_s"), "{err}");
         let cli = Cli::parse_from(["lapsd", "--policy", "fcfs"]);
         assert_eq!(
             cli.serve.to_config().expect("valid").policy,

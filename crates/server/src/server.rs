@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub port: u16,
     pub policy: PolicyKind,
     pub policy_config: PolicyConfig,
+    /// LAPS-SD's perceptibility test.
+    pub stability: StabilityRule,
     pub capacity: Capacity,
     /// Draft tokens per SD step (k); 0 = plain decoding.
     pub speculation_length: u32,
@@ -245,7 +247,7 @@ fn worker_main(
         SchedulerConfig {
             capacity: config.capacity,
             speculation_length: config.speculation_length,
-            stability: StabilityRule::default(),
+            stability: config.stability,
             cost: config.cost,
         },
         policy,

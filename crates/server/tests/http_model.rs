@@ -84,7 +84,7 @@ enum Prompt<'a> {
 async fn greedy_completion_equals_plain_decoding_streamed_or_not() {
     let prompt = "The capital of France is";
     let expected = reference(Prompt::Text(prompt), 16);
-    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let server = start(config(PolicyKind::Gittins), model_loader("ngram")).await;
     let body = json!({"model": "smollm2", "prompt": prompt, "max_tokens": 16, "temperature": 0});
     let (s, v) = post_json(&server, "/v1/completions", &body).await;
     assert_eq!(s, 200, "{v}");
@@ -114,7 +114,7 @@ async fn greedy_completion_equals_plain_decoding_streamed_or_not() {
 async fn greedy_chat_equals_plain_decoding() {
     let messages = vec![ChatMessage::user("What is 2 + 2?")];
     let expected = reference(Prompt::Chat(messages), 12);
-    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let server = start(config(PolicyKind::Gittins), model_loader("ngram")).await;
     let body = json!({"messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 12, "temperature": 0});
     let (s, v) = post_json(&server, "/v1/chat/completions", &body).await;
     assert_eq!(s, 200, "{v}");
@@ -138,7 +138,7 @@ async fn concurrent_greedy_requests_match_their_solo_outputs() {
         .iter()
         .map(|p| reference(Prompt::Text(p), 12))
         .collect();
-    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let server = start(config(PolicyKind::Gittins), model_loader("ngram")).await;
     let mut tasks = Vec::new();
     for p in prompts {
         let addr = server.local_addr;
@@ -177,7 +177,7 @@ async fn concurrent_greedy_requests_match_their_solo_outputs() {
 
 #[tokio::test]
 async fn disconnect_frees_the_kv_of_the_real_engine() {
-    let server = start(config(PolicyKind::LapsSdAging), model_loader("ngram")).await;
+    let server = start(config(PolicyKind::Gittins), model_loader("ngram")).await;
     let resp = client()
         .post(url(&server, "/v1/completions"))
         .json(&json!({"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 1000, "temperature": 0, "stream": true}))

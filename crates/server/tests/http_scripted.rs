@@ -17,7 +17,7 @@ fn fast() -> lapsd_server::ModelLoader {
 
 #[tokio::test]
 async fn completion_non_stream_and_stream_agree() {
-    let server = start(config(PolicyKind::LapsSdAging), fast()).await;
+    let server = start(config(PolicyKind::Gittins), fast()).await;
     let body = json!({"model": "scripted", "prompt": "Hello", "max_tokens": 12, "temperature": 0});
     let (status, v) = post_json(&server, "/v1/completions", &body).await;
     assert_eq!(status, 200, "{v}");
@@ -39,7 +39,7 @@ async fn completion_non_stream_and_stream_agree() {
     assert!((rate - 6.0 / 13.0).abs() < 1e-12, "{rate}");
     assert_eq!(sd["accepted_per_position"], json!([3, 3, 0, 0]));
     let sched = &v["metrics"]["scheduling"];
-    assert_eq!(sched["policy"], "laps-sd-aging");
+    assert_eq!(sched["policy"], "gittins");
     assert_eq!(sched["preemptions"], 0);
     assert!(sched["ttft_s"].as_f64().is_some(), "{sched}");
 
@@ -97,7 +97,7 @@ fn render_chatml_len(turns: &[(&str, &str)]) -> usize {
 
 #[tokio::test]
 async fn eos_and_stop_strings_end_with_stop() {
-    let server = start(config(PolicyKind::LapsSdAging), fast()).await;
+    let server = start(config(PolicyKind::Gittins), fast()).await;
     let (s, v) = post_json(
         &server,
         "/v1/completions",
@@ -122,7 +122,7 @@ async fn eos_and_stop_strings_end_with_stop() {
 
 #[tokio::test]
 async fn models_health_metrics_and_unknown_route() {
-    let server = start(config(PolicyKind::LapsSdAging), fast()).await;
+    let server = start(config(PolicyKind::Gittins), fast()).await;
     let (s, text) = get_text(&server, "/v1/models").await;
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
@@ -187,7 +187,7 @@ async fn models_health_metrics_and_unknown_route() {
     );
     assert_eq!(metric(&text, "lapsd_kv_tokens_in_use"), Some(0.0));
     assert!(
-        text.contains("lapsd_policy_info{draft=\"scripted\",policy=\"laps-sd-aging\"} 1"),
+        text.contains("lapsd_policy_info{draft=\"scripted\",policy=\"gittins\"} 1"),
         "{text}"
     );
     let (s, v) = post_json(&server, "/v2/nothing", &json!({})).await;
@@ -199,7 +199,7 @@ async fn models_health_metrics_and_unknown_route() {
 /// Each bad input -> exact status and the OpenAI error body naming the field.
 #[tokio::test]
 async fn bad_inputs_get_openai_errors() {
-    let server = start(config(PolicyKind::LapsSdAging), fast()).await;
+    let server = start(config(PolicyKind::Gittins), fast()).await;
     let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
         ("/v1/completions", "{\"prompt\": ".into(), 400, None),
         ("/v1/completions", "not json".into(), 400, None),
@@ -310,7 +310,7 @@ async fn bad_inputs_get_openai_errors() {
 
 #[tokio::test]
 async fn full_queue_answers_429() {
-    let mut cfg = config(PolicyKind::LapsSdAging);
+    let mut cfg = config(PolicyKind::Gittins);
     cfg.max_queue = 1;
     let server = start(cfg, scripted_loader(Duration::from_millis(20))).await;
     // Hold the only slot with a long streaming request; wait for its first chunk.
@@ -363,7 +363,7 @@ async fn full_queue_answers_429() {
 #[tokio::test]
 async fn disconnect_mid_stream_cancels_and_frees_kv() {
     let server = start(
-        config(PolicyKind::LapsSdAging),
+        config(PolicyKind::Gittins),
         scripted_loader(Duration::from_millis(10)),
     )
     .await;
@@ -402,7 +402,7 @@ async fn disconnect_mid_stream_cancels_and_frees_kv() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
     let server = start(
-        config(PolicyKind::LapsSdAging),
+        config(PolicyKind::Gittins),
         scripted_loader(Duration::from_millis(10)),
     )
     .await;
@@ -440,7 +440,7 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
 
 #[tokio::test]
 async fn shutdown_timeout_cancels_what_is_left() {
-    let mut cfg = config(PolicyKind::LapsSdAging);
+    let mut cfg = config(PolicyKind::Gittins);
     cfg.shutdown_timeout_s = 0.2;
     let server = start(cfg, scripted_loader(Duration::from_millis(20))).await;
     let addr = server.local_addr;
@@ -472,23 +472,30 @@ async fn shutdown_timeout_cancels_what_is_left() {
     assert_eq!(v["error"]["code"], "shutting_down");
 }
 
-/// Concurrent requests under every server policy all complete with the text they get alone.
+/// Concurrent requests under every server policy (and the settings that change an ordering) all
+/// complete with the text they get alone.
 #[tokio::test]
 async fn concurrent_requests_complete_under_every_policy() {
-    for policy in [
+    for text in [
+        "gittins",
+        "gittins[batch-formation=marginal]",
         "laps-sd",
-        "laps-sd-aging",
+        "laps-sd[max-wait-s=0]",
+        "laps-sd[tokens-per-step=mean-accepted-length]",
+        "laps-sd[las-phase=false]",
+        "laps-sd[las-phase=false,batch-formation=marginal]",
         "fcfs",
         "sjf",
         "srpt",
         "las",
         "mlfq",
         "trail",
-        "laps-sd+",
-        "laps-sd-srpt",
-        "laps-sd-srpt-mb",
     ] {
-        let mut cfg = config(policy.parse().expect("policy"));
+        let base = config(lapsd_core::PolicyKind::Fcfs).policy_config;
+        let spec = lapsd_core::PolicySpec::parse(text, &base).expect("policy");
+        let policy = spec.kind.name();
+        let mut cfg = config(spec.kind);
+        cfg.policy_config = spec.config;
         cfg.capacity.max_batch = 3;
         let server = start(cfg, fast()).await;
         let mut tasks = Vec::new();

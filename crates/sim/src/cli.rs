@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lapsd_core::cost::{CostProfile, MeasuredCost};
-use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
+use lapsd_core::policy::args::PolicyArgs;
+use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig};
 
 use crate::acceptance::AcceptanceModel;
 use crate::arrivals::ArrivalProcess;
@@ -89,7 +90,9 @@ pub struct SimArgs {
     /// Gamma shape of inter-arrival times (1 = Poisson; < 1 burstier, CV = 1/sqrt(shape)).
     #[arg(long, default_value_t = 1.0)]
     pub burstiness: f64,
-    /// Policies to run side by side on the same arrivals: comma list of names, or `all`.
+    /// Policies to run side by side on the same arrivals: `all` (every ordering), or a comma
+    /// list of names, each optionally with settings that override the flags below for it alone:
+    /// `gittins,laps-sd,laps-sd[las-phase=false,batch-formation=marginal],fcfs[max-wait-s=30]`.
     #[arg(long, default_value = "all")]
     pub policy: String,
     /// Most requests in one step.
@@ -128,21 +131,9 @@ pub struct SimArgs {
     /// Size of the early acceptance shift (sign drawn per request).
     #[arg(long, default_value_t = 0.15)]
     pub transient_shift: f64,
-    /// LAPS-SD stability test: minimum SD steps before a request can become perceptible.
-    #[arg(long)]
-    pub stable_min_steps: Option<u32>,
-    /// LAPS-SD stability test: window of steps over which the rate must stay within epsilon.
-    #[arg(long)]
-    pub stable_window: Option<u32>,
-    /// LAPS-SD stability test: largest allowed movement of the acceptance rate in the window.
-    #[arg(long)]
-    pub stable_epsilon: Option<f64>,
-    /// MLFQ / LAPS-SD: number of priority queues.
-    #[arg(long)]
-    pub num_queues: Option<usize>,
-    /// MLFQ / LAPS-SD: first queue's attained-service threshold (target passes), doubling per level.
-    #[arg(long)]
-    pub first_threshold_passes: Option<u64>,
+    /// Policy settings (every policy in --policy), shared with `lapsd serve`.
+    #[command(flatten)]
+    pub policy_settings: PolicyArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
@@ -155,19 +146,160 @@ pub struct SimArgs {
     /// Print each run's wall-clock time on stderr.
     #[arg(long)]
     pub timing: bool,
+    /// Run the regime matrix instead of one experiment and write regimes.csv, summary.md and a
+    /// plot into this folder: every --policy on the same arrivals over cost profiles x workloads
+    /// x loads (--loads, default 0.5,0.7,0.8,0.9,0.95) x batch 1 and the profile's batch x
+    /// predictors x acceptance spreads (docs/scheduling.md).
+    #[arg(long, value_name = "DIR")]
+    pub matrix: Option<PathBuf>,
+    /// Matrix cost profiles (JSON files; default: the three shipped in profiles/, built in).
+    #[arg(long, value_delimiter = ',', requires = "matrix")]
+    pub matrix_profiles: Vec<PathBuf>,
+    /// Matrix workloads (default: every built-in one).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "matrix")]
+    pub matrix_workloads: Vec<WorkloadKind>,
+    /// Add a workload of real (prompt, output) lengths, resampled: a `--trace` file such as the
+    /// ShareGPT lengths `lapsd bench --dataset sharegpt PATH --dry-run --emit-sim-trace F` writes.
+    #[arg(long, value_name = "FILE", requires = "matrix")]
+    pub matrix_lengths: Option<PathBuf>,
+    /// Matrix predictors: `online` and `noisy:SIGMA` (default online,noisy:0.5,noisy:1.5).
+    #[arg(long, value_delimiter = ',', requires = "matrix")]
+    pub matrix_predictors: Vec<String>,
+    /// Matrix: only each profile's own batch size (skip batch 1).
+    #[arg(long, requires = "matrix")]
+    pub matrix_no_batch_one: bool,
 }
 
-fn parse_policies(text: &str) -> Result<Vec<PolicyKind>, SimError> {
-    if text.trim() == "all" {
-        return Ok(PolicyKind::ALL.to_vec());
+/// Parses one `--matrix-predictors` entry.
+fn parse_matrix_predictor(text: &str) -> Result<PredictorChoice, SimError> {
+    let text = text.trim();
+    if text == "online" {
+        return Ok(PredictorChoice::Online {
+            prior_tokens: 128,
+            window: 1024,
+        });
     }
-    let mut out = Vec::new();
-    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let kind: PolicyKind = name.parse()?;
-        if !out.contains(&kind) {
-            out.push(kind);
+    if let Some(sigma) = text.strip_prefix("noisy:") {
+        if let Ok(sigma) = sigma.parse::<f64>() {
+            if sigma >= 0.0 && sigma.is_finite() {
+                return Ok(PredictorChoice::NoisyOracle { sigma });
+            }
         }
     }
+    Err(SimError::InvalidArgument {
+        field: "matrix-predictors",
+        reason: format!("expected online or noisy:SIGMA (SIGMA >= 0), got {text:?}"),
+    })
+}
+
+/// The regime matrix the flags describe.
+pub fn matrix_from_args(args: &SimArgs) -> Result<crate::matrix::MatrixConfig, SimError> {
+    use crate::matrix::{AcceptanceSpread, MatrixConfig, MatrixProfile, MatrixWorkload};
+    let profiles = if args.matrix_profiles.is_empty() {
+        MatrixProfile::shipped()?
+    } else {
+        args.matrix_profiles
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).map_err(|e| SimError::CostProfile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let name = path
+                    .file_stem()
+                    .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into());
+                MatrixProfile::from_json(&name, &text)
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let kinds = if args.matrix_workloads.is_empty() {
+        WorkloadKind::ALL.to_vec()
+    } else {
+        args.matrix_workloads.clone()
+    };
+    let mut workloads: Vec<MatrixWorkload> = kinds.into_iter().map(MatrixWorkload::Builtin).collect();
+    if let Some(path) = &args.matrix_lengths {
+        workloads.push(MatrixWorkload::Lengths {
+            name: path
+                .file_stem()
+                .map_or_else(|| "lengths".into(), |s| s.to_string_lossy().into()),
+            pairs: crate::matrix::read_length_pairs(path)?,
+        });
+    }
+    let predictors = if args.matrix_predictors.is_empty() {
+        vec!["online".to_string(), "noisy:0.5".into(), "noisy:1.5".into()]
+    } else {
+        args.matrix_predictors.clone()
+    };
+    let loads = match (&args.loads, args.load) {
+        (Some(ls), _) if !ls.is_empty() => ls.clone(),
+        (_, Some(l)) => vec![l],
+        _ => vec![0.5, 0.7, 0.8, 0.9, 0.95],
+    };
+    for &l in &loads {
+        positive("loads", l)?;
+    }
+    let policy_config = args.policy_settings.policy_config(PolicyConfig::default())?;
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    Ok(MatrixConfig {
+        profiles,
+        workloads,
+        loads,
+        batch_one: !args.matrix_no_batch_one,
+        predictors: predictors
+            .iter()
+            .map(|p| parse_matrix_predictor(p))
+            .collect::<Result<_, _>>()?,
+        spreads: vec![AcceptanceSpread::Narrow, AcceptanceSpread::Wide],
+        policies: parse_policies(&args.policy, &policy_config)?,
+        requests: args.requests,
+        seed: args.seed,
+        speculation_length: args.speculation_length,
+        jobs: jobs.max(1),
+    })
+}
+
+/// `lapsd sim --matrix DIR`.
+fn run_matrix(args: &SimArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let matrix = matrix_from_args(args)?;
+    let total = matrix.regime_count();
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden())
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} regimes ({eta})")
+    {
+        bar.set_style(style);
+    }
+    let rows = matrix.run(|done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let flags = match argv.first() {
+        Some(first) if first == "sim" => &argv[1..],
+        _ => &argv[..],
+    };
+    let command = format!("lapsd sim {}", flags.join(" "));
+    for f in crate::matrix::write_outputs(dir, &rows, total, &command)? {
+        eprintln!("wrote {}", f.display());
+    }
+    let summaries = crate::matrix::summarize_matrix(&rows);
+    print!("{}", crate::matrix::to_markdown(&summaries, total, &command));
+    Ok(())
+}
+
+/// The `--policy` list over the `base` settings.
+pub fn parse_policies(text: &str, base: &PolicyConfig) -> Result<Vec<PolicySpec>, SimError> {
+    if text.trim() == "all" {
+        return Ok(PolicyKind::ALL
+            .iter()
+            .map(|&kind| PolicySpec::new(kind, base.clone()))
+            .collect());
+    }
+    let out = PolicySpec::parse_list(text, base)?;
     if out.is_empty() {
         return Err(SimError::InvalidArgument {
             field: "policy",
@@ -285,20 +417,8 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
         }
         None => (cost, step_cost),
     };
-    let defaults = StabilityRule::default();
-    let stability = StabilityRule {
-        min_steps: args.stable_min_steps.unwrap_or(defaults.min_steps),
-        window: args.stable_window.unwrap_or(defaults.window),
-        epsilon: args.stable_epsilon.unwrap_or(defaults.epsilon),
-    };
-    let policy_defaults = PolicyConfig::default();
-    let policy_config = PolicyConfig {
-        num_queues: args.num_queues.unwrap_or(policy_defaults.num_queues),
-        first_threshold_passes: args
-            .first_threshold_passes
-            .unwrap_or(policy_defaults.first_threshold_passes),
-        ..policy_defaults
-    };
+    let stability = args.policy_settings.stability()?;
+    let policy_config = args.policy_settings.policy_config(PolicyConfig::default())?;
     let predictor = match args.predictor {
         PredictorArg::Noisy => PredictorChoice::NoisyOracle {
             sigma: args.predictor_sigma,
@@ -314,7 +434,7 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
     Ok(Experiment {
         source,
         rates,
-        policies: parse_policies(&args.policy)?,
+        policies: parse_policies(&args.policy, &policy_config)?,
         scheduler: SchedulerConfig {
             capacity: Capacity {
                 max_batch: args.max_batch,
@@ -325,7 +445,6 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
             stability,
             cost,
         },
-        policy_config,
         predictor,
         acceptance: AcceptanceModel {
             transient_steps: args.transient_steps,
@@ -375,6 +494,9 @@ pub fn render(args: &SimArgs, results: Vec<PolicyResult>) -> anyhow::Result<Stri
 
 /// `lapsd sim`.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.matrix.clone() {
+        return run_matrix(&args, &dir);
+    }
     let experiment = experiment_from_args(&args)?;
     let bar = progress_bar(experiment.total_work(), args.format);
     let started = std::time::Instant::now();

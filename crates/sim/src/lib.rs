@@ -6,6 +6,7 @@ pub mod acceptance;
 pub mod arrivals;
 pub mod cli;
 pub mod engine;
+pub mod matrix;
 pub mod error;
 pub mod plot;
 pub mod prediction;

@@ -155,3 +155,79 @@ pub fn plot_latency_vs_load(
     .map_err(|e| err(&svg, e))?;
     Ok(vec![png, svg])
 }
+
+fn draw_sorted_ratios<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    curves: &[(String, Vec<f64>)],
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let y1 = curves
+        .iter()
+        .flat_map(|c| c.1.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        .min(50.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..1f64, (0.95f64..y1 * 1.1).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("share of regimes")
+        .y_desc("mean latency / best non-oracle (log scale)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (policy, values)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let style = ShapeStyle::from(color).stroke_width(2);
+        let len = values.len().max(2) as f64 - 1.0;
+        chart
+            .draw_series(LineSeries::new(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| (j as f64 / len, v.clamp(0.95, y1 * 1.1))),
+                style,
+            ))
+            .map_err(|e| e.to_string())?
+            .label(policy.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Each policy's sorted ratios (one curve per policy) as `DIR/NAME.png` and `DIR/NAME.svg`.
+pub fn plot_sorted_ratios(
+    dir: &Path,
+    name: &str,
+    title: &str,
+    curves: &[(String, Vec<f64>)],
+) -> Result<Vec<PathBuf>, SimError> {
+    register_font();
+    let err = |path: &Path, reason: String| SimError::Plot {
+        path: path.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+    let size = (1100u32, 700u32);
+    let png = dir.join(format!("{name}.png"));
+    draw_sorted_ratios(BitMapBackend::new(&png, size).into_drawing_area(), title, curves)
+        .map_err(|e| err(&png, e))?;
+    let svg = dir.join(format!("{name}.svg"));
+    draw_sorted_ratios(SVGBackend::new(&svg, size).into_drawing_area(), title, curves)
+        .map_err(|e| err(&svg, e))?;
+    Ok(vec![png, svg])
+}

@@ -39,6 +39,11 @@ pub struct PolicyResult {
     pub steps: u64,
     /// Busy time / simulated time.
     pub utilization: f64,
+    /// Share of the requests finished by the time the last one arrived: whether the policy kept
+    /// up with arrivals. A stable server leaves only its queue unfinished (close to 1 for a long
+    /// run); a queue that grows without bound leaves a share near 1 - throughput / arrival rate.
+    #[serde(default)]
+    pub throughput_to_arrivals: f64,
 }
 
 /// Context a result is labelled with.
@@ -74,6 +79,8 @@ pub fn summarize(outcome: &SimOutcome, label: &RunLabel, first_arrival_s: f64) -
     let mut latencies: Vec<f64> = done.iter().map(|c| c.latency_s()).collect();
     latencies.sort_by(f64::total_cmp);
     let span_s = (outcome.end_s - first_arrival_s).max(f64::MIN_POSITIVE);
+    let last_arrival_s = done.iter().map(|c| c.arrival_s).fold(f64::MIN, f64::max);
+    let finished_by_last_arrival = done.iter().filter(|c| c.finish_s <= last_arrival_s).count();
     PolicyResult {
         policy: outcome.policy.clone(),
         workload: label.workload.clone(),
@@ -96,6 +103,11 @@ pub fn summarize(outcome: &SimOutcome, label: &RunLabel, first_arrival_s: f64) -
         recomputes: done.iter().map(|c| u64::from(c.recomputes)).sum(),
         steps: outcome.steps,
         utilization: outcome.busy_s / span_s,
+        throughput_to_arrivals: if done.is_empty() {
+            0.0
+        } else {
+            finished_by_last_arrival as f64 / done.len() as f64
+        },
     }
 }
 

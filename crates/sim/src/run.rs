@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
-use lapsd_core::{MeasuredCost, PolicyConfig, PolicyKind, SchedulerConfig, StepCostModel};
+use lapsd_core::{MeasuredCost, PolicySpec, SchedulerConfig, StepCostModel};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -60,9 +60,9 @@ pub enum ArrivalRate {
 pub struct Experiment {
     pub source: RequestSource,
     pub rates: Vec<ArrivalRate>,
-    pub policies: Vec<PolicyKind>,
+    /// Configured policies (an ordering and its settings each), run side by side.
+    pub policies: Vec<PolicySpec>,
     pub scheduler: SchedulerConfig,
-    pub policy_config: PolicyConfig,
     pub predictor: PredictorChoice,
     /// Transient parameters (its `seed` is replaced by `seed`).
     pub acceptance: AcceptanceModel,
@@ -253,8 +253,8 @@ impl Experiment {
     /// Runs every (sweep point, policy) pair; results ordered by sweep point, then policy.
     pub fn run(&self, progress: Option<&ProgressBar>) -> Result<Vec<PolicyResult>, SimError> {
         let runs = self.prepare()?;
-        let tasks: Vec<(usize, PolicyKind)> = (0..runs.len())
-            .flat_map(|r| self.policies.iter().map(move |&p| (r, p)))
+        let tasks: Vec<(usize, &PolicySpec)> = (0..runs.len())
+            .flat_map(|r| self.policies.iter().map(move |p| (r, p)))
             .collect();
         let next = AtomicUsize::new(0);
         let slots: Mutex<Vec<Option<Result<PolicyResult, SimError>>>> =
@@ -268,14 +268,14 @@ impl Experiment {
             for _ in 0..self.jobs.clamp(1, tasks.len().max(1)) {
                 scope.spawn(|| loop {
                     let t = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(run_index, policy)) = tasks.get(t) else {
+                    let Some(&(run_index, spec)) = tasks.get(t) else {
                         break;
                     };
                     let run = &runs[run_index];
                     let config = SimConfig {
                         scheduler: self.scheduler.clone(),
-                        policy,
-                        policy_config: self.policy_config.clone(),
+                        policy: spec.kind,
+                        policy_config: spec.config.clone(),
                         predictor: self.predictor,
                         acceptance,
                         step_cost: self.step_cost.clone(),

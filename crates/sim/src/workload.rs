@@ -174,19 +174,25 @@ pub enum WorkloadKind {
     Mbpp,
     /// Mini Thinky: long step-by-step reasoning outputs.
     Thinky,
+    /// Heavy-tailed replies: most short, a few very long (output CV^2 ~ 8.5).
+    #[value(name = "heavy-tail")]
+    #[serde(rename = "heavy-tail")]
+    HeavyTail,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 3] = [
+    pub const ALL: [WorkloadKind; 4] = [
         WorkloadKind::Chatbot,
         WorkloadKind::Mbpp,
         WorkloadKind::Thinky,
+        WorkloadKind::HeavyTail,
     ];
     pub fn name(&self) -> &'static str {
         match self {
             WorkloadKind::Chatbot => "chatbot",
             WorkloadKind::Mbpp => "mbpp",
             WorkloadKind::Thinky => "thinky",
+            WorkloadKind::HeavyTail => "heavy-tail",
         }
     }
 
@@ -252,6 +258,26 @@ impl WorkloadKind {
                 },
                 acceptance: BetaParams { a: 5.0, b: 3.2 },
                 max_tokens: 4096,
+            },
+            // Heavy-tailed replies (an assumption, for the regime matrix): chat-like prompts,
+            // replies log-normal with sigma 1.5 (CV^2 = e^2.25 - 1 ~ 8.5), where size-based
+            // policies gain the most and FCFS suffers most from a long request ahead.
+            WorkloadKind::HeavyTail => WorkloadProfile {
+                name: "heavy-tail",
+                prompt: LengthDist::LogNormal {
+                    median: 24.0,
+                    sigma: 0.9,
+                    min: 4,
+                    max: 512,
+                },
+                output: LengthDist::LogNormal {
+                    median: 60.0,
+                    sigma: 1.5,
+                    min: 2,
+                    max: 8192,
+                },
+                acceptance: BetaParams { a: 6.5, b: 3.5 },
+                max_tokens: 8192,
             },
         }
     }

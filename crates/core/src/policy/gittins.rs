@@ -18,11 +18,14 @@
 //! unknown, shortest estimated remaining time once it is stable.
 //!
 //! The posterior of a request's remaining time, in three parts:
-//! - **Tokens.** The total output length is log-normal with median `m = prediction * e^mu` and
-//!   spread `sigma`, where mu and sigma are the mean and standard deviation of
-//!   `ln(actual / predicted)` over the finished requests (learnt online, a weak prior of
-//!   `sigma = 1` first). Without a prediction, `m` and `sigma` are those of `ln(actual)`. It is
-//!   conditioned on the tokens already generated (`X > a`).
+//! - **Tokens.** The total output length is log-normal with median
+//!   `m = e^alpha * prediction^beta` and spread `sigma`: a least-squares regression of
+//!   `ln(actual)` on `ln(predicted)` over the finished requests (learnt online, shrunk toward
+//!   alpha = 0, beta = 1, sigma = 1 while few have finished). The regression, not the plain
+//!   ratio, is the posterior: a noisy predictor's long predictions are too long on average and
+//!   its short ones too short (regression to the mean), and beta < 1 says by how much. Without a
+//!   prediction, `m` and `sigma` are those of `ln(actual)`. It is conditioned on the tokens
+//!   already generated (`X > a`).
 //! - **Acceptance.** A Beta posterior over the fraction of drafted tokens accepted: prior
 //!   `Beta(a0, b0)` fitted by moments to the finished requests' rates, updated with the
 //!   request's own accepted / rejected draft tokens. Expected tokens per SD step at speculation
@@ -68,7 +71,7 @@ const Q_STEPS: usize = 17;
 const Q_LOG_MIN: f64 = -3.0;
 const Q_LOG_MAX: f64 = 3.0;
 
-/// Pseudo-observations the prior spread carries (sigma = [`PRIOR_SIGMA`], mu = 0).
+/// Pseudo-observations the prior spread carries (sigma = [`PRIOR_SIGMA`], alpha = 0, beta = 1).
 const PRIOR_OBSERVATIONS: f64 = 2.0;
 const PRIOR_SIGMA: f64 = 1.0;
 /// Median output length assumed before any request finished, for requests without prediction.
@@ -278,11 +281,54 @@ impl LogStats {
     }
 }
 
+/// Online least squares of y = ln(actual) on x = ln(predicted), shrunk toward y = x.
+#[derive(Debug, Clone, Copy, Default)]
+struct LogRegression {
+    n: f64,
+    mean_x: f64,
+    mean_y: f64,
+    /// Centered sums of squares and products (Welford-style updates).
+    sxx: f64,
+    sxy: f64,
+    syy: f64,
+}
+
+impl LogRegression {
+    fn push(&mut self, x: f64, y: f64) {
+        self.n += 1.0;
+        let dx = x - self.mean_x;
+        let dy = y - self.mean_y;
+        self.mean_x += dx / self.n;
+        self.mean_y += dy / self.n;
+        self.sxx += dx * (x - self.mean_x);
+        self.sxy += dx * (y - self.mean_y);
+        self.syy += dy * (y - self.mean_y);
+    }
+    /// Intercept and slope; the slope is shrunk toward 1 by [`PRIOR_OBSERVATIONS`] units of
+    /// x-variance and kept in [0, 1.5].
+    fn alpha_beta(&self) -> (f64, f64) {
+        if self.n == 0.0 {
+            return (0.0, 1.0);
+        }
+        let beta = ((self.sxy + PRIOR_OBSERVATIONS) / (self.sxx + PRIOR_OBSERVATIONS)).clamp(0.0, 1.5);
+        (self.mean_y - beta * self.mean_x, beta)
+    }
+    fn sigma(&self) -> f64 {
+        let (_, beta) = self.alpha_beta();
+        let residual = (self.syy - 2.0 * beta * self.sxy + beta * beta * self.sxx).max(0.0);
+        let prior = PRIOR_OBSERVATIONS * PRIOR_SIGMA * PRIOR_SIGMA;
+        ((residual + prior) / (self.n + PRIOR_OBSERVATIONS))
+            .sqrt()
+            .clamp(SIGMA_MIN, SIGMA_MAX)
+    }
+}
+
 /// What the index of every request depends on besides the request itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Beliefs {
-    /// ln(actual / predicted): shift of the median and spread.
-    mu: f64,
+    /// ln(actual) ~ alpha + beta ln(predicted), residual spread sigma.
+    alpha: f64,
+    beta: f64,
     sigma: f64,
     /// ln(actual) for requests without a prediction.
     size_log_median: f64,
@@ -299,7 +345,8 @@ impl Beliefs {
     fn moved_from(&self, keyed: &Beliefs) -> bool {
         (self.sigma / keyed.sigma - 1.0).abs() > REKEY_SIGMA_FRACTION
             || (self.size_sigma / keyed.size_sigma - 1.0).abs() > REKEY_SIGMA_FRACTION
-            || (self.mu - keyed.mu).abs() > REKEY_MU
+            || (self.alpha - keyed.alpha).abs() > REKEY_MU
+            || (self.beta - keyed.beta).abs() > REKEY_MU / 5.0
             || (self.size_log_median - keyed.size_log_median).abs() > REKEY_MU
             || (self.prior_mean() - keyed.prior_mean()).abs() > REKEY_ACCEPTANCE
     }
@@ -315,7 +362,7 @@ pub struct Gittins {
     /// Each live request's prediction at arrival (the scheduler may re-predict later; the
     /// posterior conditions on the generated tokens instead).
     predictions: IdMap<Option<u32>>,
-    ratio_stats: LogStats,
+    regression: LogRegression,
     size_stats: LogStats,
     /// Per-request acceptance fractions of finished requests: count, mean, M2.
     acceptance_n: f64,
@@ -338,13 +385,14 @@ impl Gittins {
             queue: KeyedQueue::default(),
             dirty: Vec::new(),
             predictions: IdMap::default(),
-            ratio_stats: LogStats::with_prior(0.0, PRIOR_SIGMA),
+            regression: LogRegression::default(),
             size_stats: LogStats::with_prior(PRIOR_MEDIAN_TOKENS.ln(), PRIOR_SIGMA),
             acceptance_n: 0.0,
             acceptance_mean: 0.0,
             acceptance_m2: 0.0,
             keyed: Beliefs {
-                mu: 0.0,
+                alpha: 0.0,
+                beta: 1.0,
                 sigma: PRIOR_SIGMA,
                 size_log_median: PRIOR_MEDIAN_TOKENS.ln(),
                 size_sigma: PRIOR_SIGMA,
@@ -367,8 +415,9 @@ impl Gittins {
             (1.0, 1.0)
         };
         Beliefs {
-            mu: self.ratio_stats.mean,
-            sigma: self.ratio_stats.sigma(),
+            alpha: self.regression.alpha_beta().0,
+            beta: self.regression.alpha_beta().1,
+            sigma: self.regression.sigma(),
             size_log_median: self.size_stats.mean,
             size_sigma: self.size_stats.sigma(),
             prior_a,
@@ -376,9 +425,9 @@ impl Gittins {
         }
     }
 
-    /// The learnt spread of `ln(actual / predicted)`.
+    /// The learnt residual spread of `ln(actual)` given `ln(predicted)`.
     pub fn prediction_sigma(&self) -> f64 {
-        self.ratio_stats.sigma()
+        self.regression.sigma()
     }
 
     /// Gittins index of `r` in completions per second (higher runs first; module header).
@@ -386,7 +435,10 @@ impl Gittins {
         let b = self.keyed;
         let prediction = self.predictions.get(&r.id()).copied().flatten();
         let (median_tokens, sigma) = match prediction {
-            Some(p) => (f64::from(p.max(1)) * b.mu.exp(), b.sigma),
+            Some(p) => (
+                (b.alpha + b.beta * f64::from(p.max(1)).ln()).exp(),
+                b.sigma,
+            ),
             None => (b.size_log_median.exp(), b.size_sigma),
         };
         let median_tokens = median_tokens.max(1.0);
@@ -432,7 +484,7 @@ impl Policy for Gittins {
         }
         let actual = f64::from(request.generated_tokens);
         if let Some(p) = prediction {
-            self.ratio_stats.push((actual / f64::from(p.max(1))).ln());
+            self.regression.push(f64::from(p.max(1)).ln(), actual.ln());
         }
         self.size_stats.push(actual.ln());
         let drafted = request.acceptance.drafted_tokens;

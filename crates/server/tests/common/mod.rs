@@ -28,6 +28,7 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
             max_wait_s: Some(30.0),
             ..PolicyConfig::default()
         },
+        stability: lapsd_core::StabilityRule::default(),
         capacity: Capacity {
             max_batch: 8,
             max_step_tokens: 4096,

@@ -19,7 +19,8 @@ use indicatif::ProgressBar;
 use lapsd_core::policy::build_policy;
 use lapsd_core::FinishReason;
 use lapsd_core::{
-    CoreError, MeasuredCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind, RequestSpec,
+    CoreError, MeasuredCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind, PolicySpec,
+    RequestSpec,
     Scheduler, SchedulerConfig, SchedulerOutput, StepCostModel, StepKind, StepObservation,
     StepResult,
 };
@@ -165,7 +166,7 @@ pub fn simulate(
     };
     let mut state = vec![Progress::default(); requests.len()];
     let mut outcome = SimOutcome {
-        policy: config.policy.name().to_string(),
+        policy: PolicySpec::new(config.policy, config.policy_config.clone()).label(),
         completed: Vec::with_capacity(requests.len()),
         never_fits: 0,
         steps: 0,
