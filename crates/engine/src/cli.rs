@@ -325,7 +325,6 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let (samples, prefill_samples, cost) = calibrate(&target, &drafter, &plan, || bar.inc(1))?;
     bar.finish();
     let profile = CostProfile {
-        max_batch: None,
         model: model_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -205,9 +205,10 @@ pub fn matrix_from_args(args: &SimArgs) -> Result<crate::matrix::MatrixConfig, S
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-                let name = path
-                    .file_stem()
-                    .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into());
+                let name = path.file_stem().map_or_else(
+                    || path.display().to_string(),
+                    |s| s.to_string_lossy().into(),
+                );
                 MatrixProfile::from_json(&name, &text)
             })
             .collect::<Result<_, _>>()?
@@ -217,7 +218,8 @@ pub fn matrix_from_args(args: &SimArgs) -> Result<crate::matrix::MatrixConfig, S
     } else {
         args.matrix_workloads.clone()
     };
-    let mut workloads: Vec<MatrixWorkload> = kinds.into_iter().map(MatrixWorkload::Builtin).collect();
+    let mut workloads: Vec<MatrixWorkload> =
+        kinds.into_iter().map(MatrixWorkload::Builtin).collect();
     if let Some(path) = &args.matrix_lengths {
         workloads.push(MatrixWorkload::Lengths {
             name: path
@@ -239,7 +241,9 @@ pub fn matrix_from_args(args: &SimArgs) -> Result<crate::matrix::MatrixConfig, S
     for &l in &loads {
         positive("loads", l)?;
     }
-    let policy_config = args.policy_settings.policy_config(PolicyConfig::default())?;
+    let policy_config = args
+        .policy_settings
+        .policy_config(PolicyConfig::default())?;
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -270,9 +274,9 @@ fn run_matrix(args: &SimArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     } else {
         ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden())
     };
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} regimes ({eta})")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} regimes ({eta})",
+    ) {
         bar.set_style(style);
     }
     let rows = matrix.run(|done, _| bar.set_position(done as u64))?;
@@ -287,7 +291,10 @@ fn run_matrix(args: &SimArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         eprintln!("wrote {}", f.display());
     }
     let summaries = crate::matrix::summarize_matrix(&rows);
-    print!("{}", crate::matrix::to_markdown(&summaries, total, &command));
+    print!(
+        "{}",
+        crate::matrix::to_markdown(&summaries, total, &command)
+    );
     Ok(())
 }
 
@@ -418,7 +425,9 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
         None => (cost, step_cost),
     };
     let stability = args.policy_settings.stability()?;
-    let policy_config = args.policy_settings.policy_config(PolicyConfig::default())?;
+    let policy_config = args
+        .policy_settings
+        .policy_config(PolicyConfig::default())?;
     let predictor = match args.predictor {
         PredictorArg::Noisy => PredictorChoice::NoisyOracle {
             sigma: args.predictor_sigma,

@@ -229,8 +229,7 @@ impl MatrixConfig {
                     for spread in &self.spreads {
                         for predictor in &self.predictors {
                             for &load in &self.loads {
-                                let (source, rates) =
-                                    self.source(w, *spread, load, &scheduler)?;
+                                let (source, rates) = self.source(w, *spread, load, &scheduler)?;
                                 let regime = Regime {
                                     profile: p.name.clone(),
                                     workload: w.name().to_string(),
@@ -301,8 +300,8 @@ impl MatrixConfig {
                     .collect();
                 // Same load definition as the built-in workloads (run.rs).
                 let rate = load / mean_service_s(&sizes, scheduler)?;
-                let unit =
-                    ArrivalProcess::Poisson.unit_rate_times(sizes.len(), &mut stream_rng(self.seed, 12));
+                let unit = ArrivalProcess::Poisson
+                    .unit_rate_times(sizes.len(), &mut stream_rng(self.seed, 12));
                 let times = scale_to_rate(&unit, rate)?;
                 let records = sizes
                     .iter()
@@ -584,8 +583,7 @@ mod tests {
             batch_one: true,
             predictors: vec![PredictorChoice::NoisyOracle { sigma: 0.5 }],
             spreads: vec![AcceptanceSpread::Wide],
-            policies: PolicySpec::parse_list(policies, &PolicyConfig::default())
-                .expect("policies"),
+            policies: PolicySpec::parse_list(policies, &PolicyConfig::default()).expect("policies"),
             requests: 300,
             seed: 3,
             speculation_length: 4,
@@ -598,8 +596,15 @@ mod tests {
         let profiles = MatrixProfile::shipped().expect("parse");
         assert_eq!(profiles.len(), 3);
         assert!(profiles.iter().all(|p| p.batch >= 1));
-        let gpu = profiles.iter().find(|p| p.name.starts_with("gpu")).expect("gpu");
-        assert!(gpu.batch >= 16, "a GPU-shaped profile batches: {}", gpu.batch);
+        let gpu = profiles
+            .iter()
+            .find(|p| p.name.starts_with("gpu"))
+            .expect("gpu");
+        assert!(
+            gpu.batch >= 16,
+            "a GPU-shaped profile batches: {}",
+            gpu.batch
+        );
     }
 
     #[test]
@@ -615,7 +620,10 @@ mod tests {
                 .map(|r| r.ratio_to_best)
                 .fold(f64::INFINITY, f64::min);
             assert!((non_oracle_best - 1.0).abs() < 1e-12);
-            let fcfs = chunk.iter().find(|r| r.result.policy == "fcfs").expect("fcfs");
+            let fcfs = chunk
+                .iter()
+                .find(|r| r.result.policy == "fcfs")
+                .expect("fcfs");
             assert!((fcfs.p99_ratio_to_fcfs - 1.0).abs() < 1e-12);
             assert!(chunk.iter().all(|r| r.result.completed == 300));
         }

@@ -224,10 +224,18 @@ pub fn plot_sorted_ratios(
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
     let size = (1100u32, 700u32);
     let png = dir.join(format!("{name}.png"));
-    draw_sorted_ratios(BitMapBackend::new(&png, size).into_drawing_area(), title, curves)
-        .map_err(|e| err(&png, e))?;
+    draw_sorted_ratios(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        title,
+        curves,
+    )
+    .map_err(|e| err(&png, e))?;
     let svg = dir.join(format!("{name}.svg"));
-    draw_sorted_ratios(SVGBackend::new(&svg, size).into_drawing_area(), title, curves)
-        .map_err(|e| err(&svg, e))?;
+    draw_sorted_ratios(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        title,
+        curves,
+    )
+    .map_err(|e| err(&svg, e))?;
     Ok(vec![png, svg])
 }

@@ -39,9 +39,11 @@ pub struct PolicyResult {
     pub steps: u64,
     /// Busy time / simulated time.
     pub utilization: f64,
-    /// Share of the requests finished by the time the last one arrived: whether the policy kept
-    /// up with arrivals. A stable server leaves only its queue unfinished (close to 1 for a long
-    /// run); a queue that grows without bound leaves a share near 1 - throughput / arrival rate.
+    /// Throughput over arrival rate in the second half of the arrivals: requests finished
+    /// between the median and the last arrival time, over requests that arrived then. A stable
+    /// server gives 1 up to the change of its queue length over that window (zero on average,
+    /// of order queue length / requests); a queue that grows without bound gives its service
+    /// rate over the arrival rate.
     #[serde(default)]
     pub throughput_to_arrivals: f64,
 }
@@ -73,14 +75,30 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// See [`PolicyResult::throughput_to_arrivals`].
+fn throughput_share(done: &[crate::engine::CompletedRequest]) -> f64 {
+    let mut arrivals: Vec<f64> = done.iter().map(|c| c.arrival_s).collect();
+    arrivals.sort_by(f64::total_cmp);
+    let (Some(&last), Some(&middle)) = (arrivals.last(), arrivals.get(arrivals.len() / 2)) else {
+        return 0.0;
+    };
+    let in_window = |t: f64| t > middle && t <= last;
+    let arrived = arrivals.iter().filter(|&&t| in_window(t)).count();
+    let finished = done.iter().filter(|c| in_window(c.finish_s)).count();
+    if arrived == 0 {
+        1.0
+    } else {
+        finished as f64 / arrived as f64
+    }
+}
+
 /// Summarises one run.
 pub fn summarize(outcome: &SimOutcome, label: &RunLabel, first_arrival_s: f64) -> PolicyResult {
     let done = &outcome.completed;
     let mut latencies: Vec<f64> = done.iter().map(|c| c.latency_s()).collect();
     latencies.sort_by(f64::total_cmp);
     let span_s = (outcome.end_s - first_arrival_s).max(f64::MIN_POSITIVE);
-    let last_arrival_s = done.iter().map(|c| c.arrival_s).fold(f64::MIN, f64::max);
-    let finished_by_last_arrival = done.iter().filter(|c| c.finish_s <= last_arrival_s).count();
+    let throughput_to_arrivals = throughput_share(done);
     PolicyResult {
         policy: outcome.policy.clone(),
         workload: label.workload.clone(),
@@ -103,11 +121,7 @@ pub fn summarize(outcome: &SimOutcome, label: &RunLabel, first_arrival_s: f64) -
         recomputes: done.iter().map(|c| u64::from(c.recomputes)).sum(),
         steps: outcome.steps,
         utilization: outcome.busy_s / span_s,
-        throughput_to_arrivals: if done.is_empty() {
-            0.0
-        } else {
-            finished_by_last_arrival as f64 / done.len() as f64
-        },
+        throughput_to_arrivals,
     }
 }
 
@@ -327,6 +341,27 @@ mod tests {
     }
 
     #[test]
+    fn throughput_share_tells_a_runaway_queue_from_a_stable_one() {
+        let request = |i: usize, finish_s: f64| crate::engine::CompletedRequest {
+            id: i as u64,
+            arrival_s: i as f64,
+            finish_s,
+            first_token_s: finish_s,
+            output_tokens: 1,
+            preemptions: 0,
+            recomputes: 0,
+        };
+        // One arrival per second; a stable server finishes each 0.5 s later.
+        let stable: Vec<_> = (0..1000).map(|i| request(i, i as f64 + 0.5)).collect();
+        assert!((throughput_share(&stable) - 1.0).abs() < 0.01);
+        // A server finishing one every 2 s falls behind for good: half the arrival rate.
+        let runaway: Vec<_> = (0..1000)
+            .map(|i| request(i, 2.0 * i as f64 + 0.5))
+            .collect();
+        assert!((throughput_share(&runaway) - 0.5).abs() < 0.01);
+    }
+
+    #[test]
     fn comparison_picks_the_best_baseline_per_point() {
         let mk = |policy: &str, load: f64, mean: f64| PolicyResult {
             policy: policy.into(),
@@ -343,6 +378,7 @@ mod tests {
             mean_ttft_s: 0.0,
             mean_normalized_latency_s_per_token: 0.0,
             throughput_rps: 1.0,
+            throughput_to_arrivals: 1.0,
             preemptions: 0,
             recomputes: 0,
             steps: 1,

@@ -132,3 +132,61 @@ fn oracle_matches_schrage_miller_srpt_formula() {
         0.05,
     );
 }
+
+fn without_predictions(
+    mut requests: Vec<lapsd_sim::workload::SimRequest>,
+) -> Vec<lapsd_sim::workload::SimRequest> {
+    for r in &mut requests {
+        r.predicted_output_tokens = None;
+    }
+    requests
+}
+
+/// Known limit of the Gittins index: with memoryless sizes and no prediction, no order of
+/// service changes the mean (every non-anticipating work-conserving policy gives M/M/1's).
+#[test]
+fn gittins_without_predictions_matches_mm1_for_exponential_sizes() {
+    let d = size_dist(&EXPONENTIAL);
+    let mu = 1.0 / d.mean_s();
+    let lambda = 0.7 * mu;
+    let rs: Vec<Run> = [21, 22]
+        .iter()
+        .map(|&seed| {
+            let requests =
+                without_predictions(poisson_requests(&EXPONENTIAL, lambda, 50_000, seed));
+            run(PolicyKind::Gittins, &requests)
+        })
+        .collect();
+    let est = cv_estimate(&rs, 1000, 20, expected_work_s(lambda, &d));
+    let mm1 = mm1_mean_latency_s(lambda, mu).expect("stable");
+    assert_matches(
+        "gittins M/M/1 rho=0.7, no predictions (control variate)",
+        &est,
+        mm1,
+        0.03,
+    );
+}
+
+/// Known limit of the Gittins index: a degenerate (known) size makes it SRPT. With equal sizes
+/// SRPT never preempts, so the mean is Pollaczek-Khinchine's M/D/1, and the oracle (true SRPT)
+/// gives the same on the same arrivals.
+#[test]
+fn gittins_with_known_equal_sizes_is_srpt() {
+    const FIXED: LengthDist = LengthDist::Constant(40);
+    let d = size_dist(&FIXED);
+    let lambda = 0.8 / d.mean_s();
+    let requests = poisson_requests(&FIXED, lambda, 50_000, 23);
+    let gittins = run(PolicyKind::Gittins, &requests);
+    let oracle = run(PolicyKind::Oracle, &requests);
+    let mean = |r: &Run| r.latency_s.iter().sum::<f64>() / r.latency_s.len() as f64;
+    let (g, o) = (mean(&gittins), mean(&oracle));
+    assert!((g / o - 1.0).abs() < 0.005, "gittins {g} s vs oracle {o} s");
+    let est = cv_estimate(
+        std::slice::from_ref(&gittins),
+        1000,
+        40,
+        expected_work_s(lambda, &d),
+    );
+    let pk = pk_mean_latency_s(lambda, &d).expect("stable");
+    assert_matches("gittins M/D/1 rho=0.8 (control variate)", &est, pk, 0.03);
+}

@@ -142,7 +142,10 @@ mod tests {
         assert_eq!(c.batch_formation, BatchFormation::Marginal);
         assert!(!c.las_phase);
         assert_eq!(c.max_wait_s, None, "0 turns the server's default off");
-        let keep = Cli::parse_from(["x"]).policy.policy_config(base).expect("valid");
+        let keep = Cli::parse_from(["x"])
+            .policy
+            .policy_config(base)
+            .expect("valid");
         assert_eq!(keep.max_wait_s, Some(30.0));
         let bad = Cli::parse_from(["x", "--num-queues", "0"]).policy;
         assert!(matches!(

@@ -200,7 +200,10 @@ impl IndexTable {
     fn row_rank(&self, s: usize, row: usize, q: f64) -> f64 {
         let base = (s * self.age_rows + row) * Q_STEPS;
         interpolate(
-            self.qs.iter().copied().zip(self.rows[base..base + Q_STEPS].iter().copied()),
+            self.qs
+                .iter()
+                .copied()
+                .zip(self.rows[base..base + Q_STEPS].iter().copied()),
             q,
         )
     }
@@ -310,7 +313,8 @@ impl LogRegression {
         if self.n == 0.0 {
             return (0.0, 1.0);
         }
-        let beta = ((self.sxy + PRIOR_OBSERVATIONS) / (self.sxx + PRIOR_OBSERVATIONS)).clamp(0.0, 1.5);
+        let beta =
+            ((self.sxy + PRIOR_OBSERVATIONS) / (self.sxx + PRIOR_OBSERVATIONS)).clamp(0.0, 1.5);
         (self.mean_y - beta * self.mean_x, beta)
     }
     fn sigma(&self) -> f64 {
@@ -435,10 +439,7 @@ impl Gittins {
         let b = self.keyed;
         let prediction = self.predictions.get(&r.id()).copied().flatten();
         let (median_tokens, sigma) = match prediction {
-            Some(p) => (
-                (b.alpha + b.beta * f64::from(p.max(1)).ln()).exp(),
-                b.sigma,
-            ),
+            Some(p) => ((b.alpha + b.beta * f64::from(p.max(1)).ln()).exp(), b.sigma),
             None => (b.size_log_median.exp(), b.size_sigma),
         };
         let median_tokens = median_tokens.max(1.0);
@@ -446,8 +447,7 @@ impl Gittins {
         let accepted = r.acceptance.accepted_tokens as f64;
         let rejected = r.acceptance.drafted_tokens as f64 - accepted;
         let acceptance = (b.prior_a + accepted) / (b.prior_a + b.prior_b + accepted + rejected);
-        let s_per_token =
-            ctx.cost.sd_step_s(1, k) / (f64::from(k) * acceptance + 1.0).max(1.0);
+        let s_per_token = ctx.cost.sd_step_s(1, k) / (f64::from(k) * acceptance + 1.0).max(1.0);
         let prefill_s = if r.needs_prefill() {
             ctx.cost.prefill_s(r.context_tokens())
         } else {
@@ -636,7 +636,8 @@ mod tests {
         // Teach it that predictions are exact: sigma at its floor.
         for id in 100..140 {
             let mut r = RequestState::new(
-                crate::request::RequestSpec::new(id, 0.0, 10, 1000).with_predicted_output_tokens(50),
+                crate::request::RequestSpec::new(id, 0.0, 10, 1000)
+                    .with_predicted_output_tokens(50),
             );
             p.on_arrival(&r, 0.0);
             r.generated_tokens = 50;
@@ -708,6 +709,9 @@ mod tests {
         arrive(&mut f, 4, 0.0, Some(100));
         f.get_mut(4).prefilled = true;
         p.on_arrival(f.get(4), 0.0);
-        assert!(ctx_index(&f, &p, 4) > ctx_index(&f, &p, 3), "3 owes its prefill");
+        assert!(
+            ctx_index(&f, &p, 4) > ctx_index(&f, &p, 3),
+            "3 owes its prefill"
+        );
     }
 }

@@ -663,10 +663,12 @@ impl PolicySpec {
         let kind: PolicyKind = name.parse()?;
         let mut config = base.clone();
         for pair in settings.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').ok_or_else(|| CoreError::InvalidConfig {
-                field: "policy",
-                reason: format!("{pair:?} in {text:?}: expected setting=value"),
-            })?;
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| CoreError::InvalidConfig {
+                    field: "policy",
+                    reason: format!("{pair:?} in {text:?}: expected setting=value"),
+                })?;
             config.set(key, value)?;
         }
         Ok(Self { kind, config })

@@ -341,7 +341,6 @@ mod tests {
     #[test]
     fn profile_json_has_the_simulator_field_names() {
         let profile = CostProfile {
-            max_batch: None,
             model: "m".into(),
             draft: "self:8".into(),
             cost: fit(&[], &[]),
