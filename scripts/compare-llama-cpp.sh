@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peer in the end-to-end comparison (issue 5): llama.cpp's OpenAI-compatible server
+# The peer in the end-to-end comparison: llama.cpp's OpenAI-compatible server
 # (llama-cpp-python, built from source, `python -m llama_cpp.server`) on the same GGUF file, same
 # machine, same seeded `lapsd bench` workloads and rates as scripts/compare-policies.sh, with
 # llama.cpp's prompt-lookup drafting (its counterpart of lapsd's default `ngram` draft, k = 4).

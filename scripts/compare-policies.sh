@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end policy comparison on the real server (issue 5): for each scheduling policy, start
+# End-to-end policy comparison on the real server: for each scheduling policy, start
 # `lapsd serve --policy P` on the embedded default model, wait for /health, run the same seeded
 # `lapsd bench` workload at each rate, stop the server (SIGTERM, graceful drain), and collect the
 # JSON results under results/e2e/<workload>/; then draw mean/p99 latency vs rate (one line per
@@ -7,16 +7,17 @@
 #
 # Usage: scripts/compare-policies.sh [OUT_DIR]        (default: results/e2e)
 # Environment (defaults in brackets):
-#   POLICIES   policies to compare            ["fcfs las mlfq srpt trail laps-sd"]
+#   POLICIES   policies to compare, as `lapsd serve --policy` takes them (settings in brackets:
+#              "gittins laps-sd[las-phase=false,batch-formation=marginal]")
+#                                             ["fcfs las mlfq srpt trail laps-sd gittins"]
 #   RATES      request rates, req/s           ["0.3 1.0"]  (the second should build a queue)
 #   WORKLOADS  sharegpt and/or mbpp           ["sharegpt mbpp"]
 #   REQUESTS   requests per run               [100]
 #   SEED       workload seed                  [0]
 #   MAX_OUTPUT_TOKENS  cap on max_tokens      [128]
 #   PORT       server port                    [18080]
-#   MAX_WAIT_S --max-wait-s for the server    [0]  (0 = no aging: each policy as its source
-#              defines it; `lapsd serve` otherwise turns laps-sd into laps-sd-aging. Policies whose
-#              name contains "aging" or "plus" get the server's default instead.)
+#   MAX_WAIT_S --max-wait-s for the server    [30, the server's default]  (0 = no aging; a
+#              policy's own `[max-wait-s=...]` wins)
 #   SERVE_ARGS extra `lapsd serve` flags      [""]
 #   BENCH_ARGS extra `lapsd bench` flags      [""]
 #   LAPSD      the binary                     [target/release/lapsd]
@@ -30,14 +31,14 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 out_dir="${1:-results/e2e}"
-POLICIES="${POLICIES:-fcfs las mlfq srpt trail laps-sd}"
+POLICIES="${POLICIES:-fcfs las mlfq srpt trail laps-sd gittins}"
 RATES="${RATES:-0.3 1.0}"
 WORKLOADS="${WORKLOADS:-sharegpt mbpp}"
 REQUESTS="${REQUESTS:-100}"
 SEED="${SEED:-0}"
 MAX_OUTPUT_TOKENS="${MAX_OUTPUT_TOKENS:-128}"
 PORT="${PORT:-18080}"
-MAX_WAIT_S="${MAX_WAIT_S:-0}"
+MAX_WAIT_S="${MAX_WAIT_S:-30}"
 SERVE_ARGS="${SERVE_ARGS:-}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 LAPSD="${LAPSD:-target/release/lapsd}"
@@ -86,9 +87,10 @@ for workload in $WORKLOADS; do
             --max-output-tokens "$MAX_OUTPUT_TOKENS" --dry-run $BENCH_ARGS \
             --emit-sim-trace "$out_dir/$workload/sim-trace_rate${rate}.jsonl"
     done
-    for policy in $POLICIES; do
+    for spec in $POLICIES; do
         wait_flag=(--max-wait-s "$MAX_WAIT_S")
-        case "$policy" in *aging*|*plus*) wait_flag=() ;; esac
+        # File names: the spec with its brackets and settings spelled with '_' and '-'.
+        policy="$(printf '%s' "$spec" | tr '[],=' '__-_' | sed 's/_*$//')"
         log="$out_dir/$workload/logs/serve_${policy}.log"
         echo "== $workload / $policy: starting lapsd serve (log: $log)"
         # shellcheck disable=SC2086
@@ -96,7 +98,7 @@ for workload in $WORKLOADS; do
         # --from-step-log` fits, for scripts/sim-vs-serve.sh).
         steps_log="$out_dir/$workload/logs/steps_${policy}.jsonl"
         rm -f "$steps_log"
-        "$LAPSD" serve --policy "$policy" --port "$PORT" "${wait_flag[@]}" --step-log "$steps_log" \
+        "$LAPSD" serve --policy "$spec" --port "$PORT" "${wait_flag[@]}" --step-log "$steps_log" \
             $SERVE_ARGS >"$log" 2>&1 &
         server_pid=$!
         wait_for_health "$log"
@@ -105,7 +107,7 @@ for workload in $WORKLOADS; do
             echo "   rate $rate req/s -> $result"
             # shellcheck disable=SC2086
             "$LAPSD" bench --url "$url" $flags --rate "$rate" --requests "$REQUESTS" --seed "$SEED" \
-                --max-output-tokens "$MAX_OUTPUT_TOKENS" --label "$policy" --out "$result" \
+                --max-output-tokens "$MAX_OUTPUT_TOKENS" --label "$spec" --out "$result" \
                 --no-progress $BENCH_ARGS | tee "$out_dir/$workload/logs/bench_${policy}_rate${rate}.txt"
         done
         stop_server

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Engine benchmark (issue 3), side by side in one run on this machine; writes
+# Engine benchmark, side by side in one run on this machine; writes
 # results/engine-benchmark/{lapsd-generate.jsonl,calibrate-*.json,llama-cpp.jsonl} and prints a
 # summary. Not a test: timings depend on the machine and its load; run it on a quiet machine.
 #   1. target-only greedy decode tokens/s at batch 1 (`lapsd generate --draft none -k 0`), three

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Batch-1 target-only decode, lapsd against llama.cpp (issue 3's 0.8x goal), side by side: for each
+# Batch-1 target-only decode, lapsd against llama.cpp (goal: 0.8x of llama.cpp), side by side: for each
 # repeat, `lapsd generate --draft none` on the three prompts of scripts/engine-benchmark.sh, then
 # scripts/llama_cpp_bench.py on the same GGUF and prompts (one run). Writes
 # results/engine-benchmark/<model>/side-lapsd.jsonl and side-llama-cpp.jsonl and prints medians.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Closes the loop between the simulator and the real server (issue 5): for every served run of
+# Closes the loop between the simulator and the real server: for every served run of
 # scripts/compare-policies.sh, replay exactly the work the server did (arrival times, prompt
 # tokens (the server's count when recorded), the output tokens each request really produced, its
 # measured SD counters: drafted and

@@ -1,5 +1,5 @@
 //! Cost of one scheduling decision: one `schedule` + `update` with 10k queued requests, for every
-//! policy, at batch 1 and batch 32. Target (issue 2): <= 5 us per decision at batch 1.
+//! policy, at batch 1 and batch 32. Target: <= 5 us per decision at batch 1.
 //!
 //! Run: `cargo bench -p lapsd-core --bench decision`.
 

@@ -8,7 +8,7 @@ use anyhow::Context;
 use lapsd_core::length_model::TextLengthModel;
 use lapsd_core::policy::args::PolicyArgs;
 use lapsd_core::policy::SERVER_DEFAULT_MAX_WAIT_S;
-use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind};
+use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicySpec};
 
 use crate::server::{start, ServerConfig};
 
@@ -29,8 +29,9 @@ pub struct ServeArgs {
     /// Scheduling policy: gittins (default: the Gittins index of each request's posterior
     /// remaining time, the policy that wins the simulator's regime matrix, docs/scheduling.md),
     /// laps-sd (the paper's), fcfs, sjf, srpt, las, mlfq or trail. Settings (aging, batch
-    /// formation, LAPS-SD's knobs) are the flags below, the same as `lapsd sim`'s. `oracle`
-    /// exists only in the simulator.
+    /// formation, LAPS-SD's knobs) are the flags below, the same as `lapsd sim`'s, or in
+    /// brackets as in `lapsd sim --policy`: `laps-sd[las-phase=false]`. `oracle` exists only in
+    /// the simulator.
     #[arg(long, default_value = "gittins")]
     pub policy: String,
     /// Draft tokens per SD step (k); 0 = plain decoding.
@@ -105,11 +106,14 @@ pub fn resolve_model_path(flag: Option<PathBuf>) -> PathBuf {
 impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        let policy: PolicyKind = self.policy.parse()?;
-        let policy_config = self.policy_settings.policy_config(PolicyConfig {
+        let base = self.policy_settings.policy_config(PolicyConfig {
             max_wait_s: Some(SERVER_DEFAULT_MAX_WAIT_S),
             ..PolicyConfig::default()
         })?;
+        let PolicySpec {
+            kind: policy,
+            config: policy_config,
+        } = PolicySpec::parse(&self.policy, &base)?;
         let stability = self.policy_settings.stability()?;
         let cost = match &self.cost_profile {
             None => DEFAULT_COST,
@@ -233,6 +237,7 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
     use clap::Parser;
+    use lapsd_core::PolicyKind;
 
     #[derive(Parser)]
     struct Cli {
@@ -275,6 +280,9 @@ mod tests {
         let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd-mal"]);
         let err = cli.serve.to_config().expect_err("variant names are gone");
         assert!(err.to_string().contains("laps-sd-mal"), "{err}");
+        let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd[las-phase=false]"]);
+        let config = cli.serve.to_config().expect("valid");
+        assert!(!config.policy_config.las_phase);
         let cli = Cli::parse_from(["lapsd", "--max-wait-s", "-1"]);
         let err = cli.serve.to_config().expect_err("negative wait");
         assert!(err.to_string().contains("max_wait_s"), "{err}");

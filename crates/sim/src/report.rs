@@ -1,6 +1,6 @@
 //! Per-policy summary statistics of a run and their table / JSON / CSV renderings.
 //!
-//! JSON shape (issue 2): `{"results":[{"policy":..,"completed":..,"mean_latency_s":..,
+//! JSON shape: `{"results":[{"policy":..,"completed":..,"mean_latency_s":..,
 //! "p50_latency_s":..,"p90_latency_s":..,"p99_latency_s":..,"mean_ttft_s":..,
 //! "mean_normalized_latency_s_per_token":..,"throughput_rps":..,"preemptions":..}]}` plus context
 //! fields (workload, load, rate, predictor, ...).

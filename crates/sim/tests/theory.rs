@@ -1,4 +1,4 @@
-//! The simulator against single-server queueing theory (issue 2, "Evidence"): with SD off, batch
+//! The simulator against single-server queueing theory: with SD off, batch
 //! 1 and every step costing one unit, a request of L tokens is a job of L * STEP_S seconds, and
 //! Poisson arrivals make it an M/G/1 queue. FCFS must match M/M/1 and Pollaczek-Khinchine, LAS
 //! Kleinrock's FB formula, the oracle (true-remaining SRPT) Schrage-Miller.

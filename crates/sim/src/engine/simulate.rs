@@ -3,7 +3,7 @@
 //! member's accepted tokens, and feed the results back (`update`). An empty batch with requests
 //! still to arrive jumps to the next arrival.
 //!
-//! Step time (issue 2): `d_max * t_draft(b) + t_verify(b, sum of (d_i + 1))` when the batch has
+//! Step time `d_max * t_draft(b) + t_verify(b, sum of (d_i + 1))` when the batch has
 //! decoding members (b = their number, d_i = the draft tokens member i proposed this step, d_max
 //! the largest: draft passes run for the longest draft, the verification covers every member's own
 //! positions in one forward, as the engine does), plus `prefill_s(tokens)` of every prefill member
