@@ -16,8 +16,9 @@
 #   SEED       workload seed                  [0]
 #   MAX_OUTPUT_TOKENS  cap on max_tokens      [128]
 #   PORT       server port                    [18080]
-#   MAX_WAIT_S --max-wait-s for the server    [30, the server's default]  (0 = no aging; a
-#              policy's own `[max-wait-s=...]` wins)
+#   AGING      starvation-bound flags for the server ["", the server's default: relative
+#              bound --max-wait-factor 10]; e.g. "--max-wait-factor 0" for none. A policy's own
+#              `[max-wait-factor=...]` / `[max-wait-s=...]` wins
 #   SERVE_ARGS extra `lapsd serve` flags      [""]
 #   BENCH_ARGS extra `lapsd bench` flags      [""]
 #   LAPSD      the binary                     [target/release/lapsd]
@@ -38,7 +39,7 @@ REQUESTS="${REQUESTS:-100}"
 SEED="${SEED:-0}"
 MAX_OUTPUT_TOKENS="${MAX_OUTPUT_TOKENS:-128}"
 PORT="${PORT:-18080}"
-MAX_WAIT_S="${MAX_WAIT_S:-30}"
+AGING="${AGING:-}"
 SERVE_ARGS="${SERVE_ARGS:-}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 LAPSD="${LAPSD:-target/release/lapsd}"
@@ -88,7 +89,6 @@ for workload in $WORKLOADS; do
             --emit-sim-trace "$out_dir/$workload/sim-trace_rate${rate}.jsonl"
     done
     for spec in $POLICIES; do
-        wait_flag=(--max-wait-s "$MAX_WAIT_S")
         # File names: the spec with its brackets and settings spelled with '_' and '-'.
         policy="$(printf '%s' "$spec" | tr '[],=' '__-_' | sed 's/_*$//')"
         log="$out_dir/$workload/logs/serve_${policy}.log"
@@ -98,7 +98,7 @@ for workload in $WORKLOADS; do
         # --from-step-log` fits, for scripts/sim-vs-serve.sh).
         steps_log="$out_dir/$workload/logs/steps_${policy}.jsonl"
         rm -f "$steps_log"
-        "$LAPSD" serve --policy "$spec" --port "$PORT" "${wait_flag[@]}" --step-log "$steps_log" \
+        "$LAPSD" serve --policy "$spec" --port "$PORT" $AGING --step-log "$steps_log" \
             $SERVE_ARGS >"$log" 2>&1 &
         server_pid=$!
         wait_for_health "$log"

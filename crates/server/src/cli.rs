@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use lapsd_core::length_model::TextLengthModel;
 use lapsd_core::policy::args::PolicyArgs;
-use lapsd_core::policy::SERVER_DEFAULT_MAX_WAIT_S;
+use lapsd_core::policy::SERVER_DEFAULT_MAX_WAIT_FACTOR;
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicySpec};
 
 use crate::server::{start, ServerConfig};
@@ -58,9 +58,10 @@ pub struct ServeArgs {
     /// Name clients use in `model`; default: the model file stem (e.g. SmolLM2-135M-Instruct.Q4_1).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Policy settings, shared with `lapsd sim`. The server's starvation bound (--max-wait-s)
-    /// defaults to 30 s: a request that has not run for 30 s is served first, which keeps the
-    /// default policy's p99 near FCFS's (docs/scheduling.md); 0 turns it off.
+    /// Policy settings, shared with `lapsd sim`. The server's starvation bound defaults to
+    /// --max-wait-factor 10: a request that has not run for 10x the mean latency of recent
+    /// requests is served first, a safety net that costs the mean little on any machine
+    /// (docs/scheduling.md); --max-wait-factor 0 turns it off, --max-wait-s adds a fixed bound.
     #[command(flatten)]
     pub policy_settings: PolicyArgs,
     /// Cost profile written by `lapsd calibrate` (step costs LAPS-SD uses to estimate remaining
@@ -107,7 +108,7 @@ impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
         let base = self.policy_settings.policy_config(PolicyConfig {
-            max_wait_s: Some(SERVER_DEFAULT_MAX_WAIT_S),
+            max_wait_factor: Some(SERVER_DEFAULT_MAX_WAIT_FACTOR),
             ..PolicyConfig::default()
         })?;
         let PolicySpec {
@@ -251,16 +252,17 @@ mod tests {
         let config = cli.serve.to_config().expect("valid defaults");
         assert_eq!(config.policy, PolicyKind::Gittins);
         assert_eq!(config.policy, PolicyKind::SERVER_DEFAULT);
-        assert_eq!(config.policy_config.max_wait_s, Some(30.0));
+        assert_eq!(config.policy_config.max_wait_factor, Some(10.0));
+        assert_eq!(config.policy_config.max_wait_s, None);
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.port, 8000);
     }
 
     #[test]
     fn max_wait_zero_turns_aging_off_and_unknown_policy_fails() {
-        let cli = Cli::parse_from(["lapsd", "--max-wait-s", "0"]);
+        let cli = Cli::parse_from(["lapsd", "--max-wait-factor", "0"]);
         let config = cli.serve.to_config().expect("valid");
-        assert_eq!(config.policy_config.max_wait_s, None);
+        assert_eq!(config.policy_config.max_wait_factor, None);
         let cli = Cli::parse_from([
             "lapsd",
             "--policy",
@@ -276,7 +278,7 @@ mod tests {
             config.policy_config.tokens_per_step,
             lapsd_core::TokensPerStep::MeanAcceptedLength
         );
-        assert_eq!(config.policy_config.max_wait_s, Some(30.0));
+        assert_eq!(config.policy_config.max_wait_factor, Some(10.0));
         let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd-mal"]);
         let err = cli.serve.to_config().expect_err("variant names are gone");
         assert!(err.to_string().contains("laps-sd-mal"), "{err}");

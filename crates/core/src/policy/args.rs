@@ -13,6 +13,11 @@ pub struct PolicyArgs {
     /// served first until it finishes; 0 = off (default: off in `sim`, 30 s in `serve`).
     #[arg(long, value_name = "SECONDS")]
     pub max_wait_s: Option<f64>,
+    /// Relative starvation bound for any policy: a request that has not run for this many times
+    /// the mean latency of recently finished requests is served first; 0 = off (default: off in
+    /// `sim`; see `lapsd serve --help` for the server's).
+    #[arg(long, value_name = "FACTOR")]
+    pub max_wait_factor: Option<f64>,
     /// Batch formation for any policy: `full` fills every step; `marginal` lets a short queue run
     /// a smaller batch when the cost model says co-batching raises total latency (full again from
     /// --marginal-full-at-queue requests on, so throughput is never lost).
@@ -65,6 +70,15 @@ impl PolicyArgs {
                 });
             }
             c.max_wait_s = (w > 0.0).then_some(w);
+        }
+        if let Some(f) = self.max_wait_factor {
+            if !(f.is_finite() && f >= 0.0) {
+                return Err(CoreError::InvalidConfig {
+                    field: "max_wait_factor",
+                    reason: format!("must be a finite number >= 0, got {f}"),
+                });
+            }
+            c.max_wait_factor = (f > 0.0).then_some(f);
         }
         if let Some(v) = self.batch_formation {
             c.batch_formation = v;

@@ -5,23 +5,54 @@
 
 use super::queue::StarvationGuard;
 use super::{BatchBuilder, Policy, ScheduleContext};
-use crate::request::{RequestId, RequestState};
+use crate::request::{FinishReason, RequestId, RequestPhase, RequestState};
 
-/// Starvation bound: a request that has not run for `max_wait_s` is promoted ahead of every
+/// Starvation bound: a request that has not run for the bound is promoted ahead of every
 /// unpromoted one until it finishes (longest wait first; see `StarvationGuard` for why the
-/// promotion lasts). The wrapped ordering fills what is left of the batch.
+/// promotion lasts). The wrapped ordering fills what is left of the batch. The bound is
+/// `max_wait_s`, or `max_wait_factor` times the mean latency of recently finished requests
+/// (an exponential average over about [`LATENCY_AVERAGE_REQUESTS`] of them), whichever is
+/// shorter.
 pub struct Aging {
     inner: Box<dyn Policy>,
     guard: StarvationGuard,
-    max_wait_s: f64,
+    max_wait_s: Option<f64>,
+    max_wait_factor: Option<f64>,
+    mean_latency_s: Option<f64>,
 }
 
+/// Finished requests the relative bound's latency average spans (its time constant).
+pub const LATENCY_AVERAGE_REQUESTS: f64 = 200.0;
+
 impl Aging {
+    /// A fixed bound of `max_wait_s`.
     pub fn new(inner: Box<dyn Policy>, max_wait_s: f64) -> Self {
+        Self::with_bounds(inner, Some(max_wait_s), None)
+    }
+
+    pub fn with_bounds(
+        inner: Box<dyn Policy>,
+        max_wait_s: Option<f64>,
+        max_wait_factor: Option<f64>,
+    ) -> Self {
         Self {
             inner,
             guard: StarvationGuard::default(),
             max_wait_s,
+            max_wait_factor,
+            mean_latency_s: None,
+        }
+    }
+
+    /// The bound in force now (`None`: no bound yet, the relative one before any finish).
+    pub fn bound_s(&self) -> Option<f64> {
+        let relative = match (self.max_wait_factor, self.mean_latency_s) {
+            (Some(f), Some(l)) => Some(f * l),
+            _ => None,
+        };
+        match (self.max_wait_s, relative) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -40,10 +71,22 @@ impl Policy for Aging {
     }
     fn on_finish(&mut self, request: &RequestState) {
         self.guard.remove(request.id());
+        if matches!(
+            request.phase,
+            RequestPhase::Finished(FinishReason::Stop | FinishReason::Length)
+        ) {
+            let latency_s = (request.last_scheduled_s - request.spec.arrival_s).max(0.0);
+            self.mean_latency_s = Some(match self.mean_latency_s {
+                None => latency_s,
+                Some(m) => m + (latency_s - m) / LATENCY_AVERAGE_REQUESTS,
+            });
+        }
         self.inner.on_finish(request);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
-        self.guard.offer_starved(batch, ctx.now_s, self.max_wait_s);
+        if let Some(bound_s) = self.bound_s() {
+            self.guard.offer_starved(batch, ctx.now_s, bound_s);
+        }
         self.inner.select(ctx, batch);
     }
     fn kv_victim(&self, ctx: &ScheduleContext<'_>, resident: &[RequestId]) -> Option<RequestId> {
@@ -117,6 +160,26 @@ mod tests {
         f.now_s = 0.6;
         assert_eq!(f.select(&mut p), vec![1], "waited 0.6 s > 0.5 s");
         assert_eq!(p.name(), "srpt");
+    }
+
+    #[test]
+    fn the_relative_bound_follows_the_finished_requests_latency() {
+        let mut f = Fixture::new(1);
+        let mut p = Aging::with_bounds(Box::<Srpt>::default(), Some(100.0), Some(2.0));
+        assert_eq!(p.bound_s(), Some(100.0), "no finish yet: the fixed bound");
+        arrive(&mut f, 1, 0.0, 10, 10);
+        f.announce(&mut p);
+        f.get_mut(1).last_scheduled_s = 3.0;
+        f.get_mut(1).phase = RequestPhase::Finished(FinishReason::Stop);
+        p.on_finish(f.get(1));
+        assert_eq!(p.bound_s(), Some(6.0), "2 x the 3 s latency");
+        // A cancelled request says nothing about latency.
+        arrive(&mut f, 2, 0.0, 10, 10);
+        p.on_arrival(f.get(2), 0.0);
+        f.get_mut(2).last_scheduled_s = 50.0;
+        f.get_mut(2).phase = RequestPhase::Finished(FinishReason::Cancelled);
+        p.on_finish(f.get(2));
+        assert_eq!(p.bound_s(), Some(6.0));
     }
 
     fn marginal(full_at_queue: usize) -> MarginalFormation {

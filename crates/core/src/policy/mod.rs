@@ -424,9 +424,15 @@ pub struct PolicyConfig {
     /// (default 0.5).
     pub trail_no_preempt_fraction: f64,
     /// Starvation bound (aging), any ordering: a request that has not run for this long is
-    /// served first until it finishes. `None` = off (default in the simulator; the server's
-    /// default is [`SERVER_DEFAULT_MAX_WAIT_S`]).
+    /// served first until it finishes. `None` = off (the default; the server's default bound is
+    /// the relative one, [`SERVER_DEFAULT_MAX_WAIT_FACTOR`]).
     pub max_wait_s: Option<f64>,
+    /// Relative starvation bound, any ordering: a request that has not run for this many times
+    /// the mean latency of recently finished requests is served first until it finishes (scale
+    /// free: the same setting bounds the tail on a GPU and on 2 CPU cores). `None` = off. With
+    /// `max_wait_s` as well, whichever bound is shorter applies. Off by default; the server turns
+    /// it on ([`SERVER_DEFAULT_MAX_WAIT_FACTOR`]).
+    pub max_wait_factor: Option<f64>,
     /// How batches are formed (default full).
     pub batch_formation: BatchFormation,
     /// Marginal formation applies only below this many requests in the system (default 16).
@@ -441,9 +447,12 @@ pub struct PolicyConfig {
     pub las_phase: bool,
 }
 
-/// The server's default starvation bound: at the loads the regime matrix covers, the p99 of the
-/// default policy stays within 1.5x of FCFS's with it (docs/scheduling.md).
-pub const SERVER_DEFAULT_MAX_WAIT_S: f64 = 30.0;
+/// The server's default starvation bound, relative: a request that has not run for 10x the mean
+/// latency of recent requests goes first. A safety net against indefinite starvation that costs
+/// the mean little; it does not by itself hold p99 near FCFS's (docs/scheduling.md measures
+/// both). A fixed bound in seconds is wrong on one machine or the other: 30 s turned a size-based
+/// policy into FCFS on 2 CPU cores at 95% load, and never acts on a GPU.
+pub const SERVER_DEFAULT_MAX_WAIT_FACTOR: f64 = 10.0;
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -452,6 +461,7 @@ impl Default for PolicyConfig {
             first_threshold_passes: 16,
             trail_no_preempt_fraction: 0.5,
             max_wait_s: None,
+            max_wait_factor: None,
             batch_formation: BatchFormation::Full,
             marginal_full_at_queue: 16,
             perceptible_placement: laps_sd::PerceptiblePlacement::WithinQueue,
@@ -490,6 +500,14 @@ impl PolicyConfig {
                 });
             }
         }
+        if let Some(f) = self.max_wait_factor {
+            if !(f.is_finite() && f > 0.0) {
+                return Err(CoreError::InvalidConfig {
+                    field: "max_wait_factor",
+                    reason: format!("must be a finite number > 0, got {f}"),
+                });
+            }
+        }
         if self.marginal_full_at_queue == 0 {
             return Err(CoreError::InvalidConfig {
                 field: "marginal_full_at_queue",
@@ -505,6 +523,9 @@ impl PolicyConfig {
         let mut out = Vec::new();
         if let Some(w) = self.max_wait_s {
             out.push(format!("max-wait-s={w}"));
+        }
+        if let Some(f) = self.max_wait_factor {
+            out.push(format!("max-wait-factor={f}"));
         }
         if self.batch_formation != d.batch_formation {
             out.push("batch-formation=marginal".to_string());
@@ -566,6 +587,10 @@ impl PolicyConfig {
                 let w: f64 = parse("max_wait_s", value)?;
                 self.max_wait_s = (w > 0.0).then_some(w);
             }
+            "max-wait-factor" => {
+                let f: f64 = parse("max_wait_factor", value)?;
+                self.max_wait_factor = (f > 0.0).then_some(f);
+            }
             "batch-formation" => {
                 self.batch_formation = match value.trim() {
                     "full" => BatchFormation::Full,
@@ -609,7 +634,7 @@ impl PolicyConfig {
                 return Err(CoreError::InvalidConfig {
                     field: "setting",
                     reason: format!(
-                        "unknown setting {other:?} (expected max-wait-s, batch-formation, \
+                        "unknown setting {other:?} (expected max-wait-s, max-wait-factor, batch-formation, \
                          marginal-full-at-queue, perceptible-placement, tokens-per-step, \
                          las-phase, num-queues, first-threshold-passes, \
                          trail-no-preempt-fraction)"
@@ -731,9 +756,14 @@ pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn P
         })),
         PolicyKind::Gittins => Box::new(gittins::Gittins::new()),
     };
-    let aged: Box<dyn Policy> = match config.max_wait_s {
-        Some(max_wait_s) => Box::new(compose::Aging::new(ordering, max_wait_s)),
-        None => ordering,
+    let aged: Box<dyn Policy> = if config.max_wait_s.is_some() || config.max_wait_factor.is_some() {
+        Box::new(compose::Aging::with_bounds(
+            ordering,
+            config.max_wait_s,
+            config.max_wait_factor,
+        ))
+    } else {
+        ordering
     };
     Ok(match config.batch_formation {
         BatchFormation::Full => aged,
