@@ -285,7 +285,7 @@ mod tests {
         let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd[las-phase=false]"]);
         let config = cli.serve.to_config().expect("valid");
         assert!(!config.policy_config.las_phase);
-        let cli = Cli::parse_from(["lapsd", "--max-wait-s", "-1"]);
+        let cli = Cli::parse_from(["lapsd", "--max-wait-s=-1"]);
         let err = cli.serve.to_config().expect_err("negative wait");
         assert!(err.to_string().contains("max_wait_s"), "{err}");
         let cli = Cli::parse_from(["lapsd", "--policy", "fcfs"]);

@@ -81,7 +81,7 @@ pub struct SimArgs {
     /// Arrival rate in requests per second.
     #[arg(long, conflicts_with_all = ["load", "loads"])]
     pub rate: Option<f64>,
-    /// Target utilisation; the rate is load / mean full-batch service time (see docs/sim-results.md).
+    /// Target utilisation; the rate is load / mean full-batch service time (see docs/scheduling.md).
     #[arg(long, conflicts_with = "loads")]
     pub load: Option<f64>,
     /// Comma-separated loads to sweep (e.g. 0.5,0.6,0.7,0.8,0.9).

@@ -5,7 +5,7 @@
 //! (Austin et al., 2021) and Mini Thinky (Nguyen, 2024). None of them is reachable from here (see
 //! shared/models-and-data.md), and the paper does not publish its length or acceptance
 //! statistics, so every parameter below is an ASSUMPTION, chosen from the nature of each dataset
-//! and stated with its reason; docs/sim-results.md repeats the table. Lengths are in tokens.
+//! and stated with its reason; docs/scheduling.md lists them. Lengths are in tokens.
 
 use rand::Rng;
 use rand_distr::{Beta, Distribution, Exp, LogNormal};
@@ -197,7 +197,7 @@ impl WorkloadKind {
     }
 
     /// The profile of this workload (all parameters are documented assumptions, see the module
-    /// header and docs/sim-results.md).
+    /// header and docs/scheduling.md).
     pub fn profile(&self) -> WorkloadProfile {
         match self {
             // Chat instructions (Alpaca/Dolly-style one-turn prompts): prompts of a sentence or two,
