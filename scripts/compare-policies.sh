@@ -17,7 +17,7 @@
 #   MAX_OUTPUT_TOKENS  cap on max_tokens      [128]
 #   PORT       server port                    [18080]
 #   AGING      starvation-bound flags for the server ["", the server's default: relative
-#              bound --max-wait-factor 10]; e.g. "--max-wait-factor 0" for none. A policy's own
+#              bound --max-wait-factor 100]; e.g. "--max-wait-factor 0" for none. A policy's own
 #              `[max-wait-factor=...]` / `[max-wait-s=...]` wins
 #   SERVE_ARGS extra `lapsd serve` flags      [""]
 #   BENCH_ARGS extra `lapsd bench` flags      [""]

@@ -59,9 +59,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub served_model_name: Option<String>,
     /// Policy settings, shared with `lapsd sim`. The server's starvation bound defaults to
-    /// --max-wait-factor 10: a request that has not run for 10x the mean latency of recent
-    /// requests is served first, a safety net that costs the mean little on any machine
-    /// (docs/scheduling.md); --max-wait-factor 0 turns it off, --max-wait-s adds a fixed bound.
+    /// --max-wait-factor 100: a request that has not run for 100x the mean latency of recent
+    /// requests is served first, a safety net against starvation under overload that costs the
+    /// mean little on any machine (tighter bounds cost it dearly and do not bring p99 to FCFS's:
+    /// docs/scheduling.md); --max-wait-factor 0 turns it off, --max-wait-s adds a fixed bound.
     #[command(flatten)]
     pub policy_settings: PolicyArgs,
     /// Cost profile written by `lapsd calibrate` (step costs LAPS-SD uses to estimate remaining
@@ -252,7 +253,7 @@ mod tests {
         let config = cli.serve.to_config().expect("valid defaults");
         assert_eq!(config.policy, PolicyKind::Gittins);
         assert_eq!(config.policy, PolicyKind::SERVER_DEFAULT);
-        assert_eq!(config.policy_config.max_wait_factor, Some(10.0));
+        assert_eq!(config.policy_config.max_wait_factor, Some(100.0));
         assert_eq!(config.policy_config.max_wait_s, None);
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.port, 8000);
@@ -278,7 +279,7 @@ mod tests {
             config.policy_config.tokens_per_step,
             lapsd_core::TokensPerStep::MeanAcceptedLength
         );
-        assert_eq!(config.policy_config.max_wait_factor, Some(10.0));
+        assert_eq!(config.policy_config.max_wait_factor, Some(100.0));
         let cli = Cli::parse_from(["lapsd", "--policy", "laps-sd-mal"]);
         let err = cli.serve.to_config().expect_err("variant names are gone");
         assert!(err.to_string().contains("laps-sd-mal"), "{err}");
