@@ -25,8 +25,8 @@
 //! inter-queue rule), newcomers keep the short exploration phase that makes them perceptible
 //! (ordering them behind every known-remaining request would starve them before their size is
 //! learnt), and inside a queue the semi-clairvoyant order applies to those whose estimate exists.
-//! Ablations: `laps-sd-perceptible-first` (every perceptible request, by T, ahead of every
-//! non-perceptible one) and `laps-sd-perceptible-last` (behind every non-perceptible one).
+//! Ablations (`perceptible_placement`): `laps-sd[perceptible-placement=first]` (every perceptible request, by T, ahead of every
+//! non-perceptible one) and `laps-sd[perceptible-placement=last]` (behind every non-perceptible one).
 //!
 //! Settings (fields of `PolicyConfig`, never changing the default reading above):
 //! `tokens_per_step = mean-accepted-length` estimates tokens per step from the measured mean
