@@ -120,7 +120,7 @@ fn incremental_decoding_matches_one_full_forward() {
 /// the activations (which the quantized kernels round to 8 bits at every layer): per position, the
 /// largest logit difference relative to the logits' scale is on average within 8% and nowhere
 /// above 20%, and the greedy token is the same at nine positions in ten or more. Measured: on the
-/// CPU of sessions 4-5 at most 5.4% (chat-template tokens); on an AVX-512 Xeon (session 6, same
+/// CPU of rounds 4-5 at most 5.4% (chat-template tokens); on an AVX-512 Xeon (round 6, same
 /// code and model file) up to 13.1% at single positions, 4.5% and 5.3% on average per text. A
 /// wrong weight, layout or RoPE gives differences of the logits' own size and other greedy tokens.
 #[test]
