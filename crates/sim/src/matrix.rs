@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 
 use lapsd_core::cost::{CostProfile, MeasuredCost};
 use lapsd_core::{PolicyKind, PolicySpec, SchedulerConfig};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
 use crate::acceptance::AcceptanceModel;
 use crate::arrivals::{scale_to_rate, ArrivalProcess};
 use crate::error::SimError;
 use crate::prediction::PredictorChoice;
 use crate::report::PolicyResult;
-use crate::run::{mean_service_s, ArrivalRate, Experiment, RequestSource};
+use crate::run::{mean_service_s, stream_rng, ArrivalRate, Experiment, RequestSource};
 use crate::trace::TraceRecord;
 use crate::workload::{BetaParams, RequestSize, WorkloadKind, WorkloadProfile};
 
@@ -186,12 +185,6 @@ pub struct PolicySummary {
     pub throughput_failures: usize,
     /// Regimes in which it was the best non-oracle policy (ties within 0.1% count).
     pub wins: usize,
-}
-
-fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(stream);
-    rng
 }
 
 impl MatrixConfig {

@@ -73,7 +73,8 @@ pub struct Experiment {
     pub jobs: usize,
 }
 
-fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+/// An independent random stream of `seed` (the experiment's and the matrix's draws).
+pub(crate) fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     rng

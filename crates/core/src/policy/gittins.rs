@@ -418,9 +418,10 @@ impl Gittins {
         } else {
             (1.0, 1.0)
         };
+        let (alpha, beta) = self.regression.alpha_beta();
         Beliefs {
-            alpha: self.regression.alpha_beta().0,
-            beta: self.regression.alpha_beta().1,
+            alpha,
+            beta,
             sigma: self.regression.sigma(),
             size_log_median: self.size_stats.mean,
             size_sigma: self.size_stats.sigma(),
