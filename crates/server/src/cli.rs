@@ -10,16 +10,24 @@ use lapsd_core::policy::args::PolicyArgs;
 use lapsd_core::policy::SERVER_DEFAULT_MAX_WAIT_FACTOR;
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicySpec};
 
+use crate::edge::{
+    ApiKeys, HttpConfig, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES,
+};
 use crate::server::{start, ServerConfig};
 
-/// Default model: the embedded SmolLM2-135M-Instruct (fetched by `scripts/fetch-models.sh`).
-pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Default model file: the embedded SmolLM2-135M-Instruct (fetched by `scripts/fetch-models.sh`
+/// into `models/`), looked for where [`default_model_candidates`] says.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Environment variable with API keys (comma-separated), added to `--api-key`.
+pub const API_KEY_ENV: &str = "LAPSD_API_KEY";
 /// Default draft method when `--draft` is omitted: prompt-lookup n-grams (no draft model needed).
 pub const DEFAULT_DRAFT: &str = "ngram";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Target model (GGUF). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct.
+    /// Target model (GGUF). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct
+    /// found in $LAPSD_MODEL_DIR, else in models/ beside the executable or up to two levels
+    /// above it (target/release/lapsd in a checkout), else in ./models.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Draft method: none, ngram[:N], self:N (first N target layers) or a draft .gguf path,
@@ -58,6 +66,27 @@ pub struct ServeArgs {
     /// Name clients use in `model`; default: the model file stem (e.g. SmolLM2-135M-Instruct.Q4_1).
     #[arg(long)]
     pub served_model_name: Option<String>,
+    /// API key every /v1/* request must send as `Authorization: Bearer KEY` (repeatable; keys
+    /// in $LAPSD_API_KEY, comma-separated, are added). Without any key, no authentication.
+    /// /health and /metrics stay open.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// Host names the Host header may carry (comma-separated, any port; `*` = any). Default:
+    /// localhost, 127.0.0.1 and ::1 when bound to a loopback address (a guard against DNS
+    /// rebinding), any host otherwise. Others get 403.
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Origin allowed to call the API from a browser (repeatable; `*` = any). Without it no
+    /// CORS headers are sent, so browsers refuse cross-origin calls.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Seconds a client has to send a request's headers; idle keep-alive connections are
+    /// closed after as long.
+    #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT_S)]
+    pub header_timeout_s: f64,
+    /// Seconds a client has to send a request's body (408 past it).
+    #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT_S)]
+    pub body_timeout_s: f64,
     /// Policy settings, shared with `lapsd sim`. The server's starvation bound defaults to
     /// --max-wait-factor 100: a request that has not run for 100x the mean latency of recent
     /// requests is served first, a safety net against starvation under overload that costs the
@@ -99,13 +128,63 @@ pub const DEFAULT_COST: LinearCost = LinearCost {
     prefill_per_token_s: 0.0005,
 };
 
-/// The model path: the flag, else $LAPSD_MODEL, else the embedded default.
-pub fn resolve_model_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("LAPSD_MODEL").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_PATH))
+/// Where the embedded default model is looked for, in order: `$LAPSD_MODEL_DIR`, then `models/`
+/// beside the executable and one and two levels above it (an installed `bin/lapsd` with
+/// `models/` next to `bin/`; `target/release/lapsd` in a checkout), then `./models`. So
+/// `lapsd serve` finds the model whatever the working directory.
+pub fn default_model_candidates(
+    model_dir_env: Option<PathBuf>,
+    exe: Option<PathBuf>,
+) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = model_dir_env.into_iter().collect();
+    if let Some(exe_dir) = exe.as_deref().and_then(std::path::Path::parent) {
+        dirs.extend(exe_dir.ancestors().take(3).map(|dir| dir.join("models")));
+    }
+    dirs.push(PathBuf::from("models"));
+    dirs.into_iter()
+        .map(|d| d.join(DEFAULT_MODEL_FILE))
+        .collect()
+}
+
+/// The model path: the flag, else $LAPSD_MODEL, else the first default candidate that exists;
+/// an error listing the candidates when none does.
+pub fn resolve_model_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag.or_else(|| std::env::var_os("LAPSD_MODEL").map(PathBuf::from)) {
+        if !path.exists() {
+            anyhow::bail!("model file {} not found", path.display());
+        }
+        return Ok(path);
+    }
+    let candidates = default_model_candidates(
+        std::env::var_os("LAPSD_MODEL_DIR").map(PathBuf::from),
+        std::env::current_exe().ok(),
+    );
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            anyhow::anyhow!(
+                "model file {DEFAULT_MODEL_FILE} not found (looked in: {}): run scripts/fetch-models.sh, or pass --model, or set LAPSD_MODEL or LAPSD_MODEL_DIR",
+                tried.join(", ")
+            )
+        })
 }
 
 impl ServeArgs {
+    /// The HTTP edge settings; `env_keys` is the value of $LAPSD_API_KEY, if set.
+    pub fn http_config(&self, env_keys: Option<&str>) -> HttpConfig {
+        HttpConfig {
+            api_keys: ApiKeys::new(self.api_keys.iter().map(String::as_str).chain(env_keys)),
+            allowed_hosts: self.allowed_hosts.clone(),
+            cors_origins: self.cors_origins.clone(),
+            header_timeout_s: self.header_timeout_s,
+            body_timeout_s: self.body_timeout_s,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
     /// The server configuration these flags describe.
     pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
         let base = self.policy_settings.policy_config(PolicyConfig {
@@ -147,6 +226,7 @@ impl ServeArgs {
             shutdown_timeout_s: self.shutdown_timeout_s,
             step_log: self.step_log.clone(),
             length_model,
+            http: self.http_config(std::env::var(API_KEY_ENV).ok().as_deref()),
         })
     }
 }
@@ -178,11 +258,11 @@ pub fn load_length_model(path: &std::path::Path) -> anyhow::Result<TextLengthMod
 /// `lapsd serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
-    let model_path = resolve_model_path(args.model.clone());
-    if !model_path.exists() {
-        anyhow::bail!(
-            "model file {} not found: run scripts/fetch-models.sh (or pass --model / set LAPSD_MODEL)",
-            model_path.display()
+    let model_path = resolve_model_path(args.model.clone())?;
+    if config.http.api_keys.is_empty() && !is_loopback_host(&config.host) {
+        tracing::warn!(
+            host = %config.host,
+            "serving on a non-loopback address without --api-key: anyone who can reach it can use it"
         );
     }
     let draft = args
@@ -200,11 +280,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("building the tokio runtime")?;
     runtime.block_on(async move {
-        let handle = start(config, loader, shutdown_signal()).await?;
+        let handle = start(config, loader, shutdown_then_arm_force_exit()).await?;
         eprintln!("lapsd serve: listening on http://{}", handle.local_addr);
         handle.wait().await?;
         Ok(())
     })
+}
+
+/// Whether `host` (the bind address) is a loopback address or `localhost`.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Exit status after a second shutdown signal (128 + SIGINT, the shell's convention).
+const FORCED_EXIT_STATUS: i32 = 130;
+
+/// Resolves on the first Ctrl-C or SIGTERM (the graceful drain starts) after arming the
+/// second: an operator who signals again does not want to wait for the drain, so the process
+/// exits at once.
+async fn shutdown_then_arm_force_exit() {
+    shutdown_signal().await;
+    eprintln!("lapsd serve: shutting down, draining in-flight requests (signal again to exit now)");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("lapsd serve: second signal, exiting without draining");
+        std::process::exit(FORCED_EXIT_STATUS);
+    });
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -297,6 +402,58 @@ mod tests {
         let cli = Cli::parse_from(["lapsd", "--policy", "lottery"]);
         let err = cli.serve.to_config().expect_err("unknown policy");
         assert!(err.to_string().contains("lottery"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_come_from_flags_and_env_and_edge_flags_parse() {
+        let cli = Cli::parse_from([
+            "lapsd",
+            "--api-key",
+            "k1",
+            "--api-key",
+            "k2",
+            "--allowed-hosts",
+            "a.example,b.example",
+            "--cors-origin",
+            "http://ui.example",
+            "--header-timeout-s",
+            "2.5",
+        ]);
+        let http = cli.serve.http_config(Some("k3,k4,"));
+        assert_eq!(http.api_keys, ApiKeys::new(["k1", "k2", "k3", "k4"]));
+        assert!(http.api_keys.accepts("k4") && !http.api_keys.accepts(""));
+        assert_eq!(
+            http.allowed_hosts,
+            Some(vec!["a.example".to_string(), "b.example".to_string()])
+        );
+        assert_eq!(http.cors_origins, vec!["http://ui.example".to_string()]);
+        assert_eq!(http.header_timeout_s, 2.5);
+        assert_eq!(http.body_timeout_s, DEFAULT_BODY_TIMEOUT_S);
+        let defaults = Cli::parse_from(["lapsd"]).serve.http_config(None);
+        assert!(defaults.api_keys.is_empty());
+        assert_eq!(defaults.allowed_hosts, None);
+        assert!(defaults.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn default_model_is_looked_for_beside_the_executable_not_only_in_the_cwd() {
+        let candidates = default_model_candidates(
+            Some(PathBuf::from("/opt/models")),
+            Some(PathBuf::from("/repo/target/release/lapsd")),
+        );
+        let expected: Vec<PathBuf> = [
+            "/opt/models",
+            "/repo/target/release/models",
+            "/repo/target/models",
+            "/repo/models",
+            "models",
+        ]
+        .iter()
+        .map(|d| PathBuf::from(d).join(DEFAULT_MODEL_FILE))
+        .collect();
+        assert_eq!(candidates, expected);
+        assert!(is_loopback_host("127.0.0.1") && is_loopback_host("::1"));
+        assert!(is_loopback_host("localhost") && !is_loopback_host("0.0.0.0"));
     }
 
     #[test]

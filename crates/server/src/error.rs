@@ -2,7 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}`. Client errors (4xx) say what was wrong and
 //! name the field; server errors (5xx) are logged in full and answered with a generic message.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -23,9 +23,25 @@ pub enum ApiError {
     /// No route for this path (404).
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
+    /// The path exists but not for this method (405).
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// A missing or wrong `Authorization: Bearer` key on a `/v1/*` route (401).
+    #[error("{message}")]
+    Unauthorized { message: String },
+    /// The `Host` header names a host this server does not answer for (403): the guard against
+    /// DNS rebinding of a loopback server.
+    #[error("{message}")]
+    HostNotAllowed { message: String },
+    /// A POST body that is not declared as JSON (415).
+    #[error("Content-Type must be application/json, got {got}")]
+    UnsupportedMediaType { got: String },
     /// The request body exceeds the size limit (413).
     #[error("request body too large: {message}")]
     PayloadTooLarge { message: String },
+    /// The request body did not arrive within the body read timeout (408).
+    #[error("the request body did not arrive within {timeout_s} s")]
+    BodyTimeout { timeout_s: f64 },
     /// The admission queue is full (429).
     #[error("the server is at capacity ({max_queue} requests in flight); retry later")]
     QueueFull { max_queue: usize },
@@ -52,7 +68,12 @@ impl ApiError {
             ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::HostNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,7 +86,12 @@ impl ApiError {
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::ModelNotFound { .. } => "model_not_found",
             ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Unauthorized { .. } => "invalid_api_key",
+            ApiError::HostNotAllowed { .. } => "host_not_allowed",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Internal { .. } => "internal",
@@ -80,6 +106,15 @@ impl ApiError {
             }
             ApiError::ModelNotFound { .. } => ("invalid_request_error", Some("model_not_found")),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", Some("not_found")),
+            ApiError::MethodNotAllowed { .. } => {
+                ("invalid_request_error", Some("method_not_allowed"))
+            }
+            ApiError::Unauthorized { .. } => ("invalid_request_error", Some("invalid_api_key")),
+            ApiError::HostNotAllowed { .. } => ("invalid_request_error", Some("host_not_allowed")),
+            ApiError::UnsupportedMediaType { .. } => {
+                ("invalid_request_error", Some("unsupported_media_type"))
+            }
+            ApiError::BodyTimeout { .. } => ("invalid_request_error", Some("request_timeout")),
             ApiError::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
             ApiError::ShuttingDown => ("server_error", Some("shutting_down")),
             ApiError::Internal { .. } => ("server_error", None),
@@ -119,6 +154,10 @@ pub struct ErrorDetail {
     pub code: Option<String>,
 }
 
+/// Seconds a client told 429 waits before retrying: requests of the small default model finish
+/// within seconds, and a fixed short hint keeps well-behaved clients from hammering the queue.
+pub const RETRY_AFTER_S: u32 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -127,7 +166,25 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(kind = self.kind(), error = %self, "request rejected");
         }
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::QueueFull { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+            }
+            ApiError::Unauthorized { .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The body was not (fully) read, or the server is going away: the connection cannot
+            // carry another request, and saying so lets the client open a fresh one.
+            ApiError::PayloadTooLarge { .. }
+            | ApiError::BodyTimeout { .. }
+            | ApiError::ShuttingDown => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

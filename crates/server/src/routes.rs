@@ -1,20 +1,20 @@
 //! HTTP routes (axum 0.8): `POST /v1/completions`, `POST /v1/chat/completions` (JSON or SSE with
-//! `stream: true`, ending in `data: [DONE]`), `GET /v1/models`, `GET /health`, `GET /metrics`, and a
-//! JSON 404 for anything else. Handlers validate, take an admission slot (429 when none is
+//! `stream: true`, ending in `data: [DONE]`), `GET /v1/models`, `GET /v1/models/{id}`, `GET
+//! /health`, `GET /metrics`, and OpenAI error bodies for unknown routes (404) and methods (405). Handlers validate, take an admission slot (429 when none is
 //! free), hand the request to the engine worker and relay its events; dropping the event receiver
 //! (client gone) cancels the request in the worker.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -24,8 +24,9 @@ use crate::api::openai::{
     ChatCompletionResponse, ChatDelta, CompletionChoice, CompletionRequest, CompletionResponse,
     ModelList, ModelObject,
 };
+use crate::edge::{self, BodyTimeout, EdgeState, HttpConfig};
 use crate::engine_worker::WorkerCommand;
-use crate::error::ApiError;
+use crate::error::{ApiError, ServerError};
 use crate::inflight::{FinishedInfo, GenerateCommand, ResponseEvent};
 use crate::metrics::Metrics;
 use crate::validation::{ValidRequest, Validator};
@@ -47,15 +48,30 @@ pub struct AppState {
     pub next_response_id: Arc<AtomicU64>,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The routes behind the edge guard (host, shutdown, API key, body checks), with the body limit
+/// and read timeout the JSON extractor applies, and CORS outermost when origins are configured
+/// (a browser's preflight carries no API key, so it must be answered before the guard).
+pub fn router(state: AppState, edge: EdgeState, http: &HttpConfig) -> Result<Router, ServerError> {
+    let app = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        // `*` so that a served name containing `/` (org/model) is one id.
+        .route("/v1/models/{*id}", get(model_by_id))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(Extension(BodyTimeout(Duration::from_secs_f64(
+            http.body_timeout_s,
+        ))))
+        .layer(middleware::from_fn_with_state(edge, edge::guard));
+    Ok(match edge::cors_layer(&http.cors_origins)? {
+        Some(cors) => app.layer(cors),
+        None => app,
+    })
 }
 
 fn unix_now_s() -> u64 {
@@ -362,17 +378,38 @@ async fn chat_completions(
         .into_response())
 }
 
+impl AppState {
+    fn model_object(&self) -> ModelObject {
+        ModelObject {
+            id: self.validator.card.name.clone(),
+            object: "model".into(),
+            created: self.created_unix_s,
+            owned_by: "lapsd".into(),
+            max_model_len: self.validator.card.context_length,
+        }
+    }
+}
+
 async fn models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
-        data: vec![ModelObject {
-            id: state.validator.card.name.clone(),
-            object: "model".into(),
-            created: state.created_unix_s,
-            owned_by: "lapsd".into(),
-            max_model_len: state.validator.card.context_length,
-        }],
+        data: vec![state.model_object()],
     })
+}
+
+/// `GET /v1/models/{id}`: the model object, or 404 `model_not_found`.
+async fn model_by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    if id == state.validator.card.name {
+        Ok(Json(state.model_object()))
+    } else {
+        Err(ApiError::ModelNotFound {
+            requested: id,
+            served: state.validator.card.name.clone(),
+        })
+    }
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -407,6 +444,13 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_string(),
     }

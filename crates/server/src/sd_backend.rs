@@ -15,7 +15,10 @@ use lapsd_engine::{EngineError, Tokenizer};
 
 use crate::backend::{Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams};
 use crate::error::ServerError;
-use crate::model_text::{ModelCard, ModelText};
+use crate::model_text::{
+    special_chunks, special_in_contents, split_rendered, ChatPromptError, Chunk, ModelCard,
+    ModelText,
+};
 use crate::server::{LoadedModel, ModelLoader};
 
 /// What to load.
@@ -52,7 +55,7 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
         name: spec
             .served_model_name
             .clone()
-            .unwrap_or_else(|| info.name.clone()),
+            .unwrap_or_else(|| served_name_of(&spec.model_path)),
         context_length: u32::try_from(info.context_length).unwrap_or(u32::MAX),
         vocab_size: u32::try_from(info.vocab_size).unwrap_or(u32::MAX),
         eos_token_ids: info.eos_token_ids.clone(),
@@ -71,19 +74,70 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
             engine,
             ids: HashSet::new(),
         }),
-        text: Arc::new(EngineText {
-            tokenizer,
-            chat_template,
-        }),
+        text: Arc::new(EngineText::new(tokenizer, chat_template)),
         card,
         draft_name: spec.draft.to_string(),
     })
+}
+
+/// The default served name: the model file's stem (`SmolLM2-135M-Instruct.Q4_1`), what
+/// `--help` promises and what a client can read off the command line; the GGUF
+/// `general.name` is often generic or absent.
+pub fn served_name_of(model_path: &std::path::Path) -> String {
+    model_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "model".to_string())
 }
 
 /// The engine tokenizer as [`ModelText`].
 pub struct EngineText {
     tokenizer: Tokenizer,
     chat_template: ChatTemplate,
+    /// The same tokenizer with special-token matching off: message contents go through it.
+    plain: tokenizers::Tokenizer,
+    /// Special tokens' text and id, for finding the template's markers.
+    specials: Vec<(String, u32)>,
+}
+
+impl EngineText {
+    pub fn new(tokenizer: Tokenizer, chat_template: ChatTemplate) -> Self {
+        let mut plain = tokenizer.inner().clone();
+        plain.set_encode_special_tokens(true);
+        let mut specials: Vec<(String, u32)> = tokenizer
+            .inner()
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        // A fixed order, so that ties between equal tokens never depend on hashing.
+        specials.sort();
+        Self {
+            tokenizer,
+            chat_template,
+            plain,
+            specials,
+        }
+    }
+
+    fn encode_chunks(&self, chunks: &[Chunk]) -> Result<Vec<u32>, ChatPromptError> {
+        let mut ids = Vec::new();
+        for chunk in chunks {
+            match chunk {
+                Chunk::Special(id) => ids.push(*id),
+                Chunk::Text(text) => {
+                    let enc = self
+                        .plain
+                        .encode(text.as_str(), false)
+                        .map_err(|e| ChatPromptError::Tokenize(e.to_string()))?;
+                    ids.extend_from_slice(enc.get_ids());
+                }
+            }
+        }
+        Ok(ids)
+    }
 }
 
 impl ModelText for EngineText {
@@ -103,6 +157,27 @@ impl ModelText for EngineText {
         self.chat_template
             .render(&messages, true)
             .map_err(|e| e.to_string())
+    }
+    fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError> {
+        let rendered = self
+            .render_chat(messages)
+            .map_err(ChatPromptError::Template)?;
+        let pieces = split_rendered(|m| self.render_chat(m), messages, &rendered)
+            .map_err(ChatPromptError::Template)?;
+        match pieces {
+            Some(pieces) => self.encode_chunks(&special_chunks(&pieces, &self.specials)),
+            // The template transforms contents, so they cannot be told apart from its own
+            // text; encoding the whole prompt is safe only if no content holds a special token.
+            None => match special_in_contents(messages, &self.specials) {
+                Some((index, token)) => Err(ChatPromptError::SpecialTokenInContent {
+                    index,
+                    token: token.to_string(),
+                }),
+                None => self
+                    .encode(&rendered, false)
+                    .map_err(ChatPromptError::Tokenize),
+            },
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::backend::Backend;
+use crate::edge::{EdgeState, HostPolicy, HttpConfig};
 use crate::engine_worker::{EngineWorker, StepLog, WorkerContext};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
@@ -25,6 +26,9 @@ use crate::model_text::{ModelCard, ModelText};
 use crate::routes::{router, AppState};
 use crate::validation::Validator;
 use lapsd_core::length_model::TextLengthModel;
+
+/// Seconds past the drain timeout after which shutdown stops waiting for admitted requests.
+const DRAIN_BACKSTOP_S: u64 = 10;
 
 /// Everything `lapsd serve` is configured with (built from the CLI flags, or by tests).
 #[derive(Debug, Clone)]
@@ -57,6 +61,8 @@ pub struct ServerConfig {
     pub step_log: Option<PathBuf>,
     /// Predicts output lengths from prompt text at admission (`--length-model`).
     pub length_model: Option<Arc<TextLengthModel>>,
+    /// The HTTP edge: API keys, allowed hosts, CORS, timeouts, body limit.
+    pub http: HttpConfig,
 }
 
 /// A loaded model: the engine (owned by the worker thread) and what handlers need.
@@ -107,7 +113,13 @@ fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     if config.capacity.max_batch == 0 {
         return Err(ServerError::Config("--max-batch must be at least 1".into()));
     }
-    Ok(())
+    if !(config.shutdown_timeout_s.is_finite() && config.shutdown_timeout_s >= 0.0) {
+        return Err(ServerError::Config(format!(
+            "--shutdown-timeout-s must be a finite number of seconds >= 0, got {}",
+            config.shutdown_timeout_s
+        )));
+    }
+    config.http.check()
 }
 
 /// Loads the model (on the worker thread), binds, and serves until `shutdown` resolves or the
@@ -163,6 +175,13 @@ pub async fn start(
         })?;
     let local_addr = listener.local_addr()?;
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let admission = Arc::new(Semaphore::new(config.max_queue));
+    let edge = EdgeState {
+        api_keys: Arc::new(config.http.api_keys.clone()),
+        hosts: HostPolicy::resolve(config.http.allowed_hosts.as_deref(), local_addr.ip()),
+        shutting_down: shutting_down.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+    };
     let state = AppState {
         validator: Validator {
             card,
@@ -172,7 +191,7 @@ pub async fn start(
             length_model: config.length_model.clone(),
         },
         commands_tx,
-        admission: Arc::new(Semaphore::new(config.max_queue)),
+        admission: admission.clone(),
         max_queue: config.max_queue,
         metrics,
         shutting_down: shutting_down.clone(),
@@ -199,14 +218,26 @@ pub async fn start(
             cancel_all.store(true, Ordering::Release);
         });
     };
-    tracing::info!(%local_addr, "lapsd serve listening");
-    let app = router(state);
+    // Every admission permit back means nothing is in flight: the worker has finished or
+    // cancelled (after the drain timeout) every request. The backstop covers a worker that
+    // died holding permits.
+    let max_queue = u32::try_from(config.max_queue).unwrap_or(u32::MAX);
+    let backstop = drain_timeout + Duration::from_secs(DRAIN_BACKSTOP_S);
+    let drained = async move {
+        if tokio::time::timeout(backstop, admission.acquire_many(max_queue))
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: requests still admitted after the drain; closing anyway");
+        }
+    };
+    tracing::info!(%local_addr, hosts = ?edge.hosts, api_keys = edge.api_keys.len(), "lapsd serve listening");
+    let app = router(state, edge, &config.http)?;
+    let header_timeout = config.http.header_timeout();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await?;
-        // Every handler (and with it every command sender) is gone: the worker finishes what
-        // it holds and exits.
+        crate::listener::serve(listener, app, header_timeout, signal, drained).await;
+        // Every connection (and with it every command sender) is gone: the worker finishes
+        // what it holds and exits.
         tokio::task::spawn_blocking(move || worker.join())
             .await
             .map_err(|e| ServerError::Worker(e.to_string()))?

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use crate::api::openai::{
     ChatCompletionRequest, CommonParams, CompletionRequest, MessageContent, PromptInput, StopInput,
+    UnsupportedParams,
 };
 use crate::error::ApiError;
-use crate::model_text::{ModelCard, ModelText};
+use crate::model_text::{ChatPromptError, ModelCard, ModelText};
 use lapsd_core::length_model::TextLengthModel;
 
 /// Most stop strings per request (OpenAI's limit).
@@ -66,6 +67,12 @@ impl Validator {
         if req.echo {
             return Err(ApiError::invalid("echo", "`echo` is not supported"));
         }
+        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid(
+                "suffix",
+                "`suffix` (insertion) is not supported",
+            ));
+        }
         let prompt_ids = match &req.prompt {
             PromptInput::Text(text) => self.encode(text, true, "prompt")?,
             PromptInput::Texts(texts) => match texts.as_slice() {
@@ -80,27 +87,42 @@ impl Validator {
                     ))
                 }
             },
-            PromptInput::TokenIds(ids) => {
-                if let Some(&bad) = ids.iter().find(|&&id| id >= self.card.vocab_size) {
+            PromptInput::TokenIds(ids) => self.token_ids(ids)?,
+            PromptInput::TokenIdLists(lists) => match lists.as_slice() {
+                [one] => self.token_ids(one)?,
+                _ => {
                     return Err(ApiError::invalid(
                         "prompt",
                         format!(
-                            "token id {bad} is outside the vocabulary (size {})",
-                            self.card.vocab_size
+                            "exactly one prompt per request is supported (batched prompts are not; n = 1), got {} token-id lists",
+                            lists.len()
                         ),
-                    ));
+                    ))
                 }
-                ids.clone()
-            }
+            },
         };
         let prompt_text = match &req.prompt {
             PromptInput::Text(text) => Some(text.as_str()),
             PromptInput::Texts(texts) => texts.first().map(String::as_str),
-            PromptInput::TokenIds(_) => None,
+            PromptInput::TokenIds(_) | PromptInput::TokenIdLists(_) => None,
         };
         let mut valid = self.finish(&req.common(), None, prompt_ids, "prompt")?;
         valid.predicted_output_tokens = self.predict_length(prompt_text);
         Ok(valid)
+    }
+
+    /// A token-id prompt, checked against the vocabulary.
+    fn token_ids(&self, ids: &[u32]) -> Result<Vec<u32>, ApiError> {
+        if let Some(&bad) = ids.iter().find(|&&id| id >= self.card.vocab_size) {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.card.vocab_size
+                ),
+            ));
+        }
+        Ok(ids.to_vec())
     }
 
     /// The length model's prediction for a prompt text (None without a model or text).
@@ -157,12 +179,18 @@ impl Validator {
             };
             turns.push((role.to_string(), content));
         }
-        // A template that raises (e.g. roles out of the order it accepts) is the request's fault.
-        let prompt = self.text.render_chat(&turns).map_err(|e| {
-            ApiError::invalid("messages", format!("cannot render the chat prompt: {e}"))
+        // The template writes any special tokens itself; contents are plain text.
+        let prompt_ids = self.text.encode_chat(&turns).map_err(|e| match e {
+            // A template that raises (e.g. roles out of the order it accepts) is the
+            // request's fault.
+            ChatPromptError::Template(_) => ApiError::invalid("messages", e.to_string()),
+            ChatPromptError::SpecialTokenInContent { index, .. } => {
+                ApiError::invalid(format!("messages[{index}].content"), e.to_string())
+            }
+            ChatPromptError::Tokenize(detail) => ApiError::Internal {
+                detail: format!("tokenizing `messages`: {detail}"),
+            },
         })?;
-        // The template writes any special tokens itself.
-        let prompt_ids = self.encode(&prompt, false, "messages")?;
         let mut valid = self.finish(
             &req.common(),
             req.max_completion_tokens
@@ -226,6 +254,7 @@ impl Validator {
                 return Err(ApiError::invalid("logprobs", "`logprobs` is not supported"));
             }
         }
+        unsupported(&c.unsupported)?;
         let temperature = c.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
@@ -354,6 +383,88 @@ impl Validator {
     }
 }
 
+/// Refuses any non-neutral value of a field the sampler does not implement: a client that asks
+/// for a penalty, a JSON schema or tools must learn it did not get them.
+fn unsupported(u: &UnsupportedParams) -> Result<(), ApiError> {
+    for (field, value) in [
+        ("presence_penalty", u.presence_penalty),
+        ("frequency_penalty", u.frequency_penalty),
+    ] {
+        let Some(v) = value else { continue };
+        if !(-2.0..=2.0).contains(&v) {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} must be in [-2, 2], got {v}"),
+            ));
+        }
+        if v != 0.0 {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} is not supported (only 0), got {v}"),
+            ));
+        }
+    }
+    let is_empty = |v: &Option<serde_json::Value>| match v {
+        None => true,
+        Some(serde_json::Value::Object(m)) => m.is_empty(),
+        Some(serde_json::Value::Array(a)) => a.is_empty(),
+        Some(_) => false,
+    };
+    if !is_empty(&u.logit_bias) {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            "`logit_bias` is not supported (only an empty object)",
+        ));
+    }
+    match &u.top_logprobs {
+        None => {}
+        Some(v) if v.as_i64() == Some(0) => {}
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("`top_logprobs` is not supported (only 0), got {v}"),
+            ))
+        }
+    }
+    match &u.response_format {
+        None => {}
+        Some(v) if v.get("type").and_then(|t| t.as_str()) == Some("text") => {}
+        Some(v) => {
+            let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("?");
+            return Err(ApiError::invalid(
+                "response_format",
+                format!(
+                    "only response_format {{\"type\": \"text\"}} is supported, got type {kind:?}"
+                ),
+            ));
+        }
+    }
+    for (field, value) in [("tools", &u.tools), ("functions", &u.functions)] {
+        if !is_empty(value) {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{field}` (tool calling) is not supported"),
+            ));
+        }
+    }
+    // Without tools, "none" and "auto" both mean: answer in text.
+    for (field, value) in [
+        ("tool_choice", &u.tool_choice),
+        ("function_call", &u.function_call),
+    ] {
+        match value.as_ref().map(|v| v.as_str()) {
+            None | Some(Some("none" | "auto")) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("`{field}` (tool calling) is not supported; only \"none\" or \"auto\" without tools"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +482,10 @@ mod tests {
         }
         fn render_chat(&self, m: &[(String, String)]) -> Result<String, String> {
             Ok(render_chatml(m))
+        }
+        fn encode_chat(&self, m: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError> {
+            self.encode(&render_chatml(m), false)
+                .map_err(ChatPromptError::Tokenize)
         }
     }
 
@@ -566,6 +681,52 @@ mod tests {
             "priority"
         );
         assert!(completion(r#"{"prompt":"a","n":1,"logprobs":null}"#).is_ok());
+    }
+
+    #[test]
+    fn unsupported_parameters_are_refused_unless_neutral() {
+        for (extra, field) in [
+            (r#""presence_penalty":0.5"#, "presence_penalty"),
+            (r#""presence_penalty":2.5"#, "presence_penalty"),
+            (r#""frequency_penalty":-3"#, "frequency_penalty"),
+            (r#""frequency_penalty":1"#, "frequency_penalty"),
+            (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
+            (r#""top_logprobs":2"#, "top_logprobs"),
+            (
+                r#""response_format":{"type":"json_object"}"#,
+                "response_format",
+            ),
+            (r#""tools":[{"type":"function"}]"#, "tools"),
+            (r#""tool_choice":"required""#, "tool_choice"),
+            (r#""suffix":"end""#, "suffix"),
+        ] {
+            let body = format!(r#"{{"prompt":"a",{extra}}}"#);
+            assert_eq!(param(completion(&body)), field, "{body}");
+        }
+        let e = completion(r#"{"prompt":"a","presence_penalty":2.5}"#).expect_err("range");
+        assert!(e.to_string().contains("[-2, 2]"), "{e}");
+        let neutral = r#"{"prompt":"a","presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"top_logprobs":0,"response_format":{"type":"text"},"tools":[],"tool_choice":"none","suffix":"","functions":null}"#;
+        assert!(completion(neutral).is_ok());
+        assert_eq!(
+            param(chat(
+                r#"{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function"}],"tool_choice":"auto"}"#
+            )),
+            "tools"
+        );
+    }
+
+    #[test]
+    fn a_list_of_one_token_list_is_that_prompt() {
+        assert_eq!(
+            completion(r#"{"prompt":[[1,2,3]]}"#)
+                .expect("valid")
+                .prompt_ids,
+            vec![1, 2, 3]
+        );
+        let e = completion(r#"{"prompt":[[1],[2]]}"#).expect_err("batched");
+        assert_eq!(e.body().error.param.as_deref(), Some("prompt"));
+        assert!(e.to_string().contains("batched"), "{e}");
+        assert_eq!(param(completion(r#"{"prompt":[[1,200]]}"#)), "prompt");
     }
 
     #[test]

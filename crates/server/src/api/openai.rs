@@ -8,13 +8,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `prompt` of a completion: a string, a one-element list of strings, or token ids.
+/// `prompt` of a completion: a string, a list of strings, token ids, or a list of token-id
+/// lists (OpenAI's batched forms; validation accepts one prompt per request).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum PromptInput {
     Text(String),
     Texts(Vec<String>),
     TokenIds(Vec<u32>),
+    TokenIdLists(Vec<Vec<u32>>),
 }
 
 /// `stop`: one string or a list.
@@ -53,6 +55,24 @@ pub struct CommonParams {
     pub best_of: Option<i64>,
     /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
     pub ignore_eos: bool,
+    /// Fields the sampler does not implement: accepted only at their neutral value (see
+    /// `Validator::unsupported`), never silently ignored.
+    pub unsupported: UnsupportedParams,
+}
+
+/// OpenAI fields lapsd does not implement, kept as sent so validation can refuse any
+/// non-neutral value with a 400 naming the field.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct UnsupportedParams {
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub top_logprobs: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
 }
 
 macro_rules! common_of {
@@ -71,6 +91,17 @@ macro_rules! common_of {
             logprobs: $req.logprobs.clone(),
             best_of: $req.best_of,
             ignore_eos: $req.ignore_eos,
+            unsupported: UnsupportedParams {
+                presence_penalty: $req.presence_penalty,
+                frequency_penalty: $req.frequency_penalty,
+                logit_bias: $req.logit_bias.clone(),
+                top_logprobs: $req.top_logprobs.clone(),
+                response_format: $req.response_format.clone(),
+                tools: $req.tools.clone(),
+                tool_choice: $req.tool_choice.clone(),
+                functions: $req.functions.clone(),
+                function_call: $req.function_call.clone(),
+            },
         }
     };
 }
@@ -81,6 +112,8 @@ pub struct CompletionRequest {
     pub prompt: PromptInput,
     #[serde(default)]
     pub echo: bool,
+    /// Text after the completion (insertion); unsupported unless empty.
+    pub suffix: Option<String>,
     pub model: Option<String>,
     pub max_tokens: Option<i64>,
     pub temperature: Option<f64>,
@@ -100,6 +133,17 @@ pub struct CompletionRequest {
     /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    // Unsupported fields, read so that validation can refuse them (see `UnsupportedParams`);
+    // listed here rather than flattened, which would hide the path of a wrong-typed field.
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub top_logprobs: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
 }
 
 impl CompletionRequest {
@@ -154,6 +198,17 @@ pub struct ChatCompletionRequest {
     /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    // Unsupported fields, read so that validation can refuse them (see `UnsupportedParams`);
+    // listed here rather than flattened, which would hide the path of a wrong-typed field.
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub top_logprobs: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
 }
 
 impl ChatCompletionRequest {

@@ -12,7 +12,7 @@ use lapsd_core::{Capacity, PolicyConfig, PolicyKind};
 use lapsd_server::backend::{
     Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams,
 };
-use lapsd_server::model_text::{render_chatml, ModelCard, ModelText};
+use lapsd_server::model_text::{render_chatml, ChatPromptError, ModelCard, ModelText};
 use lapsd_server::{LoadedModel, ModelLoader, ServerConfig, ServerHandle};
 
 pub const SCRIPT: &[u8] = b"The quick brown fox jumps over the lazy dog. ";
@@ -43,6 +43,7 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
         shutdown_timeout_s: 10.0,
         step_log: None,
         length_model: None,
+        http: lapsd_server::HttpConfig::default(),
     }
 }
 
@@ -59,6 +60,11 @@ impl ModelText for ByteText {
     }
     fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String> {
         Ok(render_chatml(messages))
+    }
+    fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError> {
+        // Byte-level text has no special tokens to protect.
+        self.encode(&render_chatml(messages), false)
+            .map_err(ChatPromptError::Tokenize)
     }
 }
 
@@ -320,4 +326,125 @@ pub fn stream_text(data: &[String]) -> String {
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| serde_json::json!({"raw": self.body}))
+    }
+}
+
+/// Opens a plain TCP connection to the server (for requests reqwest would not send: chosen
+/// Host headers, slow or partial requests, several requests on one kept-alive connection).
+pub async fn raw_connect(server: &ServerHandle) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(server.local_addr)
+        .await
+        .expect("connects")
+}
+
+/// Writes `request` (a whole HTTP/1.1 request) and reads one response with a Content-Length
+/// body; at most 30 s.
+pub async fn raw_exchange(stream: &mut tokio::net::TcpStream, request: &str) -> RawResponse {
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request written");
+    tokio::time::timeout(Duration::from_secs(30), read_response(stream))
+        .await
+        .expect("response within 30 s")
+}
+
+/// Reads one response (head, then a Content-Length body) from `stream`.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> RawResponse {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(
+            n > 0,
+            "connection closed before a full response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed inside the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    RawResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body[..length]).into_owned(),
+    }
+}
+
+/// Reads (and discards) until the server closes the connection; panics if it is still open
+/// after `limit`.
+pub async fn expect_closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) {
+    use tokio::io::AsyncReadExt;
+    let closed = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, closed)
+        .await
+        .unwrap_or_else(|_| panic!("the server kept the connection open for {limit:?}"));
+}
+
+/// A GET request as raw HTTP/1.1 text with the given Host header and extra header lines.
+pub fn raw_get(path: &str, host: &str, extra_headers: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}\r\n")
+}
+
+/// A POST request with a body as raw HTTP/1.1 text.
+pub fn raw_post(path: &str, host: &str, extra_headers: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
 }
