@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Checks that the official `openai` Python client works unchanged against `lapsd serve`.
 
-Usage: check_openai_client.py BASE_URL   (e.g. http://127.0.0.1:8000/v1)
+Usage: check_openai_client.py BASE_URL [API_KEY]   (e.g. http://127.0.0.1:8000/v1)
 Runs completions and chat completions, streamed and not, with greedy sampling, and checks that
 streamed text equals the non-streamed text, usage is reported, the lapsd statistics are present,
-and errors come back as the client's typed exceptions. Exits non-zero on the first failure.
+and errors come back as the client's typed exceptions. With API_KEY (the server runs with
+--api-key), also checks that a wrong key is refused. Exits non-zero on the first failure.
 """
 import sys
 
@@ -13,7 +14,15 @@ import openai
 
 def main() -> int:
     base_url = sys.argv[1]
-    client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=300, max_retries=0)
+    api_key = sys.argv[2] if len(sys.argv) > 2 else "unused"
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=300, max_retries=0)
+    if len(sys.argv) > 2:
+        wrong = openai.OpenAI(base_url=base_url, api_key="wrong-key", max_retries=0)
+        try:
+            wrong.models.list()
+            raise AssertionError("a wrong API key was accepted")
+        except openai.AuthenticationError as e:
+            assert e.body["code"] == "invalid_api_key", e.body
     models = client.models.list()
     model = models.data[0].id
     print(f"model: {model}")
