@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::{ApiError, ServerError};
+use crate::metrics::Metrics;
 
 /// Largest request body accepted (2 MiB: a full context of text is far smaller).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -218,6 +219,8 @@ pub struct EdgeState {
     pub hosts: HostPolicy,
     pub shutting_down: Arc<AtomicBool>,
     pub max_body_bytes: usize,
+    /// Refusals are counted in `lapsd_requests_rejected_total{reason}` (reason = the error kind).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The body read timeout, put in every request's extensions for the JSON extractor.
@@ -229,7 +232,13 @@ pub struct BodyTimeout(pub Duration);
 pub async fn guard(State(edge): State<EdgeState>, request: Request, next: Next) -> Response {
     match check(&edge, &request) {
         Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            edge.metrics
+                .requests_rejected
+                .with_label_values(&[e.kind()])
+                .inc();
+            e.into_response()
+        }
     }
 }
 

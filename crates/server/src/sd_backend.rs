@@ -255,3 +255,17 @@ impl Backend for SdBackend {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_name_is_the_file_stem() {
+        assert_eq!(
+            served_name_of(std::path::Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(served_name_of(std::path::Path::new("/")), "model");
+    }
+}

@@ -181,6 +181,7 @@ pub async fn start(
         hosts: HostPolicy::resolve(config.http.allowed_hosts.as_deref(), local_addr.ip()),
         shutting_down: shutting_down.clone(),
         max_body_bytes: config.http.max_body_bytes,
+        metrics: metrics.clone(),
     };
     let state = AppState {
         validator: Validator {

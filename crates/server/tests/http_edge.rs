@@ -73,6 +73,15 @@ async fn api_keys_guard_v1_but_not_health_or_metrics() {
         let r = exchange(&server, &raw_get(open, &h, "")).await;
         assert_eq!(r.status, 200, "{open} needs no key: {r:?}");
     }
+    let (_, text) = get_text(&server, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "lapsd_requests_rejected_total{reason=\"invalid_api_key\"}"
+        ),
+        Some(6.0),
+        "three bad keys on two routes"
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
