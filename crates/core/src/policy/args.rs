@@ -10,7 +10,7 @@ use crate::request::StabilityRule;
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
 pub struct PolicyArgs {
     /// Starvation bound for any policy: a request that has not run for this many seconds is
-    /// served first until it finishes; 0 = off (default: off in `sim`, 30 s in `serve`).
+    /// served first until it finishes; 0 = off (default: off).
     #[arg(long, value_name = "SECONDS")]
     pub max_wait_s: Option<f64>,
     /// Relative starvation bound for any policy: a request that has not run for this many times
@@ -18,6 +18,12 @@ pub struct PolicyArgs {
     /// `sim`; see `lapsd serve --help` for the server's).
     #[arg(long, value_name = "FACTOR")]
     pub max_wait_factor: Option<f64>,
+    /// Tail bound for any policy: each request is promised this many times the latency FCFS
+    /// would give it (estimated at arrival from the work in the system); past its promise it is
+    /// served first, earliest promise first; 0 = off (default: off in `sim`; see `lapsd serve
+    /// --help` for the server's).
+    #[arg(long, value_name = "SLACK")]
+    pub fcfs_slack: Option<f64>,
     /// Batch formation for any policy: `full` fills every step; `marginal` lets a short queue run
     /// a smaller batch when the cost model says co-batching raises total latency (full again from
     /// --marginal-full-at-queue requests on, so throughput is never lost).
@@ -79,6 +85,15 @@ impl PolicyArgs {
                 });
             }
             c.max_wait_factor = (f > 0.0).then_some(f);
+        }
+        if let Some(s) = self.fcfs_slack {
+            if !(s.is_finite() && (s == 0.0 || s >= 1.0)) {
+                return Err(CoreError::InvalidConfig {
+                    field: "fcfs_slack",
+                    reason: format!("must be 0 (off) or a finite number >= 1, got {s}"),
+                });
+            }
+            c.fcfs_slack = (s > 0.0).then_some(s);
         }
         if let Some(v) = self.batch_formation {
             c.batch_formation = v;

@@ -433,6 +433,10 @@ pub struct PolicyConfig {
     /// `max_wait_s` as well, whichever bound is shorter applies. Off by default; the server turns
     /// it on ([`SERVER_DEFAULT_MAX_WAIT_FACTOR`]).
     pub max_wait_factor: Option<f64>,
+    /// Tail bound, any ordering: each request is promised this many times the latency FCFS
+    /// would give it (estimated at arrival from the work in the system); past its promise it
+    /// goes first, earliest promise first ([`compose::FcfsPromise`]). `None` = off.
+    pub fcfs_slack: Option<f64>,
     /// How batches are formed (default full).
     pub batch_formation: BatchFormation,
     /// Marginal formation applies only below this many requests in the system (default 16).
@@ -456,6 +460,13 @@ pub struct PolicyConfig {
 /// cores at 95% load, and never acts on a GPU.
 pub const SERVER_DEFAULT_MAX_WAIT_FACTOR: f64 = 100.0;
 
+/// The server's default tail bound: p99 latency within about this many times the p99 FCFS would
+/// give the same requests ([`compose::FcfsPromise`]). From the regime matrix's trade-off between
+/// mean and tail (docs/scheduling.md): at 3 the worst p99 against FCFS at load 0.9 falls from
+/// 6.4x to 3.7x for 1.5% of the mean below load 0.8 and 7.5% at 0.9 (geometric means over the
+/// regimes); 1.5 gets 2.1x for 4.6% and 16%.
+pub const SERVER_DEFAULT_FCFS_SLACK: f64 = 3.0;
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
@@ -464,6 +475,7 @@ impl Default for PolicyConfig {
             trail_no_preempt_fraction: 0.5,
             max_wait_s: None,
             max_wait_factor: None,
+            fcfs_slack: None,
             batch_formation: BatchFormation::Full,
             marginal_full_at_queue: 16,
             perceptible_placement: laps_sd::PerceptiblePlacement::WithinQueue,
@@ -474,6 +486,16 @@ impl Default for PolicyConfig {
 }
 
 impl PolicyConfig {
+    /// The settings `lapsd serve` starts from: the relative starvation bound
+    /// ([`SERVER_DEFAULT_MAX_WAIT_FACTOR`]) and the tail bound ([`SERVER_DEFAULT_FCFS_SLACK`]).
+    pub fn server_default() -> Self {
+        Self {
+            max_wait_factor: Some(SERVER_DEFAULT_MAX_WAIT_FACTOR),
+            fcfs_slack: Some(SERVER_DEFAULT_FCFS_SLACK),
+            ..Self::default()
+        }
+    }
+
     /// Checks the ranges; messages name the field and the value.
     pub fn validate(&self) -> Result<(), CoreError> {
         if self.num_queues == 0 || self.num_queues > 32 {
@@ -510,6 +532,14 @@ impl PolicyConfig {
                 });
             }
         }
+        if let Some(s) = self.fcfs_slack {
+            if !(s.is_finite() && s >= 1.0) {
+                return Err(CoreError::InvalidConfig {
+                    field: "fcfs_slack",
+                    reason: format!("must be a finite number >= 1, got {s}"),
+                });
+            }
+        }
         if self.marginal_full_at_queue == 0 {
             return Err(CoreError::InvalidConfig {
                 field: "marginal_full_at_queue",
@@ -528,6 +558,9 @@ impl PolicyConfig {
         }
         if let Some(f) = self.max_wait_factor {
             out.push(format!("max-wait-factor={f}"));
+        }
+        if let Some(s) = self.fcfs_slack {
+            out.push(format!("fcfs-slack={s}"));
         }
         if self.batch_formation != d.batch_formation {
             out.push("batch-formation=marginal".to_string());
@@ -593,6 +626,10 @@ impl PolicyConfig {
                 let f: f64 = parse("max_wait_factor", value)?;
                 self.max_wait_factor = (f > 0.0).then_some(f);
             }
+            "fcfs-slack" => {
+                let s: f64 = parse("fcfs_slack", value)?;
+                self.fcfs_slack = (s > 0.0).then_some(s);
+            }
             "batch-formation" => {
                 self.batch_formation = match value.trim() {
                     "full" => BatchFormation::Full,
@@ -636,7 +673,7 @@ impl PolicyConfig {
                 return Err(CoreError::InvalidConfig {
                     field: "setting",
                     reason: format!(
-                        "unknown setting {other:?} (expected max-wait-s, max-wait-factor, batch-formation, \
+                        "unknown setting {other:?} (expected max-wait-s, max-wait-factor, fcfs-slack, batch-formation, \
                          marginal-full-at-queue, perceptible-placement, tokens-per-step, \
                          las-phase, num-queues, first-threshold-passes, \
                          trail-no-preempt-fraction)"
@@ -766,6 +803,10 @@ pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn P
         ))
     } else {
         ordering
+    };
+    let aged: Box<dyn Policy> = match config.fcfs_slack {
+        Some(slack) => Box::new(compose::FcfsPromise::new(aged, slack)),
+        None => aged,
     };
     Ok(match config.batch_formation {
         BatchFormation::Full => aged,
