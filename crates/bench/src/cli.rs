@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Model name to send; default: the first id of GET /v1/models, else "default".
     #[arg(long)]
     pub model: Option<String>,
+    /// API key sent as `Authorization: Bearer KEY` (a server started with `--api-key`);
+    /// default: the `LAPSD_API_KEY` environment variable's first key, if set.
+    #[arg(long)]
+    pub api_key: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
     /// Mean request rate in requests/s ("inf" sends everything at once). Not used with --trace.
@@ -336,7 +340,15 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let http = client::build_http_client().context("building the HTTP client")?;
+    let api_key = args.api_key.clone().or_else(|| {
+        std::env::var("LAPSD_API_KEY").ok().and_then(|keys| {
+            keys.split(',')
+                .map(str::trim)
+                .find(|k| !k.is_empty())
+                .map(String::from)
+        })
+    });
+    let http = client::build_http_client(api_key.as_deref()).context("building the HTTP client")?;
     let model = match &args.model {
         Some(model) => model.clone(),
         None => runtime

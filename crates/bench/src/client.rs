@@ -155,12 +155,30 @@ impl RequestResult {
     }
 }
 
-/// Builds the HTTP client shared by every request of a run.
-pub fn build_http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+/// The HTTP client's errors: reqwest's, or an API key that cannot be a header value.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    #[error("the API key cannot be sent in a header (control characters or non-ASCII)")]
+    InvalidApiKey,
+    #[error(transparent)]
+    Build(#[from] reqwest::Error),
+}
+
+/// Builds the HTTP client shared by every request of a run; with `api_key`, every request
+/// carries `Authorization: Bearer <api_key>`.
+pub fn build_http_client(api_key: Option<&str>) -> Result<reqwest::Client, HttpClientError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| HttpClientError::InvalidApiKey)?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(1024)
-        .build()
+        .default_headers(headers)
+        .build()?)
 }
 
 /// The JSON body of a request.

@@ -155,6 +155,14 @@ async fn models() -> Json<Value> {
 }
 
 /// Starts the fixture on a thread with its own runtime; returns its address.
+async fn echo_authorization(headers: axum::http::HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 fn start_fixture() -> SocketAddr {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -167,7 +175,8 @@ fn start_fixture() -> SocketAddr {
             let app = Router::new()
                 .route("/v1/completions", post(completions))
                 .route("/v1/chat/completions", post(completions))
-                .route("/v1/models", get(models));
+                .route("/v1/models", get(models))
+                .route("/echo-authorization", get(echo_authorization));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
@@ -213,7 +222,7 @@ fn run_with_timeout(
         show_progress: false,
     };
     let runtime = tokio::runtime::Runtime::new().expect("client runtime");
-    let http = lapsd_bench::client::build_http_client().expect("http client");
+    let http = lapsd_bench::client::build_http_client(None).expect("http client");
     let outcome = runtime.block_on(run_plan(plan, http, &config));
     let settings = RunSettings {
         url: config.client.base_url.clone(),
@@ -539,4 +548,31 @@ fn cli_rejects_a_missing_workload_and_a_malformed_trace() {
         message.contains(":2:") && message.contains("max_tokens"),
         "{message}"
     );
+}
+
+#[test]
+fn the_api_key_is_sent_as_a_bearer_token_on_every_request() {
+    let addr = start_fixture();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sent = |key: Option<&str>| {
+        let http = lapsd_bench::client::build_http_client(key).expect("http client");
+        runtime.block_on(async {
+            http.get(format!("http://{addr}/echo-authorization"))
+                .send()
+                .await
+                .expect("sent")
+                .text()
+                .await
+                .expect("body")
+        })
+    };
+    assert_eq!(sent(Some("sk-test")), "Bearer sk-test");
+    assert_eq!(sent(None), "");
+    assert!(matches!(
+        lapsd_bench::client::build_http_client(Some("bad\nkey")),
+        Err(lapsd_bench::client::HttpClientError::InvalidApiKey)
+    ));
 }
