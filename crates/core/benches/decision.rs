@@ -56,6 +56,13 @@ fn results(out: &SchedulerOutput, step: u64) -> Vec<StepResult> {
     out.batch
         .iter()
         .map(|b| match b.kind {
+            StepKind::PrefillChunk { .. } => StepResult {
+                id: b.id,
+                drafted_tokens: 0,
+                accepted_tokens: 0,
+                new_tokens: 0,
+                finished: None,
+            },
             StepKind::Prefill { .. } => StepResult {
                 id: b.id,
                 drafted_tokens: 0,

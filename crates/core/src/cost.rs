@@ -209,7 +209,7 @@ impl StepObservation {
         };
         for member in &output.batch {
             match member.kind {
-                StepKind::Prefill { tokens } => {
+                StepKind::Prefill { tokens } | StepKind::PrefillChunk { tokens } => {
                     observation.prefills += 1;
                     observation.prefill_tokens += tokens;
                 }

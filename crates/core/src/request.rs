@@ -215,6 +215,11 @@ pub struct RequestState {
     pub generated_tokens: u32,
     /// Whether the prompt has been prefilled (and the KV is resident or was once).
     pub prefilled: bool,
+    /// Context tokens whose KV an unfinished (chunked) prefill or recompute has computed so far;
+    /// 0 when no prefill is under way. A prompt longer than the step budget is prefilled in
+    /// chunks across steps, and this is where the next chunk starts.
+    #[serde(default)]
+    pub prefill_progress_tokens: u32,
     /// Attained service in target forward passes (prefill counts as one).
     pub attained_service_passes: u64,
     /// Attained service in seconds of step time (a batched step's time counts fully for each member).
@@ -226,6 +231,10 @@ pub struct RequestState {
     pub perceptible_at_s: Option<f64>,
     /// Time of its first generated token.
     pub first_token_s: Option<f64>,
+    /// Time it was first put in a batch (the `now_s` of that `schedule` call): the end of its
+    /// queueing time.
+    #[serde(default)]
+    pub first_scheduled_s: Option<f64>,
     /// Times it was preempted (removed from the batch while unfinished).
     pub preemptions: u32,
     /// Times its KV was freed and the prefill recomputed.
@@ -242,12 +251,14 @@ impl RequestState {
             phase: RequestPhase::Waiting,
             generated_tokens: 0,
             prefilled: false,
+            prefill_progress_tokens: 0,
             attained_service_passes: 0,
             attained_service_s: 0.0,
             acceptance: AcceptanceTracker::default(),
             perceptible: false,
             perceptible_at_s: None,
             first_token_s: None,
+            first_scheduled_s: None,
             preemptions: 0,
             recomputes: 0,
             last_scheduled_s: arrival_s,
@@ -268,10 +279,22 @@ impl RequestState {
         self.spec.max_tokens.saturating_sub(self.generated_tokens)
     }
 
-    /// Whether its next step must (re)compute its KV: never prefilled, or preempted with its KV
-    /// freed.
+    /// Whether its next step must (re)compute its KV: never prefilled, preempted with its KV
+    /// freed, or in the middle of a chunked prefill.
     pub fn needs_prefill(&self) -> bool {
-        !self.prefilled || matches!(self.phase, RequestPhase::Preempted { kv_resident: false })
+        !self.prefilled
+            || self.prefill_progress_tokens > 0
+            || matches!(self.phase, RequestPhase::Preempted { kv_resident: false })
+    }
+
+    /// Context tokens its (re)prefill still has to compute (0 when it needs none).
+    pub fn prefill_remaining_tokens(&self) -> u32 {
+        if self.needs_prefill() {
+            self.context_tokens()
+                .saturating_sub(self.prefill_progress_tokens)
+        } else {
+            0
+        }
     }
 
     /// Predicted total output tokens: the prediction, else `max_tokens`.

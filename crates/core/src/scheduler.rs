@@ -23,7 +23,7 @@ pub struct Capacity {
     /// Most requests in one step.
     pub max_batch: usize,
     /// Most tokens processed in one step: prefill tokens plus (k + 1) per decoding request.
-    /// A single prefill larger than this still runs, alone.
+    /// A prefill larger than this runs in chunks of at most this many tokens, one per step.
     pub max_step_tokens: u64,
     /// KV memory budget in tokens, summed over resident requests (with lookahead).
     pub kv_budget_tokens: u64,
@@ -43,9 +43,13 @@ pub struct SchedulerConfig {
 /// What a batch member does this step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StepKind {
-    /// (Re)compute the KV of `tokens` context tokens (prompt, plus generated tokens after a freed
-    /// preemption) and produce the next token.
+    /// (Re)compute the KV of the last `tokens` context tokens still missing (prompt, plus
+    /// generated tokens after a freed preemption; all of them unless earlier chunks computed the
+    /// rest) and produce the next token.
     Prefill { tokens: u32 },
+    /// A chunk of a prefill too long for one step: compute the KV of the next `tokens` context
+    /// tokens; no token is produced (a later step continues, and its last chunk is a `Prefill`).
+    PrefillChunk { tokens: u32 },
     /// One SD step with this speculation length (0 = plain decoding): produces 1..=k+1 tokens.
     Decode { speculation_length: u32 },
 }
@@ -109,6 +113,9 @@ pub struct Scheduler {
     requests: IdMap<RequestState>,
     running: Vec<RequestId>,
     kv: KvAccountant,
+    /// The request whose chunked prefill is under way (at most one, see
+    /// [`BatchBuilder::prefill_chunk_tokens`]).
+    partial_prefill: Option<RequestId>,
 }
 
 impl Scheduler {
@@ -121,6 +128,7 @@ impl Scheduler {
             requests: Default::default(),
             running: Vec::new(),
             kv,
+            partial_prefill: None,
         }
     }
 
@@ -193,11 +201,16 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Removes a request at once (client cancelled); returns its final state. Its KV is freed.
+    /// Removes a request at once (client cancelled); returns its final state. Its KV is freed,
+    /// including what a chunked prefill under way had computed.
     pub fn cancel(&mut self, id: RequestId, _now_s: f64) -> Option<RequestState> {
         let mut state = self.requests.remove(&id)?;
         self.kv.free(id);
         self.running.retain(|&r| r != id);
+        state.prefill_progress_tokens = 0;
+        if self.partial_prefill == Some(id) {
+            self.partial_prefill = None;
+        }
         state.phase = RequestPhase::Finished(FinishReason::Cancelled);
         self.policy.on_finish(&state);
         Some(state)
@@ -213,7 +226,7 @@ impl Scheduler {
     /// context + k + 1 KV tokens: the step's lookahead).
     pub fn schedule(&mut self, now_s: f64) -> SchedulerOutput {
         let k = self.config.speculation_length;
-        let (chosen, chosen_set, victims) = {
+        let (chosen, chosen_set, prefill_chunks, victims) = {
             let ctx = ScheduleContext {
                 now_s,
                 requests: &self.requests,
@@ -223,12 +236,19 @@ impl Scheduler {
             };
             let mut batch =
                 BatchBuilder::new(self.config.capacity, &self.requests, k, &self.config.cost);
+            batch.partial_prefill = self.partial_prefill.map(|id| (id, self.kv.held_tokens(id)));
             self.policy.select(&ctx, &mut batch);
+            if let (true, Some(id)) = (batch.is_empty(), self.partial_prefill) {
+                // Nothing the policy offered fits beside the chunked prefill under way (whose KV
+                // cannot be evicted): continue that prefill rather than stall.
+                batch.try_add(id);
+            }
             let chosen = std::mem::take(&mut batch.chosen);
             let chosen_set = std::mem::take(&mut batch.chosen_set);
+            let prefill_chunks = std::mem::take(&mut batch.prefill_chunks);
             let need_tokens = batch.kv_tokens;
             let victims = self.kv_victims(&ctx, &chosen_set, need_tokens);
-            (chosen, chosen_set, victims)
+            (chosen, chosen_set, prefill_chunks, victims)
         };
         let mut output = SchedulerOutput {
             now_s,
@@ -246,9 +266,11 @@ impl Scheduler {
             self.kv.free(id);
             if let Some(r) = self.requests.get_mut(&id) {
                 r.phase = RequestPhase::Preempted { kv_resident: false };
+                // A chunked prefill under way starts over: its chunks' KV is gone.
+                r.prefill_progress_tokens = 0;
             }
         }
-        self.commit(&chosen, &mut output);
+        self.commit(&chosen, &prefill_chunks, now_s, &mut output);
         self.running = chosen;
         output
     }
@@ -270,7 +292,7 @@ impl Scheduler {
         let mut candidates: Vec<RequestId> = self
             .kv
             .resident_ids()
-            .filter(|id| !chosen.contains(id))
+            .filter(|id| !chosen.contains(id) && self.partial_prefill != Some(*id))
             .collect();
         candidates.sort_unstable(); // deterministic order for the policy to choose from
         let mut victims = Vec::new();
@@ -319,27 +341,52 @@ impl Scheduler {
         }
     }
 
-    /// Chosen requests run: step kinds, recompute accounting, KV reservation.
-    fn commit(&mut self, chosen: &[RequestId], output: &mut SchedulerOutput) {
+    /// Chosen requests run: step kinds (a prefill's chunk as the batch builder cut it),
+    /// recompute accounting, KV reservation.
+    fn commit(
+        &mut self,
+        chosen: &[RequestId],
+        prefill_chunks: &IdMap<u32>,
+        now_s: f64,
+        output: &mut SchedulerOutput,
+    ) {
         let k = self.config.speculation_length;
         for &id in chosen {
             let Some(r) = self.requests.get_mut(&id) else {
                 continue;
             };
-            let kind = if r.needs_prefill() || !self.kv.is_resident(id) {
-                if r.prefilled {
+            r.first_scheduled_s.get_or_insert(now_s);
+            let (kind, kv_need) = if r.needs_prefill() || !self.kv.is_resident(id) {
+                if r.prefilled && r.prefill_progress_tokens == 0 {
                     r.recomputes += 1;
                 }
-                StepKind::Prefill {
-                    tokens: r.context_tokens(),
+                // Not resident without needing a prefill cannot happen through this scheduler;
+                // if it did, the whole context would have to be recomputed.
+                let remaining = if r.needs_prefill() {
+                    r.prefill_remaining_tokens()
+                } else {
+                    r.context_tokens()
                 }
+                .max(1);
+                let tokens = prefill_chunks
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(remaining)
+                    .clamp(1, remaining);
+                let kind = if tokens < remaining {
+                    StepKind::PrefillChunk { tokens }
+                } else {
+                    StepKind::Prefill { tokens }
+                };
+                (kind, BatchBuilder::kv_need_of_prefill(r, tokens, k))
             } else {
-                StepKind::Decode {
+                let kind = StepKind::Decode {
                     speculation_length: r.step_speculation_length(k),
-                }
+                };
+                (kind, BatchBuilder::kv_need_of(r, k))
             };
             r.phase = RequestPhase::Running;
-            self.kv.set(id, BatchBuilder::kv_need_of(r, k));
+            self.kv.set(id, kv_need);
             output.batch.push(ScheduledRequest { id, kind });
         }
     }
@@ -381,7 +428,15 @@ impl Scheduler {
                 now_s,
                 &self.config.stability,
             );
+            if r.prefill_progress_tokens > 0 {
+                self.partial_prefill = Some(id);
+            } else if self.partial_prefill == Some(id) {
+                self.partial_prefill = None;
+            }
             if let Some(reason) = reason {
+                if self.partial_prefill == Some(id) {
+                    self.partial_prefill = None;
+                }
                 let Some(mut state) = self.requests.remove(&id) else {
                     continue;
                 };
@@ -404,7 +459,12 @@ impl Scheduler {
                         Some(p.predict_output_tokens(r.spec.prompt_tokens, r.generated_tokens));
                 }
             }
-            self.kv.set(id, u64::from(r.context_tokens()));
+            let held_tokens = if r.prefill_progress_tokens > 0 {
+                r.prefill_progress_tokens
+            } else {
+                r.context_tokens()
+            };
+            self.kv.set(id, u64::from(held_tokens));
             self.policy.on_step(r, now_s);
         }
         if !finished.is_empty() {
@@ -424,6 +484,18 @@ fn apply_step(
     stability: &StabilityRule,
 ) -> Option<FinishReason> {
     let new_tokens = result.map_or(0, |x| x.new_tokens.min(r.remaining_max_tokens()));
+    match kind {
+        // A chunk that produced a token means the engine completed the prefill (an engine
+        // without chunked prefill computes it whole): trust it rather than count a chunk.
+        StepKind::PrefillChunk { tokens } if new_tokens == 0 => {
+            r.prefill_progress_tokens = r.prefill_progress_tokens.saturating_add(tokens);
+        }
+        StepKind::Prefill { .. } | StepKind::PrefillChunk { .. } => {
+            r.prefill_progress_tokens = 0;
+            r.prefilled = true;
+        }
+        StepKind::Decode { .. } => r.prefilled = true,
+    }
     if let (StepKind::Decode { .. }, Some(x)) = (kind, result) {
         if x.drafted_tokens > 0 {
             r.acceptance.record_step(
@@ -436,7 +508,6 @@ fn apply_step(
     r.generated_tokens += new_tokens;
     r.attained_service_passes += 1;
     r.attained_service_s += step_time_s;
-    r.prefilled = true;
     r.last_scheduled_s = now_s;
     if new_tokens > 0 && r.first_token_s.is_none() {
         r.first_token_s = Some(now_s);

@@ -86,6 +86,24 @@ pub struct SeqStepOutput {
     pub finished: Option<SeqFinish>,
     /// Whether this step (re)computed the sequence's prompt (+ generated tokens) instead of decoding.
     pub prefilled: bool,
+    /// Whether this step computed a chunk of its prefill that stops short of the end (see
+    /// [`StepMember::max_prefill_tokens`]): no token yet; a later step continues the prefill.
+    pub prefill_pending: bool,
+}
+
+/// One member of a [`SdEngine::step_members`] batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMember {
+    /// The sequence id given to [`SdEngine::add_sequence`].
+    pub id: u64,
+    /// Speculation length this step (0 = plain decoding).
+    pub speculation_length: usize,
+    /// For a sequence whose KV is not resident: most prompt (+ generated) tokens to prefill
+    /// this step. When fewer are missing the prefill completes and yields the next token as
+    /// usual; otherwise the step appends this chunk to its KV and yields nothing, and the next
+    /// step that names it continues where the chunk ended (chunked prefill: a long prompt no
+    /// longer holds the engine for one long step). `None` = the whole prefill.
+    pub max_prefill_tokens: Option<usize>,
 }
 
 /// Acceptance statistics of one sequence, over its SD steps (steps run with `k > 0`).
@@ -248,11 +266,27 @@ impl SdEngine {
     /// `forward_batch` call; draft-model forwards are batched per draft position. Outputs come in
     /// the order of `batch`. On error no sequence advances.
     pub fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<SeqStepOutput>, EngineError> {
-        for (i, &(id, _)) in batch.iter().enumerate() {
+        let members: Vec<StepMember> = batch
+            .iter()
+            .map(|&(id, k)| StepMember {
+                id,
+                speculation_length: k,
+                max_prefill_tokens: None,
+            })
+            .collect();
+        self.step_members(&members)
+    }
+
+    /// [`SdEngine::step`] with a prefill limit per member ([`StepMember::max_prefill_tokens`]).
+    pub fn step_members(
+        &mut self,
+        batch: &[StepMember],
+    ) -> Result<Vec<SeqStepOutput>, EngineError> {
+        for (i, &StepMember { id, .. }) in batch.iter().enumerate() {
             if !self.seqs.contains_key(&id) {
                 return Err(EngineError::UnknownSequence(id));
             }
-            if batch[..i].iter().any(|&(other, _)| other == id) {
+            if batch[..i].iter().any(|other| other.id == id) {
                 // TODO(model helper): a dedicated `EngineError::InvalidRequest(String)` variant.
                 return Err(EngineError::CacheMismatch(format!(
                     "sequence {id} appears twice in one step"
@@ -262,13 +296,15 @@ impl SdEngine {
         // Take the batch's states out of the map so each can be borrowed mutably on its own.
         let mut taken: Vec<(u64, SeqState)> = batch
             .iter()
-            .filter_map(|&(id, _)| self.seqs.remove(&id).map(|s| (id, s)))
+            .filter_map(|m| self.seqs.remove(&m.id).map(|s| (m.id, s)))
             .collect();
         let result = {
             let mut jobs: Vec<StepJob<'_>> = taken
                 .iter_mut()
                 .zip(batch)
-                .map(|((id, seq), &(_, k))| StepJob::new(*id, seq, k))
+                .map(|((id, seq), m)| {
+                    StepJob::new(*id, seq, m.speculation_length, m.max_prefill_tokens)
+                })
                 .collect();
             step::run(&self.target, &self.drafter, &mut jobs)
         };

@@ -33,6 +33,17 @@ pub struct BackendStepOutput {
     pub finished: Option<BackendFinish>,
 }
 
+/// One member of a step: its speculation length and, for a prefill, how much of it to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMember {
+    pub id: u64,
+    /// Draft tokens this step (0 = plain decoding).
+    pub speculation_length: usize,
+    /// For a sequence being prefilled: most tokens of its prefill to compute this step (a
+    /// chunk; no token comes out until the last chunk). `None` = the whole prefill.
+    pub max_prefill_tokens: Option<usize>,
+}
+
 /// Engine failure, with its stable kind tag (details are logged, not sent to clients).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("engine error ({kind}): {message}")]
@@ -53,6 +64,17 @@ pub trait Backend {
     /// One speculative-decoding step over `batch` (`(id, k)`; k = speculation length). A sequence
     /// whose KV is not resident is (re)prefilled first and yields its next token.
     fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<BackendStepOutput>, BackendError>;
+    /// [`Backend::step`] with per-member prefill limits (chunked prefill): a member whose
+    /// prefill is cut short produces no token and continues in a later step. A backend without
+    /// chunked prefill computes whole prefills (the default), which the scheduler accepts: a
+    /// chunk that yields a token completes the prefill.
+    fn step_members(
+        &mut self,
+        batch: &[BatchMember],
+    ) -> Result<Vec<BackendStepOutput>, BackendError> {
+        let plain: Vec<(u64, usize)> = batch.iter().map(|m| (m.id, m.speculation_length)).collect();
+        self.step(&plain)
+    }
     /// Drops a sequence's KV (it stays registered and is re-prefilled on its next step).
     fn free_kv(&mut self, id: u64);
     /// Forgets a sequence entirely.

@@ -22,7 +22,7 @@ use lapsd_core::{
 };
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendFinish, BackendStepOutput, SequenceParams};
+use crate::backend::{Backend, BackendFinish, BackendStepOutput, BatchMember, SequenceParams};
 use crate::error::{ApiError, ServerError};
 use crate::inflight::{queue_level, GenerateCommand, Inflight, ResponseEvent};
 use crate::metrics::{Metrics, REQUEST_STATES};
@@ -150,7 +150,12 @@ impl EngineWorker {
 
     fn handle(&mut self, cmd: WorkerCommand) {
         match cmd {
-            WorkerCommand::Generate(cmd) => self.admit(*cmd),
+            WorkerCommand::Generate(cmd) => {
+                self.ctx.metrics.request_received();
+                self.admit(*cmd);
+                // Admission shows in the gauges at once, not after the next step.
+                self.refresh_gauges();
+            }
         }
     }
 
@@ -167,7 +172,14 @@ impl EngineWorker {
         }
         let id = self.next_id;
         self.next_id += 1;
+        // The request arrived when its handler submitted it, which may be a whole step before
+        // the worker admits it: queue time and TTFT count from there.
         let now_s = self.now_s();
+        let arrival_s = cmd
+            .received_at
+            .saturating_duration_since(self.ctx.start)
+            .as_secs_f64()
+            .min(now_s);
         let req = &cmd.request;
         let prompt_tokens = req.prompt_ids.len() as u32;
         let seed = req.sampling.seed.unwrap_or_else(|| {
@@ -185,7 +197,7 @@ impl EngineWorker {
             },
             ignore_eos: req.ignore_eos,
         };
-        let mut spec = RequestSpec::new(id, now_s, prompt_tokens, req.max_tokens)
+        let mut spec = RequestSpec::new(id, arrival_s, prompt_tokens, req.max_tokens)
             .with_priority(req.priority)
             .with_max_tokens_bounds_prediction(self.ctx.max_tokens_bounds_prediction);
         // A text prediction replaces the online predictor's first guess (which uses only the
@@ -243,7 +255,7 @@ impl EngineWorker {
             .metrics
             .prompt_tokens
             .inc_by(u64::from(prompt_tokens));
-        self.inflight.insert(id, Inflight::new(cmd, now_s));
+        self.inflight.insert(id, Inflight::new(cmd, arrival_s));
     }
 
     /// Cancels requests whose handler dropped its event receiver (client gone).
@@ -254,9 +266,14 @@ impl EngineWorker {
             .filter(|(_, r)| r.events_tx.is_closed())
             .map(|(&id, _)| id)
             .collect();
+        let any_gone = !gone.is_empty();
         for id in gone {
             tracing::info!(id, "client disconnected: cancelling");
             self.cancel(id, "cancelled");
+        }
+        if any_gone {
+            // The freed KV shows at once, not after the next step.
+            self.refresh_gauges();
         }
     }
 
@@ -310,19 +327,30 @@ impl EngineWorker {
             std::thread::sleep(Duration::from_millis(5));
             return;
         }
-        let batch: Vec<(u64, usize)> = output
+        let batch: Vec<BatchMember> = output
             .batch
             .iter()
             .map(|s| {
-                let k = match s.kind {
-                    StepKind::Decode { speculation_length } => speculation_length,
-                    StepKind::Prefill { .. } => self.ctx.speculation_length,
+                let (k, max_prefill_tokens) = match s.kind {
+                    StepKind::Decode { speculation_length } => (speculation_length, None),
+                    // The last (or only) part of a prefill: whatever is missing, so that the
+                    // engine always ends it with a token, as the scheduler expects.
+                    StepKind::Prefill { .. } => (self.ctx.speculation_length, None),
+                    StepKind::PrefillChunk { tokens } => {
+                        (self.ctx.speculation_length, Some(tokens as usize))
+                    }
                 };
-                (s.id, k as usize)
+                BatchMember {
+                    id: s.id,
+                    speculation_length: k as usize,
+                    max_prefill_tokens,
+                }
             })
             .collect();
+        // Running requests show as running while their step runs.
+        self.refresh_gauges();
         let started = Instant::now();
-        let step = self.backend.step(&batch);
+        let step = self.backend.step_members(&batch);
         let step_time_s = started.elapsed().as_secs_f64();
         let now_s = self.now_s();
         self.ctx.metrics.steps.inc();
@@ -332,7 +360,7 @@ impl EngineWorker {
             Ok(outputs) => outputs,
             Err(e) => {
                 tracing::error!(error = %e, batch = ?batch, "engine step failed: failing its batch");
-                for &(id, _) in &batch {
+                for id in batch.iter().map(|m| m.id) {
                     if let Some(r) = self.inflight.get(&id) {
                         r.send(ResponseEvent::Error(ApiError::Internal {
                             detail: e.to_string(),
@@ -387,7 +415,6 @@ impl EngineWorker {
             let Some(r) = self.inflight.get_mut(&member.id) else {
                 continue;
             };
-            r.first_step_s.get_or_insert(now_s);
             let mut consumed = 0u32;
             let mut text = String::new();
             for &token in &o.new_tokens {
@@ -555,6 +582,8 @@ impl EngineWorker {
             by_level[level.min(num_queues - 1)] += 1;
             perceptible += i64::from(r.perceptible);
         }
+        // Requests handed over by handlers but not yet taken off the channel are waiting too.
+        by_state[0] += m.pending_admission();
         for (state, n) in REQUEST_STATES.iter().zip(by_state) {
             m.requests.with_label_values(&[state]).set(n);
         }
@@ -566,7 +595,13 @@ impl EngineWorker {
         m.perceptible_requests.set(perceptible);
         m.kv_tokens_reserved
             .set(self.scheduler.kv_tokens_in_use() as i64);
-        m.kv_tokens_in_use
-            .set(self.backend.kv_tokens_in_use() as i64);
+        let held_tokens = self.backend.kv_tokens_in_use();
+        m.kv_tokens_in_use.set(held_tokens as i64);
+        let budget_tokens = self.scheduler.config().capacity.kv_budget_tokens;
+        m.kv_cache_usage_ratio.set(if budget_tokens == 0 {
+            0.0
+        } else {
+            (held_tokens as f64 / budget_tokens as f64).clamp(0.0, 1.0)
+        });
     }
 }

@@ -54,7 +54,7 @@ pub struct Inflight {
     pub stopped_by_string: bool,
     /// Tokens generated (up to and including the one that completed a stop string).
     pub completion_tokens: u32,
-    pub first_step_s: Option<f64>,
+    /// When the step that produced its first token ended (its tokens are sent then).
     pub first_token_s: Option<f64>,
     /// Queue levels visited, in order of first visit.
     pub queue_levels: Vec<u32>,
@@ -74,7 +74,6 @@ impl Inflight {
             decoder: IncrementalDecoder::new(),
             stopped_by_string: false,
             completion_tokens: 0,
-            first_step_s: None,
             first_token_s: None,
             queue_levels: Vec::new(),
         }
@@ -129,7 +128,8 @@ impl Inflight {
                     text_predicted_output_tokens: self.text_predicted_output_tokens,
                     ttft_s: self.first_token_s.map(|t| t - self.arrival_s),
                     e2e_s: now_s - self.arrival_s,
-                    queue_time_s: self.first_step_s.map(|t| t - self.arrival_s),
+                    // From arrival to the start of its first step (TTFT also counts that step).
+                    queue_time_s: state.first_scheduled_s.map(|t| t - self.arrival_s),
                 },
             },
         }

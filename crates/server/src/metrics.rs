@@ -2,6 +2,8 @@
 //! exposition format by `GET /metrics`. Spec-decode counters are named as vLLM names them
 //! (`lapsd_spec_decode_num_drafts_total`, ...). Updated by the engine worker and the handlers.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -26,6 +28,11 @@ pub struct Metrics {
     pub kv_tokens_in_use: IntGauge,
     /// KV tokens the scheduler has reserved.
     pub kv_tokens_reserved: IntGauge,
+    /// KV tokens the engine holds / the KV budget, in [0, 1].
+    pub kv_cache_usage_ratio: Gauge,
+    /// Requests handed to the engine worker that it has not admitted yet (it admits between
+    /// steps): counted as waiting, so the gauge is right while a step runs.
+    pub pending_admission: AtomicI64,
     pub kv_budget_tokens: IntGauge,
     pub prompt_tokens: IntCounter,
     pub generation_tokens: IntCounter,
@@ -98,6 +105,10 @@ impl Metrics {
             "KV tokens reserved by the scheduler (with lookahead)",
         )?;
         let kv_budget_tokens = IntGauge::new("lapsd_kv_budget_tokens", "KV budget in tokens")?;
+        let kv_cache_usage_ratio = Gauge::new(
+            "lapsd_kv_cache_usage_ratio",
+            "Fraction of the KV budget held by resident requests (engine KV tokens / budget)",
+        )?;
         let prompt_tokens = IntCounter::new("lapsd_prompt_tokens_total", "Prompt tokens admitted")?;
         let generation_tokens =
             IntCounter::new("lapsd_generation_tokens_total", "Tokens generated")?;
@@ -177,6 +188,7 @@ impl Metrics {
         reg(Box::new(kv_tokens_in_use.clone()))?;
         reg(Box::new(kv_tokens_reserved.clone()))?;
         reg(Box::new(kv_budget_tokens.clone()))?;
+        reg(Box::new(kv_cache_usage_ratio.clone()))?;
         reg(Box::new(prompt_tokens.clone()))?;
         reg(Box::new(generation_tokens.clone()))?;
         reg(Box::new(steps.clone()))?;
@@ -214,6 +226,8 @@ impl Metrics {
             preemptions,
             kv_tokens_in_use,
             kv_tokens_reserved,
+            kv_cache_usage_ratio,
+            pending_admission: AtomicI64::new(0),
             kv_budget_tokens,
             prompt_tokens,
             generation_tokens,
@@ -232,6 +246,28 @@ impl Metrics {
             uptime_s,
             policy_info,
         })
+    }
+
+    /// A handler handed a request to the worker: it is waiting from now on.
+    pub fn request_submitted(&self) {
+        self.pending_admission.fetch_add(1, Ordering::AcqRel);
+        self.requests.with_label_values(&["waiting"]).inc();
+    }
+
+    /// A request counted by [`Metrics::request_submitted`] never reached the worker.
+    pub fn request_not_submitted(&self) {
+        self.pending_admission.fetch_sub(1, Ordering::AcqRel);
+        self.requests.with_label_values(&["waiting"]).dec();
+    }
+
+    /// The worker took a submitted request off its channel (admitted or refused).
+    pub fn request_received(&self) {
+        self.pending_admission.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Submitted requests the worker has not taken yet.
+    pub fn pending_admission(&self) -> i64 {
+        self.pending_admission.load(Ordering::Acquire).max(0)
     }
 
     /// The text exposition of every metric.

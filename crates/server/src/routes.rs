@@ -116,10 +116,16 @@ impl AppState {
             permit,
             received_at: Instant::now(),
         };
-        match self
+        // Counted before the send, so that the worker never takes a request the gauge has not
+        // counted yet.
+        self.metrics.request_submitted();
+        let sent = self
             .commands_tx
-            .try_send(WorkerCommand::Generate(Box::new(cmd)))
-        {
+            .try_send(WorkerCommand::Generate(Box::new(cmd)));
+        if sent.is_err() {
+            self.metrics.request_not_submitted();
+        }
+        match sent {
             Ok(()) => Ok(events_rx),
             Err(mpsc::error::TrySendError::Full(_)) => Err(queue_full()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::ShuttingDown),

@@ -9,11 +9,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lapsd_engine::chat::{ChatMessage, ChatTemplate};
-use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
+use lapsd_engine::engine::{
+    EngineConfig, SamplingParams, SdEngine, SeqFinish, SeqStepOutput, StepMember,
+};
 use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{EngineError, Tokenizer};
 
-use crate::backend::{Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams};
+use crate::backend::{
+    Backend, BackendError, BackendFinish, BackendStepOutput, BatchMember, SequenceParams,
+};
 use crate::error::ServerError;
 use crate::model_text::{
     special_chunks, special_in_contents, split_rendered, ChatPromptError, Chunk, ModelCard,
@@ -181,6 +185,19 @@ impl ModelText for EngineText {
     }
 }
 
+fn backend_output(o: SeqStepOutput) -> BackendStepOutput {
+    BackendStepOutput {
+        id: o.id,
+        new_tokens: o.new_tokens,
+        drafted_tokens: u32::try_from(o.drafted_tokens).unwrap_or(u32::MAX),
+        accepted_tokens: u32::try_from(o.accepted_tokens).unwrap_or(u32::MAX),
+        finished: o.finished.map(|f| match f {
+            SeqFinish::Eos => BackendFinish::Eos,
+            SeqFinish::Length => BackendFinish::Length,
+        }),
+    }
+}
+
 /// [`SdEngine`] as the worker's [`Backend`].
 pub struct SdBackend {
     engine: SdEngine,
@@ -222,19 +239,23 @@ impl Backend for SdBackend {
 
     fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<BackendStepOutput>, BackendError> {
         let outputs = self.engine.step(batch).map_err(backend_err)?;
-        Ok(outputs
-            .into_iter()
-            .map(|o| BackendStepOutput {
-                id: o.id,
-                new_tokens: o.new_tokens,
-                drafted_tokens: u32::try_from(o.drafted_tokens).unwrap_or(u32::MAX),
-                accepted_tokens: u32::try_from(o.accepted_tokens).unwrap_or(u32::MAX),
-                finished: o.finished.map(|f| match f {
-                    SeqFinish::Eos => BackendFinish::Eos,
-                    SeqFinish::Length => BackendFinish::Length,
-                }),
+        Ok(outputs.into_iter().map(backend_output).collect())
+    }
+
+    fn step_members(
+        &mut self,
+        batch: &[BatchMember],
+    ) -> Result<Vec<BackendStepOutput>, BackendError> {
+        let members: Vec<StepMember> = batch
+            .iter()
+            .map(|m| StepMember {
+                id: m.id,
+                speculation_length: m.speculation_length,
+                max_prefill_tokens: m.max_prefill_tokens,
             })
-            .collect())
+            .collect();
+        let outputs = self.engine.step_members(&members).map_err(backend_err)?;
+        Ok(outputs.into_iter().map(backend_output).collect())
     }
 
     fn free_kv(&mut self, id: u64) {

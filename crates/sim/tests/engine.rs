@@ -327,3 +327,68 @@ fn step_time_charges_the_tokens_each_member_drafted() {
     let measured = 0.050 + steps * 0.020;
     assert!((busy_s(&config, always(0.0)) - measured).abs() < 1e-9);
 }
+
+/// A prompt longer than the step budget is prefilled in chunks, each charged the prefill cost of
+/// its own tokens, and only the last one yields the first token; a short request that arrives
+/// meanwhile runs beside the chunks instead of waiting for the whole prefill.
+#[test]
+fn long_prompts_are_prefilled_in_chunks_beside_short_requests() {
+    let request = |id: u64, arrival_s: f64, prompt_tokens: u32, output_tokens: u32| SimRequest {
+        id,
+        arrival_s,
+        size: RequestSize {
+            prompt_tokens,
+            output_tokens,
+            acceptance_rate: 0.5,
+            draft_length: None,
+        },
+        max_tokens: output_tokens,
+        predicted_output_tokens: Some(output_tokens),
+        served_predicted_output_tokens: None,
+    };
+    let mut config = sd_config(PolicyKind::Fcfs, 4, 1 << 40);
+    config.scheduler.capacity.max_step_tokens = 512;
+    config.scheduler.speculation_length = 0;
+    let cost = config.scheduler.cost;
+    use lapsd_core::StepCostModel;
+    let alone = simulate(&[request(0, 0.0, 2000, 1)], &config, None).expect("runs");
+    let c = alone.completed[0];
+    // 512 + 512 + 512 + 464: four prefill steps, each with its own fixed cost.
+    let want_s = 3.0 * cost.prefill_s(512) + cost.prefill_s(464);
+    assert!(
+        (c.ttft_s() - want_s).abs() < 1e-9,
+        "{} vs {want_s}",
+        c.ttft_s()
+    );
+    assert_eq!(alone.steps, 4);
+    // Without chunking (a budget the prompt fits), one step of the whole prompt.
+    config.scheduler.capacity.max_step_tokens = 2048;
+    let whole = simulate(&[request(0, 0.0, 2000, 1)], &config, None).expect("runs");
+    assert_eq!(whole.steps, 1);
+    assert!((whole.completed[0].ttft_s() - cost.prefill_s(2000)).abs() < 1e-9);
+
+    // A short request arriving during the first chunk, ranked first (shortest remaining first),
+    // finishes before the long prompt's prefill does: its steps take the room the chunks leave.
+    config.scheduler.capacity.max_step_tokens = 512;
+    config.policy = PolicyKind::Srpt;
+    let both = simulate(
+        &[request(0, 0.0, 4000, 50), request(1, 1e-6, 10, 3)],
+        &config,
+        None,
+    )
+    .expect("runs");
+    let finish = |id| {
+        both.completed
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.finish_s)
+            .expect("finished")
+    };
+    let long = both.completed.iter().find(|c| c.id == 0).expect("finished");
+    assert!(
+        finish(1) < long.first_token_s,
+        "short {} long's first token {}",
+        finish(1),
+        long.first_token_s
+    );
+}

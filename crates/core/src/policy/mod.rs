@@ -46,7 +46,7 @@ pub fn execution_time_s(
 ) -> f64 {
     let (prefill_s, decode_tokens) = if r.needs_prefill() {
         (
-            cost.prefill_s(r.context_tokens()),
+            cost.prefill_s(r.prefill_remaining_tokens()),
             (remaining_tokens - 1.0).max(0.0),
         )
     } else {
@@ -101,6 +101,14 @@ pub struct BatchBuilder<'a> {
     pub(crate) chosen_set: IdSet,
     pub(crate) step_tokens: u64,
     pub(crate) kv_tokens: u64,
+    /// Prefill tokens each chosen prefill computes this step (its whole remaining prefill, or a
+    /// chunk of it when that exceeds the step budget).
+    pub(crate) prefill_chunks: IdMap<u32>,
+    /// The request whose chunked prefill is under way, if any, and the KV it holds. At most one
+    /// runs at a time (vLLM's default `max_num_partial_prefills` is 1 too): its chunks' KV is
+    /// never evicted (evicting it would throw the chunks away, and a policy that alternates
+    /// between two long prompts would then never finish either), so others fit beside it.
+    pub(crate) partial_prefill: Option<(RequestId, u64)>,
     pub(crate) misses: usize,
     /// Offers that reached the size checks (rank of the next offer).
     offers: usize,
@@ -130,6 +138,8 @@ impl<'a> BatchBuilder<'a> {
             ),
             step_tokens: 0,
             kv_tokens: 0,
+            prefill_chunks: IdMap::default(),
+            partial_prefill: None,
             misses: 0,
             offers: 0,
             decode_members: 0,
@@ -159,7 +169,7 @@ impl<'a> BatchBuilder<'a> {
 
     /// Whether the marginal rule declines `request` at this point (see
     /// [`BatchBuilder::use_marginal_formation`]).
-    fn marginal_declines(&self, request: &RequestState) -> bool {
+    fn marginal_declines(&self, request: &RequestState, prefill_tokens: u32) -> bool {
         let Some(full_at_queue) = self.marginal_until else {
             return false;
         };
@@ -169,7 +179,7 @@ impl<'a> BatchBuilder<'a> {
         }
         let k = self.speculation_length;
         let (delta_s, alone_s) = if request.needs_prefill() {
-            let prefill_s = self.cost.prefill_s(request.context_tokens());
+            let prefill_s = self.cost.prefill_s(prefill_tokens);
             (prefill_s, prefill_s)
         } else {
             let own = Self::step_tokens_of(request, k);
@@ -185,11 +195,11 @@ impl<'a> BatchBuilder<'a> {
         (1.0 + behind) * (alone_s - delta_s) <= self.chosen.len() as f64 * delta_s
     }
 
-    /// Tokens `request` processes in its next step: its whole context for a (re)prefill, else
-    /// `min(k, remaining - 1) + 1` for an SD step.
+    /// Tokens `request` would process in its next step if nothing limited it: what its
+    /// (re)prefill still has to compute, else `min(k, remaining - 1) + 1` for an SD step.
     pub fn step_tokens_of(request: &RequestState, speculation_length: u32) -> u64 {
         if request.needs_prefill() {
-            u64::from(request.context_tokens())
+            u64::from(request.prefill_remaining_tokens())
         } else {
             u64::from(request.step_speculation_length(speculation_length)) + 1
         }
@@ -200,11 +210,62 @@ impl<'a> BatchBuilder<'a> {
         u64::from(request.context_tokens()) + u64::from(speculation_length) + 1
     }
 
+    /// KV tokens `request` needs for a step that computes `prefill_tokens` of its prefill: a
+    /// chunk that leaves part of it for later holds only what is computed so far (it produces no
+    /// token, so it needs no lookahead); the last chunk needs [`BatchBuilder::kv_need_of`].
+    pub fn kv_need_of_prefill(
+        request: &RequestState,
+        prefill_tokens: u32,
+        speculation_length: u32,
+    ) -> u64 {
+        if prefill_tokens < request.prefill_remaining_tokens() {
+            u64::from(request.prefill_progress_tokens) + u64::from(prefill_tokens)
+        } else {
+            Self::kv_need_of(request, speculation_length)
+        }
+    }
+
+    /// The prefill tokens `request` computes if it joins now, `None` if it does not fit the step
+    /// budget. A prefill that fits the whole budget runs whole, in a batch with room for it (so
+    /// steps of prompts that fit one step are what they were before chunking); a longer one is
+    /// cut to the room left, so it runs in chunks between other requests' steps instead of
+    /// holding the engine for one long step. A chunk joins only an empty batch, i.e. when its
+    /// request ranks first: on a compute-bound engine (the CPU this server runs on) a step costs
+    /// about the sum of its tokens, so riding along with requests ranked above it saves nothing
+    /// and would slow each of their steps by the chunk's time. (On a GPU, where decode steps are
+    /// memory-bound, vLLM lets chunks fill the room decodes leave; the linear cost model this
+    /// core plans with has no such saving.)
+    pub fn prefill_chunk_tokens(&self, request: &RequestState) -> Option<u32> {
+        let remaining = u64::from(request.prefill_remaining_tokens());
+        let budget = self.capacity.max_step_tokens.max(1);
+        let room = budget.saturating_sub(self.step_tokens);
+        let another_is_partial = self
+            .partial_prefill
+            .is_some_and(|(id, _)| id != request.id());
+        if remaining <= room {
+            Some(remaining as u32)
+        } else if remaining > budget && self.chosen.is_empty() && !another_is_partial {
+            Some(room as u32)
+        } else {
+            None
+        }
+    }
+
+    /// KV held by the chunked prefill under way when it is neither `id` nor already chosen: it
+    /// cannot be evicted, so it is not there for `id`.
+    fn pinned_kv_tokens_besides(&self, id: RequestId) -> u64 {
+        match self.partial_prefill {
+            Some((pid, held)) if pid != id && !self.chosen_set.contains(&pid) => held,
+            _ => 0,
+        }
+    }
+
     /// Offers `id` for the next step. Policies call this in their priority order.
     ///
     /// Checks, in order: already chosen or unknown/finished (`Rejected`), batch size
-    /// (`BatchFull`), step tokens (a lone request in an empty batch is always allowed, so an
-    /// oversize prefill still runs, alone), and KV: the needs of everything chosen must fit the
+    /// (`BatchFull`), step tokens (a lone request in an empty batch is always allowed; a prefill
+    /// longer than the whole step budget is cut to the room left, see
+    /// [`BatchBuilder::prefill_chunk_tokens`]), and KV: the needs of everything chosen must fit the
     /// whole budget (residents not chosen can be evicted by the scheduler, so they do not count).
     pub fn try_add(&mut self, id: RequestId) -> AddOutcome {
         let Some(request) = self.requests.get(&id) else {
@@ -217,15 +278,37 @@ impl<'a> BatchBuilder<'a> {
             return AddOutcome::BatchFull;
         }
         self.offers += 1;
-        if self.marginal_declines(request) {
+        let k = self.speculation_length;
+        let prefill_chunk = request
+            .needs_prefill()
+            .then(|| self.prefill_chunk_tokens(request));
+        let wanted_prefill_tokens = match prefill_chunk {
+            Some(Some(chunk)) => chunk,
+            _ => request.prefill_remaining_tokens(),
+        };
+        if self.marginal_declines(request, wanted_prefill_tokens) {
             self.misses += 1;
             return AddOutcome::NotWorthBatching;
         }
-        let step_tokens = Self::step_tokens_of(request, self.speculation_length);
-        let kv_need = Self::kv_need_of(request, self.speculation_length);
-        let fits_tokens = self.chosen.is_empty()
-            || self.step_tokens + step_tokens <= self.capacity.max_step_tokens;
-        let fits_kv = self.kv_tokens + kv_need <= self.capacity.kv_budget_tokens;
+        let (fits_tokens, step_tokens, kv_need) = match prefill_chunk {
+            Some(Some(chunk)) => (
+                true,
+                u64::from(chunk),
+                Self::kv_need_of_prefill(request, chunk, k),
+            ),
+            Some(None) => (false, 0, 0),
+            None => {
+                let step_tokens = Self::step_tokens_of(request, k);
+                (
+                    self.chosen.is_empty()
+                        || self.step_tokens + step_tokens <= self.capacity.max_step_tokens,
+                    step_tokens,
+                    Self::kv_need_of(request, k),
+                )
+            }
+        };
+        let fits_kv = self.kv_tokens + kv_need + self.pinned_kv_tokens_besides(id)
+            <= self.capacity.kv_budget_tokens;
         if !(fits_tokens && fits_kv) {
             self.misses += 1;
             return AddOutcome::DoesNotFit;
@@ -234,7 +317,9 @@ impl<'a> BatchBuilder<'a> {
         self.chosen_set.insert(id);
         self.step_tokens += step_tokens;
         self.kv_tokens += kv_need;
-        if !request.needs_prefill() {
+        if request.needs_prefill() {
+            self.prefill_chunks.insert(id, step_tokens as u32);
+        } else {
             self.decode_members += 1;
             self.decode_positions += step_tokens;
         }
@@ -856,14 +941,18 @@ mod tests {
         assert_eq!(
             b.try_add(1),
             AddOutcome::Added,
-            "a lone oversize prefill runs alone"
+            "an oversize prefill runs a chunk of the step budget"
         );
-        assert_eq!(b.step_tokens(), 100);
-        assert_eq!(b.kv_tokens(), 105);
+        assert_eq!(b.step_tokens(), 50);
+        assert_eq!(
+            b.kv_tokens(),
+            50,
+            "a chunk needs the KV it computes, no lookahead"
+        );
         assert_eq!(
             b.try_add(2),
             AddOutcome::DoesNotFit,
-            "step tokens: 100 + 5 > 50"
+            "step tokens: 50 + 5 > 50"
         );
         assert_eq!(b.try_add(1), AddOutcome::Rejected);
         assert_eq!(b.try_add(99), AddOutcome::Rejected);

@@ -26,6 +26,13 @@ fn fake_results(output: &SchedulerOutput, accepted: u32) -> Vec<StepResult> {
         .batch
         .iter()
         .map(|s| match s.kind {
+            StepKind::PrefillChunk { .. } => StepResult {
+                id: s.id,
+                drafted_tokens: 0,
+                accepted_tokens: 0,
+                new_tokens: 0,
+                finished: None,
+            },
             StepKind::Prefill { .. } => StepResult {
                 id: s.id,
                 drafted_tokens: 0,
@@ -316,4 +323,147 @@ fn results_in_any_order_reach_their_request() {
     assert_eq!(s.request(1).unwrap().generated_tokens, 1 + 4);
     assert_eq!(s.request(2).unwrap().generated_tokens, 1 + 2);
     assert_eq!(s.request(2).unwrap().acceptance.accepted_tokens, 1);
+}
+
+fn scheduler_with_step_tokens(kind: PolicyKind, max_step_tokens: u64, k: u32) -> Scheduler {
+    let mut s = scheduler(kind, 8, 100_000, k);
+    s.config.capacity.max_step_tokens = max_step_tokens;
+    s
+}
+
+#[test]
+fn a_prompt_longer_than_the_step_budget_is_prefilled_in_chunks() {
+    let mut s = scheduler_with_step_tokens(PolicyKind::Fcfs, 1000, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 2500, 8), 0.0)
+        .unwrap();
+    let mut kinds = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (out, done) = step(&mut s, f64::from(i), 4);
+        assert!(done.is_empty());
+        kinds.push(out.batch[0].kind);
+        held.push(s.kv().held_tokens(1));
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            StepKind::PrefillChunk { tokens: 1000 },
+            StepKind::PrefillChunk { tokens: 1000 },
+            StepKind::Prefill { tokens: 500 },
+            StepKind::Decode {
+                speculation_length: 4
+            },
+        ]
+    );
+    // Between chunks it holds what was computed; after the last, the context (prompt + the
+    // first token); after the decode step, the context again.
+    assert_eq!(held, vec![1000, 2000, 2501, 2506]);
+    let r = s.request(1).expect("still running");
+    assert_eq!(r.recomputes, 0);
+    assert_eq!(r.first_scheduled_s, Some(0.0));
+    // The first token came with the last chunk (its step ended at 2.01), not before.
+    assert_eq!(r.first_token_s, Some(2.01));
+}
+
+#[test]
+fn chunks_run_between_the_decode_steps_of_requests_ranked_above() {
+    let mut s = scheduler_with_step_tokens(PolicyKind::Fcfs, 1000, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 10, 9), 0.0).unwrap();
+    step(&mut s, 0.0, 4);
+    s.add_request(RequestSpec::new(2, 0.5, 3000, 8), 0.5)
+        .unwrap();
+    // Request 1 ranks first: its decode steps run without a chunk riding along.
+    let (out, _) = step(&mut s, 1.0, 4);
+    assert_eq!(
+        out.batch,
+        vec![ScheduledRequest {
+            id: 1,
+            kind: StepKind::Decode {
+                speculation_length: 4
+            }
+        }]
+    );
+    let (out, done) = step(&mut s, 2.0, 4);
+    assert_eq!(out.batch.len(), 1);
+    assert_eq!(done.len(), 1, "request 1 done: 1 + 5 + 3 tokens");
+    let (out, _) = step(&mut s, 3.0, 4);
+    assert_eq!(out.batch[0].kind, StepKind::PrefillChunk { tokens: 1000 });
+    // Ranked below the chunk, a new request would fit only in the room it leaves (none).
+    s.add_request(RequestSpec::new(3, 3.5, 10, 8), 3.5).unwrap();
+    let (out, _) = step(&mut s, 4.0, 4);
+    assert_eq!(out.batch.len(), 1);
+    assert_eq!(s.request(2).map(|r| r.prefill_progress_tokens), Some(2000));
+}
+
+#[test]
+fn a_prompt_that_fits_one_step_waits_for_room_instead_of_being_cut() {
+    let mut s = scheduler_with_step_tokens(PolicyKind::Fcfs, 1000, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 10, 100), 0.0)
+        .unwrap();
+    step(&mut s, 0.0, 4);
+    s.add_request(RequestSpec::new(2, 0.5, 998, 8), 0.5)
+        .unwrap();
+    let (out, _) = step(&mut s, 1.0, 4);
+    assert_eq!(
+        out.batch.len(),
+        1,
+        "998 + 5 tokens exceed the budget: no chunk"
+    );
+    s.cancel(1, 1.5);
+    let (out, _) = step(&mut s, 2.0, 4);
+    assert_eq!(out.batch[0].kind, StepKind::Prefill { tokens: 998 });
+}
+
+#[test]
+fn cancelling_during_a_chunked_prefill_frees_its_kv() {
+    let mut s = scheduler_with_step_tokens(PolicyKind::Fcfs, 1000, 4);
+    s.add_request(RequestSpec::new(1, 0.0, 5000, 8), 0.0)
+        .unwrap();
+    step(&mut s, 0.0, 4);
+    step(&mut s, 1.0, 4);
+    assert_eq!(s.kv_tokens_in_use(), 2000);
+    let state = s.cancel(1, 2.0).expect("known");
+    assert_eq!(state.phase, RequestPhase::Finished(FinishReason::Cancelled));
+    assert_eq!(s.kv_tokens_in_use(), 0);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn a_chunked_prefill_under_way_keeps_its_kv_and_runs_alone_of_its_kind() {
+    // Room for one long request at a time. LAS alternates between equals, which would throw
+    // away the chunks of each in turn if a chunked prefill could be evicted.
+    let mut s = scheduler(PolicyKind::Las, 1, 3000, 0);
+    s.config.capacity.max_step_tokens = 1000;
+    s.add_request(RequestSpec::new(1, 0.0, 2500, 4), 0.0)
+        .unwrap();
+    step(&mut s, 0.0, 0); // request 1: chunk 1
+    s.add_request(RequestSpec::new(2, 0.5, 2500, 4), 0.5)
+        .unwrap();
+    let mut finished = Vec::new();
+    let mut order = Vec::new();
+    for i in 1..40 {
+        let (out, done) = step(&mut s, f64::from(i), 0);
+        assert!(
+            out.preempted.iter().all(|p| p.kind == PreemptKind::KeepKv
+                || s.request(p.id)
+                    .is_none_or(|r| r.prefill_progress_tokens == 0)),
+            "no chunked prefill loses its KV"
+        );
+        assert!(s.kv_tokens_in_use() <= 3000);
+        order.extend(out.batch.iter().map(|b| (b.id, b.kind)));
+        finished.extend(done.iter().map(RequestState::id));
+        if s.is_empty() {
+            break;
+        }
+    }
+    // Request 2 could not start its own chunked prefill while request 1's was under way.
+    assert_eq!(
+        &order[..2],
+        &[
+            (1, StepKind::PrefillChunk { tokens: 1000 }),
+            (1, StepKind::Prefill { tokens: 500 }),
+        ]
+    );
+    finished.sort_unstable();
+    assert_eq!(finished, vec![1, 2]);
 }

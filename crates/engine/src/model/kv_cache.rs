@@ -74,6 +74,20 @@ impl KvCache {
     }
 
     /// Number of decoder layers this cache covers.
+    /// Fixes which positions take the f32 weights before a prefill that may run in chunks:
+    /// the positions of the whole first prefill (`prefill_tokens`), as when it runs in one
+    /// forward (see `llama::DENSE_MIN_ROWS`), so that chunked and whole prefills compute every
+    /// position through the same weights. No effect once the cache has been used.
+    pub fn plan_dense_prefix(&mut self, prefill_tokens: usize) {
+        if self.len_tokens == 0 && self.dense_prefix.is_none() {
+            self.dense_prefix = Some(if prefill_tokens >= super::llama::DENSE_MIN_ROWS {
+                prefill_tokens
+            } else {
+                0
+            });
+        }
+    }
+
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }

@@ -82,6 +82,9 @@ pub(crate) struct SeqRows<'a> {
     pub(crate) row_offset: usize,
     /// Number of new tokens (rows).
     pub(crate) n_rows: usize,
+    /// How many of its last rows need logits (1 to `n_rows`; 1 for a prefill, whose last row
+    /// alone is read): the LM head runs on those rows only.
+    pub(crate) logit_rows: usize,
     pub(crate) cache: &'a mut KvCache,
 }
 
@@ -448,8 +451,9 @@ impl Transformer {
 
     /// Runs the stacked `tokens` (rows of all sequences, in `seqs` order) through the first
     /// `n_layers` layers, appending each sequence's K/V to its cache, then the final norm and LM
-    /// head. Returns logits `[tokens.len(), vocab]`. Caches' `len` is NOT updated here (the caller
-    /// commits or rolls back).
+    /// head. Returns logits `[sum of logit_rows, vocab]`: each sequence's last `logit_rows` rows
+    /// (at least one),
+    /// in `seqs` order. Caches' `len` is NOT updated here (the caller commits or rolls back).
     pub(crate) fn forward_rows(
         &self,
         tokens: &[u32],
@@ -524,8 +528,23 @@ impl Transformer {
             let h = (candle_nn::ops::silu(&gate)? * up)?;
             x = (x + layer.ffn_down.forward(&h, &paths)?)?;
         }
+        let wanted: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| {
+                let end = s.row_offset + s.n_rows;
+                (end - s.logit_rows.clamp(1, s.n_rows)..end).map(|r| r as u32)
+            })
+            .collect();
+        if wanted.len() == n_rows {
+            let xn = candle_nn::ops::rms_norm(&x, &self.output_norm, cfg.rms_eps)?;
+            return self.output.forward(&xn, &paths);
+        }
+        // Rows whose logits nobody reads skip the LM head (a prompt's rows but the last): it
+        // is the widest matrix of a small model. Each kept row keeps its own weight path.
+        let x = x.index_select(&Tensor::new(wanted.as_slice(), &dev)?, 0)?;
+        let kept_dense: Vec<bool> = wanted.iter().map(|&r| dense_rows[r as usize]).collect();
         let xn = candle_nn::ops::rms_norm(&x, &self.output_norm, cfg.rms_eps)?;
-        self.output.forward(&xn, &paths)
+        self.output.forward(&xn, &RowPaths::new(&kept_dense)?)
     }
 }
 

@@ -258,6 +258,27 @@ impl Model {
         seqs: &mut [SeqForward<'_>],
         n_layers: usize,
     ) -> Result<Vec<Tensor>, EngineError> {
+        let all_rows: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+        self.forward_batch_tails(seqs, n_layers, &all_rows)
+    }
+
+    /// Like [`Model::forward_batch_layers`] but returns logits only for the last
+    /// `logit_rows[i]` positions of sequence `i` (clamped to 1..=its token count): a prefill
+    /// reads only its last position's logits, so the LM head skips the others. Each sequence's
+    /// K/V is appended for every token, as always.
+    pub fn forward_batch_tails(
+        &self,
+        seqs: &mut [SeqForward<'_>],
+        n_layers: usize,
+        logit_rows: &[usize],
+    ) -> Result<Vec<Tensor>, EngineError> {
+        if logit_rows.len() != seqs.len() {
+            return Err(EngineError::CacheMismatch(format!(
+                "{} logit row counts for {} sequences",
+                logit_rows.len(),
+                seqs.len()
+            )));
+        }
         if n_layers == 0 || n_layers > self.info.n_layers {
             return Err(EngineError::InvalidLayerCount {
                 requested: n_layers,
@@ -278,10 +299,12 @@ impl Model {
         let mut row_offset = 0;
         let mut rows: Vec<SeqRows<'_>> = seqs
             .iter_mut()
-            .map(|s| {
+            .zip(logit_rows)
+            .map(|(s, &logit_rows)| {
                 let r = SeqRows {
                     row_offset,
                     n_rows: s.tokens.len(),
+                    logit_rows: logit_rows.clamp(1, s.tokens.len()),
                     cache: &mut *s.cache,
                 };
                 row_offset += s.tokens.len();
@@ -294,9 +317,11 @@ impl Model {
         {
             Ok(logits) => {
                 let mut out = Vec::with_capacity(rows.len());
+                let mut logit_offset = 0;
                 for seq in rows.iter_mut() {
                     seq.cache.len_tokens += seq.n_rows;
-                    out.push(logits.narrow(0, seq.row_offset, seq.n_rows)?);
+                    out.push(logits.narrow(0, logit_offset, seq.logit_rows)?);
+                    logit_offset += seq.logit_rows;
                 }
                 Ok(out)
             }

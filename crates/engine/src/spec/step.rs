@@ -99,6 +99,10 @@ pub(crate) struct StepJob<'a> {
     skip: bool,
     /// The step recomputes the sequence's KV (new or freed).
     prefill: bool,
+    /// Most prefill tokens this step may compute (`None` = all that are missing).
+    prefill_limit: Option<usize>,
+    /// The prefill stops short of the last token this step (a chunk): KV only, no token.
+    partial: bool,
     drafts: Vec<u32>,
     draft_probs: Vec<DraftProbs>,
     /// For rollback on error: the draft cache length and RNG before the step.
@@ -107,7 +111,12 @@ pub(crate) struct StepJob<'a> {
 }
 
 impl<'a> StepJob<'a> {
-    pub(crate) fn new(id: u64, seq: &'a mut SeqState, k_requested: usize) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        seq: &'a mut SeqState,
+        k_requested: usize,
+        prefill_limit: Option<usize>,
+    ) -> Self {
         let draft_len_before = seq.draft_cache.as_ref().map_or(0, KvCache::len);
         let rng_before = seq.rng.clone();
         Self {
@@ -117,6 +126,8 @@ impl<'a> StepJob<'a> {
             k: 0,
             skip: false,
             prefill: false,
+            prefill_limit,
+            partial: false,
             drafts: Vec::new(),
             draft_probs: Vec::new(),
             draft_len_before,
@@ -136,6 +147,11 @@ impl<'a> StepJob<'a> {
         }
         self.prefill = !seq.resident;
         if self.prefill {
+            let missing = seq.tokens.len() - seq.target_cache.len();
+            self.partial = self.prefill_limit.is_some_and(|limit| limit < missing);
+            // Chunks of one prefill must put each position through the weights the whole
+            // prefill would have used.
+            seq.target_cache.plan_dense_prefix(missing);
             return;
         }
         let n = seq.tokens.len();
@@ -267,11 +283,22 @@ fn verify_forward(
         .iter()
         .map(|j| {
             (!j.skip).then(|| {
-                let mut input = j.seq.tokens[j.seq.target_cache.len()..].to_vec();
+                let start = j.seq.target_cache.len();
+                let end = match (j.prefill, j.prefill_limit) {
+                    (true, Some(limit)) => (start + limit.max(1)).min(j.seq.tokens.len()),
+                    _ => j.seq.tokens.len(),
+                };
+                let mut input = j.seq.tokens[start..end].to_vec();
                 input.extend_from_slice(&j.drafts);
                 input
             })
         })
+        .collect();
+    // A prefill reads its last position's logits only; a verification reads all k + 1.
+    let logit_rows: Vec<usize> = jobs
+        .iter()
+        .zip(&inputs)
+        .filter_map(|(j, input)| input.as_ref().map(|i| if j.prefill { 1 } else { i.len() }))
         .collect();
     let mut fwd: Vec<SeqForward<'_>> = jobs
         .iter_mut()
@@ -283,7 +310,10 @@ fn verify_forward(
             })
         })
         .collect();
-    let mut logits = target.forward_batch(&mut fwd)?.into_iter();
+    let n_layers = target.info().n_layers;
+    let mut logits = target
+        .forward_batch_tails(&mut fwd, n_layers, &logit_rows)?
+        .into_iter();
     drop(fwd);
     Ok(inputs
         .iter()
@@ -301,6 +331,7 @@ fn commit(
     let mut rows_per_job = Vec::with_capacity(jobs.len());
     for (job, logits) in jobs.iter().zip(logits) {
         rows_per_job.push(match logits {
+            Some(_) if job.partial => None,
             Some(t) => {
                 let n_rows = t.dim(0)?;
                 let needed = job.drafts.len() + 1;
@@ -313,6 +344,8 @@ fn commit(
     let mut outputs = Vec::with_capacity(jobs.len());
     for (job, rows) in jobs.iter_mut().zip(rows_per_job) {
         let Some(rows) = rows else {
+            // Skipped, or a prefill chunk: its KV is kept (the next step continues after it),
+            // no token is produced and the sequence stays non-resident until its last chunk.
             outputs.push(SeqStepOutput {
                 id: job.id,
                 new_tokens: Vec::new(),
@@ -320,6 +353,7 @@ fn commit(
                 accepted_tokens: 0,
                 finished: job.seq.finished,
                 prefilled: false,
+                prefill_pending: job.partial,
             });
             continue;
         };
@@ -377,6 +411,7 @@ fn commit(
             accepted_tokens: verdict.accepted,
             finished,
             prefilled: job.prefill,
+            prefill_pending: false,
         });
     }
     Ok(outputs)

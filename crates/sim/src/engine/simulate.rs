@@ -116,7 +116,10 @@ fn step_time_s(output: &SchedulerOutput, results: &[StepResult], cost: &dyn Step
         .batch
         .iter()
         .filter_map(|member| match member.kind {
-            StepKind::Prefill { tokens } => Some(cost.prefill_s(tokens)),
+            // Each chunk of a chunked prefill pays the prefill cost of its own tokens.
+            StepKind::Prefill { tokens } | StepKind::PrefillChunk { tokens } => {
+                Some(cost.prefill_s(tokens))
+            }
             StepKind::Decode { .. } => None,
         })
         .sum();
@@ -264,13 +267,23 @@ fn step_member(
     };
     let req = &requests[index];
     let progress = &mut state[index];
+    if let StepKind::PrefillChunk { .. } = kind {
+        // A chunk that leaves part of the prefill for later computes KV only.
+        return Ok(StepResult {
+            id,
+            drafted_tokens: 0,
+            accepted_tokens: 0,
+            new_tokens: 0,
+            finished: None,
+        });
+    }
     let remaining = req
         .size
         .output_tokens
         .saturating_sub(progress.generated_tokens);
     let (drafted, accepted) = match kind {
         // A prefill (or the recompute after a freed preemption) yields the next token.
-        StepKind::Prefill { .. } => (0, 0),
+        StepKind::Prefill { .. } | StepKind::PrefillChunk { .. } => (0, 0),
         StepKind::Decode {
             speculation_length: 0,
         } => (0, 0),
