@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's body (408 past it).
     #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT_S)]
     pub body_timeout_s: f64,
+    /// Most characters a prompt may have (completions: the prompt text; chat: all message
+    /// contents together); longer ones get a 400 before they are tokenized. Off by default.
+    #[arg(long, value_name = "N")]
+    pub max_prompt_chars: Option<usize>,
     /// Policy settings, shared with `lapsd sim`. The server turns two bounds on by default:
     /// --fcfs-slack 3, a tail bound (p99 latency within about 3x what FCFS would give the same
     /// requests, measured on a shadow FCFS queue; in the simulator's regime matrix it cuts the
@@ -184,6 +188,7 @@ impl ServeArgs {
             header_timeout_s: self.header_timeout_s,
             body_timeout_s: self.body_timeout_s,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_prompt_chars: self.max_prompt_chars,
         }
     }
 

@@ -95,6 +95,8 @@ pub struct HttpConfig {
     pub body_timeout_s: f64,
     /// Largest body accepted; a larger declared `Content-Length` is refused before reading.
     pub max_body_bytes: usize,
+    /// Most characters in a prompt (`--max-prompt-chars`); `None` = no limit beyond the body's.
+    pub max_prompt_chars: Option<usize>,
 }
 
 impl Default for HttpConfig {
@@ -106,6 +108,7 @@ impl Default for HttpConfig {
             header_timeout_s: DEFAULT_HEADER_TIMEOUT_S,
             body_timeout_s: DEFAULT_BODY_TIMEOUT_S,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_prompt_chars: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! HTTP routes (axum 0.8): `POST /v1/completions`, `POST /v1/chat/completions` (JSON or SSE with
 //! `stream: true`, ending in `data: [DONE]`), `GET /v1/models`, `GET /v1/models/{id}`, `GET
-//! /health`, `GET /metrics`, and OpenAI error bodies for unknown routes (404) and methods (405). Handlers validate, take an admission slot (429 when none is
-//! free), hand the request to the engine worker and relay its events; dropping the event receiver
+//! /health`, `GET /metrics`, and OpenAI error bodies for unknown routes (404) and methods (405). Handlers take an admission slot (429 when none is
+//! free), validate and tokenize on a blocking thread, hand the request to the engine worker and
+//! relay its events; dropping the event receiver
 //! (client gone) cancels the request in the worker.
 
 use std::convert::Infallible;
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Extension, Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::json::ApiJson;
 use crate::api::openai::{
@@ -87,28 +88,52 @@ impl AppState {
         format!("{prefix}-{:x}{n:06x}", self.created_unix_s)
     }
 
-    /// Takes an admission slot and hands the request to the worker.
+    fn queue_full(&self) -> ApiError {
+        self.metrics
+            .requests_rejected
+            .with_label_values(&["queue_full"])
+            .inc();
+        ApiError::QueueFull {
+            max_queue: self.max_queue,
+        }
+    }
+
+    /// Takes an admission slot (429 when none is left) before any work is done for the request,
+    /// so that `--max-queue` also bounds how many prompts are being tokenized.
+    fn take_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ApiError::ShuttingDown);
+        }
+        self.admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.queue_full())
+    }
+
+    /// Validates (tokenizing) on a blocking thread: a long prompt takes the tokenizer a while,
+    /// which must not hold a thread of the HTTP runtime.
+    async fn validate<R: Send + 'static>(
+        &self,
+        req: R,
+        validate: fn(&Validator, &R) -> Result<ValidRequest, ApiError>,
+    ) -> Result<ValidRequest, ApiError> {
+        let validator = self.validator.clone();
+        tokio::task::spawn_blocking(move || validate(&validator, &req))
+            .await
+            .map_err(|e| ApiError::Internal {
+                detail: format!("validation task failed: {e}"),
+            })?
+    }
+
+    /// Hands the validated request and its admission slot to the worker.
     fn submit(
         &self,
         request: ValidRequest,
+        permit: OwnedSemaphorePermit,
     ) -> Result<mpsc::UnboundedReceiver<ResponseEvent>, ApiError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(ApiError::ShuttingDown);
         }
-        let queue_full = || {
-            self.metrics
-                .requests_rejected
-                .with_label_values(&["queue_full"])
-                .inc();
-            ApiError::QueueFull {
-                max_queue: self.max_queue,
-            }
-        };
-        let permit = self
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| queue_full())?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let cmd = GenerateCommand {
             request,
@@ -127,7 +152,7 @@ impl AppState {
         }
         match sent {
             Ok(()) => Ok(events_rx),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(queue_full()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.queue_full()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::ShuttingDown),
         }
     }
@@ -229,9 +254,10 @@ async fn completions(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let valid = state.validator.completion(&req)?;
+    let permit = state.take_slot()?;
+    let valid = state.validate(req, Validator::completion).await?;
     let (stream, include_usage) = (valid.stream, valid.include_usage);
-    let mut rx = state.submit(valid)?;
+    let mut rx = state.submit(valid, permit)?;
     let id = state.response_id("cmpl");
     let created = unix_now_s();
     let model = state.validator.card.name.clone();
@@ -301,9 +327,10 @@ async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let valid = state.validator.chat(&req)?;
+    let permit = state.take_slot()?;
+    let valid = state.validate(req, Validator::chat).await?;
     let (stream, include_usage) = (valid.stream, valid.include_usage);
-    let mut rx = state.submit(valid)?;
+    let mut rx = state.submit(valid, permit)?;
     let id = state.response_id("chatcmpl");
     let created = unix_now_s();
     let model = state.validator.card.name.clone();

@@ -190,6 +190,7 @@ pub async fn start(
             kv_budget_tokens: config.capacity.kv_budget_tokens,
             lookahead_tokens: config.speculation_length + 1,
             length_model: config.length_model.clone(),
+            max_prompt_chars: config.http.max_prompt_chars,
         },
         commands_tx,
         admission: admission.clone(),

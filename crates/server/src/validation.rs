@@ -60,6 +60,8 @@ pub struct Validator {
     pub lookahead_tokens: u32,
     /// Predicts output lengths from prompt text (`--length-model`).
     pub length_model: Option<Arc<TextLengthModel>>,
+    /// `--max-prompt-chars`: longer prompt texts are refused before tokenization.
+    pub max_prompt_chars: Option<usize>,
 }
 
 impl Validator {
@@ -179,6 +181,8 @@ impl Validator {
             };
             turns.push((role.to_string(), content));
         }
+        let chars = turns.iter().map(|(_, c)| c.chars().count()).sum();
+        self.check_prompt_chars(chars, "messages")?;
         // The template writes any special tokens itself; contents are plain text.
         let prompt_ids = self.text.encode_chat(&turns).map_err(|e| match e {
             // A template that raises (e.g. roles out of the order it accepts) is the
@@ -208,7 +212,23 @@ impl Validator {
         Ok(valid)
     }
 
+    /// Refuses a prompt of more than `--max-prompt-chars` characters, naming the field, the
+    /// limit and the length sent.
+    fn check_prompt_chars(&self, chars: usize, field: &str) -> Result<(), ApiError> {
+        match self.max_prompt_chars {
+            Some(limit) if chars > limit => Err(ApiError::invalid(
+                field,
+                format!(
+                    "the prompt has {chars} characters, more than this server's limit of {limit} \
+                     (--max-prompt-chars)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn encode(&self, text: &str, add_special: bool, field: &str) -> Result<Vec<u32>, ApiError> {
+        self.check_prompt_chars(text.chars().count(), field)?;
         self.text
             .encode(text, add_special)
             .map_err(|e| ApiError::Internal {
@@ -501,7 +521,37 @@ mod tests {
             kv_budget_tokens: 1000,
             lookahead_tokens: 5,
             length_model: None,
+            max_prompt_chars: None,
         }
+    }
+
+    #[test]
+    fn prompts_over_the_character_limit_are_refused_naming_the_field() {
+        let v = Validator {
+            max_prompt_chars: Some(10),
+            ..validator()
+        };
+        let completion = |body: &str| v.completion(&parse_body(body.as_bytes()).expect("body"));
+        let chat = |body: &str| v.chat(&parse_body(body.as_bytes()).expect("body"));
+        assert!(completion(r#"{"prompt": "0123456789"}"#).is_ok());
+        let err = completion(r#"{"prompt": "01234567890"}"#).expect_err("11 > 10");
+        assert_eq!(
+            err,
+            ApiError::invalid(
+                "prompt",
+                "the prompt has 11 characters, more than this server's limit of 10 \
+                 (--max-prompt-chars)"
+            )
+        );
+        // Characters, not bytes: ten two-byte characters fit.
+        assert!(completion(r#"{"prompt": "éééééééééé"}"#).is_ok());
+        // Chat: all contents together.
+        let err = chat(
+            r#"{"messages": [{"role": "system", "content": "012345"},
+                             {"role": "user", "content": "6789x"}]}"#,
+        )
+        .expect_err("11 > 10");
+        assert_eq!(param(Err(err)), "messages");
     }
 
     /// A length model that predicts 10 tokens, or 90 for prompts containing "essay".
