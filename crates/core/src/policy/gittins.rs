@@ -449,8 +449,10 @@ impl Gittins {
         let rejected = r.acceptance.drafted_tokens as f64 - accepted;
         let acceptance = (b.prior_a + accepted) / (b.prior_a + b.prior_b + accepted + rejected);
         let s_per_token = ctx.cost.sd_step_s(1, k) / (f64::from(k) * acceptance + 1.0).max(1.0);
+        // The prefill still owed: what is left of a chunked prefill, the whole context for a
+        // request never prefilled or whose KV was freed.
         let prefill_s = if r.needs_prefill() {
-            ctx.cost.prefill_s(r.context_tokens())
+            ctx.cost.prefill_s(r.prefill_remaining_tokens())
         } else {
             0.0
         };
@@ -676,6 +678,28 @@ mod tests {
         p.on_step(f.get(1), 0.0);
         p.on_step(f.get(2), 0.0);
         assert_eq!(f.select(&mut p), vec![2]);
+    }
+
+    #[test]
+    fn a_chunked_prefill_owes_only_what_is_left_of_it() {
+        let mut f = Fixture::new(1);
+        let mut p = Gittins::new();
+        for id in 1..=2 {
+            f.arrive_with(id, 0.0, 4000, 10_000, |s| {
+                s.predicted_output_tokens = Some(100)
+            });
+        }
+        f.announce(&mut p);
+        // Request 1 has 3,000 of its 4,000 prompt tokens in its KV already.
+        f.get_mut(1).prefill_progress_tokens = 3000;
+        let ctx = ScheduleContext {
+            now_s: 0.0,
+            requests: &f.requests,
+            running: &f.running,
+            speculation_length: 4,
+            cost: &f.cost,
+        };
+        assert!(p.index_per_s(f.get(1), &ctx) > p.index_per_s(f.get(2), &ctx));
     }
 
     #[test]
