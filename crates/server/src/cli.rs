@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// contents together); longer ones get a 400 before they are tokenized. Off by default.
     #[arg(long, value_name = "N")]
     pub max_prompt_chars: Option<usize>,
+    /// Also export the load gauges under another server's metric names, for routers and
+    /// autoscalers that read only those: `vllm` adds `vllm:num_requests_waiting`,
+    /// `vllm:num_requests_running` and `vllm:kv_cache_usage_perc` (a fraction in [0, 1], as
+    /// vLLM's), labelled with `model_name`. The `lapsd_` names are always exported.
+    #[arg(long, value_enum, value_name = "SERVER")]
+    pub metrics_compat: Option<MetricsCompat>,
     /// Policy settings, shared with `lapsd sim`. The server turns two bounds on by default:
     /// --fcfs-slack 3, a tail bound (p99 latency within about 3x what FCFS would give the same
     /// requests, measured on a shadow FCFS queue; in the simulator's regime matrix it cuts the
@@ -133,6 +139,13 @@ pub const DEFAULT_COST: LinearCost = LinearCost {
     prefill_base_s: 0.02,
     prefill_per_token_s: 0.0005,
 };
+
+/// Metric names `/metrics` can export besides lapsd's own.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsCompat {
+    /// vLLM's load gauges (what the Gateway API Inference Extension's endpoint picker reads).
+    Vllm,
+}
 
 /// Where the embedded default model is looked for, in order: `$LAPSD_MODEL_DIR`, then `models/`
 /// beside the executable and one and two levels above it (an installed `bin/lapsd` with
@@ -189,6 +202,7 @@ impl ServeArgs {
             body_timeout_s: self.body_timeout_s,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_prompt_chars: self.max_prompt_chars,
+            metrics_compat_vllm: self.metrics_compat == Some(MetricsCompat::Vllm),
         }
     }
 

@@ -97,6 +97,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most characters in a prompt (`--max-prompt-chars`); `None` = no limit beyond the body's.
     pub max_prompt_chars: Option<usize>,
+    /// `/metrics` also exports the load gauges under vLLM's names (`--metrics-compat vllm`),
+    /// for routers and autoscalers that read only those.
+    pub metrics_compat_vllm: bool,
 }
 
 impl Default for HttpConfig {
@@ -109,6 +112,7 @@ impl Default for HttpConfig {
             body_timeout_s: DEFAULT_BODY_TIMEOUT_S,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_prompt_chars: None,
+            metrics_compat_vllm: false,
         }
     }
 }

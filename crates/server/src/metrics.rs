@@ -278,6 +278,49 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The load gauges under vLLM's names, in the text exposition format, for routers and
+    /// autoscalers that read only those (the Gateway API Inference Extension's model-server
+    /// protocol names `vllm:num_requests_waiting`, `vllm:num_requests_running` and
+    /// `vllm:kv_cache_usage_perc`). Same values as the `lapsd_` gauges: waiting counts preempted
+    /// requests too (vLLM puts them back in its waiting queue), and the KV usage is a fraction in
+    /// [0, 1] as vLLM's is despite the name.
+    pub fn render_vllm_compat(&self, model_name: &str) -> String {
+        let state = |s: &str| self.requests.with_label_values(&[s]).get();
+        let waiting = state("waiting") + state("preempted_kv_kept") + state("preempted_kv_freed");
+        let running = state("running");
+        let kv = self.kv_cache_usage_ratio.get();
+        // Prometheus label values escape backslash, quote and newline.
+        let label = model_name
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "vllm:num_requests_waiting",
+                "Requests waiting (lapsd_requests waiting + preempted)",
+                waiting as f64,
+            ),
+            (
+                "vllm:num_requests_running",
+                "Requests in the running batch (lapsd_requests running)",
+                running as f64,
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "KV cache usage, fraction in [0, 1] (lapsd_kv_cache_usage_ratio)",
+                kv,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model_name=\"{label}\"}} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
 /// Label values of `lapsd_requests{state}`.
 pub const REQUEST_STATES: [&str; 4] = [
     "waiting",
@@ -289,6 +332,31 @@ pub const REQUEST_STATES: [&str; 4] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vllm_compat_gauges_mirror_lapsds() {
+        let m = Metrics::new().expect("metrics register");
+        m.requests.with_label_values(&["waiting"]).set(3);
+        m.requests.with_label_values(&["preempted_kv_kept"]).set(1);
+        m.requests.with_label_values(&["preempted_kv_freed"]).set(2);
+        m.requests.with_label_values(&["running"]).set(5);
+        m.kv_cache_usage_ratio.set(0.25);
+        let text = m.render_vllm_compat("my \"model\"");
+        assert!(
+            text.contains("vllm:num_requests_waiting{model_name=\"my \\\"model\\\"\"} 6\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:num_requests_running{model_name=\"my \\\"model\\\"\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("vllm:kv_cache_usage_perc{"), "{text}");
+        assert!(text.contains("} 0.25\n"), "{text}");
+        assert!(
+            text.contains("# TYPE vllm:num_requests_running gauge"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_vllm_named_spec_decode_counters() {

@@ -47,6 +47,8 @@ pub struct AppState {
     pub created_unix_s: u64,
     pub start: Instant,
     pub next_response_id: Arc<AtomicU64>,
+    /// `/metrics` also exports vLLM's names for the load gauges (`--metrics-compat vllm`).
+    pub metrics_compat_vllm: bool,
 }
 
 /// The routes behind the edge guard (host, shutdown, API key, body checks), with the body limit
@@ -462,9 +464,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .metrics
         .uptime_s
         .set(state.start.elapsed().as_secs_f64());
-    let text = state.metrics.render().map_err(|e| ApiError::Internal {
+    let mut text = state.metrics.render().map_err(|e| ApiError::Internal {
         detail: format!("rendering metrics: {e}"),
     })?;
+    if state.metrics_compat_vllm {
+        text.push_str(&state.metrics.render_vllm_compat(&state.validator.card.name));
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

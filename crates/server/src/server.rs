@@ -203,6 +203,7 @@ pub async fn start(
             .unwrap_or(0),
         start,
         next_response_id: Arc::new(AtomicU64::new(1)),
+        metrics_compat_vllm: config.http.metrics_compat_vllm,
     };
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let drain_timeout = Duration::from_secs_f64(config.shutdown_timeout_s.max(0.0));

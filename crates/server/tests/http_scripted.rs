@@ -594,3 +594,27 @@ async fn unwritable_step_log_fails_the_start() {
         .expect("start refused");
     assert!(err.to_string().contains("--step-log"), "{err}");
 }
+
+#[tokio::test]
+async fn metrics_compat_vllm_adds_vllms_load_gauges() {
+    let plain = start(config(PolicyKind::Gittins), fast()).await;
+    let (status, text) = get_text(&plain, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(!text.contains("vllm:"), "off by default: {text}");
+    let mut c = config(PolicyKind::Gittins);
+    c.http.metrics_compat_vllm = true;
+    let server = start(c, fast()).await;
+    let body = json!({"model": "scripted", "prompt": "Hello", "max_tokens": 4});
+    let (status, _) = post_json(&server, "/v1/completions", &body).await;
+    assert_eq!(status, 200);
+    let (status, text) = get_text(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    for (name, value) in [
+        ("vllm:num_requests_waiting", 0.0),
+        ("vllm:num_requests_running", 0.0),
+        ("vllm:kv_cache_usage_perc", 0.0),
+    ] {
+        let series = format!("{name}{{model_name=\"scripted\"}}");
+        assert_eq!(metric(&text, &series), Some(value), "{series} in {text}");
+    }
+}
