@@ -32,6 +32,10 @@ KV_BUDGET="${KV_BUDGET:-16384}"
 MAX_STEP_TOKENS="${MAX_STEP_TOKENS:-2048}"
 STEP_TIME="${STEP_TIME:-measured}"
 POLICY_COST="${POLICY_COST:-}"
+# The bounds `lapsd serve` adds to every policy by default (its tail bound and starvation
+# bound); set to match the served runs' SERVE_ARGS if those changed them ("" for none).
+SERVER_POLICY_FLAGS="${SERVER_POLICY_FLAGS:---fcfs-slack 3 --max-wait-factor 100}"
+read -r -a server_policy_flags <<<"$SERVER_POLICY_FLAGS"
 policy_cost_flag=()
 if [ -n "$POLICY_COST" ]; then
     policy_cost_flag=(--policy-cost-profile "$POLICY_COST")
@@ -90,7 +94,7 @@ for dir in "$e2e"/*/; do
         sim_mean="$("$LAPSD" sim --trace "$trace" --policy "$policy" --cost-profile "$profile" \
             --max-batch "$MAX_BATCH" --speculation-length "$K" --kv-budget-tokens "$KV_BUDGET" \
             --max-step-tokens "$MAX_STEP_TOKENS" --predictor online --transient-steps 0 \
-            --step-time "$STEP_TIME" "${policy_cost_flag[@]}" \
+            --step-time "$STEP_TIME" "${policy_cost_flag[@]}" "${server_policy_flags[@]}" \
             --format json 2>/dev/null | jq '.results[0].mean_latency_s')"
         jq -rn --arg w "$workload" --arg p "$policy" --argjson r "$rate" --argjson s "$served_mean" \
             --argjson v "$server_mean" --argjson m "$sim_mean" \
