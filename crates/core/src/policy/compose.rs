@@ -168,7 +168,7 @@ impl FcfsPromise {
 
     /// The latency bound in force (`None` until the shadow queue has enough replays).
     pub fn bound_s(&self) -> Option<f64> {
-        self.shadow.p99_s.map(|p| self.slack * p)
+        self.shadow.p99_s().map(|p| self.slack * p)
     }
 }
 
@@ -201,9 +201,9 @@ impl Policy for FcfsPromise {
         self.waiting.remove(id);
         self.promoted.remove(id);
         self.promoted_service_s.remove(&id);
-        let latency_s = (request.last_scheduled_s - request.spec.arrival_s).max(0.0);
         self.shadow
-            .finish(id, request.attained_service_s, latency_s, self.max_batch);
+            .finish(id, request.attained_service_s, self.max_batch);
+        let latency_s = (request.last_scheduled_s - request.spec.arrival_s).max(0.0);
         if let Some(bound_s) = self.bound_s() {
             if self.reached_bound.len() == REACHED_WINDOW
                 && self.reached_bound.pop_front() == Some(true)
@@ -244,8 +244,8 @@ impl Policy for FcfsPromise {
 #[derive(Debug, Clone, Copy)]
 struct ShadowEntry {
     arrival_s: f64,
-    /// (service, actual latency) once it finished.
-    finished: Option<(f64, f64)>,
+    /// Its service time, once it finished.
+    service_s: Option<f64>,
 }
 
 /// FCFS replayed on the side: requests in arrival order, each taking its measured service time
@@ -263,13 +263,11 @@ pub struct ShadowFcfs {
     next_sequence: u64,
     /// When each FCFS slot frees (min-heap by time).
     slot_free_s: std::collections::BinaryHeap<std::cmp::Reverse<OrdF64>>,
-    /// (shadow FCFS latency, actual latency) of the last replayed requests.
-    latencies_s: std::collections::VecDeque<(f64, f64)>,
+    /// (shadow FCFS latency, service time) of the last replayed requests.
+    replays_s: std::collections::VecDeque<(f64, f64)>,
     replayed: u64,
     p99_s: Option<f64>,
-    actual_p99_s: Option<f64>,
     service_p99_s: Option<f64>,
-    services_s: std::collections::VecDeque<f64>,
 }
 
 impl ShadowFcfs {
@@ -278,21 +276,21 @@ impl ShadowFcfs {
         self.next_sequence += 1;
         self.pending.push_back(ShadowEntry {
             arrival_s,
-            finished: None,
+            service_s: None,
         });
     }
 
     /// `id` left after `service_s` seconds in steps; replays what can be replayed on `slots`.
-    pub fn finish(&mut self, id: RequestId, service_s: f64, latency_s: f64, slots: usize) {
+    pub fn finish(&mut self, id: RequestId, service_s: f64, slots: usize) {
         let Some(seq) = self.sequence.remove(&id) else {
             return;
         };
         if let Some(entry) = self.pending.get_mut((seq - self.front_sequence) as usize) {
-            entry.finished = Some((service_s.max(0.0), latency_s));
+            entry.service_s = Some(service_s.max(0.0));
         }
         while let Some(&ShadowEntry {
             arrival_s,
-            finished: Some((service_s, actual_s)),
+            service_s: Some(service_s),
         }) = self.pending.front()
         {
             self.pending.pop_front();
@@ -307,16 +305,12 @@ impl ShadowFcfs {
                 .map_or(f64::NEG_INFINITY, |std::cmp::Reverse(t)| t.0);
             let done_s = arrival_s.max(free_s) + service_s;
             self.slot_free_s.push(std::cmp::Reverse(OrdF64(done_s)));
-            if self.latencies_s.len() == SHADOW_WINDOW {
-                self.latencies_s.pop_front();
+            if self.replays_s.len() == SHADOW_WINDOW {
+                self.replays_s.pop_front();
             }
-            self.latencies_s.push_back((done_s - arrival_s, actual_s));
-            if self.services_s.len() == SHADOW_WINDOW {
-                self.services_s.pop_front();
-            }
-            self.services_s.push_back(service_s);
+            self.replays_s.push_back((done_s - arrival_s, service_s));
             self.replayed += 1;
-            if self.latencies_s.len() >= SHADOW_MIN_SAMPLES
+            if self.replays_s.len() >= SHADOW_MIN_SAMPLES
                 && self.replayed.is_multiple_of(SHADOW_REFRESH)
             {
                 let p99 = |values: Vec<f64>| {
@@ -325,9 +319,8 @@ impl ShadowFcfs {
                     let rank = ((sorted.len() as f64) * 0.99).ceil() as usize;
                     sorted.get(rank.saturating_sub(1)).copied()
                 };
-                self.p99_s = p99(self.latencies_s.iter().map(|l| l.0).collect());
-                self.actual_p99_s = p99(self.latencies_s.iter().map(|l| l.1).collect());
-                self.service_p99_s = p99(self.services_s.iter().copied().collect());
+                self.p99_s = p99(self.replays_s.iter().map(|r| r.0).collect());
+                self.service_p99_s = p99(self.replays_s.iter().map(|r| r.1).collect());
             }
         }
     }
@@ -340,11 +333,6 @@ impl ShadowFcfs {
     /// The 99th percentile of the same requests' service times.
     pub fn service_p99_s(&self) -> Option<f64> {
         self.service_p99_s
-    }
-
-    /// The 99th percentile of the same requests' actual latencies.
-    pub fn actual_p99_s(&self) -> Option<f64> {
-        self.actual_p99_s
     }
 }
 
@@ -443,11 +431,11 @@ mod tests {
             shadow.arrive(id, 0.0);
         }
         // The third finishes first: nothing can be replayed before the first two are known.
-        shadow.finish(3, 3.0, 3.0, 1);
-        assert!(shadow.latencies_s.is_empty());
-        shadow.finish(1, 1.0, 1.0, 1);
-        shadow.finish(2, 2.0, 6.0, 1);
-        let fcfs: Vec<f64> = shadow.latencies_s.iter().map(|l| l.0).collect();
+        shadow.finish(3, 3.0, 1);
+        assert!(shadow.replays_s.is_empty());
+        shadow.finish(1, 1.0, 1);
+        shadow.finish(2, 2.0, 1);
+        let fcfs: Vec<f64> = shadow.replays_s.iter().map(|r| r.0).collect();
         assert_eq!(
             fcfs,
             vec![1.0, 3.0, 6.0],
@@ -459,9 +447,9 @@ mod tests {
             two.arrive(id, 0.0);
         }
         for (id, service_s) in [(1, 4.0), (2, 1.0), (3, 1.0)] {
-            two.finish(id, service_s, 0.0, 2);
+            two.finish(id, service_s, 2);
         }
-        let fcfs: Vec<f64> = two.latencies_s.iter().map(|l| l.0).collect();
+        let fcfs: Vec<f64> = two.replays_s.iter().map(|r| r.0).collect();
         assert_eq!(fcfs, vec![4.0, 1.0, 2.0]);
     }
 
