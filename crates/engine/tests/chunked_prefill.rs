@@ -1,25 +1,11 @@
 //! Chunked prefill on the real SmolLM2-135M-Instruct weights: a prompt prefilled in chunks gives
 //! the logits and the greedy tokens of the same prompt prefilled in one forward.
-use std::path::PathBuf;
+mod spec_common;
+use spec_common::model_path;
 
 use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, StepMember};
 use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{Model, SeqForward};
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
-        path.display()
-    );
-    path
-}
 
 /// A prompt of `n` tokens of ordinary text (the tokenizer's ids for a repeated paragraph).
 fn prompt(engine: &SdEngine, n: usize) -> Vec<u32> {

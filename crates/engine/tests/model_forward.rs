@@ -6,26 +6,13 @@
 //! of >= 16 rows (its prompt) runs through an f32 copy of the weights instead (faster prefill), so
 //! tests that split a prompt differently use a model loaded without that copy; the two paths are
 //! compared with their own, looser tolerance.
-use std::path::PathBuf;
+mod spec_common;
+use spec_common::model_path;
+
 use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use lapsd_engine::{EngineError, KvCache, LoadOptions, Model, SeqForward, Tokenizer};
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
-        path.display()
-    );
-    path
-}
 
 fn model() -> &'static (Model, Tokenizer) {
     static MODEL: OnceLock<(Model, Tokenizer)> = OnceLock::new();

@@ -1,22 +1,8 @@
 //! Greedy generation on the real SmolLM2-135M-Instruct weights is coherent (plain and chat prompts).
-use std::path::PathBuf;
+mod spec_common;
+use spec_common::model_path;
 
 use lapsd_engine::{KvCache, Model, SeqForward, Tokenizer};
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
-        path.display()
-    );
-    path
-}
 
 fn argmax_last(logits: &candle_core::Tensor) -> u32 {
     let rows = logits

@@ -1,21 +1,11 @@
 //! The tokenizer built from SmolLM2's GGUF metadata: known ids, round trips, streaming decode.
-use std::path::PathBuf;
+mod spec_common;
 
 use lapsd_engine::{DecodeStream, Tokenizer};
+use spec_common::model_path;
 
 fn tokenizer() -> Tokenizer {
-    let path = std::env::var_os("LAPSD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
-        path.display()
-    );
-    Tokenizer::from_gguf_file(&path).expect("tokenizer builds from GGUF metadata")
+    Tokenizer::from_gguf_file(&model_path()).expect("tokenizer builds from GGUF metadata")
 }
 
 const TEXTS: [&str; 6] = [

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -16,21 +15,6 @@ use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine};
 use lapsd_engine::spec::DraftSpec;
 use lapsd_server::sd_backend::{loader, LoadSpec};
 use serde_json::json;
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.exists(),
-        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
-        path.display()
-    );
-    path
-}
 
 fn model_loader(draft: &str) -> lapsd_server::ModelLoader {
     loader(LoadSpec {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use common::*;
@@ -14,21 +13,6 @@ use lapsd_core::PolicyKind;
 use lapsd_engine::Tokenizer;
 use lapsd_server::sd_backend::{loader, LoadSpec};
 use serde_json::json;
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("LAPSD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.exists(),
-        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
-        path.display()
-    );
-    path
-}
 
 /// Tokens of the long prompt: under SmolLM2's 8,192-token context with room for the reply.
 const LONG_PROMPT_TOKENS: usize = 7000;

@@ -185,6 +185,22 @@ impl Backend for ScriptedBackend {
     }
 }
 
+/// The embedded model's GGUF: `$LAPSD_MODEL`, else models/ at the workspace root.
+pub fn model_path() -> std::path::PathBuf {
+    let path = std::env::var_os("LAPSD_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "model file {} is missing: run scripts/fetch-models.sh (or set LAPSD_MODEL)",
+        path.display()
+    );
+    path
+}
+
 /// The text the scripted model produces for `n` tokens.
 pub fn scripted_text(n: usize) -> String {
     (0..n).map(|i| SCRIPT[i % SCRIPT.len()] as char).collect()
