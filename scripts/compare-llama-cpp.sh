@@ -7,8 +7,8 @@
 # and plots include it.
 # Usage: LLAMA_PY=/path/to/venv/bin/python scripts/compare-llama-cpp.sh [OUT_DIR]
 #   Install once: python3 -m venv V && V/bin/pip install cmake ninja && V/bin/pip install "llama-cpp-python[server]"
-#   (on a CPU with AMX, llama.cpp's native build crashed here; docs/engine-benchmark.md gives the
-#   CMAKE_ARGS of the build that works)
+#   (on a CPU with AMX, llama.cpp's native build crashed here; docs/results/2026-11-29-engine.md
+#   gives the CMAKE_ARGS of the build that works)
 #   (env: RATES, WORKLOADS, REQUESTS, SEED, MAX_OUTPUT_TOKENS, PORT, THREADS, as compare-policies.sh;
 #   BENCH_ARGS: extra `lapsd bench` flags. llama-cpp-python has no `ignore_eos`; to make it generate
 #   exactly max_tokens as lapsd does with --ignore-eos, ban its end tokens instead, e.g. for SmolLM2

@@ -6,8 +6,8 @@
 # Not a test: run it on a quiet machine.
 # Usage: LLAMA_PY=/path/to/python scripts/engine-vs-llama-cpp.sh MODEL.gguf [MAX_TOKENS] [RUNS]
 #   llama-cpp-python: python3 -m venv V && V/bin/pip install cmake ninja && CMAKE_ARGS="..."
-#   V/bin/pip install "llama-cpp-python[server]==0.3.36" (see docs/engine-benchmark.md for the
-#   CMAKE_ARGS used on an AMX machine, where llama.cpp's native build crashes).
+#   V/bin/pip install "llama-cpp-python[server]==0.3.36" (see docs/results/2026-11-29-engine.md
+#   for the CMAKE_ARGS used on an AMX machine, where llama.cpp's native build crashes).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

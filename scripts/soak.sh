@@ -2,7 +2,7 @@
 # Soak test of `lapsd serve`: starts the server on the embedded default model, sends N requests at
 # concurrency C (short completions, long prompts, streams abandoned after the first chunk,
 # malformed bodies; scripts/soak.py), samples the server's RSS every second, then stops it with
-# SIGTERM and checks that it drains and exits 0. Figures: docs/reliability.md.
+# SIGTERM and checks that it drains and exits 0. Results: docs/results/2026-12-04-soak.md.
 #
 # Usage: scripts/soak.sh [OUT_DIR]      (default: results/soak)
 # Environment: REQUESTS [300], CONCURRENCY [8], SEED [0], PORT [18090], SERVE_ARGS [""],
