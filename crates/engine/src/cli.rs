@@ -135,6 +135,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: args.max_tokens,
         stop_token_ids: Vec::new(),
         ignore_eos: false,
+        logit_adjustments: Default::default(),
     };
     engine.add_sequence(0, prompt_ids.clone(), params)?;
 

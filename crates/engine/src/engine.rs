@@ -12,7 +12,7 @@ use rand::SeedableRng;
 
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, ModelInfo};
-use crate::spec::sampling::SamplingMode;
+use crate::spec::sampling::{LogitAdjustments, SamplingMode};
 use crate::spec::step::{self, Drafter, StepJob};
 use crate::tokenizer::Tokenizer;
 
@@ -34,6 +34,8 @@ pub struct SamplingParams {
     /// Keep generating past the model's EOS ids (benchmarks: exactly `max_tokens` tokens, as
     /// vLLM's `ignore_eos`); `stop_token_ids` still end the request.
     pub ignore_eos: bool,
+    /// Logit bias and repetition penalties, applied before temperature and top-p.
+    pub logit_adjustments: LogitAdjustments,
 }
 
 impl Default for SamplingParams {
@@ -45,6 +47,7 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            logit_adjustments: LogitAdjustments::default(),
         }
     }
 }

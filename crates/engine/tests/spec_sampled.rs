@@ -17,6 +17,7 @@ fn sampled(seed: u64, max_tokens: u32) -> SamplingParams {
         max_tokens,
         stop_token_ids: Vec::new(),
         ignore_eos: false,
+        logit_adjustments: Default::default(),
     }
 }
 

@@ -2,18 +2,9 @@
 //! [`crate::sd_backend`]) so that the serving loop does not depend on the engine's internals and
 //! can be exercised with a scripted backend in unit tests.
 
-/// Per-sequence sampling settings given at admission.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SequenceParams {
-    /// 0 = greedy.
-    pub temperature: f32,
-    pub top_p: f32,
-    pub seed: u64,
-    pub max_tokens: u32,
-    pub stop_token_ids: Vec<u32>,
-    /// Generate past EOS (the request's `ignore_eos`).
-    pub ignore_eos: bool,
-}
+/// Per-sequence sampling settings given at admission: the engine's own type, so nothing is
+/// copied field by field between the layers.
+pub use lapsd_engine::engine::SamplingParams;
 
 /// Why the engine ended a sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +50,7 @@ pub trait Backend {
         &mut self,
         id: u64,
         prompt_ids: Vec<u32>,
-        params: SequenceParams,
+        params: SamplingParams,
     ) -> Result<(), BackendError>;
     /// One speculative-decoding step over `batch` (`(id, k)`; k = speculation length). A sequence
     /// whose KV is not resident is (re)prefilled first and yields its next token.

@@ -22,7 +22,7 @@ use lapsd_core::{
 };
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendFinish, BackendStepOutput, BatchMember, SequenceParams};
+use crate::backend::{Backend, BackendFinish, BackendStepOutput, BatchMember, SamplingParams};
 use crate::error::{ApiError, ServerError};
 use crate::inflight::{queue_level, GenerateCommand, Inflight, ResponseEvent};
 use crate::metrics::{Metrics, REQUEST_STATES};
@@ -185,7 +185,7 @@ impl EngineWorker {
         let seed = req.sampling.seed.unwrap_or_else(|| {
             id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.ctx.start.elapsed().as_nanos() as u64
         });
-        let params = SequenceParams {
+        let params = SamplingParams {
             temperature: req.sampling.temperature,
             top_p: req.sampling.top_p,
             seed,
@@ -196,6 +196,7 @@ impl EngineWorker {
                 self.ctx.eos_token_ids.clone()
             },
             ignore_eos: req.ignore_eos,
+            logit_adjustments: req.sampling.logit_adjustments.clone(),
         };
         let mut spec = RequestSpec::new(id, arrival_s, prompt_tokens, req.max_tokens)
             .with_priority(req.priority)

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::engine::{
-    EngineConfig, SamplingParams, SdEngine, SeqFinish, SeqStepOutput, StepMember,
+    EngineConfig, SdEngine, SeqFinish, SeqStepOutput, StepMember,
 };
 use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{EngineError, Tokenizer};
 
 use crate::backend::{
-    Backend, BackendError, BackendFinish, BackendStepOutput, BatchMember, SequenceParams,
+    Backend, BackendError, BackendFinish, BackendStepOutput, BatchMember, SamplingParams,
 };
 use crate::error::ServerError;
 use crate::model_text::{
@@ -217,21 +217,10 @@ impl Backend for SdBackend {
         &mut self,
         id: u64,
         prompt_ids: Vec<u32>,
-        params: SequenceParams,
+        params: SamplingParams,
     ) -> Result<(), BackendError> {
         self.engine
-            .add_sequence(
-                id,
-                prompt_ids,
-                SamplingParams {
-                    temperature: params.temperature,
-                    top_p: params.top_p,
-                    seed: params.seed,
-                    max_tokens: params.max_tokens,
-                    stop_token_ids: params.stop_token_ids,
-                    ignore_eos: params.ignore_eos,
-                },
-            )
+            .add_sequence(id, prompt_ids, params)
             .map_err(backend_err)?;
         self.ids.insert(id);
         Ok(())

@@ -2,7 +2,9 @@
 //! that the engine worker accepts as is, or a 400/404 naming the field, the limit and the value.
 //!
 //! Limits checked: the model name, `n`/`best_of`/`logprobs`/`echo` (unsupported beyond the
-//! defaults), `temperature` in [0, 2], `top_p` in (0, 1], `priority` in i32, `stop` (at most 4
+//! defaults), `temperature` in [0, 2], `top_p` in (0, 1], `presence_penalty` and
+//! `frequency_penalty` in [-2, 2], `repetition_penalty` in (0, 2], `logit_bias` (token ids inside
+//! the vocabulary, biases in [-100, 100]), `priority` in i32, `stop` (at most 4
 //! non-empty strings), the prompt (non-empty, inside the context window, token ids inside the
 //! vocabulary), `max_tokens` (>= 1; prompt + max_tokens within the context and, with the
 //! speculative lookahead, within the KV budget). Without `max_tokens` a request may generate up
@@ -17,18 +19,25 @@ use crate::api::openai::{
 use crate::error::ApiError;
 use crate::model_text::{ChatPromptError, ModelCard, ModelText};
 use lapsd_core::length_model::TextLengthModel;
+use lapsd_engine::spec::LogitAdjustments;
 
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
 
 /// Sampling parameters after validation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidSampling {
     /// 0 = greedy.
     pub temperature: f32,
     pub top_p: f32,
     pub seed: Option<u64>,
+    /// `logit_bias`, `presence_penalty`, `frequency_penalty`, `repetition_penalty`.
+    pub logit_adjustments: LogitAdjustments,
 }
+
+/// Most `logit_bias` entries per request (OpenAI documents no limit; this bounds the work each
+/// step spends on one request).
+pub const MAX_LOGIT_BIAS_ENTRIES: usize = 1024;
 
 /// A request the engine worker can run without further checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,6 +284,7 @@ impl Validator {
             }
         }
         unsupported(&c.unsupported)?;
+        let logit_adjustments = self.logit_adjustments(c)?;
         let temperature = c.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
@@ -304,6 +314,7 @@ impl Validator {
                 temperature: temperature as f32,
                 top_p: top_p as f32,
                 seed: c.seed.map(|s| s as u64),
+                logit_adjustments,
             },
             stop,
             priority,
@@ -312,6 +323,92 @@ impl Validator {
             ignore_eos: c.ignore_eos,
             predicted_output_tokens: None,
         })
+    }
+
+    /// `logit_bias` (token id keys inside the vocabulary, biases in [-100, 100]), the OpenAI
+    /// penalties in [-2, 2] and vLLM's `repetition_penalty` in (0, 2].
+    fn logit_adjustments(&self, c: &CommonParams) -> Result<LogitAdjustments, ApiError> {
+        let mut adjust = LogitAdjustments::default();
+        for (field, value, slot) in [
+            (
+                "presence_penalty",
+                c.presence_penalty,
+                &mut adjust.presence_penalty,
+            ),
+            (
+                "frequency_penalty",
+                c.frequency_penalty,
+                &mut adjust.frequency_penalty,
+            ),
+        ] {
+            let Some(v) = value else { continue };
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("{field} must be in [-2, 2], got {v}"),
+                ));
+            }
+            *slot = v as f32;
+        }
+        if let Some(r) = c.repetition_penalty {
+            if !(r > 0.0 && r <= 2.0) {
+                return Err(ApiError::invalid(
+                    "repetition_penalty",
+                    format!("repetition_penalty must be in (0, 2], got {r}"),
+                ));
+            }
+            adjust.repetition_penalty = r as f32;
+        }
+        match &c.logit_bias {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(map)) => {
+                if map.len() > MAX_LOGIT_BIAS_ENTRIES {
+                    return Err(ApiError::invalid(
+                        "logit_bias",
+                        format!(
+                            "at most {MAX_LOGIT_BIAS_ENTRIES} logit_bias entries are allowed, got {}",
+                            map.len()
+                        ),
+                    ));
+                }
+                for (key, value) in map {
+                    let token = key
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&t| t < self.card.vocab_size)
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "logit_bias",
+                                format!(
+                                    "logit_bias keys must be token ids below the vocabulary size {}, got {key:?}",
+                                    self.card.vocab_size
+                                ),
+                            )
+                        })?;
+                    let bias = value
+                        .as_f64()
+                        .filter(|b| (-100.0..=100.0).contains(b))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "logit_bias",
+                                format!(
+                                    "logit_bias values must be numbers in [-100, 100], got {value} for token {key}"
+                                ),
+                            )
+                        })?;
+                    adjust.logit_bias.push((token, bias as f32));
+                }
+                // Map order is not the request's; sorted, equal requests give equal values.
+                adjust.logit_bias.sort_by_key(|&(token, _)| token);
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("logit_bias must be an object of token id -> bias, got {other}"),
+                ))
+            }
+        }
+        Ok(adjust)
     }
 
     fn stop(&self, stop: Option<&StopInput>) -> Result<Vec<String>, ApiError> {
@@ -404,38 +501,14 @@ impl Validator {
 }
 
 /// Refuses any non-neutral value of a field the sampler does not implement: a client that asks
-/// for a penalty, a JSON schema or tools must learn it did not get them.
+/// for log probabilities, a JSON schema or tools must learn it did not get them.
 fn unsupported(u: &UnsupportedParams) -> Result<(), ApiError> {
-    for (field, value) in [
-        ("presence_penalty", u.presence_penalty),
-        ("frequency_penalty", u.frequency_penalty),
-    ] {
-        let Some(v) = value else { continue };
-        if !(-2.0..=2.0).contains(&v) {
-            return Err(ApiError::invalid(
-                field,
-                format!("{field} must be in [-2, 2], got {v}"),
-            ));
-        }
-        if v != 0.0 {
-            return Err(ApiError::invalid(
-                field,
-                format!("{field} is not supported (only 0), got {v}"),
-            ));
-        }
-    }
     let is_empty = |v: &Option<serde_json::Value>| match v {
         None => true,
         Some(serde_json::Value::Object(m)) => m.is_empty(),
         Some(serde_json::Value::Array(a)) => a.is_empty(),
         Some(_) => false,
     };
-    if !is_empty(&u.logit_bias) {
-        return Err(ApiError::invalid(
-            "logit_bias",
-            "`logit_bias` is not supported (only an empty object)",
-        ));
-    }
     match &u.top_logprobs {
         None => {}
         Some(v) if v.as_i64() == Some(0) => {}
@@ -626,7 +699,8 @@ mod tests {
             ValidSampling {
                 temperature: 0.0,
                 top_p: 1.0,
-                seed: Some(7)
+                seed: Some(7),
+                logit_adjustments: LogitAdjustments::default(),
             }
         );
         assert_eq!(v.stop, vec!["x".to_string()]);
@@ -736,11 +810,6 @@ mod tests {
     #[test]
     fn unsupported_parameters_are_refused_unless_neutral() {
         for (extra, field) in [
-            (r#""presence_penalty":0.5"#, "presence_penalty"),
-            (r#""presence_penalty":2.5"#, "presence_penalty"),
-            (r#""frequency_penalty":-3"#, "frequency_penalty"),
-            (r#""frequency_penalty":1"#, "frequency_penalty"),
-            (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
             (r#""top_logprobs":2"#, "top_logprobs"),
             (
                 r#""response_format":{"type":"json_object"}"#,
@@ -753,8 +822,6 @@ mod tests {
             let body = format!(r#"{{"prompt":"a",{extra}}}"#);
             assert_eq!(param(completion(&body)), field, "{body}");
         }
-        let e = completion(r#"{"prompt":"a","presence_penalty":2.5}"#).expect_err("range");
-        assert!(e.to_string().contains("[-2, 2]"), "{e}");
         let neutral = r#"{"prompt":"a","presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"top_logprobs":0,"response_format":{"type":"text"},"tools":[],"tool_choice":"none","suffix":"","functions":null}"#;
         assert!(completion(neutral).is_ok());
         assert_eq!(
@@ -763,6 +830,44 @@ mod tests {
             )),
             "tools"
         );
+    }
+
+    #[test]
+    fn penalties_and_logit_bias_are_checked_and_passed_on() {
+        for (extra, field) in [
+            (r#""presence_penalty":2.5"#, "presence_penalty"),
+            (r#""frequency_penalty":-3"#, "frequency_penalty"),
+            (r#""repetition_penalty":0"#, "repetition_penalty"),
+            (r#""repetition_penalty":2.5"#, "repetition_penalty"),
+            (r#""logit_bias":{"100":1}"#, "logit_bias"),
+            (r#""logit_bias":{"x":1}"#, "logit_bias"),
+            (r#""logit_bias":{"5":-101}"#, "logit_bias"),
+            (r#""logit_bias":{"5":"up"}"#, "logit_bias"),
+            (r#""logit_bias":[1]"#, "logit_bias"),
+        ] {
+            let body = format!(r#"{{"prompt":"a",{extra}}}"#);
+            assert_eq!(param(completion(&body)), field, "{body}");
+        }
+        let e = completion(r#"{"prompt":"a","presence_penalty":2.5}"#).expect_err("range");
+        assert!(e.to_string().contains("[-2, 2]"), "{e}");
+        let e = completion(r#"{"prompt":"a","logit_bias":{"100":1}}"#).expect_err("vocab");
+        assert!(e.to_string().contains("vocabulary size 100"), "{e}");
+        let v = completion(
+            r#"{"prompt":"a","presence_penalty":0.5,"frequency_penalty":-1,"repetition_penalty":1.2,"logit_bias":{"99":-100,"7":2.5}}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            v.sampling.logit_adjustments,
+            LogitAdjustments {
+                logit_bias: vec![(7, 2.5), (99, -100.0)],
+                presence_penalty: 0.5,
+                frequency_penalty: -1.0,
+                repetition_penalty: 1.2,
+            }
+        );
+        let v = chat(r#"{"messages":[{"role":"user","content":"a"}],"frequency_penalty":0.3}"#)
+            .expect("valid");
+        assert_eq!(v.sampling.logit_adjustments.frequency_penalty, 0.3);
     }
 
     #[test]

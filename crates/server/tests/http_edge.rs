@@ -408,9 +408,14 @@ async fn prompt_shapes_and_refused_parameters() {
             "list of strings",
         ),
         (
-            json!({"prompt": "hi", "presence_penalty": 0.5}),
-            "presence_penalty",
-            "not supported",
+            json!({"prompt": "hi", "logit_bias": {"x": 1}}),
+            "logit_bias",
+            "token ids",
+        ),
+        (
+            json!({"prompt": "hi", "repetition_penalty": 0}),
+            "repetition_penalty",
+            "(0, 2]",
         ),
         (
             json!({"prompt": "hi", "frequency_penalty": -2.5}),

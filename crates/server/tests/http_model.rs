@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use lapsd_core::PolicyKind;
 use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine};
-use lapsd_engine::spec::DraftSpec;
+use lapsd_engine::spec::{DraftSpec, LogitAdjustments};
 use lapsd_server::sd_backend::{loader, LoadSpec};
 use serde_json::json;
 
@@ -28,6 +28,11 @@ fn model_loader(draft: &str) -> lapsd_server::ModelLoader {
 /// Plain greedy decoding with the engine alone (no drafts, k = 0): the reference every
 /// speculative greedy output must equal.
 fn reference(prompt: Prompt<'_>, max_tokens: u32) -> String {
+    reference_adjusted(prompt, max_tokens, LogitAdjustments::default())
+}
+
+/// [`reference`] with logit bias and penalties.
+fn reference_adjusted(prompt: Prompt<'_>, max_tokens: u32, adjust: LogitAdjustments) -> String {
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft: DraftSpec::None,
@@ -45,6 +50,7 @@ fn reference(prompt: Prompt<'_>, max_tokens: u32) -> String {
     let params = SamplingParams {
         temperature: 0.0,
         max_tokens,
+        logit_adjustments: adjust,
         ..SamplingParams::default()
     };
     engine.add_sequence(1, ids, params).expect("added");
@@ -91,6 +97,34 @@ async fn greedy_completion_equals_plain_decoding_streamed_or_not() {
     let usage: serde_json::Value =
         serde_json::from_str(&data[data.len() - 2]).expect("usage chunk");
     assert_eq!(usage["usage"], v["usage"]);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// Penalties and logit bias reach the engine: the served greedy text equals the engine's plain
+/// decoding with the same adjustments, and differs from the unadjusted text.
+#[tokio::test]
+async fn penalties_and_logit_bias_are_applied() {
+    let prompt = "List the days of the week: Monday, Tuesday,";
+    let plain = reference(Prompt::Text(prompt), 16);
+    let tokenizer = lapsd_engine::Tokenizer::from_gguf_file(&model_path()).expect("tokenizer");
+    // Ban the first token greedy decoding picks.
+    let plain_ids = tokenizer.encode(&plain, false).expect("encodes");
+    let banned = plain_ids[0];
+    let adjust = LogitAdjustments {
+        logit_bias: vec![(banned, -100.0)],
+        presence_penalty: 0.5,
+        frequency_penalty: 1.0,
+        repetition_penalty: 1.2,
+    };
+    let expected = reference_adjusted(Prompt::Text(prompt), 16, adjust);
+    assert_ne!(expected, plain, "the adjustments change the output");
+    let server = start(config(PolicyKind::Gittins), model_loader("ngram")).await;
+    let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0,
+        "logit_bias": {banned.to_string(): -100}, "presence_penalty": 0.5,
+        "frequency_penalty": 1.0, "repetition_penalty": 1.2});
+    let (s, v) = post_json(&server, "/v1/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], expected.as_str());
     server.shutdown().await.expect("clean shutdown");
 }
 

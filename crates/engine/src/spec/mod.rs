@@ -9,5 +9,6 @@ pub(crate) mod step;
 
 pub use draft::{ngram_propose, DraftSpec, DraftSpecParseError};
 pub use sampling::{
-    argmax, sample, verify_greedy, verify_sampled, DraftProbs, SamplingMode, Verdict,
+    argmax, sample, verify_greedy, verify_sampled, DraftProbs, LogitAdjustments, SamplingMode,
+    TokenCounts, Verdict,
 };

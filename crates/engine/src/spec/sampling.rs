@@ -73,6 +73,104 @@ impl SamplingMode {
     }
 }
 
+/// Per-request changes to the target's logits before [`SamplingMode`] sees them: OpenAI's
+/// `logit_bias`, `presence_penalty` and `frequency_penalty` (over the tokens generated so far),
+/// and the repetition penalty of Keskar et al. 2019 ("CTRL", section 4.1; over prompt and
+/// output, as vLLM and Hugging Face apply it). Speculative decoding stays exact under them: the
+/// row that verifies draft position `i` is adjusted with the drafts before `i` counted as
+/// generated, which is the context the target alone would have had there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogitAdjustments {
+    /// Added to the logit of each listed token id (OpenAI: -100 bans a token, +100 forces it).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Subtracted once from the logit of every token generated at least once.
+    pub presence_penalty: f32,
+    /// Subtracted from the logit of every generated token, times its count.
+    pub frequency_penalty: f32,
+    /// Divides positive and multiplies negative logits of tokens seen in the prompt or the
+    /// output; 1 = off.
+    pub repetition_penalty: f32,
+}
+
+impl Default for LogitAdjustments {
+    fn default() -> Self {
+        Self {
+            logit_bias: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+        }
+    }
+}
+
+impl LogitAdjustments {
+    /// Whether applying these leaves every logit unchanged (the engine then skips the work).
+    pub fn is_neutral(&self) -> bool {
+        self.logit_bias.iter().all(|&(_, b)| b == 0.0)
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && self.repetition_penalty == 1.0
+    }
+
+    /// The token counts these adjustments read, for a context of `tokens` whose first
+    /// `prompt_len` are the prompt.
+    pub fn counts(&self, tokens: &[u32], prompt_len: usize) -> TokenCounts {
+        let prompt_len = prompt_len.min(tokens.len());
+        let mut counts = TokenCounts::default();
+        if self.repetition_penalty != 1.0 {
+            counts.in_prompt = tokens[..prompt_len].iter().copied().collect();
+        }
+        for &t in &tokens[prompt_len..] {
+            counts.push(t);
+        }
+        counts
+    }
+
+    /// Adjusts `logits` (one position's row) for the context `counts` describes. Ids beyond the
+    /// row (a cut LM head) are left alone.
+    pub fn apply(&self, logits: &mut [f32], counts: &TokenCounts) {
+        for &(token, bias) in &self.logit_bias {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l += bias;
+            }
+        }
+        if self.repetition_penalty != 1.0 {
+            let r = self.repetition_penalty;
+            let seen = counts
+                .in_prompt
+                .iter()
+                .chain(counts.in_output.keys().filter(|t| !counts.in_prompt.contains(t)));
+            for &token in seen {
+                if let Some(l) = logits.get_mut(token as usize) {
+                    *l = if *l > 0.0 { *l / r } else { *l * r };
+                }
+            }
+        }
+        if self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 {
+            for (&token, &count) in &counts.in_output {
+                if let Some(l) = logits.get_mut(token as usize) {
+                    *l -= self.frequency_penalty * count as f32 + self.presence_penalty;
+                }
+            }
+        }
+    }
+}
+
+/// Which tokens a context holds, as [`LogitAdjustments`] reads it: the prompt's token set and
+/// each generated token's count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenCounts {
+    in_prompt: std::collections::HashSet<u32>,
+    in_output: std::collections::HashMap<u32, u32>,
+}
+
+impl TokenCounts {
+    /// Counts one more generated (or drafted, when verifying the positions after it) token.
+    pub fn push(&mut self, token: u32) {
+        *self.in_output.entry(token).or_insert(0) += 1;
+    }
+}
+
 /// Index of the largest value (the first one on ties; NaN never wins). 0 for an empty slice.
 pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0usize;
@@ -295,6 +393,41 @@ mod tests {
                 top_p: 1.0
             }
         );
+    }
+
+    #[test]
+    fn logit_adjustments_follow_openai_and_ctrl_rules() {
+        let neutral = LogitAdjustments::default();
+        assert!(neutral.is_neutral());
+        // Prompt [5, 1], generated [2, 2, 3].
+        let tokens = [5, 1, 2, 2, 3];
+        let adjust = LogitAdjustments {
+            logit_bias: vec![(0, 1.5), (99, 7.0)],
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            repetition_penalty: 2.0,
+        };
+        assert!(!adjust.is_neutral());
+        let counts = adjust.counts(&tokens, 2);
+        let mut logits = vec![1.0f32, 4.0, 4.0, -2.0, 3.0, 6.0];
+        adjust.apply(&mut logits, &counts);
+        // 0: bias only; 1: prompt, positive -> halved; 2: generated twice, halved then
+        // - (2 * 0.25 + 0.5); 3: generated once, negative -> doubled then - 0.75; 4: untouched;
+        // 5: prompt -> halved. Id 99 is beyond the row and ignored.
+        let want = [2.5f32, 2.0, 1.0, -4.75, 3.0, 3.0];
+        for (got, want) in logits.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{logits:?}");
+        }
+        // Without a repetition penalty the prompt is not read.
+        let freq_only = LogitAdjustments {
+            frequency_penalty: 1.0,
+            ..LogitAdjustments::default()
+        };
+        let mut logits = vec![1.0f32; 6];
+        let mut counts = freq_only.counts(&tokens, 2);
+        counts.push(3);
+        freq_only.apply(&mut logits, &counts);
+        assert_eq!(logits, vec![1.0, 1.0, -1.0, -1.0, 1.0, 1.0]);
     }
 
     #[test]

@@ -172,6 +172,20 @@ impl<'a> StepJob<'a> {
     /// `LoadOptions::lm_head_rows`): `verify_sampled` reads the ids beyond as probability 0.
     fn push_model_draft(&mut self, logits: &[f32]) {
         let mode = self.seq.mode;
+        // The draft proposes from the adjusted distribution too (any q keeps verification exact;
+        // this one is closer to the target's p, so more drafts are accepted).
+        let adjusted;
+        let adjust = &self.seq.params.logit_adjustments;
+        let logits = if adjust.is_neutral() {
+            logits
+        } else {
+            let mut counts = adjust.counts(&self.seq.tokens, self.seq.prompt_len);
+            self.drafts.iter().for_each(|&d| counts.push(d));
+            let mut row = logits.to_vec();
+            adjust.apply(&mut row, &counts);
+            adjusted = row;
+            &adjusted
+        };
         if mode.is_greedy() {
             self.drafts.push(crate::spec::sampling::argmax(logits));
             self.draft_probs.push(DraftProbs::OneHot);
@@ -343,7 +357,7 @@ fn commit(
     let info = target.info();
     let mut outputs = Vec::with_capacity(jobs.len());
     for (job, rows) in jobs.iter_mut().zip(rows_per_job) {
-        let Some(rows) = rows else {
+        let Some(mut rows) = rows else {
             // Skipped, or a prefill chunk: its KV is kept (the next step continues after it),
             // no token is produced and the sequence stays non-resident until its last chunk.
             outputs.push(SeqStepOutput {
@@ -358,6 +372,17 @@ fn commit(
             continue;
         };
         let seq = &mut *job.seq;
+        let adjust = &seq.params.logit_adjustments;
+        if !adjust.is_neutral() {
+            // Row i verifies the position after i drafts: count those drafts as generated.
+            let mut counts = adjust.counts(&seq.tokens, seq.prompt_len);
+            for (i, row) in rows.iter_mut().enumerate() {
+                adjust.apply(row, &counts);
+                if let Some(&drafted) = job.drafts.get(i) {
+                    counts.push(drafted);
+                }
+            }
+        }
         let verdict = if seq.mode.is_greedy() {
             verify_greedy(&job.drafts, &rows)
         } else {

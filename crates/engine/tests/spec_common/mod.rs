@@ -83,6 +83,7 @@ pub fn greedy_params(max_tokens: u32) -> SamplingParams {
         max_tokens,
         stop_token_ids: Vec::new(),
         ignore_eos: false,
+        logit_adjustments: Default::default(),
     }
 }
 

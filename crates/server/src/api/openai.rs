@@ -55,6 +55,10 @@ pub struct CommonParams {
     pub best_of: Option<i64>,
     /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
     pub ignore_eos: bool,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub repetition_penalty: Option<f64>,
     /// Fields the sampler does not implement: accepted only at their neutral value (see
     /// `Validator::unsupported`), never silently ignored.
     pub unsupported: UnsupportedParams,
@@ -64,9 +68,6 @@ pub struct CommonParams {
 /// non-neutral value with a 400 naming the field.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct UnsupportedParams {
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub logit_bias: Option<serde_json::Value>,
     pub top_logprobs: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
@@ -91,10 +92,11 @@ macro_rules! common_of {
             logprobs: $req.logprobs.clone(),
             best_of: $req.best_of,
             ignore_eos: $req.ignore_eos,
+            presence_penalty: $req.presence_penalty,
+            frequency_penalty: $req.frequency_penalty,
+            logit_bias: $req.logit_bias.clone(),
+            repetition_penalty: $req.repetition_penalty,
             unsupported: UnsupportedParams {
-                presence_penalty: $req.presence_penalty,
-                frequency_penalty: $req.frequency_penalty,
-                logit_bias: $req.logit_bias.clone(),
                 top_logprobs: $req.top_logprobs.clone(),
                 response_format: $req.response_format.clone(),
                 tools: $req.tools.clone(),
@@ -133,11 +135,16 @@ pub struct CompletionRequest {
     /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// In [-2, 2]: subtracted once from the logit of every token generated so far.
+    pub presence_penalty: Option<f64>,
+    /// In [-2, 2]: subtracted from the logit of every generated token, times its count.
+    pub frequency_penalty: Option<f64>,
+    /// Token id (as a string key) -> bias in [-100, 100], added to its logit.
+    pub logit_bias: Option<serde_json::Value>,
+    /// vLLM's extension, in (0, 2]: CTRL's penalty on tokens of the prompt and output; 1 = off.
+    pub repetition_penalty: Option<f64>,
     // Unsupported fields, read so that validation can refuse them (see `UnsupportedParams`);
     // listed here rather than flattened, which would hide the path of a wrong-typed field.
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub logit_bias: Option<serde_json::Value>,
     pub top_logprobs: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
@@ -198,11 +205,16 @@ pub struct ChatCompletionRequest {
     /// vLLM's extension: generate exactly `max_tokens` tokens, past EOS (benchmarks).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// In [-2, 2]: subtracted once from the logit of every token generated so far.
+    pub presence_penalty: Option<f64>,
+    /// In [-2, 2]: subtracted from the logit of every generated token, times its count.
+    pub frequency_penalty: Option<f64>,
+    /// Token id (as a string key) -> bias in [-100, 100], added to its logit.
+    pub logit_bias: Option<serde_json::Value>,
+    /// vLLM's extension, in (0, 2]: CTRL's penalty on tokens of the prompt and output; 1 = off.
+    pub repetition_penalty: Option<f64>,
     // Unsupported fields, read so that validation can refuse them (see `UnsupportedParams`);
     // listed here rather than flattened, which would hide the path of a wrong-typed field.
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub logit_bias: Option<serde_json::Value>,
     pub top_logprobs: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,

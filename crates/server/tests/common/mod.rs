@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lapsd_core::{Capacity, PolicyConfig, PolicyKind};
 use lapsd_server::backend::{
-    Backend, BackendError, BackendFinish, BackendStepOutput, SequenceParams,
+    Backend, BackendError, BackendFinish, BackendStepOutput, SamplingParams,
 };
 use lapsd_server::model_text::{render_chatml, ChatPromptError, ModelCard, ModelText};
 use lapsd_server::{LoadedModel, ModelLoader, ServerConfig, ServerHandle};
@@ -99,7 +99,7 @@ impl Backend for ScriptedBackend {
         &mut self,
         id: u64,
         prompt_ids: Vec<u32>,
-        params: SequenceParams,
+        params: SamplingParams,
     ) -> Result<(), BackendError> {
         let eos_after = prompt_ids
             .windows(3)
