@@ -136,6 +136,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         stop_token_ids: Vec::new(),
         ignore_eos: false,
         logit_adjustments: Default::default(),
+        logprobs: None,
     };
     engine.add_sequence(0, prompt_ids.clone(), params)?;
 

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, ModelInfo};
-use crate::spec::sampling::{LogitAdjustments, SamplingMode};
+use crate::spec::sampling::{LogitAdjustments, SamplingMode, TokenLogprob};
 use crate::spec::step::{self, Drafter, StepJob};
 use crate::tokenizer::Tokenizer;
 
@@ -36,6 +36,9 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Logit bias and repetition penalties, applied before temperature and top-p.
     pub logit_adjustments: LogitAdjustments,
+    /// Report each emitted token's log probability with this many most likely alternatives
+    /// ([`SeqStepOutput::logprobs`]); `None` = off.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -48,6 +51,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             logit_adjustments: LogitAdjustments::default(),
+            logprobs: None,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct SeqStepOutput {
     /// Whether this step computed a chunk of its prefill that stops short of the end (see
     /// [`StepMember::max_prefill_tokens`]): no token yet; a later step continues the prefill.
     pub prefill_pending: bool,
+    /// With [`SamplingParams::logprobs`]: one entry per token of `new_tokens`, in order.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// One member of a [`SdEngine::step_members`] batch.

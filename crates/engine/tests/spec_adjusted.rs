@@ -1,12 +1,13 @@
 //! Logit bias and repetition penalties keep greedy speculative decoding lossless: on the real
 //! SmolLM2-135M-Instruct weights, the engine's output with n-gram and self-speculative drafting
 //! (k = 1..4) is token-for-token what target-only greedy decoding with the same adjustments gives,
-//! the reference being written straight on `Model`. A banned token never appears.
+//! the reference being written straight on `Model`. A banned token never appears. Reported
+//! logprobs are the target's own at every emitted position, drafted or not.
 
 mod spec_common;
 
 use lapsd_engine::engine::{SamplingParams, SdEngine};
-use lapsd_engine::spec::{argmax, DraftSpec, LogitAdjustments};
+use lapsd_engine::spec::{argmax, DraftSpec, LogitAdjustments, TokenLogprob};
 use lapsd_engine::{Model, SeqForward};
 use spec_common::{engine, greedy_params, model_path, prompts, reference_greedy, run_to_end};
 
@@ -122,4 +123,56 @@ fn a_token_biased_by_minus_100_never_appears() {
         out[&1]
     );
     assert_eq!(out[&1], reference_adjusted(&model, &prompts[0], &adjust));
+}
+
+#[test]
+fn logprobs_under_speculation_are_the_targets() {
+    let model = Model::load(&model_path()).expect("the embedded model loads");
+    let mut engine = engine(DraftSpec::NGram { n: 3 });
+    let prompt = prompts(engine.tokenizer(), engine.info())[0].clone();
+    let params = SamplingParams {
+        logprobs: Some(3),
+        ..greedy_params(MAX_NEW as u32)
+    };
+    engine.add_sequence(1, prompt.clone(), params).expect("adds");
+    let mut tokens = Vec::new();
+    let mut logprobs: Vec<TokenLogprob> = Vec::new();
+    let mut accepted = 0;
+    loop {
+        let out = engine.step(&[(1, 4)]).expect("steps");
+        let out = &out[0];
+        assert_eq!(out.logprobs.len(), out.new_tokens.len());
+        tokens.extend_from_slice(&out.new_tokens);
+        logprobs.extend(out.logprobs.iter().cloned());
+        accepted += out.accepted_tokens;
+        if out.finished.is_some() {
+            break;
+        }
+    }
+    assert!(accepted > 0, "some tokens came from accepted drafts");
+    // The reference: one target forward per token over the same context.
+    let mut cache = model.new_cache();
+    let mut input = prompt;
+    for (i, (&token, lp)) in tokens.iter().zip(&logprobs).enumerate() {
+        let logits = model
+            .forward_batch(&mut [SeqForward {
+                tokens: &input,
+                cache: &mut cache,
+            }])
+            .expect("forward succeeds");
+        let rows = logits[0].to_vec2::<f32>().expect("f32 rows");
+        let want = TokenLogprob::from_logits(rows.last().expect("a row"), token, 3);
+        assert_eq!(lp.token, token);
+        assert!(lp.logprob <= 0.0);
+        // Greedy: the emitted token is the most likely one.
+        assert_eq!(lp.top[0], (token, lp.logprob), "position {i}");
+        assert!(
+            (lp.logprob - want.logprob).abs() < 1e-3,
+            "position {i}: {} vs {}",
+            lp.logprob,
+            want.logprob
+        );
+        assert_eq!(lp.top.len(), 3);
+        input = vec![token];
+    }
 }

@@ -18,6 +18,7 @@ fn sampled(seed: u64, max_tokens: u32) -> SamplingParams {
         stop_token_ids: Vec::new(),
         ignore_eos: false,
         logit_adjustments: Default::default(),
+        logprobs: None,
     }
 }
 

@@ -5,6 +5,7 @@
 /// Per-sequence sampling settings given at admission: the engine's own type, so nothing is
 /// copied field by field between the layers.
 pub use lapsd_engine::engine::SamplingParams;
+pub use lapsd_engine::spec::TokenLogprob;
 
 /// Why the engine ended a sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub struct BackendStepOutput {
     pub drafted_tokens: u32,
     pub accepted_tokens: u32,
     pub finished: Option<BackendFinish>,
+    /// When the sequence asked for logprobs: one entry per token of `new_tokens`.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// One member of a step: its speculation length and, for a prefill, how much of it to compute.

@@ -22,9 +22,11 @@ use lapsd_core::{
 };
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendFinish, BackendStepOutput, BatchMember, SamplingParams};
+use crate::backend::{
+    Backend, BackendFinish, BackendStepOutput, BatchMember, SamplingParams, TokenLogprob,
+};
 use crate::error::{ApiError, ServerError};
-use crate::inflight::{queue_level, GenerateCommand, Inflight, ResponseEvent};
+use crate::inflight::{queue_level, GenerateCommand, Inflight, LogprobEntry, ResponseEvent};
 use crate::metrics::{Metrics, REQUEST_STATES};
 use crate::model_text::ModelText;
 
@@ -197,6 +199,7 @@ impl EngineWorker {
             },
             ignore_eos: req.ignore_eos,
             logit_adjustments: req.sampling.logit_adjustments.clone(),
+            logprobs: req.logprobs.map(|top| top as usize),
         };
         let mut spec = RequestSpec::new(id, arrival_s, prompt_tokens, req.max_tokens)
             .with_priority(req.priority)
@@ -418,10 +421,14 @@ impl EngineWorker {
             };
             let mut consumed = 0u32;
             let mut text = String::new();
-            for &token in &o.new_tokens {
+            let mut logprobs = Vec::new();
+            for (index, &token) in o.new_tokens.iter().enumerate() {
                 consumed += 1;
                 if self.ctx.eos_token_ids.contains(&token) {
                     continue;
+                }
+                if let Some(lp) = o.logprobs.get(index) {
+                    logprobs.push(logprob_entry(self.ctx.text.as_ref(), lp));
                 }
                 let piece = match r.decoder.push(self.ctx.text.as_ref(), token) {
                     Ok(p) => p,
@@ -445,8 +452,8 @@ impl EngineWorker {
                 .metrics
                 .generation_tokens
                 .inc_by(u64::from(consumed));
-            if !text.is_empty() {
-                r.send(ResponseEvent::Text(text));
+            if !text.is_empty() || !logprobs.is_empty() {
+                r.send(ResponseEvent::Text { text, logprobs });
             }
             let finished = if r.stopped_by_string {
                 Some(FinishReason::Stop)
@@ -524,7 +531,10 @@ impl EngineWorker {
                 text.push_str(&r.stop.finish());
             }
             if !text.is_empty() {
-                r.send(ResponseEvent::Text(text));
+                r.send(ResponseEvent::Text {
+                    text,
+                    logprobs: Vec::new(),
+                });
             }
         }
         let info = r.finished_info(&state, self.scheduler.policy_name(), now_s);
@@ -604,5 +614,16 @@ impl EngineWorker {
         } else {
             (held_tokens as f64 / budget_tokens as f64).clamp(0.0, 1.0)
         });
+    }
+}
+
+/// A token's logprobs with the token texts decoded one token at a time (a token that is part of
+/// a multi-byte character decodes to U+FFFD on its own, as in vLLM).
+fn logprob_entry(text: &dyn ModelText, lp: &TokenLogprob) -> LogprobEntry {
+    let piece = |token: u32| text.decode(&[token]).unwrap_or_default();
+    LogprobEntry {
+        token: piece(lp.token),
+        logprob: lp.logprob,
+        top: lp.top.iter().map(|&(t, l)| (piece(t), l)).collect(),
     }
 }

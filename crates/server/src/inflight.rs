@@ -17,10 +17,26 @@ use crate::validation::ValidRequest;
 /// exactly one `Finished` or `Error`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResponseEvent {
-    /// New output text (never a broken UTF-8 character, never part of a stop string).
-    Text(String),
+    /// New output text (never a broken UTF-8 character, never part of a stop string) and, when
+    /// the request asked for them, the log probabilities of the tokens generated since the last
+    /// event (a token's text may still be held back, e.g. as a possible stop-string prefix).
+    Text {
+        text: String,
+        logprobs: Vec<LogprobEntry>,
+    },
     Finished(Box<FinishedInfo>),
     Error(ApiError),
+}
+
+/// One generated token as the client sees it, with the target's log probability and its most
+/// likely alternatives (OpenAI's `logprobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogprobEntry {
+    /// The token's own text.
+    pub token: String,
+    pub logprob: f32,
+    /// `(text, logprob)` of the most likely tokens, most likely first.
+    pub top: Vec<(String, f32)>,
 }
 
 /// The end of a request: why, token counts, statistics.

@@ -28,7 +28,7 @@ use crate::api::openai::{
 use crate::edge::{self, BodyTimeout, EdgeState, HttpConfig};
 use crate::engine_worker::WorkerCommand;
 use crate::error::{ApiError, ServerError};
-use crate::inflight::{FinishedInfo, GenerateCommand, ResponseEvent};
+use crate::inflight::{FinishedInfo, GenerateCommand, LogprobEntry, ResponseEvent};
 use crate::metrics::Metrics;
 use crate::validation::{ValidRequest, Validator};
 
@@ -163,15 +163,29 @@ impl AppState {
 /// Output collected for a non-streaming response.
 struct Collected {
     text: String,
+    logprobs: Vec<LogprobEntry>,
     info: FinishedInfo,
 }
 
 async fn collect(mut rx: mpsc::UnboundedReceiver<ResponseEvent>) -> Result<Collected, ApiError> {
     let mut text = String::new();
+    let mut all_logprobs = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
-            ResponseEvent::Text(t) => text.push_str(&t),
-            ResponseEvent::Finished(info) => return Ok(Collected { text, info: *info }),
+            ResponseEvent::Text {
+                text: t,
+                logprobs,
+            } => {
+                text.push_str(&t);
+                all_logprobs.extend(logprobs);
+            }
+            ResponseEvent::Finished(info) => {
+                return Ok(Collected {
+                    text,
+                    logprobs: all_logprobs,
+                    info: *info,
+                })
+            }
             ResponseEvent::Error(e) => return Err(e),
         }
     }
@@ -224,13 +238,13 @@ where
                 Some(e) => Some(e),
                 None => rx.recv().await,
             };
-            let terminal = !matches!(event, Some(ResponseEvent::Text(_)));
+            let terminal = !matches!(event, Some(ResponseEvent::Text { .. }));
             Some((event, (None, rx, terminal)))
         },
     );
     events
         .map(move |event| {
-            let terminal = !matches!(event, Some(ResponseEvent::Text(_)));
+            let terminal = !matches!(event, Some(ResponseEvent::Text { .. }));
             let mut out = match event {
                 Some(ResponseEvent::Error(e)) => {
                     tracing::warn!(kind = e.kind(), "stream ended with an error");
@@ -259,6 +273,7 @@ async fn completions(
     let permit = state.take_slot()?;
     let valid = state.validate(req, Validator::completion).await?;
     let (stream, include_usage) = (valid.stream, valid.include_usage);
+    let with_logprobs = valid.logprobs.is_some();
     let mut rx = state.submit(valid, permit)?;
     let id = state.response_id("cmpl");
     let created = unix_now_s();
@@ -273,7 +288,7 @@ async fn completions(
             choices: vec![CompletionChoice {
                 index: 0,
                 text: done.text,
-                logprobs: None,
+                logprobs: with_logprobs.then(|| completion_logprobs(&done.logprobs, &mut 0)),
                 finish_reason: Some(done.info.finish_reason.to_string()),
             }],
             usage: Some(done.info.usage),
@@ -291,12 +306,14 @@ async fn completions(
         usage,
         metrics,
     };
+    // Offsets of the streamed tokens continue from chunk to chunk.
+    let mut text_offset = 0usize;
     let to_events = move |event: ResponseEvent| match event {
-        ResponseEvent::Text(text) => vec![json_event(&chunk(
+        ResponseEvent::Text { text, logprobs } => vec![json_event(&chunk(
             vec![CompletionChoice {
                 index: 0,
                 text,
-                logprobs: None,
+                logprobs: with_logprobs.then(|| completion_logprobs(&logprobs, &mut text_offset)),
                 finish_reason: None,
             }],
             None,
@@ -332,6 +349,7 @@ async fn chat_completions(
     let permit = state.take_slot()?;
     let valid = state.validate(req, Validator::chat).await?;
     let (stream, include_usage) = (valid.stream, valid.include_usage);
+    let with_logprobs = valid.logprobs.is_some();
     let mut rx = state.submit(valid, permit)?;
     let id = state.response_id("chatcmpl");
     let created = unix_now_s();
@@ -349,7 +367,7 @@ async fn chat_completions(
                     role: "assistant".into(),
                     content: done.text,
                 },
-                logprobs: None,
+                logprobs: with_logprobs.then(|| chat_logprobs(&done.logprobs)),
                 finish_reason: Some(done.info.finish_reason.to_string()),
             }],
             usage: done.info.usage,
@@ -367,11 +385,13 @@ async fn chat_completions(
         usage,
         metrics,
     };
-    let delta = |delta: ChatDelta, finish_reason: Option<String>| ChatChunkChoice {
-        index: 0,
-        delta,
-        logprobs: None,
-        finish_reason,
+    let delta = |delta: ChatDelta, logprobs: Option<serde_json::Value>, finish_reason| {
+        ChatChunkChoice {
+            index: 0,
+            delta,
+            logprobs,
+            finish_reason,
+        }
     };
     let mut sent_role = false;
     let to_events = move |event: ResponseEvent| {
@@ -383,18 +403,23 @@ async fn chat_completions(
                 role: Some("assistant".into()),
                 content: Some(String::new()),
             };
-            events.push(json_event(&chunk(vec![delta(role, None)], None, None)));
+            events.push(json_event(&chunk(vec![delta(role, None, None)], None, None)));
         }
         match event {
-            ResponseEvent::Text(text) => {
+            ResponseEvent::Text { text, logprobs } => {
                 let d = ChatDelta {
                     role: None,
                     content: Some(text),
                 };
-                events.push(json_event(&chunk(vec![delta(d, None)], None, None)));
+                let logprobs = with_logprobs.then(|| chat_logprobs(&logprobs));
+                events.push(json_event(&chunk(vec![delta(d, logprobs, None)], None, None)));
             }
             ResponseEvent::Finished(info) => {
-                let last = delta(ChatDelta::default(), Some(info.finish_reason.to_string()));
+                let last = delta(
+                    ChatDelta::default(),
+                    None,
+                    Some(info.finish_reason.to_string()),
+                );
                 events.push(json_event(&chunk(
                     vec![last],
                     None,
@@ -411,6 +436,46 @@ async fn chat_completions(
     Ok(Sse::new(sse_stream(first, rx, to_events))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The completions API's `logprobs` object for `entries`; `text_offset` is where the first
+/// token's text starts in the completion (in characters) and is advanced past the last one.
+fn completion_logprobs(entries: &[LogprobEntry], text_offset: &mut usize) -> serde_json::Value {
+    let mut offsets = Vec::with_capacity(entries.len());
+    for e in entries {
+        offsets.push(*text_offset);
+        *text_offset += e.token.chars().count();
+    }
+    serde_json::json!({
+        "tokens": entries.iter().map(|e| e.token.as_str()).collect::<Vec<_>>(),
+        "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
+        "top_logprobs": entries
+            .iter()
+            .map(|e| {
+                e.top
+                    .iter()
+                    .map(|(t, l)| (t.clone(), serde_json::json!(l)))
+                    .collect::<serde_json::Map<_, _>>()
+            })
+            .collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
+}
+
+/// The chat API's `logprobs` object (`content`: one entry per token, with its UTF-8 bytes).
+fn chat_logprobs(entries: &[LogprobEntry]) -> serde_json::Value {
+    let item = |token: &str, logprob: f32| {
+        serde_json::json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
+    };
+    let content: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let mut v = item(&e.token, e.logprob);
+            v["top_logprobs"] = e.top.iter().map(|(t, l)| item(t, *l)).collect();
+            v
+        })
+        .collect();
+    serde_json::json!({ "content": content })
 }
 
 impl AppState {

@@ -195,6 +195,7 @@ fn backend_output(o: SeqStepOutput) -> BackendStepOutput {
             SeqFinish::Eos => BackendFinish::Eos,
             SeqFinish::Length => BackendFinish::Length,
         }),
+        logprobs: o.logprobs,
     }
 }
 

@@ -1,8 +1,8 @@
 //! Validation at the edge (TGI's `validation.rs`): turns an OpenAI request into a [`ValidRequest`]
 //! that the engine worker accepts as is, or a 400/404 naming the field, the limit and the value.
 //!
-//! Limits checked: the model name, `n`/`best_of`/`logprobs`/`echo` (unsupported beyond the
-//! defaults), `temperature` in [0, 2], `top_p` in (0, 1], `presence_penalty` and
+//! Limits checked: the model name, `n`/`best_of`/`echo` (unsupported beyond the defaults),
+//! `logprobs`/`top_logprobs` (at most 20 alternatives), `temperature` in [0, 2], `top_p` in (0, 1], `presence_penalty` and
 //! `frequency_penalty` in [-2, 2], `repetition_penalty` in (0, 2], `logit_bias` (token ids inside
 //! the vocabulary, biases in [-100, 100]), `priority` in i32, `stop` (at most 4
 //! non-empty strings), the prompt (non-empty, inside the context window, token ids inside the
@@ -56,6 +56,8 @@ pub struct ValidRequest {
     /// Output length predicted from the prompt's text (`--length-model`), if a model is loaded
     /// and the prompt came as text.
     pub predicted_output_tokens: Option<u32>,
+    /// Report the target's log probability of each token with this many alternatives.
+    pub logprobs: Option<u32>,
 }
 
 /// The limits requests are checked against, and the model text functions.
@@ -277,12 +279,7 @@ impl Validator {
                 ));
             }
         }
-        if let Some(lp) = &c.logprobs {
-            let off = lp.is_null() || lp == &serde_json::Value::Bool(false);
-            if !off {
-                return Err(ApiError::invalid("logprobs", "`logprobs` is not supported"));
-            }
-        }
+        let logprobs = requested_logprobs(c)?;
         unsupported(&c.unsupported)?;
         let logit_adjustments = self.logit_adjustments(c)?;
         let temperature = c.temperature.unwrap_or(1.0);
@@ -322,6 +319,7 @@ impl Validator {
             include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
             ignore_eos: c.ignore_eos,
             predicted_output_tokens: None,
+            logprobs,
         })
     }
 
@@ -500,8 +498,43 @@ impl Validator {
     }
 }
 
+/// Most alternatives per token in `logprobs` / `top_logprobs` (OpenAI's chat limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// `logprobs` as completions take it (a number of alternatives) or as chat takes it (`true`,
+/// with `top_logprobs` alternatives); `None` when off.
+fn requested_logprobs(c: &CommonParams) -> Result<Option<u32>, ApiError> {
+    let count = |field: &str, v: &serde_json::Value| -> Result<u32, ApiError> {
+        v.as_u64()
+            .filter(|&n| n <= u64::from(MAX_TOP_LOGPROBS))
+            .map(|n| n as u32)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    field,
+                    format!("{field} must be an integer in [0, {MAX_TOP_LOGPROBS}], got {v}"),
+                )
+            })
+    };
+    let top = match &c.top_logprobs {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(count("top_logprobs", v)?),
+    };
+    let logprobs = match &c.logprobs {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
+        Some(serde_json::Value::Bool(true)) => Some(top.unwrap_or(0)),
+        Some(v) => Some(count("logprobs", v)?),
+    };
+    if logprobs.is_none() && top.is_some_and(|t| t > 0) {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        ));
+    }
+    Ok(logprobs)
+}
+
 /// Refuses any non-neutral value of a field the sampler does not implement: a client that asks
-/// for log probabilities, a JSON schema or tools must learn it did not get them.
+/// for a JSON schema or tools must learn it did not get them.
 fn unsupported(u: &UnsupportedParams) -> Result<(), ApiError> {
     let is_empty = |v: &Option<serde_json::Value>| match v {
         None => true,
@@ -509,16 +542,6 @@ fn unsupported(u: &UnsupportedParams) -> Result<(), ApiError> {
         Some(serde_json::Value::Array(a)) => a.is_empty(),
         Some(_) => false,
     };
-    match &u.top_logprobs {
-        None => {}
-        Some(v) if v.as_i64() == Some(0) => {}
-        Some(v) => {
-            return Err(ApiError::invalid(
-                "top_logprobs",
-                format!("`top_logprobs` is not supported (only 0), got {v}"),
-            ))
-        }
-    }
     match &u.response_format {
         None => {}
         Some(v) if v.get("type").and_then(|t| t.as_str()) == Some("text") => {}
@@ -796,8 +819,42 @@ mod tests {
             "best_of"
         );
         assert_eq!(
-            param(completion(r#"{"prompt":"a","logprobs":2}"#)),
+            param(completion(r#"{"prompt":"a","logprobs":21}"#)),
             "logprobs"
+        );
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","logprobs":"yes"}"#)),
+            "logprobs"
+        );
+        assert_eq!(
+            param(chat(
+                r#"{"messages":[{"role":"user","content":"a"}],"top_logprobs":2}"#
+            )),
+            "top_logprobs"
+        );
+        assert_eq!(
+            param(chat(
+                r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":-1}"#
+            )),
+            "top_logprobs"
+        );
+        assert_eq!(
+            completion(r#"{"prompt":"a","logprobs":2}"#)
+                .expect("valid")
+                .logprobs,
+            Some(2)
+        );
+        assert_eq!(
+            chat(r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":5}"#)
+                .expect("valid")
+                .logprobs,
+            Some(5)
+        );
+        assert_eq!(
+            chat(r#"{"messages":[{"role":"user","content":"a"}],"logprobs":false}"#)
+                .expect("valid")
+                .logprobs,
+            None
         );
         assert_eq!(param(completion(r#"{"prompt":"a","echo":true}"#)), "echo");
         assert_eq!(
@@ -810,7 +867,6 @@ mod tests {
     #[test]
     fn unsupported_parameters_are_refused_unless_neutral() {
         for (extra, field) in [
-            (r#""top_logprobs":2"#, "top_logprobs"),
             (
                 r#""response_format":{"type":"json_object"}"#,
                 "response_format",

@@ -128,6 +128,36 @@ async fn penalties_and_logit_bias_are_applied() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// Logprobs on the real model under speculative decoding: one entry per token, the tokens
+/// spell the text, every value a log probability, and (greedy) each token the most likely one.
+#[tokio::test]
+async fn logprobs_describe_the_greedy_tokens() {
+    let prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n";
+    let server = start(config(PolicyKind::Gittins), model_loader("ngram")).await;
+    let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0, "logprobs": 3});
+    let (s, v) = post_json(&server, "/v1/completions", &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], reference(Prompt::Text(prompt), 16).as_str());
+    let lp = &v["choices"][0]["logprobs"];
+    let n = v["usage"]["completion_tokens"].as_u64().expect("usage") as usize;
+    let tokens = lp["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), n);
+    let logprobs = lp["token_logprobs"].as_array().expect("token_logprobs");
+    for (i, (token, logprob)) in tokens.iter().zip(logprobs).enumerate() {
+        let logprob = logprob.as_f64().expect("a number");
+        assert!(logprob <= 0.0, "{logprob}");
+        let top = lp["top_logprobs"][i].as_object().expect("top");
+        assert!(!top.is_empty() && top.len() <= 3, "{top:?}");
+        let best = top
+            .values()
+            .map(|x| x.as_f64().expect("a number"))
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!((best - logprob).abs() < 1e-6, "token {token} is greedy's choice");
+        assert!(top.contains_key(token.as_str().expect("a string")));
+    }
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn greedy_chat_equals_plain_decoding() {
     let messages = vec![ChatMessage::user("What is 2 + 2?")];

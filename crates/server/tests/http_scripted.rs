@@ -63,6 +63,80 @@ async fn completion_non_stream_and_stream_agree() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// `logprobs` in both APIs' shapes, one entry per generated token, streamed or not: the scripted
+/// engine gives token i the log probability -(i + 1) / 8 and alternatives one nat apart.
+#[tokio::test]
+async fn logprobs_have_one_entry_per_token_in_openai_shapes() {
+    let server = start(config(PolicyKind::Gittins), fast()).await;
+    let body = json!({"prompt": "Hello", "max_tokens": 12, "temperature": 0, "logprobs": 2});
+    let (status, v) = post_json(&server, "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("a token string"))
+        .collect();
+    assert_eq!(tokens.concat(), scripted_text(12));
+    let want: Vec<f64> = (1..=12).map(|i| -(i as f64) / 8.0).collect();
+    let got: Vec<f64> = lp["token_logprobs"]
+        .as_array()
+        .expect("token_logprobs")
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect();
+    assert_eq!(got, want);
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .expect("text_offset")
+        .iter()
+        .map(|x| x.as_u64().expect("an offset"))
+        .collect();
+    assert_eq!(offsets, (0..12).collect::<Vec<u64>>());
+    // Token "T" (84): itself at -1/8, then "U" (85) at -9/8.
+    assert_eq!(lp["top_logprobs"][0], json!({"T": -0.125, "U": -1.125}));
+    // Streamed: the same entries, spread over the chunks.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let (status, data) = post_sse(&server, "/v1/completions", &sb).await;
+    assert_eq!(status, 200);
+    let mut streamed = Vec::new();
+    let mut streamed_offsets = Vec::new();
+    for d in &data[..data.len() - 1] {
+        let chunk: serde_json::Value = serde_json::from_str(d).expect("JSON chunk");
+        let Some(lp) = chunk["choices"][0]["logprobs"].as_object() else {
+            continue;
+        };
+        for x in lp["token_logprobs"].as_array().expect("token_logprobs") {
+            streamed.push(x.as_f64().expect("a number"));
+        }
+        for x in lp["text_offset"].as_array().expect("text_offset") {
+            streamed_offsets.push(x.as_u64().expect("an offset"));
+        }
+    }
+    assert_eq!(streamed, want);
+    assert_eq!(streamed_offsets, offsets);
+    // Chat: `logprobs: true` with `top_logprobs`.
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+        "temperature": 0, "logprobs": true, "top_logprobs": 1});
+    let (status, v) = post_json(&server, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("content");
+    assert_eq!(content.len(), 4);
+    assert_eq!(
+        content[0],
+        json!({"token": "T", "logprob": -0.125, "bytes": [84],
+            "top_logprobs": [{"token": "T", "logprob": -0.125, "bytes": [84]}]})
+    );
+    // Without logprobs the field is null.
+    let (_, v) = post_json(&server, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 2})).await;
+    assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn chat_completion_and_chat_stream() {
     let server = start(config(PolicyKind::Fcfs), fast()).await;

@@ -10,5 +10,5 @@ pub(crate) mod step;
 pub use draft::{ngram_propose, DraftSpec, DraftSpecParseError};
 pub use sampling::{
     argmax, sample, verify_greedy, verify_sampled, DraftProbs, LogitAdjustments, SamplingMode,
-    TokenCounts, Verdict,
+    TokenCounts, TokenLogprob, Verdict,
 };

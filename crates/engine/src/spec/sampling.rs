@@ -171,6 +171,55 @@ impl TokenCounts {
     }
 }
 
+/// The target's log probability of one emitted token and of its most likely alternatives, from
+/// the raw logits of the position that emitted it (before bias, penalties, temperature and top-p,
+/// as vLLM reports by default). Under speculative decoding these are the target's own numbers: the
+/// verifying forward scores every emitted position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens with their log probabilities, most likely first (ties by id).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `token`'s log-softmax in `logits`, and the `top` largest entries.
+    pub fn from_logits(logits: &[f32], token: u32, top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits
+            .iter()
+            .map(|&l| (f64::from(l) - f64::from(max)).exp())
+            .sum();
+        let log_z = f64::from(max) + sum.ln();
+        let logprob_of = |t: u32| {
+            logits
+                .get(t as usize)
+                .map_or(f32::NEG_INFINITY, |&l| (f64::from(l) - log_z) as f32)
+        };
+        let mut best: Vec<u32> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if l.is_nan() {
+                    continue;
+                }
+                let worse = |&b: &u32| logits[b as usize] < l;
+                // Insert before the first strictly smaller entry: equal logits keep id order.
+                let at = best.iter().position(worse).unwrap_or(best.len());
+                if at < top {
+                    best.insert(at, i as u32);
+                    best.truncate(top);
+                }
+            }
+        }
+        Self {
+            token,
+            logprob: logprob_of(token),
+            top: best.into_iter().map(|t| (t, logprob_of(t))).collect(),
+        }
+    }
+}
+
 /// Index of the largest value (the first one on ties; NaN never wins). 0 for an empty slice.
 pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0usize;
@@ -428,6 +477,28 @@ mod tests {
         counts.push(3);
         freq_only.apply(&mut logits, &counts);
         assert_eq!(logits, vec![1.0, 1.0, -1.0, -1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn token_logprobs_are_log_softmax_with_the_top_entries() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let lp = |l: f32| (f64::from(l) - z.ln()) as f32;
+        let t = TokenLogprob::from_logits(&logits, 2, 3);
+        assert_eq!(t.token, 2);
+        assert!((t.logprob - lp(2.0)).abs() < 1e-6);
+        let ids: Vec<u32> = t.top.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 3, 2], "most likely first, ties by id");
+        for &(id, l) in &t.top {
+            assert!((l - lp(logits[id as usize])).abs() < 1e-6);
+        }
+        let total: f64 = logits
+            .iter()
+            .enumerate()
+            .map(|(i, _)| f64::from(TokenLogprob::from_logits(&logits, i as u32, 0).logprob).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(TokenLogprob::from_logits(&logits, 0, 0).top.is_empty());
     }
 
     #[test]

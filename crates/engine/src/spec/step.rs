@@ -15,7 +15,7 @@ use crate::engine::{SeqFinish, SeqState, SeqStepOutput};
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, SeqForward};
 use crate::spec::draft::{load_draft_model, ngram_propose, DraftSpec};
-use crate::spec::sampling::{sample, verify_greedy, verify_sampled, DraftProbs};
+use crate::spec::sampling::{sample, verify_greedy, verify_sampled, DraftProbs, TokenLogprob};
 
 /// The draft method of an engine, built from a [`DraftSpec`].
 pub(crate) enum Drafter {
@@ -368,11 +368,14 @@ fn commit(
                 finished: job.seq.finished,
                 prefilled: false,
                 prefill_pending: job.partial,
+                logprobs: Vec::new(),
             });
             continue;
         };
         let seq = &mut *job.seq;
         let adjust = &seq.params.logit_adjustments;
+        // Logprobs are the target's raw ones: keep the rows the adjustments are about to change.
+        let raw_rows = (seq.params.logprobs.is_some() && !adjust.is_neutral()).then(|| rows.clone());
         if !adjust.is_neutral() {
             // Row i verifies the position after i drafts: count those drafts as generated.
             let mut counts = adjust.counts(&seq.tokens, seq.prompt_len);
@@ -413,6 +416,18 @@ fn commit(
         if let Some(cache) = seq.draft_cache.as_mut() {
             cache.truncate(n_before + verdict.accepted);
         }
+        // Emitted token i came from row i (accepted drafts, then the target's own token).
+        let logprobs = match seq.params.logprobs {
+            Some(top) => {
+                let rows = raw_rows.as_ref().unwrap_or(&rows);
+                emitted
+                    .iter()
+                    .zip(rows)
+                    .map(|(&token, row)| TokenLogprob::from_logits(row, token, top))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         seq.tokens.extend_from_slice(&emitted);
         if finished.is_none() && seq.tokens.len() >= info.context_length {
             finished = Some(SeqFinish::Length);
@@ -437,6 +452,7 @@ fn commit(
             finished,
             prefilled: job.prefill,
             prefill_pending: false,
+            logprobs,
         });
     }
     Ok(outputs)

@@ -84,6 +84,7 @@ pub fn greedy_params(max_tokens: u32) -> SamplingParams {
         stop_token_ids: Vec::new(),
         ignore_eos: false,
         logit_adjustments: Default::default(),
+        logprobs: None,
     }
 }
 

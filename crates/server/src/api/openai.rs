@@ -49,7 +49,7 @@ pub struct CommonParams {
     pub stream_options: Option<StreamOptions>,
     /// vLLM's priority: lower runs first; default 0.
     pub priority: Option<i64>,
-    /// Unsupported; rejected when set (non-null).
+    /// Completions: the number of alternatives per token (0..=20); chat: `true` or `false`.
     pub logprobs: Option<serde_json::Value>,
     /// Unsupported beyond 1.
     pub best_of: Option<i64>,
@@ -59,6 +59,7 @@ pub struct CommonParams {
     pub frequency_penalty: Option<f64>,
     pub logit_bias: Option<serde_json::Value>,
     pub repetition_penalty: Option<f64>,
+    pub top_logprobs: Option<serde_json::Value>,
     /// Fields the sampler does not implement: accepted only at their neutral value (see
     /// `Validator::unsupported`), never silently ignored.
     pub unsupported: UnsupportedParams,
@@ -68,7 +69,6 @@ pub struct CommonParams {
 /// non-neutral value with a 400 naming the field.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct UnsupportedParams {
-    pub top_logprobs: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
@@ -96,8 +96,8 @@ macro_rules! common_of {
             frequency_penalty: $req.frequency_penalty,
             logit_bias: $req.logit_bias.clone(),
             repetition_penalty: $req.repetition_penalty,
+            top_logprobs: $req.top_logprobs.clone(),
             unsupported: UnsupportedParams {
-                top_logprobs: $req.top_logprobs.clone(),
                 response_format: $req.response_format.clone(),
                 tools: $req.tools.clone(),
                 tool_choice: $req.tool_choice.clone(),
@@ -128,7 +128,7 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     /// vLLM's priority: lower runs first; default 0.
     pub priority: Option<i64>,
-    /// Unsupported; rejected when set (non-null).
+    /// Completions: the number of alternatives per token (0..=20); chat: `true` or `false`.
     pub logprobs: Option<serde_json::Value>,
     /// Unsupported beyond 1.
     pub best_of: Option<i64>,
@@ -143,9 +143,10 @@ pub struct CompletionRequest {
     pub logit_bias: Option<serde_json::Value>,
     /// vLLM's extension, in (0, 2]: CTRL's penalty on tokens of the prompt and output; 1 = off.
     pub repetition_penalty: Option<f64>,
+    /// With `logprobs` (chat: `true`): how many alternatives per token, 0..=20.
+    pub top_logprobs: Option<serde_json::Value>,
     // Unsupported fields, read so that validation can refuse them (see `UnsupportedParams`);
     // listed here rather than flattened, which would hide the path of a wrong-typed field.
-    pub top_logprobs: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
@@ -198,7 +199,7 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     /// vLLM's priority: lower runs first; default 0.
     pub priority: Option<i64>,
-    /// Unsupported; rejected when set (non-null).
+    /// Completions: the number of alternatives per token (0..=20); chat: `true` or `false`.
     pub logprobs: Option<serde_json::Value>,
     /// Unsupported beyond 1.
     pub best_of: Option<i64>,
@@ -213,9 +214,10 @@ pub struct ChatCompletionRequest {
     pub logit_bias: Option<serde_json::Value>,
     /// vLLM's extension, in (0, 2]: CTRL's penalty on tokens of the prompt and output; 1 = off.
     pub repetition_penalty: Option<f64>,
+    /// With `logprobs` (chat: `true`): how many alternatives per token, 0..=20.
+    pub top_logprobs: Option<serde_json::Value>,
     // Unsupported fields, read so that validation can refuse them (see `UnsupportedParams`);
     // listed here rather than flattened, which would hide the path of a wrong-typed field.
-    pub top_logprobs: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lapsd_core::{Capacity, PolicyConfig, PolicyKind};
 use lapsd_server::backend::{
-    Backend, BackendError, BackendFinish, BackendStepOutput, SamplingParams,
+    Backend, BackendError, BackendFinish, BackendStepOutput, SamplingParams, TokenLogprob,
 };
 use lapsd_server::model_text::{render_chatml, ChatPromptError, ModelCard, ModelText};
 use lapsd_server::{LoadedModel, ModelLoader, ServerConfig, ServerHandle};
@@ -75,6 +75,8 @@ struct ScriptedSeq {
     kv_resident: bool,
     /// Emit EOS after this many tokens (prompts containing "EOS").
     eos_after: Option<u32>,
+    /// Alternatives per token when logprobs were asked for.
+    logprobs: Option<usize>,
 }
 
 /// A deterministic stand-in for the engine: output i is `SCRIPT[i % len]`; each step drafts k
@@ -113,6 +115,7 @@ impl Backend for ScriptedBackend {
                 max_tokens: params.max_tokens,
                 kv_resident: false,
                 eos_after,
+                logprobs: params.logprobs,
             },
         );
         Ok(())
@@ -155,12 +158,33 @@ impl Backend for ScriptedBackend {
             if finished.is_none() && seq.generated >= seq.max_tokens {
                 finished = Some(BackendFinish::Length);
             }
+            // Scripted log probabilities: token i gets -(i + 1) / 8, alternatives id + 1, id + 2...
+            // each one nat less likely.
+            let first = seq.generated as usize - new_tokens.len();
+            let logprobs = match seq.logprobs {
+                None => Vec::new(),
+                Some(top) => new_tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &token)| {
+                        let logprob = -((first + i + 1) as f32) / 8.0;
+                        TokenLogprob {
+                            token,
+                            logprob,
+                            top: (0..top)
+                                .map(|j| (token + j as u32, logprob - j as f32))
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+            };
             out.push(BackendStepOutput {
                 id,
                 new_tokens,
                 drafted_tokens: drafted,
                 accepted_tokens: accepted,
                 finished,
+                logprobs,
             });
         }
         Ok(out)
