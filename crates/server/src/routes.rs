@@ -23,7 +23,7 @@ use crate::api::json::ApiJson;
 use crate::api::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
     ChatCompletionResponse, ChatDelta, CompletionChoice, CompletionRequest, CompletionResponse,
-    ModelList, ModelObject,
+    ModelList, ModelObject, Usage,
 };
 use crate::edge::{self, BodyTimeout, EdgeState, HttpConfig};
 use crate::engine_worker::WorkerCommand;
@@ -127,6 +127,49 @@ impl AppState {
             })?
     }
 
+    /// Hands one command per choice (`n`) to the worker, each holding an admission slot (the
+    /// handler's `permit` is the first; 429 if the others are not free), and merges their
+    /// events into one receiver tagged with the choice index. Choice i of a seeded request
+    /// samples with `seed + i`, so that the choices differ. Dropping the receiver cancels every
+    /// choice.
+    fn submit_choices(
+        &self,
+        request: ValidRequest,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<mpsc::UnboundedReceiver<ChoiceEvent>, ApiError> {
+        let mut permits = vec![permit];
+        for _ in 1..request.n {
+            permits.push(self.take_slot()?);
+        }
+        let (merged_tx, merged_rx) = mpsc::unbounded_channel();
+        for (index, permit) in (0u32..).zip(permits) {
+            let mut choice = request.clone();
+            choice.sampling.seed = request
+                .sampling
+                .seed
+                .map(|seed| seed.wrapping_add(u64::from(index)));
+            let mut events = self.submit(choice, permit)?;
+            let merged_tx = merged_tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Some(event) => {
+                                if merged_tx.send((index, event)).is_err() {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        },
+                        // The client left: drop `events`, which cancels the choice.
+                        () = merged_tx.closed() => break,
+                    }
+                }
+            });
+        }
+        Ok(merged_rx)
+    }
+
     /// Hands the validated request and its admission slot to the worker.
     fn submit(
         &self,
@@ -160,46 +203,84 @@ impl AppState {
     }
 }
 
-/// Output collected for a non-streaming response.
+/// A request's events from all of its choices (`n`), tagged with the choice index.
+type ChoiceEvent = (u32, ResponseEvent);
+
+/// One choice's output, collected for a non-streaming response.
 struct Collected {
     text: String,
     logprobs: Vec<LogprobEntry>,
     info: FinishedInfo,
 }
 
-async fn collect(mut rx: mpsc::UnboundedReceiver<ResponseEvent>) -> Result<Collected, ApiError> {
-    let mut text = String::new();
-    let mut all_logprobs = Vec::new();
-    while let Some(event) = rx.recv().await {
+/// Waits until every one of the `n` choices has finished (or one fails).
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<ChoiceEvent>,
+    n: u32,
+) -> Result<Vec<Collected>, ApiError> {
+    let mut texts = vec![String::new(); n as usize];
+    let mut logprobs: Vec<Vec<LogprobEntry>> = vec![Vec::new(); n as usize];
+    let mut infos: Vec<Option<FinishedInfo>> = vec![None; n as usize];
+    let mut finished = 0;
+    let lost = || ApiError::Internal {
+        detail: "the engine worker dropped a request without finishing it".into(),
+    };
+    while let Some((index, event)) = rx.recv().await {
+        let i = index as usize;
         match event {
             ResponseEvent::Text {
-                text: t,
-                logprobs,
+                text,
+                logprobs: entries,
             } => {
-                text.push_str(&t);
-                all_logprobs.extend(logprobs);
+                texts.get_mut(i).ok_or_else(lost)?.push_str(&text);
+                logprobs.get_mut(i).ok_or_else(lost)?.extend(entries);
             }
             ResponseEvent::Finished(info) => {
-                return Ok(Collected {
-                    text,
-                    logprobs: all_logprobs,
-                    info: *info,
-                })
+                *infos.get_mut(i).ok_or_else(lost)? = Some(*info);
+                finished += 1;
+                if finished == n {
+                    return texts
+                        .into_iter()
+                        .zip(logprobs)
+                        .zip(infos)
+                        .map(|((text, logprobs), info)| {
+                            Ok(Collected {
+                                text,
+                                logprobs,
+                                info: info.ok_or_else(lost)?,
+                            })
+                        })
+                        .collect();
+                }
             }
             ResponseEvent::Error(e) => return Err(e),
         }
     }
-    Err(ApiError::Internal {
-        detail: "the engine worker dropped a request without finishing it".into(),
-    })
+    Err(lost())
+}
+
+/// The request's usage over all its choices: the prompt once (as OpenAI counts it), the
+/// completions summed.
+fn total_usage<'a>(infos: impl IntoIterator<Item = &'a FinishedInfo>) -> Usage {
+    let mut usage = Usage {
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        total_tokens: 0,
+    };
+    for info in infos {
+        usage.prompt_tokens = info.usage.prompt_tokens;
+        usage.completion_tokens += info.usage.completion_tokens;
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    usage
 }
 
 /// Waits for the first event so that an error before any output is a plain HTTP error.
 async fn first_event(
-    rx: &mut mpsc::UnboundedReceiver<ResponseEvent>,
-) -> Result<ResponseEvent, ApiError> {
+    rx: &mut mpsc::UnboundedReceiver<ChoiceEvent>,
+) -> Result<ChoiceEvent, ApiError> {
     match rx.recv().await {
-        Some(ResponseEvent::Error(e)) => Err(e),
+        Some((_, ResponseEvent::Error(e))) => Err(e),
         Some(event) => Ok(event),
         None => Err(ApiError::Internal {
             detail: "the engine worker dropped a request before its first event".into(),
@@ -217,20 +298,21 @@ fn json_event<T: serde::Serialize>(value: &T) -> Event {
     }
 }
 
-/// Turns worker events into SSE events with `to_events`, then `data: [DONE]` after the terminal
-/// event. The receiver lives in the stream: a client that goes away drops it, which cancels the
-/// request in the worker.
+/// Turns worker events into SSE events with `to_events`, then `data: [DONE]` once all `n`
+/// choices have finished (or after an error). The receiver lives in the stream: a client that
+/// goes away drops it, which cancels every choice in the worker.
 fn sse_stream<F>(
-    first: ResponseEvent,
-    rx: mpsc::UnboundedReceiver<ResponseEvent>,
+    first: ChoiceEvent,
+    rx: mpsc::UnboundedReceiver<ChoiceEvent>,
+    n: u32,
     mut to_events: F,
 ) -> impl Stream<Item = Result<Event, Infallible>>
 where
-    F: FnMut(ResponseEvent) -> Vec<Event> + Send + 'static,
+    F: FnMut(u32, ResponseEvent) -> Vec<Event> + Send + 'static,
 {
     let events = stream::unfold(
-        (Some(first), rx, false),
-        |(first, mut rx, done)| async move {
+        (Some(first), rx, 0u32, false),
+        move |(first, mut rx, finished, done)| async move {
             if done {
                 return None;
             }
@@ -238,19 +320,23 @@ where
                 Some(e) => Some(e),
                 None => rx.recv().await,
             };
-            let terminal = !matches!(event, Some(ResponseEvent::Text { .. }));
-            Some((event, (None, rx, terminal)))
+            let finished =
+                finished + u32::from(matches!(event, Some((_, ResponseEvent::Finished(_)))));
+            let terminal = match &event {
+                None | Some((_, ResponseEvent::Error(_))) => true,
+                Some(_) => finished >= n,
+            };
+            Some(((event, terminal), (None, rx, finished, terminal)))
         },
     );
     events
-        .map(move |event| {
-            let terminal = !matches!(event, Some(ResponseEvent::Text { .. }));
+        .map(move |(event, terminal)| {
             let mut out = match event {
-                Some(ResponseEvent::Error(e)) => {
+                Some((_, ResponseEvent::Error(e))) => {
                     tracing::warn!(kind = e.kind(), "stream ended with an error");
                     vec![json_event(&e.body())]
                 }
-                Some(e) => to_events(e),
+                Some((index, e)) => to_events(index, e),
                 None => vec![json_event(
                     &ApiError::Internal {
                         detail: "the engine worker dropped a streaming request".into(),
@@ -272,27 +358,38 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let permit = state.take_slot()?;
     let valid = state.validate(req, Validator::completion).await?;
-    let (stream, include_usage) = (valid.stream, valid.include_usage);
+    let (stream, include_usage, n) = (valid.stream, valid.include_usage, valid.n);
     let with_logprobs = valid.logprobs.is_some();
-    let mut rx = state.submit(valid, permit)?;
+    let echo = valid.echo.clone();
+    let mut rx = state.submit_choices(valid, permit)?;
     let id = state.response_id("cmpl");
     let created = unix_now_s();
     let model = state.validator.card.name.clone();
     if !stream {
-        let done = collect(rx).await?;
+        let done = collect(rx, n).await?;
+        let usage = total_usage(done.iter().map(|c| &c.info));
+        let metrics = done.first().map(|c| c.info.metrics.clone());
+        let choices = done
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| CompletionChoice {
+                index: index as u32,
+                text: match &echo {
+                    Some(prompt) => format!("{prompt}{}", c.text),
+                    None => c.text,
+                },
+                logprobs: with_logprobs.then(|| completion_logprobs(&c.logprobs, &mut 0)),
+                finish_reason: Some(c.info.finish_reason.to_string()),
+            })
+            .collect();
         return Ok(Json(CompletionResponse {
             id,
             object: "text_completion".into(),
             created,
             model,
-            choices: vec![CompletionChoice {
-                index: 0,
-                text: done.text,
-                logprobs: with_logprobs.then(|| completion_logprobs(&done.logprobs, &mut 0)),
-                finish_reason: Some(done.info.finish_reason.to_string()),
-            }],
-            usage: Some(done.info.usage),
-            metrics: Some(done.info.metrics),
+            choices,
+            usage: Some(usage),
+            metrics,
         })
         .into_response());
     }
@@ -306,38 +403,62 @@ async fn completions(
         usage,
         metrics,
     };
-    // Offsets of the streamed tokens continue from chunk to chunk.
-    let mut text_offset = 0usize;
-    let to_events = move |event: ResponseEvent| match event {
-        ResponseEvent::Text { text, logprobs } => vec![json_event(&chunk(
-            vec![CompletionChoice {
-                index: 0,
-                text,
-                logprobs: with_logprobs.then(|| completion_logprobs(&logprobs, &mut text_offset)),
-                finish_reason: None,
-            }],
-            None,
-            None,
-        ))],
-        ResponseEvent::Finished(info) => {
-            let mut events = vec![json_event(&chunk(
-                vec![CompletionChoice {
-                    index: 0,
-                    text: String::new(),
-                    logprobs: None,
-                    finish_reason: Some(info.finish_reason.to_string()),
-                }],
-                None,
-                Some(info.metrics.clone()),
-            ))];
-            if include_usage {
-                events.push(json_event(&chunk(Vec::new(), Some(info.usage), None)));
-            }
-            events
+    // Per choice: where its next token's text starts, and whether the echoed prompt is still to
+    // be sent (first, before any generated text).
+    let mut text_offsets = vec![0usize; n as usize];
+    let mut echo_pending = vec![echo.is_some(); n as usize];
+    let mut finished: Vec<FinishedInfo> = Vec::new();
+    let to_events = move |index: u32, event: ResponseEvent| {
+        let i = index as usize;
+        let mut events = Vec::new();
+        let text_choice = |text: String, logprobs| CompletionChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason: None,
+        };
+        if echo_pending.get(i).copied().unwrap_or(false) {
+            echo_pending[i] = false;
+            let prompt = echo.clone().unwrap_or_default();
+            events.push(json_event(&chunk(vec![text_choice(prompt, None)], None, None)));
         }
-        ResponseEvent::Error(e) => vec![json_event(&e.body())],
+        match event {
+            ResponseEvent::Text { text, logprobs } => {
+                let logprobs = match text_offsets.get_mut(i) {
+                    Some(offset) if with_logprobs => Some(completion_logprobs(&logprobs, offset)),
+                    _ => None,
+                };
+                events.push(json_event(&chunk(
+                    vec![text_choice(text, logprobs)],
+                    None,
+                    None,
+                )));
+            }
+            ResponseEvent::Finished(info) => {
+                events.push(json_event(&chunk(
+                    vec![CompletionChoice {
+                        index,
+                        text: String::new(),
+                        logprobs: None,
+                        finish_reason: Some(info.finish_reason.to_string()),
+                    }],
+                    None,
+                    Some(info.metrics.clone()),
+                )));
+                finished.push(*info);
+                if include_usage && finished.len() == n as usize {
+                    events.push(json_event(&chunk(
+                        Vec::new(),
+                        Some(total_usage(&finished)),
+                        None,
+                    )));
+                }
+            }
+            ResponseEvent::Error(e) => events.push(json_event(&e.body())),
+        }
+        events
     };
-    Ok(Sse::new(sse_stream(first, rx, to_events))
+    Ok(Sse::new(sse_stream(first, rx, n, to_events))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
@@ -348,30 +469,41 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let permit = state.take_slot()?;
     let valid = state.validate(req, Validator::chat).await?;
-    let (stream, include_usage) = (valid.stream, valid.include_usage);
+    let (stream, include_usage, n) = (valid.stream, valid.include_usage, valid.n);
     let with_logprobs = valid.logprobs.is_some();
-    let mut rx = state.submit(valid, permit)?;
+    let mut rx = state.submit_choices(valid, permit)?;
     let id = state.response_id("chatcmpl");
     let created = unix_now_s();
     let model = state.validator.card.name.clone();
     if !stream {
-        let done = collect(rx).await?;
+        let done = collect(rx, n).await?;
+        let usage = total_usage(done.iter().map(|c| &c.info));
+        let Some(metrics) = done.first().map(|c| c.info.metrics.clone()) else {
+            return Err(ApiError::Internal {
+                detail: "a request finished without choices".into(),
+            });
+        };
+        let choices = done
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| ChatChoice {
+                index: index as u32,
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: c.text,
+                },
+                logprobs: with_logprobs.then(|| chat_logprobs(&c.logprobs)),
+                finish_reason: Some(c.info.finish_reason.to_string()),
+            })
+            .collect();
         return Ok(Json(ChatCompletionResponse {
             id,
             object: "chat.completion".into(),
             created,
             model,
-            choices: vec![ChatChoice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant".into(),
-                    content: done.text,
-                },
-                logprobs: with_logprobs.then(|| chat_logprobs(&done.logprobs)),
-                finish_reason: Some(done.info.finish_reason.to_string()),
-            }],
-            usage: done.info.usage,
-            metrics: done.info.metrics,
+            choices,
+            usage,
+            metrics,
         })
         .into_response());
     }
@@ -385,25 +517,32 @@ async fn chat_completions(
         usage,
         metrics,
     };
-    let delta = |delta: ChatDelta, logprobs: Option<serde_json::Value>, finish_reason| {
-        ChatChunkChoice {
-            index: 0,
-            delta,
-            logprobs,
-            finish_reason,
-        }
+    let delta = |index: u32,
+                 delta: ChatDelta,
+                 logprobs: Option<serde_json::Value>,
+                 finish_reason| ChatChunkChoice {
+        index,
+        delta,
+        logprobs,
+        finish_reason,
     };
-    let mut sent_role = false;
-    let to_events = move |event: ResponseEvent| {
+    let mut role_pending = vec![true; n as usize];
+    let mut finished: Vec<FinishedInfo> = Vec::new();
+    let to_events = move |index: u32, event: ResponseEvent| {
+        let i = index as usize;
         let mut events = Vec::new();
-        if !sent_role {
-            // OpenAI's first chunk carries the role.
-            sent_role = true;
+        if role_pending.get(i).copied().unwrap_or(false) {
+            // OpenAI's first chunk of each choice carries the role.
+            role_pending[i] = false;
             let role = ChatDelta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
             };
-            events.push(json_event(&chunk(vec![delta(role, None, None)], None, None)));
+            events.push(json_event(&chunk(
+                vec![delta(index, role, None, None)],
+                None,
+                None,
+            )));
         }
         match event {
             ResponseEvent::Text { text, logprobs } => {
@@ -412,10 +551,15 @@ async fn chat_completions(
                     content: Some(text),
                 };
                 let logprobs = with_logprobs.then(|| chat_logprobs(&logprobs));
-                events.push(json_event(&chunk(vec![delta(d, logprobs, None)], None, None)));
+                events.push(json_event(&chunk(
+                    vec![delta(index, d, logprobs, None)],
+                    None,
+                    None,
+                )));
             }
             ResponseEvent::Finished(info) => {
                 let last = delta(
+                    index,
                     ChatDelta::default(),
                     None,
                     Some(info.finish_reason.to_string()),
@@ -425,15 +569,20 @@ async fn chat_completions(
                     None,
                     Some(info.metrics.clone()),
                 )));
-                if include_usage {
-                    events.push(json_event(&chunk(Vec::new(), Some(info.usage), None)));
+                finished.push(*info);
+                if include_usage && finished.len() == n as usize {
+                    events.push(json_event(&chunk(
+                        Vec::new(),
+                        Some(total_usage(&finished)),
+                        None,
+                    )));
                 }
             }
             ResponseEvent::Error(e) => events.push(json_event(&e.body())),
         }
         events
     };
-    Ok(Sse::new(sse_stream(first, rx, to_events))
+    Ok(Sse::new(sse_stream(first, rx, n, to_events))
         .keep_alive(KeepAlive::default())
         .into_response())
 }

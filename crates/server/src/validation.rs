@@ -1,8 +1,8 @@
 //! Validation at the edge (TGI's `validation.rs`): turns an OpenAI request into a [`ValidRequest`]
 //! that the engine worker accepts as is, or a 400/404 naming the field, the limit and the value.
 //!
-//! Limits checked: the model name, `n`/`best_of`/`echo` (unsupported beyond the defaults),
-//! `logprobs`/`top_logprobs` (at most 20 alternatives), `temperature` in [0, 2], `top_p` in (0, 1], `presence_penalty` and
+//! Limits checked: the model name, `n` (1..=16) and `best_of` (1 or n), `echo` (not with
+//! `logprobs`), `logprobs`/`top_logprobs` (at most 20 alternatives), `temperature` in [0, 2], `top_p` in (0, 1], `presence_penalty` and
 //! `frequency_penalty` in [-2, 2], `repetition_penalty` in (0, 2], `logit_bias` (token ids inside
 //! the vocabulary, biases in [-100, 100]), `priority` in i32, `stop` (at most 4
 //! non-empty strings), the prompt (non-empty, inside the context window, token ids inside the
@@ -58,7 +58,14 @@ pub struct ValidRequest {
     pub predicted_output_tokens: Option<u32>,
     /// Report the target's log probability of each token with this many alternatives.
     pub logprobs: Option<u32>,
+    /// Choices to generate (`n`), each its own sequence.
+    pub n: u32,
+    /// Completions' `echo`: the prompt text each choice's text starts with.
+    pub echo: Option<String>,
 }
+
+/// Most choices per request (`n`); each is scheduled and prefilled as its own sequence.
+pub const MAX_CHOICES: u32 = 16;
 
 /// The limits requests are checked against, and the model text functions.
 #[derive(Clone)]
@@ -77,9 +84,6 @@ pub struct Validator {
 
 impl Validator {
     pub fn completion(&self, req: &CompletionRequest) -> Result<ValidRequest, ApiError> {
-        if req.echo {
-            return Err(ApiError::invalid("echo", "`echo` is not supported"));
-        }
         if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid(
                 "suffix",
@@ -121,6 +125,24 @@ impl Validator {
         };
         let mut valid = self.finish(&req.common(), None, prompt_ids, "prompt")?;
         valid.predicted_output_tokens = self.predict_length(prompt_text);
+        if req.echo {
+            if valid.logprobs.is_some() {
+                // The prompt's own logprobs would need the LM head on every prompt position.
+                return Err(ApiError::invalid(
+                    "echo",
+                    "`echo` together with `logprobs` is not supported (prompt logprobs are not computed)",
+                ));
+            }
+            valid.echo = Some(match prompt_text {
+                Some(text) => text.to_string(),
+                None => self
+                    .text
+                    .decode(&valid.prompt_ids)
+                    .map_err(|e| ApiError::Internal {
+                        detail: format!("decoding the prompt for `echo`: {e}"),
+                    })?,
+            });
+        }
         Ok(valid)
     }
 
@@ -263,19 +285,23 @@ impl Validator {
                 });
             }
         }
-        if let Some(n) = c.n {
-            if n != 1 {
+        let n = match c.n {
+            None => 1,
+            Some(n) if (1..=i64::from(MAX_CHOICES)).contains(&n) => n as u32,
+            Some(n) => {
                 return Err(ApiError::invalid(
                     "n",
-                    format!("only n = 1 is supported, got {n}"),
-                ));
+                    format!("n must be in [1, {MAX_CHOICES}], got {n}"),
+                ))
             }
-        }
+        };
         if let Some(b) = c.best_of {
-            if b != 1 {
+            // best_of > n would rank candidates by logprob; only returning all of them is
+            // supported.
+            if b != 1 && b != i64::from(n) {
                 return Err(ApiError::invalid(
                     "best_of",
-                    format!("only best_of = 1 is supported, got {b}"),
+                    format!("best_of must be 1 or equal to n ({n}), got {b}"),
                 ));
             }
         }
@@ -320,6 +346,8 @@ impl Validator {
             ignore_eos: c.ignore_eos,
             predicted_output_tokens: None,
             logprobs,
+            n,
+            echo: None,
         })
     }
 
@@ -813,10 +841,24 @@ mod tests {
         );
         assert_eq!(param(completion(r#"{"prompt":"a","top_p":0}"#)), "top_p");
         assert_eq!(param(completion(r#"{"prompt":"a","top_p":1.5}"#)), "top_p");
-        assert_eq!(param(completion(r#"{"prompt":"a","n":2}"#)), "n");
+        assert_eq!(param(completion(r#"{"prompt":"a","n":0}"#)), "n");
+        assert_eq!(param(completion(r#"{"prompt":"a","n":17}"#)), "n");
+        assert_eq!(completion(r#"{"prompt":"a","n":3}"#).expect("valid").n, 3);
         assert_eq!(
             param(completion(r#"{"prompt":"a","best_of":3}"#)),
             "best_of"
+        );
+        assert!(completion(r#"{"prompt":"a","n":3,"best_of":3}"#).is_ok());
+        assert_eq!(
+            param(completion(r#"{"prompt":"a","echo":true,"logprobs":1}"#)),
+            "echo"
+        );
+        assert_eq!(
+            completion(r#"{"prompt":"a bb","echo":true}"#)
+                .expect("valid")
+                .echo
+                .as_deref(),
+            Some("a bb")
         );
         assert_eq!(
             param(completion(r#"{"prompt":"a","logprobs":21}"#)),
@@ -856,7 +898,6 @@ mod tests {
                 .logprobs,
             None
         );
-        assert_eq!(param(completion(r#"{"prompt":"a","echo":true}"#)), "echo");
         assert_eq!(
             param(completion(r#"{"prompt":"a","priority":9999999999}"#)),
             "priority"

@@ -137,6 +137,94 @@ async fn logprobs_have_one_entry_per_token_in_openai_shapes() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// `n` choices, each its own sequence: all in the response (the scripted engine writes the same
+/// text for each), usage counting the prompt once; streamed chunks carry their choice's index and
+/// `[DONE]` comes once, after every choice's finish chunk and the summed usage. `echo` puts the
+/// prompt first. More choices than free admission slots: 429.
+#[tokio::test]
+async fn n_choices_and_echo() {
+    let server = start(config(PolicyKind::Gittins), fast()).await;
+    let body = json!({"prompt": "Hello", "max_tokens": 6, "n": 3, "seed": 1});
+    let (status, v) = post_json(&server, "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let choices = v["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["text"], scripted_text(6));
+        assert_eq!(c["finish_reason"], "length");
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+    assert_eq!(v["usage"]["completion_tokens"], 18);
+    assert_eq!(v["usage"]["total_tokens"], 23);
+
+    let mut sb = body.clone();
+    sb["n"] = json!(2);
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let (status, data) = post_sse(&server, "/v1/completions", &sb).await;
+    assert_eq!(status, 200);
+    assert_eq!(data.iter().filter(|d| d.as_str() == "[DONE]").count(), 1);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<serde_json::Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("JSON chunk"))
+        .collect();
+    let mut texts = [String::new(), String::new()];
+    let mut finishes = 0;
+    for c in &chunks {
+        if let Some(choice) = c["choices"].get(0) {
+            let i = choice["index"].as_u64().expect("index") as usize;
+            texts[i].push_str(choice["text"].as_str().expect("text"));
+            finishes += usize::from(choice["finish_reason"] == "length");
+        }
+    }
+    assert_eq!(texts, [scripted_text(6), scripted_text(6)]);
+    assert_eq!(finishes, 2);
+    let usage = chunks.last().expect("usage chunk");
+    assert_eq!(usage["usage"]["completion_tokens"], 12);
+
+    // Chat with n = 2.
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "n": 2});
+    let (status, v) = post_json(&server, "/v1/chat/completions", &chat).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][1]["index"], 1);
+    assert_eq!(v["choices"][1]["message"]["content"], scripted_text(3));
+
+    // echo: the prompt, then the completion; streamed, the prompt comes first.
+    let echo = json!({"prompt": "Hello", "max_tokens": 4, "echo": true});
+    let (status, v) = post_json(&server, "/v1/completions", &echo).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], format!("Hello{}", scripted_text(4)));
+    let mut se = echo.clone();
+    se["stream"] = json!(true);
+    let (_, data) = post_sse(&server, "/v1/completions", &se).await;
+    let first: serde_json::Value = serde_json::from_str(&data[0]).expect("JSON chunk");
+    assert_eq!(first["choices"][0]["text"], "Hello");
+    assert_eq!(stream_text(&data), format!("Hello{}", scripted_text(4)));
+    server.shutdown().await.expect("clean shutdown");
+
+    // More choices than admission slots.
+    let mut cfg = config(PolicyKind::Gittins);
+    cfg.max_queue = 2;
+    let server = start(cfg, fast()).await;
+    let (status, v) = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 2, "n": 3}),
+    )
+    .await;
+    assert_eq!(status, 429, "{v}");
+    let (status, v) = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 2, "n": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn chat_completion_and_chat_stream() {
     let server = start(config(PolicyKind::Fcfs), fast()).await;
@@ -327,7 +415,7 @@ async fn bad_inputs_get_openai_errors() {
         ),
         (
             "/v1/completions",
-            json!({"prompt": "a", "n": 2}).to_string(),
+            json!({"prompt": "a", "n": 17}).to_string(),
             400,
             Some("n"),
         ),
