@@ -106,9 +106,9 @@ fn incremental_decoding_matches_one_full_forward() {
 /// The f32 prompt path and the quantized path compute the same function up to Q8_0 rounding of
 /// the activations (which the quantized kernels round to 8 bits at every layer): per position, the
 /// largest logit difference relative to the logits' scale is on average within 8% and nowhere
-/// above 20%, and the greedy token is the same at nine positions in ten or more. Measured: on the
-/// CPU of rounds 4-5 at most 5.4% (chat-template tokens); on an AVX-512 Xeon (round 6, same
-/// code and model file) up to 13.1% at single positions, 4.5% and 5.3% on average per text. A
+/// above 20%, and the greedy token is the same at nine positions in ten or more. Measured: on one
+/// CPU at most 5.4% (chat-template tokens); on an AVX-512 Xeon (same code and model file) up to
+/// 13.1% at single positions, 4.5% and 5.3% on average per text. A
 /// wrong weight, layout or RoPE gives differences of the logits' own size and other greedy tokens.
 #[test]
 fn f32_prompt_path_agrees_with_the_quantized_path() {

@@ -2,9 +2,9 @@
 //! simulator replays.
 //!
 //! The paper (arXiv 2505.17074) evaluates on Chatbot Instruction Prompts (Palla, 2023), MBPP
-//! (Austin et al., 2021) and Mini Thinky (Nguyen, 2024). None of them is reachable from here (see
-//! shared/models-and-data.md), and the paper does not publish its length or acceptance
-//! statistics, so every parameter below is an ASSUMPTION, chosen from the nature of each dataset
+//! (Austin et al., 2021) and Mini Thinky (Nguyen, 2024). None of them is among the datasets the
+//! project fetches (ShareGPT is: `scripts/fetch-datasets.sh`), and the paper does not publish
+//! its length or acceptance statistics, so every parameter below is an ASSUMPTION, chosen from the nature of each dataset
 //! and stated with its reason; docs/scheduling.md lists them. Lengths are in tokens.
 
 use rand::Rng;

@@ -18,10 +18,11 @@ pub struct PolicyArgs {
     /// `sim`; see `lapsd serve --help` for the server's).
     #[arg(long, value_name = "FACTOR")]
     pub max_wait_factor: Option<f64>,
-    /// Tail bound for any policy: each request is promised this many times the latency FCFS
-    /// would give it (estimated at arrival from the work in the system); past its promise it is
-    /// served first, earliest promise first; 0 = off (default: off in `sim`; see `lapsd serve
-    /// --help` for the server's).
+    /// Tail bound for any policy: keep p99 latency within about this many times the p99 FCFS
+    /// would give the same requests (measured by replaying arrivals through a shadow FCFS queue
+    /// with the measured service times); while more than 0.5% of recent requests exceed the
+    /// bound, the oldest request past it is served first, for at most one p99 service time;
+    /// 0 = off (default: off in `sim`; see `lapsd serve --help` for the server's).
     #[arg(long, value_name = "SLACK")]
     pub fcfs_slack: Option<f64>,
     /// Batch formation for any policy: `full` fills every step; `marginal` lets a short queue run

@@ -518,9 +518,10 @@ pub struct PolicyConfig {
     /// `max_wait_s` as well, whichever bound is shorter applies. Off by default; the server turns
     /// it on ([`SERVER_DEFAULT_MAX_WAIT_FACTOR`]).
     pub max_wait_factor: Option<f64>,
-    /// Tail bound, any ordering: each request is promised this many times the latency FCFS
-    /// would give it (estimated at arrival from the work in the system); past its promise it
-    /// goes first, earliest promise first ([`compose::FcfsPromise`]). `None` = off.
+    /// Tail bound, any ordering: p99 latency within about this many times the p99 a shadow FCFS
+    /// queue gives the same arrivals with their measured service times; the oldest request past
+    /// the bound goes first while more than 0.5% of recent requests exceed it
+    /// ([`compose::FcfsPromise`]). `None` = off.
     pub fcfs_slack: Option<f64>,
     /// How batches are formed (default full).
     pub batch_formation: BatchFormation,
@@ -548,7 +549,7 @@ pub const SERVER_DEFAULT_MAX_WAIT_FACTOR: f64 = 100.0;
 /// The server's default tail bound: p99 latency within about this many times the p99 FCFS would
 /// give the same requests ([`compose::FcfsPromise`]). From the regime matrix's trade-off between
 /// mean and tail (docs/scheduling.md): at 3 the worst p99 against FCFS at load 0.9 falls from
-/// 6.4x to 3.7x for 1.5% of the mean below load 0.8 and 7.5% at 0.9 (geometric means over the
+/// 6.4x to 3.7x for about 1% of the mean below load 0.8 and 7.5% at 0.9 (geometric means over the
 /// regimes); 1.5 gets 2.1x for 4.6% and 16%.
 pub const SERVER_DEFAULT_FCFS_SLACK: f64 = 3.0;
 
