@@ -4,8 +4,9 @@
 //! The paper (arXiv 2505.17074) evaluates on Chatbot Instruction Prompts (Palla, 2023), MBPP
 //! (Austin et al., 2021) and Mini Thinky (Nguyen, 2024). None of them is among the datasets the
 //! project fetches (ShareGPT is: `scripts/fetch-datasets.sh`), and the paper does not publish
-//! its length or acceptance statistics, so every parameter below is an ASSUMPTION, chosen from the nature of each dataset
-//! and stated with its reason; docs/scheduling.md lists them. Lengths are in tokens.
+//! its length or acceptance statistics, so every parameter below is an ASSUMPTION, chosen from
+//! the nature of each dataset and stated with its reason; docs/scheduling.md lists them. Lengths
+//! are in tokens.
 
 use rand::Rng;
 use rand_distr::{Beta, Distribution, Exp, LogNormal};
