@@ -25,6 +25,7 @@ pub mod policy;
 pub mod predictor;
 pub mod request;
 pub mod scheduler;
+pub mod speculation;
 #[cfg(test)]
 mod testutil;
 
@@ -44,3 +45,4 @@ pub use scheduler::{
     Capacity, PreemptKind, Preemption, ScheduledRequest, Scheduler, SchedulerConfig,
     SchedulerOutput, StepKind, StepResult,
 };
+pub use speculation::SpeculationMode;

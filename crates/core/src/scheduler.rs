@@ -8,11 +8,12 @@ use crate::request::{IdMap, IdSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::LinearCost;
+use crate::cost::{LinearCost, StepCostModel};
 use crate::error::CoreError;
 use crate::kv::KvAccountant;
 use crate::policy::{BatchBuilder, Policy, ScheduleContext};
 use crate::predictor::LengthPredictor;
+use crate::speculation::{self, DecodeMember, FixedWork, SpeculationMode};
 use crate::request::{
     FinishReason, RequestId, RequestPhase, RequestSpec, RequestState, StabilityRule,
 };
@@ -116,7 +117,15 @@ pub struct Scheduler {
     /// The request whose chunked prefill is under way (at most one, see
     /// [`BatchBuilder::prefill_chunk_tokens`]).
     partial_prefill: Option<RequestId>,
+    speculation_mode: SpeculationMode,
+    /// Finished requests' per-position acceptance: sum and count (the prior of
+    /// [`SpeculationMode::Auto`]'s estimates).
+    acceptance_sum: f64,
+    acceptance_count: f64,
 }
+
+/// Prior mean per-position acceptance before any request has finished.
+const DEFAULT_PRIOR_ACCEPTANCE: f64 = 0.5;
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, policy: Box<dyn Policy>) -> Self {
@@ -129,6 +138,25 @@ impl Scheduler {
             running: Vec::new(),
             kv,
             partial_prefill: None,
+            speculation_mode: SpeculationMode::Fixed,
+            acceptance_sum: 0.0,
+            acceptance_count: 0.0,
+        }
+    }
+
+    /// Chooses each decoding member's speculation length this way (default
+    /// [`SpeculationMode::Fixed`]: the configured length for all).
+    pub fn with_speculation_mode(mut self, mode: SpeculationMode) -> Self {
+        self.speculation_mode = mode;
+        self
+    }
+
+    /// Mean per-position acceptance of finished requests that drafted enough to say.
+    fn prior_acceptance(&self) -> f64 {
+        if self.acceptance_count > 0.0 {
+            self.acceptance_sum / self.acceptance_count
+        } else {
+            DEFAULT_PRIOR_ACCEPTANCE
         }
     }
 
@@ -389,6 +417,48 @@ impl Scheduler {
             self.kv.set(id, kv_need);
             output.batch.push(ScheduledRequest { id, kind });
         }
+        if self.speculation_mode == SpeculationMode::Auto {
+            self.choose_speculation_lengths(output);
+        }
+    }
+
+    /// [`SpeculationMode::Auto`]: replaces each decoding member's length with the one that
+    /// maximises the step's expected tokens per second (see [`crate::speculation`]). The KV
+    /// lookahead stays reserved for the configured length, the longest any member may take.
+    fn choose_speculation_lengths(&self, output: &mut SchedulerOutput) {
+        let prior = self.prior_acceptance();
+        let cost = &self.config.cost;
+        let mut fixed = FixedWork::default();
+        let mut members = Vec::new();
+        let mut slots = Vec::new();
+        for (slot, scheduled) in output.batch.iter().enumerate() {
+            match scheduled.kind {
+                StepKind::Prefill { tokens } => {
+                    fixed.seconds += cost.prefill_s(tokens);
+                    fixed.tokens += 1.0;
+                }
+                StepKind::PrefillChunk { tokens } => fixed.seconds += cost.prefill_s(tokens),
+                StepKind::Decode { speculation_length } => {
+                    let Some(r) = self.requests.get(&scheduled.id) else {
+                        continue;
+                    };
+                    let tracker = &r.acceptance;
+                    members.push(DecodeMember {
+                        alpha: speculation::acceptance_estimate(tracker, prior),
+                        max_k: speculation_length,
+                        probe: speculation::attempted_positions(tracker)
+                            < speculation::MIN_PROBE_ATTEMPTS,
+                    });
+                    slots.push(slot);
+                }
+            }
+        }
+        let lengths = speculation::choose_speculation_lengths(&members, fixed, cost);
+        for (slot, k) in slots.into_iter().zip(lengths) {
+            output.batch[slot].kind = StepKind::Decode {
+                speculation_length: k,
+            };
+        }
     }
 
     /// Applies a step's results; `step_time_s` is the step's duration (added to the attained
@@ -442,6 +512,11 @@ impl Scheduler {
                 };
                 state.phase = RequestPhase::Finished(reason);
                 self.kv.free(id);
+                let attempts = speculation::attempted_positions(&state.acceptance);
+                if attempts >= speculation::MIN_PROBE_ATTEMPTS {
+                    self.acceptance_sum += state.acceptance.accepted_tokens as f64 / attempts as f64;
+                    self.acceptance_count += 1.0;
+                }
                 self.policy.on_finish(&state);
                 if let Some(p) = &mut self.predictor {
                     p.observe(state.spec.prompt_tokens, state.generated_tokens);

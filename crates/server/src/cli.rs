@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use lapsd_core::length_model::TextLengthModel;
 use lapsd_core::policy::args::PolicyArgs;
-use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicySpec};
+use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicySpec, SpeculationMode};
 
 use crate::edge::{
     ApiKeys, HttpConfig, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES,
@@ -41,9 +41,16 @@ pub struct ServeArgs {
     /// the simulator.
     #[arg(long, default_value = "gittins")]
     pub policy: String,
-    /// Draft tokens per SD step (k); 0 = plain decoding.
+    /// Draft tokens per SD step (k); 0 = plain decoding. With --speculation-mode auto, the
+    /// longest draft a request may take.
     #[arg(long, default_value_t = 4)]
     pub speculation_length: u32,
+    /// `fixed`: every request drafts --speculation-length tokens per step. `auto`: each request's
+    /// k is chosen every step, up to --speculation-length, from its acceptance so far and the
+    /// cost profile, for the most tokens per second of step time (0 for requests whose drafts
+    /// are rejected). Experimental: measured in the simulator only (docs/speculative-decoding.md).
+    #[arg(long, value_enum, default_value = "fixed")]
+    pub speculation_mode: SpeculationMode,
     /// Most requests in one step.
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
@@ -238,6 +245,7 @@ impl ServeArgs {
                 kv_budget_tokens: self.kv_budget_tokens,
             },
             speculation_length: self.speculation_length,
+            speculation_mode: self.speculation_mode,
             max_queue: self.max_queue,
             cost,
             predictor_prior_tokens: 128,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lapsd_core::{
     policy::build_policy, Capacity, LinearCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind,
-    Scheduler, SchedulerConfig, StabilityRule,
+    Scheduler, SchedulerConfig, SpeculationMode, StabilityRule,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -41,8 +41,11 @@ pub struct ServerConfig {
     /// LAPS-SD's perceptibility test.
     pub stability: StabilityRule,
     pub capacity: Capacity,
-    /// Draft tokens per SD step (k); 0 = plain decoding.
+    /// Draft tokens per SD step (k); 0 = plain decoding. With `speculation_mode` auto, the
+    /// longest draft a request may take.
     pub speculation_length: u32,
+    /// Fixed k for every request, or chosen per request and step (`--speculation-mode`).
+    pub speculation_mode: SpeculationMode,
     /// Most requests in the server at once (waiting, running or preempted); more get 429.
     pub max_queue: usize,
     /// Step costs LAPS-SD uses to estimate remaining execution time.
@@ -289,7 +292,8 @@ fn worker_main(
     .with_predictor(Box::new(OnlineQuantilePredictor::new(
         config.predictor_prior_tokens,
         config.predictor_window,
-    )));
+    )))
+    .with_speculation_mode(config.speculation_mode);
     metrics
         .kv_budget_tokens
         .set(config.capacity.kv_budget_tokens as i64);

@@ -467,3 +467,57 @@ fn a_chunked_prefill_under_way_keeps_its_kv_and_runs_alone_of_its_kind() {
     finished.sort_unstable();
     assert_eq!(finished, vec![1, 2]);
 }
+
+/// Auto speculation: a request whose drafts are all accepted comes to draft the longest length;
+/// one whose drafts are all rejected probes with one token until it has tried enough positions,
+/// then stops drafting; fixed mode drafts the configured length whatever happens.
+#[test]
+fn auto_speculation_follows_each_requests_acceptance() {
+    // CPU-like costs: every verified position costs as much as the step's fixed part.
+    let cost = LinearCost {
+        draft_base_s: 0.0,
+        draft_per_seq_s: 0.0,
+        verify_base_s: 0.005,
+        verify_per_token_s: 0.005,
+        prefill_base_s: 0.0,
+        prefill_per_token_s: 0.005,
+    };
+    let run = |mode: SpeculationMode, accepted: u32| {
+        let config = SchedulerConfig {
+            capacity: Capacity {
+                max_batch: 4,
+                max_step_tokens: 4096,
+                kv_budget_tokens: 100_000,
+            },
+            speculation_length: 4,
+            stability: StabilityRule::default(),
+            cost,
+        };
+        let policy =
+            build_policy(PolicyKind::Fcfs, &PolicyConfig::default()).expect("valid default config");
+        let mut s = Scheduler::new(config, policy).with_speculation_mode(mode);
+        s.add_request(RequestSpec::new(1, 0.0, 10, 400), 0.0)
+            .unwrap();
+        let mut lengths = Vec::new();
+        let mut now = 0.0;
+        for _ in 0..40 {
+            let (out, _) = step(&mut s, now, accepted);
+            now += 0.1;
+            if let StepKind::Decode { speculation_length } = out.batch[0].kind {
+                lengths.push(speculation_length);
+            }
+        }
+        lengths
+    };
+    // All accepted: k grows with the estimate (from the prior's 0.5) to the longest.
+    let good = run(SpeculationMode::Auto, 4);
+    assert!(good.windows(2).all(|w| w[0] <= w[1]), "{good:?}");
+    assert!(good[good.len() - 10..].iter().all(|&k| k == 4), "{good:?}");
+    let bad = run(SpeculationMode::Auto, 0);
+    // With no acceptance a step tries one position: probing lasts MIN_PROBE_ATTEMPTS steps.
+    let probes = crate::speculation::MIN_PROBE_ATTEMPTS as usize;
+    assert!(bad[..probes].iter().all(|&k| k == 1), "{bad:?}");
+    assert!(bad[probes..].iter().all(|&k| k == 0), "{bad:?}");
+    let fixed = run(SpeculationMode::Fixed, 0);
+    assert!(fixed.iter().all(|&k| k == 4), "{fixed:?}");
+}

@@ -35,6 +35,7 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
             kv_budget_tokens: 16384,
         },
         speculation_length: 4,
+        speculation_mode: lapsd_core::SpeculationMode::Fixed,
         max_queue: 16,
         cost: lapsd_server::cli::DEFAULT_COST,
         predictor_prior_tokens: 64,
