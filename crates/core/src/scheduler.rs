@@ -13,10 +13,10 @@ use crate::error::CoreError;
 use crate::kv::KvAccountant;
 use crate::policy::{BatchBuilder, Policy, ScheduleContext};
 use crate::predictor::LengthPredictor;
-use crate::speculation::{self, DecodeMember, FixedWork, SpeculationMode};
 use crate::request::{
     FinishReason, RequestId, RequestPhase, RequestSpec, RequestState, StabilityRule,
 };
+use crate::speculation::{self, DecodeMember, FixedWork, SpeculationMode};
 
 /// What one step may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -514,7 +514,8 @@ impl Scheduler {
                 self.kv.free(id);
                 let attempts = speculation::attempted_positions(&state.acceptance);
                 if attempts >= speculation::MIN_PROBE_ATTEMPTS {
-                    self.acceptance_sum += state.acceptance.accepted_tokens as f64 / attempts as f64;
+                    self.acceptance_sum +=
+                        state.acceptance.accepted_tokens as f64 / attempts as f64;
                     self.acceptance_count += 1.0;
                 }
                 self.policy.on_finish(&state);

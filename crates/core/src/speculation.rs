@@ -229,8 +229,9 @@ mod tests {
         let m = members.len();
         let longest = ks.iter().copied().max().unwrap_or(0);
         let positions: usize = ks.iter().map(|&k| k as usize + 1).sum();
-        let seconds =
-            fixed.seconds + f64::from(longest) * cost.draft_s(m) + cost.verify_tokens_s(m, positions);
+        let seconds = fixed.seconds
+            + f64::from(longest) * cost.draft_s(m)
+            + cost.verify_tokens_s(m, positions);
         let tokens = fixed.tokens
             + members
                 .iter()
@@ -251,11 +252,8 @@ mod tests {
     #[test]
     fn high_acceptance_drafts_long_and_low_acceptance_not_at_all() {
         let cost = cpu();
-        let ks = choose_speculation_lengths(
-            &[member(0.95), member(0.1)],
-            FixedWork::default(),
-            &cost,
-        );
+        let ks =
+            choose_speculation_lengths(&[member(0.95), member(0.1)], FixedWork::default(), &cost);
         assert!(ks[0] >= 4, "{ks:?}");
         assert_eq!(ks[1], 0, "{ks:?}");
         // Probing keeps one draft token for a request still learning its rate.

@@ -134,7 +134,9 @@ fn logprobs_under_speculation_are_the_targets() {
         logprobs: Some(3),
         ..greedy_params(MAX_NEW as u32)
     };
-    engine.add_sequence(1, prompt.clone(), params).expect("adds");
+    engine
+        .add_sequence(1, prompt.clone(), params)
+        .expect("adds");
     let mut tokens = Vec::new();
     let mut logprobs: Vec<TokenLogprob> = Vec::new();
     let mut accepted = 0;

@@ -420,7 +420,11 @@ async fn completions(
         if echo_pending.get(i).copied().unwrap_or(false) {
             echo_pending[i] = false;
             let prompt = echo.clone().unwrap_or_default();
-            events.push(json_event(&chunk(vec![text_choice(prompt, None)], None, None)));
+            events.push(json_event(&chunk(
+                vec![text_choice(prompt, None)],
+                None,
+                None,
+            )));
         }
         match event {
             ResponseEvent::Text { text, logprobs } => {
@@ -613,9 +617,7 @@ fn completion_logprobs(entries: &[LogprobEntry], text_offset: &mut usize) -> ser
 
 /// The chat API's `logprobs` object (`content`: one entry per token, with its UTF-8 bytes).
 fn chat_logprobs(entries: &[LogprobEntry]) -> serde_json::Value {
-    let item = |token: &str, logprob: f32| {
-        serde_json::json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
-    };
+    let item = |token: &str, logprob: f32| serde_json::json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
     let content: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {

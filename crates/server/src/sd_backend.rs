@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lapsd_engine::chat::{ChatMessage, ChatTemplate};
-use lapsd_engine::engine::{
-    EngineConfig, SdEngine, SeqFinish, SeqStepOutput, StepMember,
-};
+use lapsd_engine::engine::{EngineConfig, SdEngine, SeqFinish, SeqStepOutput, StepMember};
 use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{EngineError, Tokenizer};
 

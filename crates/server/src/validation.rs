@@ -887,9 +887,11 @@ mod tests {
             Some(2)
         );
         assert_eq!(
-            chat(r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":5}"#)
-                .expect("valid")
-                .logprobs,
+            chat(
+                r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":5}"#
+            )
+            .expect("valid")
+            .logprobs,
             Some(5)
         );
         assert_eq!(

@@ -137,7 +137,10 @@ async fn logprobs_describe_the_greedy_tokens() {
     let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0, "logprobs": 3});
     let (s, v) = post_json(&server, "/v1/completions", &body).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["choices"][0]["text"], reference(Prompt::Text(prompt), 16).as_str());
+    assert_eq!(
+        v["choices"][0]["text"],
+        reference(Prompt::Text(prompt), 16).as_str()
+    );
     let lp = &v["choices"][0]["logprobs"];
     let n = v["usage"]["completion_tokens"].as_u64().expect("usage") as usize;
     let tokens = lp["tokens"].as_array().expect("tokens");
@@ -152,7 +155,10 @@ async fn logprobs_describe_the_greedy_tokens() {
             .values()
             .map(|x| x.as_f64().expect("a number"))
             .fold(f64::NEG_INFINITY, f64::max);
-        assert!((best - logprob).abs() < 1e-6, "token {token} is greedy's choice");
+        assert!(
+            (best - logprob).abs() < 1e-6,
+            "token {token} is greedy's choice"
+        );
         assert!(top.contains_key(token.as_str().expect("a string")));
     }
     server.shutdown().await.expect("clean shutdown");

@@ -132,7 +132,12 @@ async fn logprobs_have_one_entry_per_token_in_openai_shapes() {
             "top_logprobs": [{"token": "T", "logprob": -0.125, "bytes": [84]}]})
     );
     // Without logprobs the field is null.
-    let (_, v) = post_json(&server, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 2})).await;
+    let (_, v) = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 2}),
+    )
+    .await;
     assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
     server.shutdown().await.expect("clean shutdown");
 }
@@ -195,7 +200,10 @@ async fn n_choices_and_echo() {
     let echo = json!({"prompt": "Hello", "max_tokens": 4, "echo": true});
     let (status, v) = post_json(&server, "/v1/completions", &echo).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["choices"][0]["text"], format!("Hello{}", scripted_text(4)));
+    assert_eq!(
+        v["choices"][0]["text"],
+        format!("Hello{}", scripted_text(4))
+    );
     let mut se = echo.clone();
     se["stream"] = json!(true);
     let (_, data) = post_sse(&server, "/v1/completions", &se).await;

@@ -136,10 +136,12 @@ impl LogitAdjustments {
         }
         if self.repetition_penalty != 1.0 {
             let r = self.repetition_penalty;
-            let seen = counts
-                .in_prompt
-                .iter()
-                .chain(counts.in_output.keys().filter(|t| !counts.in_prompt.contains(t)));
+            let seen = counts.in_prompt.iter().chain(
+                counts
+                    .in_output
+                    .keys()
+                    .filter(|t| !counts.in_prompt.contains(t)),
+            );
             for &token in seen {
                 if let Some(l) = logits.get_mut(token as usize) {
                     *l = if *l > 0.0 { *l / r } else { *l * r };

@@ -375,7 +375,8 @@ fn commit(
         let seq = &mut *job.seq;
         let adjust = &seq.params.logit_adjustments;
         // Logprobs are the target's raw ones: keep the rows the adjustments are about to change.
-        let raw_rows = (seq.params.logprobs.is_some() && !adjust.is_neutral()).then(|| rows.clone());
+        let raw_rows =
+            (seq.params.logprobs.is_some() && !adjust.is_neutral()).then(|| rows.clone());
         if !adjust.is_neutral() {
             // Row i verifies the position after i drafts: count those drafts as generated.
             let mut counts = adjust.counts(&seq.tokens, seq.prompt_len);
