@@ -13,10 +13,11 @@
 //! rate learnt while decoding" without a stability test or a phase in which the estimate is
 //! ignored.
 //!
-//! Why (measured, docs/e2e-results.md): on the embedded model on 2 CPU cores, reply lengths
-//! vary little (ShareGPT CV^2 0.47) and least attained service, which LAPS-SD uses until a
-//! request's rate is stable, loses to FCFS by far near saturation; and a long prompt's prefill
-//! costs as much as dozens of decode steps, which the paper's estimate (decode only) ignores.
+//! Why: where reply lengths vary little (ShareGPT at 1/8 scale: CV^2 0.40) least attained
+//! service, which LAPS-SD uses until a request's rate is stable, loses to FCFS
+//! (docs/scheduling.md); and on the embedded model on 2 CPU cores a long prompt's prefill costs
+//! as much as dozens of decode steps (docs/results/2026-11-29-served.md), which the paper's
+//! estimate (decode only) ignores.
 //!
 //! This is `laps-sd` with `las_phase = false` (`PolicyConfig`); it reports the name `laps-sd`.
 //! Aging and marginal batch formation (first measured with this ordering) are the shared
