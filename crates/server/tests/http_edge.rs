@@ -423,9 +423,9 @@ async fn prompt_shapes_and_refused_parameters() {
             "[-2, 2]",
         ),
         (
-            json!({"prompt": "hi", "logit_bias": {"72": 5}}),
+            json!({"prompt": "hi", "logit_bias": {"72": 500}}),
             "logit_bias",
-            "not supported",
+            "[-100, 100]",
         ),
         (
             json!({"prompt": "hi", "suffix": "!"}),
