@@ -12,6 +12,7 @@ use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, PolicySpec, Sch
 
 use crate::acceptance::AcceptanceModel;
 use crate::arrivals::ArrivalProcess;
+use crate::dispatch::Dispatch;
 use crate::error::SimError;
 use crate::prediction::PredictorChoice;
 use crate::report::{to_csv, to_table, JsonReport, PolicyResult};
@@ -72,6 +73,12 @@ pub struct SimArgs {
     /// "verify_steps"} in place of "acceptance_rate" (the drafter's real draft length is kept).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Draw request sizes by resampling the (prompt, output) lengths of this `--trace`-format
+    /// file (e.g. the ShareGPT lengths of `lapsd bench --dataset sharegpt PATH --dry-run
+    /// --emit-sim-trace F`) instead of --workload's distributions; acceptance still from
+    /// --workload; arrivals and load as for a workload (the file's times are ignored).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["trace", "matrix"])]
+    pub lengths: Option<PathBuf>,
     /// Number of requests drawn from the workload.
     #[arg(long, default_value_t = 2000)]
     pub requests: usize,
@@ -134,6 +141,17 @@ pub struct SimArgs {
     /// Policy settings (every policy in --policy), shared with `lapsd serve`.
     #[command(flatten)]
     pub policy_settings: PolicyArgs,
+    /// Replicas behind one dispatcher, each with its own scheduler running every --policy; the
+    /// arrival rate is multiplied by R so --load/--loads stay the utilisation of each replica
+    /// (--rate is the total rate). 1 with no --dispatch is the plain single server.
+    #[arg(long, default_value_t = 1, conflicts_with = "matrix")]
+    pub replicas: usize,
+    /// How arrivals are assigned to replicas (no migration); a comma list compares rules on the
+    /// same arrivals: round-robin, jsq (fewest unfinished requests), power-of-two (the fewer of
+    /// two drawn at random), least-work (least estimated outstanding work from the policies'
+    /// cost model and acceptance estimates). Default with --replicas > 1: round-robin.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "matrix")]
+    pub dispatch: Vec<Dispatch>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
@@ -397,10 +415,22 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
                 }
                 _ => vec![ArrivalRate::Load(0.8)],
             };
-            let source = RequestSource::Workload {
-                profile: profile.clone(),
-                count: args.requests,
-                arrivals: ArrivalProcess::from_burstiness(args.burstiness)?,
+            let arrivals = ArrivalProcess::from_burstiness(args.burstiness)?;
+            let source = match &args.lengths {
+                None => RequestSource::Workload {
+                    profile: profile.clone(),
+                    count: args.requests,
+                    arrivals,
+                },
+                Some(path) => RequestSource::Lengths {
+                    name: path
+                        .file_stem()
+                        .map_or_else(|| "lengths".into(), |s| s.to_string_lossy().into()),
+                    pairs: crate::matrix::read_length_pairs(path)?,
+                    profile: profile.clone(),
+                    count: args.requests,
+                    arrivals,
+                },
             };
             (source, rates)
         }
@@ -501,21 +531,59 @@ pub fn render(args: &SimArgs, results: Vec<PolicyResult>) -> anyhow::Result<Stri
     })
 }
 
+/// The replica count and dispatch rules the flags ask for; `None` = the plain single server
+/// (one replica and no `--dispatch`).
+pub fn replicas_from_args(args: &SimArgs) -> Result<Option<(usize, Vec<Dispatch>)>, SimError> {
+    if args.replicas == 0 {
+        return Err(SimError::InvalidArgument {
+            field: "replicas",
+            reason: "must be at least 1".into(),
+        });
+    }
+    if args.replicas == 1 && args.dispatch.is_empty() {
+        return Ok(None);
+    }
+    let mut rules: Vec<Dispatch> = Vec::with_capacity(args.dispatch.len());
+    for &rule in &args.dispatch {
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
+    }
+    if rules.is_empty() {
+        rules.push(Dispatch::RoundRobin);
+    }
+    Ok(Some((args.replicas, rules)))
+}
+
+/// Runs what the flags describe (everything but the matrix): one experiment, on one server or
+/// on replicas behind a dispatcher.
+pub fn results_from_args(
+    args: &SimArgs,
+    experiment: &Experiment,
+    progress: Option<&ProgressBar>,
+) -> Result<Vec<PolicyResult>, SimError> {
+    match replicas_from_args(args)? {
+        None => experiment.run(progress),
+        Some((replicas, rules)) => experiment.run_replicas(replicas, &rules, progress),
+    }
+}
+
 /// `lapsd sim`.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.matrix.clone() {
         return run_matrix(&args, &dir);
     }
     let experiment = experiment_from_args(&args)?;
-    let bar = progress_bar(experiment.total_work(), args.format);
+    let rules = replicas_from_args(&args)?.map_or(1, |(_, rules)| rules.len());
+    let bar = progress_bar(experiment.total_work() * rules, args.format);
     let started = std::time::Instant::now();
-    let results = experiment.run(Some(&bar))?;
+    let results = results_from_args(&args, &experiment, Some(&bar))?;
     bar.finish_and_clear();
     if args.timing {
         eprintln!(
             "simulated {} policy x load runs of {} requests in {:.2} s wall",
             results.len(),
-            experiment.total_work() / results.len().max(1),
+            experiment.total_work() * rules / results.len().max(1),
             started.elapsed().as_secs_f64()
         );
     }
@@ -528,7 +596,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             args.max_batch,
             experiment.predictor.label()
         );
-        let files = crate::plot::plot_latency_vs_load(dir, &name, &title, &results)
+        // One curve per policy, or per policy and dispatch rule.
+        let curves: Vec<PolicyResult> = results
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if let Some(rule) = &r.dispatch {
+                    r.policy = format!("{} {rule}", r.policy);
+                }
+                r
+            })
+            .collect();
+        let files = crate::plot::plot_latency_vs_load(dir, &name, &title, &curves)
             .with_context(|| format!("plotting into {}", dir.display()))?;
         for f in files {
             eprintln!("wrote {}", f.display());

@@ -5,6 +5,7 @@
 pub mod acceptance;
 pub mod arrivals;
 pub mod cli;
+pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod matrix;

@@ -46,6 +46,14 @@ pub struct PolicyResult {
     /// rate over the arrival rate.
     #[serde(default)]
     pub throughput_to_arrivals: f64,
+    /// The dispatch rule, when the run had replicas behind a dispatcher (`--replicas`,
+    /// `--dispatch`); the statistics are then over every replica's requests, and `utilization`
+    /// is the mean per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<String>,
+    /// Number of replicas behind the dispatcher (with `dispatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
 }
 
 /// Context a result is labelled with.
@@ -122,6 +130,8 @@ pub fn summarize(outcome: &SimOutcome, label: &RunLabel, first_arrival_s: f64) -
         steps: outcome.steps,
         utilization: outcome.busy_s / span_s,
         throughput_to_arrivals,
+        dispatch: None,
+        replicas: None,
     }
 }
 
@@ -136,15 +146,21 @@ pub struct JsonReport {
 }
 
 /// Renders results as an aligned text table.
+/// With replicas behind a dispatcher, a `dispatch` column follows `policy` and a last line gives
+/// the replica count; without, the table is as it always was.
 pub fn to_table(results: &[PolicyResult]) -> String {
-    let header = [
+    let dispatched = results.iter().any(|r| r.dispatch.is_some());
+    let mut header: Vec<&str> = vec![
         "workload", "load", "rate/s", "policy", "done", "mean_s", "p50_s", "p90_s", "p99_s",
         "ttft_s", "s/token", "thru/s", "preempt", "recomp", "util",
     ];
+    if dispatched {
+        header.insert(4, "dispatch");
+    }
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.workload.clone(),
                 r.load.map_or("-".into(), |l| format!("{l:.2}")),
                 format!("{:.3}", r.rate_rps),
@@ -160,7 +176,11 @@ pub fn to_table(results: &[PolicyResult]) -> String {
                 r.preemptions.to_string(),
                 r.recomputes.to_string(),
                 format!("{:.2}", r.utilization),
-            ]
+            ];
+            if dispatched {
+                row.insert(4, r.dispatch.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -178,25 +198,38 @@ pub fn to_table(results: &[PolicyResult]) -> String {
             .collect();
         let _ = writeln!(out, "{}", parts.join("  ").trim_end());
     };
-    line(&header.map(String::from));
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for row in &rows {
         line(row);
     }
     if let Some(first) = results.first() {
         let _ = writeln!(out, "predictor: {}", first.predictor);
+        if let Some(replicas) = first.replicas {
+            let _ = writeln!(
+                out,
+                "replicas: {replicas} (load = utilisation of each replica, rate = total)"
+            );
+        }
     }
     out
 }
 
 /// Renders results as CSV with a header line.
+/// With replicas behind a dispatcher, `dispatch` and `replicas` columns close each line.
 pub fn to_csv(results: &[PolicyResult]) -> String {
+    let dispatched = results.iter().any(|r| r.dispatch.is_some());
     let mut out = String::from(
         "workload,load,rate_rps,policy,predictor,completed,never_fits,mean_latency_s,p50_latency_s,\
          p90_latency_s,p99_latency_s,mean_ttft_s,mean_normalized_latency_s_per_token,\
-         throughput_rps,preemptions,recomputes,steps,utilization\n",
+         throughput_rps,preemptions,recomputes,steps,utilization",
     );
+    out.push_str(if dispatched {
+        ",dispatch,replicas\n"
+    } else {
+        "\n"
+    });
     for r in results {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.workload,
@@ -218,6 +251,15 @@ pub fn to_csv(results: &[PolicyResult]) -> String {
             r.steps,
             r.utilization
         );
+        if dispatched {
+            let _ = write!(
+                out,
+                ",{},{}",
+                r.dispatch.as_deref().unwrap_or(""),
+                r.replicas.map_or(String::new(), |n| n.to_string())
+            );
+        }
+        out.push('\n');
     }
     out
 }
@@ -337,7 +379,34 @@ mod tests {
         assert_eq!(r.utilization, 0.8);
         let csv = to_csv(std::slice::from_ref(&r));
         assert_eq!(csv.lines().count(), 2);
-        assert!(to_table(&[r]).contains("fcfs"));
+        let table = to_table(std::slice::from_ref(&r));
+        assert!(table.contains("fcfs"));
+        assert!(!table.contains("dispatch") && !csv.contains("dispatch"));
+        assert!(!serde_json::to_string(&r)
+            .expect("json")
+            .contains("dispatch"));
+
+        // Replicas behind a dispatcher: a labelled column in the table and the CSV.
+        let dispatched = PolicyResult {
+            dispatch: Some("least-work".into()),
+            replicas: Some(4),
+            ..r
+        };
+        let table = to_table(std::slice::from_ref(&dispatched));
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        let row: Vec<&str> = lines.next().expect("row").split_whitespace().collect();
+        assert_eq!(header.len(), row.len());
+        assert_eq!(header[4], "dispatch");
+        assert_eq!(row[4], "least-work");
+        assert!(table.contains("replicas: 4"));
+        let csv = to_csv(&[dispatched]);
+        let mut lines = csv.lines();
+        assert!(lines
+            .next()
+            .expect("header")
+            .ends_with(",dispatch,replicas"));
+        assert!(lines.next().expect("row").ends_with(",least-work,4"));
     }
 
     #[test]
@@ -383,6 +452,8 @@ mod tests {
             recomputes: 0,
             steps: 1,
             utilization: 1.0,
+            dispatch: None,
+            replicas: None,
         };
         let results = vec![
             mk("fcfs", 0.5, 4.0),

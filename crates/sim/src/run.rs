@@ -9,24 +9,31 @@
 //! when every step runs a full batch of `max_batch`: `prefill_s(prompt) + (L - 1) / tau(alpha) *
 //! sd_step_s(B, k) / B`, with tau(alpha) = (1 - alpha^(k+1)) / (1 - alpha) tokens per SD step
 //! (averaged over the drawn requests). With B = 1 this is the plain utilisation rho = lambda E[S]
-//! of a single server; with B > 1 it is the load relative to the full-batch throughput.
+//! of a single server; with B > 1 it is the load relative to the full-batch throughput. With R
+//! replicas behind a dispatcher (`run_replicas`) the rate is R times that: the load is each
+//! replica's.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 use lapsd_core::{MeasuredCost, PolicySpec, SchedulerConfig, StepCostModel};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::acceptance::{expected_accepted_per_step, expected_tokens_per_step, AcceptanceModel};
 use crate::arrivals::{scale_to_rate, ArrivalProcess};
-use crate::engine::{simulate, SimConfig};
+use crate::dispatch::Dispatch;
+use crate::engine::{simulate, simulate_replicas, ReplicaSetup, SimConfig};
 use crate::error::SimError;
 use crate::prediction::{assign_predictions, PredictorChoice};
 use crate::report::{summarize, PolicyResult, RunLabel};
 use crate::trace::TraceRecord;
 use crate::workload::{max_tokens_cap, sample_sizes, RequestSize, SimRequest, WorkloadProfile};
+
+/// One simulation: a sweep point (index into the prepared runs), a policy and, on replicas, the
+/// dispatch rule.
+type Task<'a> = (usize, &'a PolicySpec, Option<Dispatch>);
 
 /// Where requests come from.
 #[derive(Debug, Clone)]
@@ -41,6 +48,16 @@ pub enum RequestSource {
     Trace {
         records: Vec<TraceRecord>,
         profile: WorkloadProfile,
+    },
+    /// Resample `count` (prompt, output) length pairs of a real dataset (as the matrix's
+    /// `--matrix-lengths`); acceptance from `profile.acceptance`, `max_tokens` the longest
+    /// output; arrivals from `arrivals` at each load/rate, like a workload.
+    Lengths {
+        name: String,
+        pairs: Vec<(u32, u32)>,
+        profile: WorkloadProfile,
+        count: usize,
+        arrivals: ArrivalProcess,
     },
 }
 
@@ -126,16 +143,30 @@ pub struct PreparedRun {
 }
 
 impl Experiment {
-    fn workload_name(&self) -> &'static str {
+    fn workload_name(&self) -> &str {
         match &self.source {
             RequestSource::Workload { profile, .. } | RequestSource::Trace { profile, .. } => {
                 profile.name
             }
+            RequestSource::Lengths { name, .. } => name,
         }
     }
 
     /// Builds the request lists of every sweep point.
     pub fn prepare(&self) -> Result<Vec<PreparedRun>, SimError> {
+        self.prepare_for(1)
+    }
+
+    /// The request lists of every sweep point for `replicas` replicas behind one dispatcher:
+    /// one arrival stream whose rate is `replicas` times the load's, so a load is the
+    /// utilisation of each replica (a `--rate` stays the total rate; a trace keeps its times).
+    pub fn prepare_for(&self, replicas: usize) -> Result<Vec<PreparedRun>, SimError> {
+        if replicas == 0 {
+            return Err(SimError::InvalidArgument {
+                field: "replicas",
+                reason: "must be at least 1".into(),
+            });
+        }
         let (sizes, unit_times, cap) = match &self.source {
             RequestSource::Workload {
                 profile,
@@ -168,6 +199,39 @@ impl Experiment {
                     })
                     .collect();
                 (sizes, None, profile.max_tokens)
+            }
+            RequestSource::Lengths {
+                pairs,
+                profile,
+                count,
+                arrivals,
+                ..
+            } => {
+                profile.acceptance.validate()?;
+                if pairs.is_empty() {
+                    return Err(SimError::EmptyTrace);
+                }
+                if *count == 0 {
+                    return Err(SimError::InvalidArgument {
+                        field: "requests",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                let mut rng = stream_rng(self.seed, 1);
+                let sizes: Vec<RequestSize> = (0..*count)
+                    .map(|_| {
+                        let (prompt_tokens, output_tokens) = pairs[rng.gen_range(0..pairs.len())];
+                        RequestSize {
+                            prompt_tokens,
+                            output_tokens: output_tokens.max(1),
+                            acceptance_rate: profile.acceptance.sample(&mut rng),
+                            draft_length: None,
+                        }
+                    })
+                    .collect();
+                let times = arrivals.unit_rate_times(*count, &mut stream_rng(self.seed, 2));
+                let cap = pairs.iter().map(|p| p.1).max().unwrap_or(1).max(1);
+                (sizes, Some(times), cap)
             }
         };
         // A served trace's length predictions (`lapsd serve --length-model`), replayed as given.
@@ -203,7 +267,8 @@ impl Experiment {
                             reason: format!("must be a positive utilisation, got {l}"),
                         });
                     }
-                    let r = l / mean_s;
+                    // Times 1 is exact: one replica gets the plain rate to the bit.
+                    let r = l / mean_s * replicas as f64;
                     (scale_to_rate(unit, r)?, Some(*l), r)
                 }
                 _ => {
@@ -245,7 +310,7 @@ impl Experiment {
     /// Total requests that will be simulated (for a progress bar).
     pub fn total_work(&self) -> usize {
         let n = match &self.source {
-            RequestSource::Workload { count, .. } => *count,
+            RequestSource::Workload { count, .. } | RequestSource::Lengths { count, .. } => *count,
             RequestSource::Trace { records, .. } => records.len(),
         };
         n * self.rates.len() * self.policies.len()
@@ -254,9 +319,46 @@ impl Experiment {
     /// Runs every (sweep point, policy) pair; results ordered by sweep point, then policy.
     pub fn run(&self, progress: Option<&ProgressBar>) -> Result<Vec<PolicyResult>, SimError> {
         let runs = self.prepare()?;
-        let tasks: Vec<(usize, &PolicySpec)> = (0..runs.len())
-            .flat_map(|r| self.policies.iter().map(move |p| (r, p)))
+        let tasks: Vec<Task<'_>> = (0..runs.len())
+            .flat_map(|r| self.policies.iter().map(move |p| (r, p, None)))
             .collect();
+        self.run_tasks(&runs, &tasks, 1, progress)
+    }
+
+    /// Runs every (sweep point, policy, dispatch rule) on `replicas` replicas behind a
+    /// dispatcher (`crate::engine::replicas`), every rule on the same arrivals; results ordered
+    /// by sweep point, then policy, then rule, labelled with the rule and the replica count.
+    pub fn run_replicas(
+        &self,
+        replicas: usize,
+        rules: &[Dispatch],
+        progress: Option<&ProgressBar>,
+    ) -> Result<Vec<PolicyResult>, SimError> {
+        if rules.is_empty() {
+            return Err(SimError::InvalidArgument {
+                field: "dispatch",
+                reason: "no dispatch rule named".into(),
+            });
+        }
+        let runs = self.prepare_for(replicas)?;
+        let tasks: Vec<Task<'_>> = (0..runs.len())
+            .flat_map(|r| {
+                self.policies
+                    .iter()
+                    .flat_map(move |p| rules.iter().map(move |&d| (r, p, Some(d))))
+            })
+            .collect();
+        self.run_tasks(&runs, &tasks, replicas, progress)
+    }
+
+    /// Runs `tasks` on the worker threads; results in task order.
+    fn run_tasks(
+        &self,
+        runs: &[PreparedRun],
+        tasks: &[Task<'_>],
+        replicas: usize,
+        progress: Option<&ProgressBar>,
+    ) -> Result<Vec<PolicyResult>, SimError> {
         let next = AtomicUsize::new(0);
         let slots: Mutex<Vec<Option<Result<PolicyResult, SimError>>>> =
             Mutex::new((0..tasks.len()).map(|_| None).collect());
@@ -269,7 +371,7 @@ impl Experiment {
             for _ in 0..self.jobs.clamp(1, tasks.len().max(1)) {
                 scope.spawn(|| loop {
                     let t = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(run_index, spec)) = tasks.get(t) else {
+                    let Some(&(run_index, spec, dispatch)) = tasks.get(t) else {
                         break;
                     };
                     let run = &runs[run_index];
@@ -281,7 +383,20 @@ impl Experiment {
                         acceptance,
                         step_cost: self.step_cost.clone(),
                     };
-                    let result = simulate(&run.requests, &config, progress).map(|outcome| {
+                    let outcome = match dispatch {
+                        None => simulate(&run.requests, &config, progress),
+                        Some(rule) => {
+                            let setup = ReplicaSetup {
+                                replicas,
+                                dispatch: rule,
+                                seed: self.seed,
+                                record_decisions: false,
+                            };
+                            simulate_replicas(&run.requests, &config, &setup, progress)
+                                .map(|o| o.merged)
+                        }
+                    };
+                    let result = outcome.map(|outcome| {
                         let label = RunLabel {
                             workload: workload.clone(),
                             load: run.load,
@@ -289,7 +404,12 @@ impl Experiment {
                             predictor: self.predictor.label(),
                         };
                         let first = run.requests.first().map_or(0.0, |r| r.arrival_s);
-                        summarize(&outcome, &label, first)
+                        let mut result = summarize(&outcome, &label, first);
+                        if let Some(rule) = dispatch {
+                            result.dispatch = Some(rule.name().to_string());
+                            result.replicas = Some(replicas);
+                        }
+                        result
                     });
                     // A poisoned lock means another worker panicked; its panic propagates from
                     // the scope, so recovering the data here is safe.

@@ -84,7 +84,7 @@ pub struct SimOutcome {
 
 /// The scheduler's view of a request at arrival. The one place a `RequestSpec` is built, so the
 /// oracle's ground-truth fields are set here and nowhere else.
-fn request_spec(req: &SimRequest, predictor: &PredictorChoice) -> RequestSpec {
+pub(crate) fn request_spec(req: &SimRequest, predictor: &PredictorChoice) -> RequestSpec {
     RequestSpec {
         id: req.id,
         arrival_s: req.arrival_s,
@@ -105,13 +105,17 @@ fn request_spec(req: &SimRequest, predictor: &PredictorChoice) -> RequestSpec {
 
 /// Per-request progress the simulator tracks next to the scheduler.
 #[derive(Debug, Clone, Copy, Default)]
-struct Progress {
+pub(crate) struct Progress {
     generated_tokens: u32,
     sd_steps: u32,
 }
 
 /// Seconds the batch takes (see the module header); `results` are the members' outcomes.
-fn step_time_s(output: &SchedulerOutput, results: &[StepResult], cost: &dyn StepCostModel) -> f64 {
+pub(crate) fn step_time_s(
+    output: &SchedulerOutput,
+    results: &[StepResult],
+    cost: &dyn StepCostModel,
+) -> f64 {
     let prefill_s: f64 = output
         .batch
         .iter()
@@ -132,12 +136,8 @@ fn step_time_s(output: &SchedulerOutput, results: &[StepResult], cost: &dyn Step
         )
 }
 
-/// Runs `requests` (sorted by arrival, `id` == index) through the policy of `config`.
-pub fn simulate(
-    requests: &[SimRequest],
-    config: &SimConfig,
-    progress: Option<&ProgressBar>,
-) -> Result<SimOutcome, SimError> {
+/// Checks that `requests` are sorted by arrival and that each `id` is its index.
+pub(crate) fn validate_requests(requests: &[SimRequest]) -> Result<(), SimError> {
     for (index, r) in requests.iter().enumerate() {
         if r.id != index as u64 {
             return Err(SimError::InvalidArgument {
@@ -152,6 +152,16 @@ pub fn simulate(
             });
         }
     }
+    Ok(())
+}
+
+/// Runs `requests` (sorted by arrival, `id` == index) through the policy of `config`.
+pub fn simulate(
+    requests: &[SimRequest],
+    config: &SimConfig,
+    progress: Option<&ProgressBar>,
+) -> Result<SimOutcome, SimError> {
+    validate_requests(requests)?;
     let policy = build_policy(config.policy, &config.policy_config)?;
     let mut scheduler = Scheduler::new(config.scheduler.clone(), policy);
     if let PredictorChoice::Online {
@@ -251,7 +261,7 @@ pub fn simulate(
 }
 
 /// What one batch member produces this step (the simulated model).
-fn step_member(
+pub(crate) fn step_member(
     requests: &[SimRequest],
     state: &mut [Progress],
     acceptance: &AcceptanceModel,
