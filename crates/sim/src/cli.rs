@@ -8,7 +8,9 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lapsd_core::cost::{CostProfile, MeasuredCost};
 use lapsd_core::policy::args::PolicyArgs;
-use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig};
+use lapsd_core::{
+    Capacity, LinearCost, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig, SpeculationMode,
+};
 
 use crate::acceptance::AcceptanceModel;
 use crate::arrivals::ArrivalProcess;
@@ -111,9 +113,15 @@ pub struct SimArgs {
     /// KV cache budget in tokens (preempted requests beyond it lose their KV and recompute).
     #[arg(long, default_value_t = 65536)]
     pub kv_budget_tokens: u64,
-    /// Draft tokens per SD step (0 turns speculative decoding off).
+    /// Draft tokens per SD step (0 turns speculative decoding off). With --speculation-mode
+    /// auto, the longest draft a request may take.
     #[arg(long, default_value_t = 4)]
     pub speculation_length: u32,
+    /// `fixed`: every request drafts --speculation-length tokens per step; `auto`: each
+    /// request's k is chosen every step from its acceptance so far and the cost model, for the
+    /// most tokens per second of step time (lapsd-core's `speculation` module).
+    #[arg(long, value_enum, default_value = "fixed")]
+    pub speculation_mode: SpeculationMode,
     /// Output-length predictor.
     #[arg(long, value_enum, default_value_t = PredictorArg::Noisy)]
     pub predictor: PredictorArg,
@@ -491,6 +499,7 @@ pub fn experiment_from_args(args: &SimArgs) -> Result<Experiment, SimError> {
             seed: args.seed,
         },
         step_cost,
+        speculation_mode: args.speculation_mode,
         seed: args.seed,
         jobs: jobs.max(1),
     })

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use lapsd_core::cost::{CostProfile, MeasuredCost};
-use lapsd_core::{PolicyKind, PolicySpec, SchedulerConfig};
+use lapsd_core::{PolicyKind, PolicySpec, SchedulerConfig, SpeculationMode};
 use rand::Rng;
 
 use crate::acceptance::AcceptanceModel;
@@ -239,6 +239,7 @@ impl MatrixConfig {
                                     predictor: *predictor,
                                     acceptance: AcceptanceModel::default(),
                                     step_cost: step_cost.clone(),
+                                    speculation_mode: SpeculationMode::Fixed,
                                     seed: self.seed,
                                     jobs: self.jobs,
                                 };

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
-use lapsd_core::{MeasuredCost, PolicySpec, SchedulerConfig, StepCostModel};
+use lapsd_core::{MeasuredCost, PolicySpec, SchedulerConfig, SpeculationMode, StepCostModel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -85,6 +85,8 @@ pub struct Experiment {
     pub acceptance: AcceptanceModel,
     /// Ground-truth step times (see `SimConfig::step_cost`).
     pub step_cost: Option<MeasuredCost>,
+    /// How each decoding member's k is chosen (see `SimConfig::speculation_mode`).
+    pub speculation_mode: SpeculationMode,
     pub seed: u64,
     /// Worker threads (>= 1).
     pub jobs: usize,
@@ -382,6 +384,7 @@ impl Experiment {
                         predictor: self.predictor,
                         acceptance,
                         step_cost: self.step_cost.clone(),
+                        speculation_mode: self.speculation_mode,
                     };
                     let outcome = match dispatch {
                         None => simulate(&run.requests, &config, progress),

@@ -93,6 +93,7 @@ fn sd_config(policy: PolicyKind, max_batch: usize, kv_budget_tokens: u64) -> Sim
         predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
         acceptance: AcceptanceModel::default(),
         step_cost: None,
+        speculation_mode: lapsd_core::SpeculationMode::Fixed,
     }
 }
 
@@ -188,6 +189,7 @@ fn experiment(seed: u64) -> Experiment {
         predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
         acceptance: AcceptanceModel::default(),
         step_cost: None,
+        speculation_mode: lapsd_core::SpeculationMode::Fixed,
         seed,
         jobs: 2,
     }

@@ -72,6 +72,7 @@ fn config(spec: &PolicySpec, max_batch: usize, kv_budget_tokens: u64) -> SimConf
         predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
         acceptance: AcceptanceModel::default(),
         step_cost: None,
+        speculation_mode: lapsd_core::SpeculationMode::Fixed,
     }
 }
 
@@ -297,6 +298,7 @@ fn chatbot(replicas_load: f64, count: usize, seed: u64) -> Experiment {
         predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
         acceptance: AcceptanceModel::default(),
         step_cost: None,
+        speculation_mode: lapsd_core::SpeculationMode::Fixed,
         seed,
         jobs: 2,
     }

@@ -103,7 +103,8 @@ struct Replica {
 impl Replica {
     fn new(config: &SimConfig) -> Result<Self, SimError> {
         let policy = build_policy(config.policy, &config.policy_config)?;
-        let mut scheduler = Scheduler::new(config.scheduler.clone(), policy);
+        let mut scheduler = Scheduler::new(config.scheduler.clone(), policy)
+            .with_speculation_mode(config.speculation_mode);
         if let PredictorChoice::Online {
             prior_tokens,
             window,

@@ -21,7 +21,7 @@ use lapsd_core::FinishReason;
 use lapsd_core::{
     CoreError, MeasuredCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind, PolicySpec,
     RequestSpec, Scheduler, SchedulerConfig, SchedulerOutput, StepCostModel, StepKind,
-    StepObservation, StepResult,
+    SpeculationMode, StepObservation, StepResult,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,9 @@ pub struct SimConfig {
     /// scheduler's own cost model (`scheduler.cost`), which policies use for their estimates.
     #[serde(default)]
     pub step_cost: Option<MeasuredCost>,
+    /// Fixed k for every request, or chosen per request and step (`--speculation-mode`).
+    #[serde(default)]
+    pub speculation_mode: SpeculationMode,
 }
 
 /// One finished request.
@@ -163,7 +166,8 @@ pub fn simulate(
 ) -> Result<SimOutcome, SimError> {
     validate_requests(requests)?;
     let policy = build_policy(config.policy, &config.policy_config)?;
-    let mut scheduler = Scheduler::new(config.scheduler.clone(), policy);
+    let mut scheduler = Scheduler::new(config.scheduler.clone(), policy)
+        .with_speculation_mode(config.speculation_mode);
     if let PredictorChoice::Online {
         prior_tokens,
         window,

@@ -49,6 +49,7 @@ pub fn single_server(policy: PolicyKind) -> SimConfig {
             seed: 0,
         },
         step_cost: None,
+        speculation_mode: lapsd_core::SpeculationMode::Fixed,
     }
 }
 
