@@ -20,8 +20,8 @@ use lapsd_core::policy::build_policy;
 use lapsd_core::FinishReason;
 use lapsd_core::{
     CoreError, MeasuredCost, OnlineQuantilePredictor, PolicyConfig, PolicyKind, PolicySpec,
-    RequestSpec, Scheduler, SchedulerConfig, SchedulerOutput, StepCostModel, StepKind,
-    SpeculationMode, StepObservation, StepResult,
+    RequestSpec, Scheduler, SchedulerConfig, SchedulerOutput, SpeculationMode, StepCostModel,
+    StepKind, StepObservation, StepResult,
 };
 use serde::{Deserialize, Serialize};
 
