@@ -216,6 +216,16 @@ pub fn to_table(results: &[PolicyResult]) -> String {
 
 /// Renders results as CSV with a header line.
 /// With replicas behind a dispatcher, `dispatch` and `replicas` columns close each line.
+/// One CSV field (RFC 4180): quoted, with inner quotes doubled, when it holds a comma, a quote or
+/// a line break (a policy label with several settings: `gittins[fcfs-slack=3,max-wait-factor=100]`).
+fn csv_field(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\"")).into()
+    } else {
+        value.into()
+    }
+}
+
 pub fn to_csv(results: &[PolicyResult]) -> String {
     let dispatched = results.iter().any(|r| r.dispatch.is_some());
     let mut out = String::from(
@@ -232,11 +242,11 @@ pub fn to_csv(results: &[PolicyResult]) -> String {
         let _ = write!(
             out,
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            r.workload,
+            csv_field(&r.workload),
             r.load.map_or(String::new(), |l| l.to_string()),
             r.rate_rps,
-            r.policy,
-            r.predictor,
+            csv_field(&r.policy),
+            csv_field(&r.predictor),
             r.completed,
             r.never_fits,
             r.mean_latency_s,
@@ -331,6 +341,16 @@ pub fn compare(
 mod tests {
     use super::*;
     use crate::engine::CompletedRequest;
+
+    #[test]
+    fn csv_fields_with_commas_are_quoted() {
+        assert_eq!(csv_field("gittins"), "gittins");
+        assert_eq!(
+            csv_field("gittins[fcfs-slack=3,max-wait-factor=100]"),
+            "\"gittins[fcfs-slack=3,max-wait-factor=100]\""
+        );
+        assert_eq!(csv_field("a\"b,c"), "\"a\"\"b,c\"");
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
