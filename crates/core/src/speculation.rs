@@ -99,6 +99,28 @@ pub struct FixedWork {
     pub tokens: f64,
 }
 
+/// Expected tokens and seconds of a step whose decoding `members` draft `ks` (same order), with
+/// the `fixed` work of its prefills (module docs).
+fn step_tokens_and_seconds(
+    ks: &[u32],
+    members: &[DecodeMember],
+    fixed: FixedWork,
+    cost: &dyn StepCostModel,
+) -> (f64, f64) {
+    let m = members.len();
+    let longest = ks.iter().copied().max().unwrap_or(0);
+    let positions: usize = ks.iter().map(|&k| k as usize + 1).sum();
+    let seconds =
+        fixed.seconds + f64::from(longest) * cost.draft_s(m) + cost.verify_tokens_s(m, positions);
+    let tokens = fixed.tokens
+        + members
+            .iter()
+            .zip(ks)
+            .map(|(member, &k)| expected_tokens(member.alpha, k))
+            .sum::<f64>();
+    (tokens, seconds)
+}
+
 /// Speculation lengths for `members` (same order) that maximise expected tokens per second of
 /// the step (module docs).
 pub fn choose_speculation_lengths(
@@ -116,20 +138,7 @@ pub fn choose_speculation_lengths(
     let per_position_s = (cost.verify_tokens_s(m, base_positions + 1)
         - cost.verify_tokens_s(m, base_positions))
     .max(0.0);
-    let evaluate = |ks: &[u32]| {
-        let longest = ks.iter().copied().max().unwrap_or(0);
-        let positions: usize = ks.iter().map(|&k| k as usize + 1).sum();
-        let seconds = fixed.seconds
-            + f64::from(longest) * cost.draft_s(m)
-            + cost.verify_tokens_s(m, positions);
-        let tokens = fixed.tokens
-            + members
-                .iter()
-                .zip(ks)
-                .map(|(member, &k)| expected_tokens(member.alpha, k))
-                .sum::<f64>();
-        (tokens, seconds)
-    };
+    let evaluate = |ks: &[u32]| step_tokens_and_seconds(ks, members, fixed, cost);
     let longest_allowed = members.iter().map(|x| x.max_k).max().unwrap_or(0);
     let mut best: Option<(f64, Vec<u32>)> = None;
     for longest in 0..=longest_allowed {
@@ -197,17 +206,7 @@ mod tests {
         let mut ks = vec![0u32; m];
         let mut best = 0.0f64;
         loop {
-            let longest = ks.iter().copied().max().unwrap_or(0);
-            let positions: usize = ks.iter().map(|&k| k as usize + 1).sum();
-            let seconds = fixed.seconds
-                + f64::from(longest) * cost.draft_s(m)
-                + cost.verify_tokens_s(m, positions);
-            let tokens = fixed.tokens
-                + members
-                    .iter()
-                    .zip(&ks)
-                    .map(|(x, &k)| expected_tokens(x.alpha, k))
-                    .sum::<f64>();
+            let (tokens, seconds) = step_tokens_and_seconds(&ks, members, fixed, cost);
             best = best.max(tokens / seconds);
             // Next vector, odometer order.
             let mut i = 0;
@@ -226,18 +225,7 @@ mod tests {
     }
 
     fn rate_of(ks: &[u32], members: &[DecodeMember], fixed: FixedWork, cost: &LinearCost) -> f64 {
-        let m = members.len();
-        let longest = ks.iter().copied().max().unwrap_or(0);
-        let positions: usize = ks.iter().map(|&k| k as usize + 1).sum();
-        let seconds = fixed.seconds
-            + f64::from(longest) * cost.draft_s(m)
-            + cost.verify_tokens_s(m, positions);
-        let tokens = fixed.tokens
-            + members
-                .iter()
-                .zip(ks)
-                .map(|(x, &k)| expected_tokens(x.alpha, k))
-                .sum::<f64>();
+        let (tokens, seconds) = step_tokens_and_seconds(ks, members, fixed, cost);
         tokens / seconds
     }
 
