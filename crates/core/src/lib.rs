@@ -34,7 +34,7 @@ pub use error::CoreError;
 pub use kv::{KvAccountant, KvFit};
 pub use policy::{
     BatchBuilder, BatchFormation, Policy, PolicyConfig, PolicyKind, PolicySpec, ScheduleContext,
-    TokensPerStep,
+    SizePosterior, TokensPerStep,
 };
 pub use predictor::{LengthPredictor, OnlineQuantilePredictor};
 pub use request::{

@@ -331,8 +331,8 @@ pub struct SimRequest {
     pub id: u64,
     pub arrival_s: f64,
     pub size: RequestSize,
-    /// `max_tokens` sent to the scheduler: a cap strictly above the true length (so a policy can
-    /// never learn the length from it).
+    /// `max_tokens` sent to the scheduler: the workload's cap, the same for every request (so a
+    /// policy learns only the bound from it, as on a server), never below the true length.
     pub max_tokens: u32,
     /// Noisy-oracle prediction of the output length (`None` when the online predictor is used).
     pub predicted_output_tokens: Option<u32>,
@@ -358,10 +358,13 @@ pub fn sample_sizes<R: Rng + ?Sized>(
         .collect()
 }
 
-/// The `max_tokens` cap for a request of true length `output_tokens`: the workload's cap, raised
-/// above the true length if needed (never equal to it).
+/// The `max_tokens` cap for a request of true length `output_tokens`: the workload's cap (a
+/// request whose length equals it ends at the cap, as on a server), raised to the true length
+/// only where a trace's length exceeds it. Raising it for some requests only, or above the
+/// length, would tell a policy that reads `max_tokens` (`gittins`' posterior is bounded by it)
+/// those requests' lengths.
 pub fn max_tokens_cap(workload_cap: u32, output_tokens: u32) -> u32 {
-    workload_cap.max(output_tokens.saturating_add(1))
+    workload_cap.max(output_tokens)
 }
 
 #[cfg(test)]
@@ -380,7 +383,7 @@ mod tests {
                 assert!(s.output_tokens >= 1 && s.output_tokens <= p.output.max_tokens());
                 assert!(s.prompt_tokens >= 1 && s.prompt_tokens <= p.prompt.max_tokens());
                 assert!((0.0..=1.0).contains(&s.acceptance_rate));
-                assert!(max_tokens_cap(p.max_tokens, s.output_tokens) > s.output_tokens);
+                assert_eq!(max_tokens_cap(p.max_tokens, s.output_tokens), p.max_tokens);
             }
         }
     }

@@ -502,7 +502,10 @@ fn lengths_file_resamples_its_pairs() {
     for r in &runs[0].requests {
         let pair = (r.size.prompt_tokens, r.size.output_tokens);
         assert!(pair == (7, 33) || pair == (9, 55), "{pair:?}");
-        assert!(r.max_tokens > r.size.output_tokens);
+        assert_eq!(
+            r.max_tokens, 55,
+            "the largest length: the same cap for every request"
+        );
     }
     let results = e.run(None).expect("runs");
     assert_eq!(results[0].workload, "pairs");

@@ -3,7 +3,7 @@
 //! feature so the core stays free of clap for library users.
 
 use super::laps_sd::PerceptiblePlacement;
-use super::{BatchFormation, PolicyConfig, TokensPerStep};
+use super::{BatchFormation, PolicyConfig, SizePosterior, TokensPerStep};
 use crate::error::CoreError;
 use crate::request::StabilityRule;
 
@@ -53,6 +53,10 @@ pub struct PolicyArgs {
     /// estimated remaining time (with the prefill owed) from arrival.
     #[arg(long)]
     pub las_phase: Option<bool>,
+    /// Gittins: output-length posterior, `empirical` (the finished requests of the same
+    /// prediction bucket, as observed; default) or `log-normal` (one learnt spread for all).
+    #[arg(long, value_enum)]
+    pub size_posterior: Option<SizePosterior>,
     /// LAPS-SD stability test: minimum SD steps before a request can become perceptible (8).
     #[arg(long)]
     pub stable_min_steps: Option<u32>,
@@ -119,6 +123,9 @@ impl PolicyArgs {
         }
         if let Some(v) = self.las_phase {
             c.las_phase = v;
+        }
+        if let Some(v) = self.size_posterior {
+            c.size_posterior = v;
         }
         c.validate()?;
         Ok(c)

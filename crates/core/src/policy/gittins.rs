@@ -44,13 +44,27 @@
 //! changes when it runs, or when the learnt spread moves (then every queued key is recomputed;
 //! this happens a bounded number of times as the estimates settle, see the thresholds below).
 //!
+//! **Empirical posterior** (`size-posterior=empirical`, the default). The log-normal has one
+//! fixed shape and an unbounded tail; real lengths have neither: ShareGPT's residuals around an
+//! online predictor's median are skewed, a noisy predictor's error is not log-normal once the
+//! lengths are clamped, and `max_tokens` bounds every request (an old request near its cap is
+//! nearly done, not likely to run forever). So the regression's *residuals* over the newest
+//! [`EMPIRICAL_WINDOW`] finished requests are kept as they are, and a request's length is
+//! distributed as `min(median * e^residual, max_tokens)` over them, conditioned on its age; the
+//! index is evaluated exactly on those atoms ([`ResidualAtoms`]: the body in groups, the tail one
+//! by one, at most [`EMPIRICAL_MAX_ATOMS`] atoms, so a key costs a constant). The log-normal
+//! stands in while fewer than [`EMPIRICAL_MIN_OBSERVATIONS`] requests have finished, and beyond
+//! the largest residuals (fewer than [`EMPIRICAL_MIN_SURVIVORS`] tail atoms above the age).
+//!
 //! At batch B > 1 the B highest indices run (the index rule has no batch form; with costs that
 //! amortize, filling the batch is what keeps throughput, see `BatchFormation`).
 
 use std::sync::OnceLock;
 
+use std::collections::VecDeque;
+
 use super::queue::{offer_in_order, KeyedQueue, OrdF64};
-use super::{BatchBuilder, Policy, ScheduleContext};
+use super::{BatchBuilder, Policy, ScheduleContext, SizePosterior};
 use crate::request::{FinishReason, IdMap, RequestId, RequestState};
 
 /// Spreads of the table (log-normal sigma), geometric from 0.05 to 3.
@@ -84,6 +98,21 @@ const REKEY_MU: f64 = 0.05;
 const REKEY_ACCEPTANCE: f64 = 0.02;
 /// Drafted tokens a finished request needs before its rate informs the acceptance prior.
 const MIN_DRAFTED_FOR_PRIOR: u64 = 8;
+
+/// Observed output lengths an empirical bucket keeps (the newest).
+/// Finished requests whose residuals the empirical posterior keeps (the newest).
+const EMPIRICAL_WINDOW: usize = 1024;
+/// Finished requests needed before the residuals replace the log-normal.
+const EMPIRICAL_MIN_OBSERVATIONS: usize = 32;
+/// Largest residuals kept as atoms of their own (the tail decides whether old requests run).
+const EMPIRICAL_TAIL_ATOMS: usize = 64;
+/// Atoms at most: the tail's, plus the body in groups of equal count.
+const EMPIRICAL_MAX_ATOMS: usize = 96;
+/// Tail atoms above a request's age needed to use the residuals (else the log-normal's tail).
+const EMPIRICAL_MIN_SURVIVORS: usize = 4;
+/// Finished requests between two rebuilds of the atoms (they also rebuild when the regression
+/// moves enough to re-key the queue).
+const EMPIRICAL_REBUILD_EVERY: u32 = 16;
 
 /// Survival function of the standard normal, P(Z > z).
 fn normal_survival(z: f64) -> f64 {
@@ -257,6 +286,145 @@ fn interpolate(points: impl Iterator<Item = (f64, f64)>, x: f64) -> f64 {
     }
 }
 
+/// Gittins rank (seconds per completion, the reciprocal index) of a request of age `age` whose
+/// length is one of the ascending `atoms` (length in tokens, weight; all above the age) with
+/// probability proportional to its weight, at `s_per_token` with `prefill_s` owed first. Every
+/// quantum worth considering ends at an atom; each is evaluated (O(atoms)).
+fn rank_over_atoms(
+    atoms: impl Iterator<Item = (f64, f64)>,
+    total_weight: f64,
+    age: f64,
+    s_per_token: f64,
+    prefill_s: f64,
+) -> f64 {
+    let mut atoms = atoms.peekable();
+    // Weighted tokens of the atoms that finish within the quantum, and their weight.
+    let mut finished_tokens = 0.0;
+    let mut finished_weight = 0.0;
+    let mut best = f64::INFINITY;
+    while let Some((length, weight)) = atoms.next() {
+        finished_tokens += weight * (length - age);
+        finished_weight += weight;
+        // Evaluate a quantum once per distinct length, at the last of its ties.
+        if atoms.peek().is_some_and(|&(next, _)| next <= length) {
+            continue;
+        }
+        let unfinished_weight = (total_weight - finished_weight).max(0.0);
+        // Expected time of the quantum, times the total weight.
+        let time_s = prefill_s * total_weight
+            + s_per_token * (finished_tokens + unfinished_weight * (length - age));
+        best = best.min(time_s / finished_weight);
+    }
+    best
+}
+
+/// The residuals of `ln(actual)` around the regression's median over the newest finished
+/// requests, as weighted atoms of `e^residual` (module header, "Empirical posterior").
+#[derive(Debug, Default)]
+pub struct ResidualAtoms {
+    /// (ln predicted, ln actual) of the newest finished requests; NaN without a prediction.
+    observations: VecDeque<(f64, f64)>,
+    /// Ascending (factor e^residual, weight) for requests with and without a prediction.
+    predicted: Vec<(f64, f64)>,
+    unpredicted: Vec<(f64, f64)>,
+    /// Finished requests since the last rebuild.
+    since_rebuild: u32,
+}
+
+impl ResidualAtoms {
+    fn observe(&mut self, ln_predicted: Option<f64>, ln_actual: f64) {
+        self.observations
+            .push_back((ln_predicted.unwrap_or(f64::NAN), ln_actual));
+        if self.observations.len() > EMPIRICAL_WINDOW {
+            self.observations.pop_front();
+        }
+        self.since_rebuild += 1;
+    }
+
+    fn needs_rebuild(&self) -> bool {
+        self.since_rebuild >= EMPIRICAL_REBUILD_EVERY
+            || (self.since_rebuild > 0 && self.observations.len() <= EMPIRICAL_MIN_OBSERVATIONS)
+    }
+
+    /// Recomputes the atoms around the current beliefs' medians (O(window log window)).
+    fn rebuild(&mut self, beliefs: &Beliefs) {
+        let mut predicted: Vec<f64> = Vec::with_capacity(self.observations.len());
+        let mut unpredicted: Vec<f64> = Vec::new();
+        for &(x, y) in &self.observations {
+            if x.is_nan() {
+                unpredicted.push(y - beliefs.size_log_median);
+            } else {
+                predicted.push(y - beliefs.alpha - beliefs.beta * x);
+            }
+        }
+        self.predicted = Self::atoms(predicted);
+        self.unpredicted = Self::atoms(unpredicted);
+        self.since_rebuild = 0;
+    }
+
+    /// Sorted residuals to atoms: the largest [`EMPIRICAL_TAIL_ATOMS`] one by one, the rest in
+    /// groups of equal count at their middle value.
+    fn atoms(mut residuals: Vec<f64>) -> Vec<(f64, f64)> {
+        if residuals.len() < EMPIRICAL_MIN_OBSERVATIONS {
+            return Vec::new();
+        }
+        residuals.sort_by(f64::total_cmp);
+        let body = residuals.len().saturating_sub(EMPIRICAL_TAIL_ATOMS);
+        let groups = EMPIRICAL_MAX_ATOMS - EMPIRICAL_TAIL_ATOMS;
+        let mut atoms = Vec::with_capacity(EMPIRICAL_MAX_ATOMS);
+        let mut start = 0;
+        for g in 0..groups {
+            let end = body * (g + 1) / groups;
+            if end > start {
+                // The group's middle residual: an observed value (a mean of two modes would be a
+                // length never seen).
+                let middle = residuals[(start + end) / 2];
+                atoms.push((middle.exp(), (end - start) as f64));
+            }
+            start = end;
+        }
+        atoms.extend(residuals[body..].iter().map(|r| (r.exp(), 1.0)));
+        atoms
+    }
+
+    /// Rank of a request of median `median_tokens` (the regression's, or the unpredicted
+    /// median) that has generated `age` tokens of at most `cap`; `None` where the log-normal
+    /// stands in.
+    fn rank_s(
+        &self,
+        predicted: bool,
+        median_tokens: f64,
+        age: u32,
+        cap: u32,
+        s_per_token: f64,
+        prefill_s: f64,
+    ) -> Option<f64> {
+        let atoms = if predicted {
+            &self.predicted
+        } else {
+            &self.unpredicted
+        };
+        let (age, cap) = (f64::from(age), f64::from(cap));
+        if atoms.is_empty() || cap <= age {
+            return None;
+        }
+        let survivors = &atoms[atoms.partition_point(|&(f, _)| median_tokens * f <= age)..];
+        if survivors.len() < EMPIRICAL_MIN_SURVIVORS {
+            return None;
+        }
+        let total_weight: f64 = survivors.iter().map(|&(_, w)| w).sum();
+        Some(rank_over_atoms(
+            survivors
+                .iter()
+                .map(|&(f, w)| ((median_tokens * f).min(cap), w)),
+            total_weight,
+            age,
+            s_per_token,
+            prefill_s,
+        ))
+    }
+}
+
 /// Running mean and variance (Welford) with a prior's pseudo-observations.
 #[derive(Debug, Clone, Copy)]
 struct LogStats {
@@ -374,6 +542,8 @@ pub struct Gittins {
     acceptance_m2: f64,
     /// The beliefs the queued keys were computed with.
     keyed: Beliefs,
+    /// The residuals, when the posterior is empirical.
+    empirical: Option<ResidualAtoms>,
 }
 
 impl Default for Gittins {
@@ -383,7 +553,12 @@ impl Default for Gittins {
 }
 
 impl Gittins {
+    /// The default posterior ([`SizePosterior::default`]).
     pub fn new() -> Self {
+        Self::with_size_posterior(SizePosterior::default())
+    }
+
+    pub fn with_size_posterior(posterior: SizePosterior) -> Self {
         let mut p = Self {
             table: IndexTable::get(),
             queue: KeyedQueue::default(),
@@ -403,6 +578,7 @@ impl Gittins {
                 prior_a: 1.0,
                 prior_b: 1.0,
             },
+            empirical: (posterior == SizePosterior::Empirical).then(ResidualAtoms::default),
         };
         p.keyed = p.beliefs();
         p
@@ -456,6 +632,18 @@ impl Gittins {
         } else {
             0.0
         };
+        if let Some(rank_s) = self.empirical.as_ref().and_then(|e| {
+            e.rank_s(
+                prediction.is_some(),
+                median_tokens,
+                r.generated_tokens,
+                r.spec.max_tokens,
+                s_per_token,
+                prefill_s,
+            )
+        }) {
+            return 1.0 / rank_s.max(1e-12);
+        }
         let unit_s = (s_per_token * median_tokens).max(1e-12);
         let age = f64::from(r.generated_tokens) / median_tokens;
         1.0 / (self.table.rank(sigma, age, prefill_s / unit_s) * unit_s)
@@ -486,6 +674,9 @@ impl Policy for Gittins {
             return;
         }
         let actual = f64::from(request.generated_tokens);
+        if let Some(e) = self.empirical.as_mut() {
+            e.observe(prediction.map(|p| f64::from(p.max(1)).ln()), actual.ln());
+        }
         if let Some(p) = prediction {
             self.regression.push(f64::from(p.max(1)).ln(), actual.ln());
         }
@@ -501,8 +692,17 @@ impl Policy for Gittins {
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
         let now = self.beliefs();
-        if now.moved_from(&self.keyed) {
+        let moved = now.moved_from(&self.keyed);
+        if moved {
             self.keyed = now;
+        }
+        if let Some(e) = self.empirical.as_mut() {
+            // Queued keys stay as they are until the beliefs move (like the log-normal's).
+            if moved || e.needs_rebuild() {
+                e.rebuild(&self.keyed);
+            }
+        }
+        if moved {
             let queued: Vec<RequestId> = self.queue.ids().collect();
             self.dirty.extend(queued);
         }
@@ -523,6 +723,7 @@ impl Policy for Gittins {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cost::StepCostModel;
     use crate::testutil::Fixture;
 
     /// Brute-force Gittins index of a discrete size distribution (`atoms`: (size, probability))
@@ -626,6 +827,125 @@ mod tests {
                 "age {age}: table {tabled} brute {brute}"
             );
         }
+    }
+
+    #[test]
+    fn the_atom_rank_matches_the_brute_force_on_weighted_atoms() {
+        // Deterministic pseudo-random atoms (lengths 1..1000, weights 1..5).
+        let mut x: u64 = 7;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as f64 / (1u64 << 31) as f64
+        };
+        for _ in 0..50 {
+            let mut atoms: Vec<(f64, f64)> = (0..12)
+                .map(|_| ((1.0 + 999.0 * next()).round(), (1.0 + 4.0 * next()).round()))
+                .collect();
+            atoms.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let age = (atoms[0].0 - 1.0).max(0.0) * next();
+            let (s_per_token, prefill_s) = (0.02, 3.0 * next());
+            let total: f64 = atoms.iter().map(|a| a.1).sum();
+            let rank = rank_over_atoms(atoms.iter().copied(), total, age, s_per_token, prefill_s);
+            let probabilities: Vec<(f64, f64)> =
+                atoms.iter().map(|&(l, w)| (l, w / total)).collect();
+            // discrete_index is in units of one token's time: index per second = index / s.
+            let brute = discrete_index(&probabilities, age, prefill_s / s_per_token) / s_per_token;
+            assert!(
+                (rank * brute - 1.0).abs() < 1e-9,
+                "atoms {atoms:?} age {age}: rank {rank}, brute-force index {brute}"
+            );
+        }
+    }
+
+    /// A Gittins policy taught that predictions of 100 tokens end at 50 or at 500 (half each),
+    /// never anywhere else: a shape no log-normal has.
+    fn taught_two_modes(posterior: SizePosterior) -> Gittins {
+        let mut p = Gittins::with_size_posterior(posterior);
+        for id in 100..300 {
+            let mut r = RequestState::new(
+                crate::request::RequestSpec::new(id, 0.0, 10, 1000)
+                    .with_predicted_output_tokens(100),
+            );
+            p.on_arrival(&r, 0.0);
+            r.generated_tokens = if id % 2 == 0 { 50 } else { 500 };
+            r.phase = crate::request::RequestPhase::Finished(FinishReason::Stop);
+            p.on_finish(&r);
+        }
+        p
+    }
+
+    #[test]
+    fn the_empirical_posterior_keeps_the_shape_the_log_normal_loses() {
+        let mut f = Fixture::new(1);
+        arrive(&mut f, 1, 0.0, Some(100));
+        f.get_mut(1).prefilled = true;
+        // Past the short mode, 440 tokens are certainly left: the index is exactly 1 / (440 c).
+        f.get_mut(1).generated_tokens = 60;
+        let ctx = ScheduleContext {
+            now_s: 0.0,
+            requests: &f.requests,
+            running: &f.running,
+            speculation_length: 0,
+            cost: &f.cost,
+        };
+        let s_per_token = f.cost.sd_step_s(1, 0);
+        let mut empirical = taught_two_modes(SizePosterior::Empirical);
+        empirical.on_arrival(f.get(1), 0.0);
+        let mut batch = BatchBuilder::new(f.capacity, &f.requests, 0, &f.cost);
+        empirical.select(&ctx, &mut batch);
+        let index = empirical.index_per_s(f.get(1), &ctx);
+        assert!(
+            (index * 440.0 * s_per_token - 1.0).abs() < 1e-6,
+            "index {index}, expected {}",
+            1.0 / (440.0 * s_per_token)
+        );
+        // The log-normal spreads the same data over every length: far from that.
+        let mut log_normal = taught_two_modes(SizePosterior::LogNormal);
+        log_normal.on_arrival(f.get(1), 0.0);
+        let mut batch = BatchBuilder::new(f.capacity, &f.requests, 0, &f.cost);
+        log_normal.select(&ctx, &mut batch);
+        let other = log_normal.index_per_s(f.get(1), &ctx);
+        assert!((other * 440.0 * s_per_token - 1.0).abs() > 0.2, "{other}");
+    }
+
+    #[test]
+    fn max_tokens_bounds_the_empirical_posterior() {
+        // Taught long lengths (500 of 100 predicted), a request capped at 80 tokens that has
+        // produced 70 has exactly 10 left; without the cap it would have 430.
+        let mut f = Fixture::new(1);
+        f.arrive_with(1, 0.0, 10, 80, |s| s.predicted_output_tokens = Some(100));
+        f.get_mut(1).prefilled = true;
+        f.get_mut(1).generated_tokens = 70;
+        let ctx = ScheduleContext {
+            now_s: 0.0,
+            requests: &f.requests,
+            running: &f.running,
+            speculation_length: 0,
+            cost: &f.cost,
+        };
+        let s_per_token = f.cost.sd_step_s(1, 0);
+        let mut p = Gittins::with_size_posterior(SizePosterior::Empirical);
+        for id in 100..200 {
+            let mut r = RequestState::new(
+                crate::request::RequestSpec::new(id, 0.0, 10, 1000)
+                    .with_predicted_output_tokens(100),
+            );
+            p.on_arrival(&r, 0.0);
+            r.generated_tokens = 500;
+            r.phase = crate::request::RequestPhase::Finished(FinishReason::Stop);
+            p.on_finish(&r);
+        }
+        p.on_arrival(f.get(1), 0.0);
+        let mut batch = BatchBuilder::new(f.capacity, &f.requests, 0, &f.cost);
+        p.select(&ctx, &mut batch);
+        let index = p.index_per_s(f.get(1), &ctx);
+        assert!(
+            (index * 10.0 * s_per_token - 1.0).abs() < 1e-6,
+            "index {index}, expected {}",
+            1.0 / (10.0 * s_per_token)
+        );
     }
 
     fn arrive(f: &mut Fixture, id: u64, t: f64, predicted: Option<u32>) {

@@ -483,6 +483,20 @@ pub enum BatchFormation {
     Marginal,
 }
 
+/// Gittins: how the posterior of a request's output length is formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum SizePosterior {
+    /// Log-normal around the regression of ln(actual) on ln(predicted), one spread for all.
+    LogNormal,
+    /// The finished requests of the same prediction (or prompt-length) bucket, as observed,
+    /// capped at the request's max_tokens; log-normal while a bucket has too few
+    /// ([`gittins::EmpiricalLengths`]).
+    #[default]
+    Empirical,
+}
+
 /// LAPS-SD's estimate of tokens per SD step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -535,6 +549,8 @@ pub struct PolicyConfig {
     /// default true); false ranks every request by the estimate from arrival, with the prefill
     /// still owed and the acceptance rate shrunk toward the finished requests' (`laps_sd_srpt`).
     pub las_phase: bool,
+    /// Gittins: the output-length posterior (default empirical).
+    pub size_posterior: SizePosterior,
 }
 
 /// The server's default starvation bound, relative: a request that has not run for 100x the
@@ -567,6 +583,7 @@ impl Default for PolicyConfig {
             perceptible_placement: laps_sd::PerceptiblePlacement::WithinQueue,
             tokens_per_step: TokensPerStep::AcceptanceRate,
             las_phase: true,
+            size_posterior: SizePosterior::default(),
         }
     }
 }
@@ -673,6 +690,15 @@ impl PolicyConfig {
         if !self.las_phase {
             out.push("las-phase=false".to_string());
         }
+        if self.size_posterior != d.size_posterior {
+            out.push(format!(
+                "size-posterior={}",
+                match self.size_posterior {
+                    SizePosterior::LogNormal => "log-normal",
+                    SizePosterior::Empirical => "empirical",
+                }
+            ));
+        }
         if self.num_queues != d.num_queues {
             out.push(format!("num-queues={}", self.num_queues));
         }
@@ -748,6 +774,13 @@ impl PolicyConfig {
                 }
             }
             "las-phase" => self.las_phase = parse("las_phase", value)?,
+            "size-posterior" => {
+                self.size_posterior = match value.trim() {
+                    "log-normal" => SizePosterior::LogNormal,
+                    "empirical" => SizePosterior::Empirical,
+                    _ => return Err(bad("size_posterior", "log-normal or empirical")),
+                }
+            }
             "num-queues" => self.num_queues = parse("num_queues", value)?,
             "first-threshold-passes" => {
                 self.first_threshold_passes = parse("first_threshold_passes", value)?
@@ -761,7 +794,7 @@ impl PolicyConfig {
                     reason: format!(
                         "unknown setting {other:?} (expected max-wait-s, max-wait-factor, fcfs-slack, batch-formation, \
                          marginal-full-at-queue, perceptible-placement, tokens-per-step, \
-                         las-phase, num-queues, first-threshold-passes, \
+                         las-phase, size-posterior, num-queues, first-threshold-passes, \
                          trail-no-preempt-fraction)"
                     ),
                 })
@@ -879,7 +912,9 @@ pub fn build_policy(kind: PolicyKind, config: &PolicyConfig) -> Result<Box<dyn P
             placement: config.perceptible_placement,
             mean_accepted_length: config.tokens_per_step == TokensPerStep::MeanAcceptedLength,
         })),
-        PolicyKind::Gittins => Box::new(gittins::Gittins::new()),
+        PolicyKind::Gittins => {
+            Box::new(gittins::Gittins::with_size_posterior(config.size_posterior))
+        }
     };
     let aged: Box<dyn Policy> = if config.max_wait_s.is_some() || config.max_wait_factor.is_some() {
         Box::new(compose::Aging::with_bounds(

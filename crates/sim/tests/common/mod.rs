@@ -74,7 +74,8 @@ pub fn poisson_requests(
                     acceptance_rate: 0.5,
                     draft_length: None,
                 },
-                max_tokens: output_tokens + 1,
+                // Uninformative: a cap tied to the length would tell `gittins` the size.
+                max_tokens: u32::MAX,
                 predicted_output_tokens: Some(output_tokens),
                 served_predicted_output_tokens: None,
             }
