@@ -4,8 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::{SchedulerOutput, StepKind, StepResult};
-
 /// Costs of the pieces of a speculative-decoding step, in seconds.
 pub trait StepCostModel: Send + Sync {
     /// One draft forward pass over `batch` sequences (one token each).
@@ -180,49 +178,6 @@ pub struct StepObservation {
     /// Tokens those prefills computed.
     pub prefill_tokens: u32,
     pub duration_s: f64,
-}
-
-impl StepObservation {
-    /// A step in the cost model's terms: the scheduled `output` and what its members drafted
-    /// (`results`, matched by id; a member without a result drafted nothing). The server logs
-    /// this; the simulator charges it, so both count a step the same way.
-    pub fn of_step(
-        output: &SchedulerOutput,
-        results: &[StepResult],
-        duration_s: f64,
-        t_s: f64,
-    ) -> Self {
-        let drafted_of = |id| {
-            results
-                .iter()
-                .find(|r| r.id == id)
-                .map_or(0, |r| r.drafted_tokens)
-        };
-        let mut observation = Self {
-            t_s,
-            decode_members: 0,
-            verified_tokens: 0,
-            draft_passes: 0,
-            prefills: 0,
-            prefill_tokens: 0,
-            duration_s,
-        };
-        for member in &output.batch {
-            match member.kind {
-                StepKind::Prefill { tokens } | StepKind::PrefillChunk { tokens } => {
-                    observation.prefills += 1;
-                    observation.prefill_tokens += tokens;
-                }
-                StepKind::Decode { .. } => {
-                    let drafted = drafted_of(member.id);
-                    observation.decode_members += 1;
-                    observation.verified_tokens += drafted + 1;
-                    observation.draft_passes = observation.draft_passes.max(drafted);
-                }
-            }
-        }
-        observation
-    }
 }
 
 /// The regressors of one observation, in [`LinearCost`]'s terms: a step costs

@@ -17,6 +17,7 @@
 //! (aging, batch formation) and LAPS-SD's knobs are fields of [`PolicyConfig`]; a configured
 //! policy is a [`PolicySpec`] (`laps-sd[las-phase=false]`).
 
+pub mod batch;
 pub mod cost;
 pub mod error;
 pub mod kv;

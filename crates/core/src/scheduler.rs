@@ -8,7 +8,8 @@ use crate::request::{IdMap, IdSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{LinearCost, StepCostModel};
+pub use crate::batch::Capacity;
+use crate::cost::{LinearCost, StepCostModel, StepObservation};
 use crate::error::CoreError;
 use crate::kv::KvAccountant;
 use crate::policy::{BatchBuilder, Policy, ScheduleContext};
@@ -17,18 +18,6 @@ use crate::request::{
     FinishReason, RequestId, RequestPhase, RequestSpec, RequestState, StabilityRule,
 };
 use crate::speculation::{self, DecodeMember, FixedWork, SpeculationMode};
-
-/// What one step may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Capacity {
-    /// Most requests in one step.
-    pub max_batch: usize,
-    /// Most tokens processed in one step: prefill tokens plus (k + 1) per decoding request.
-    /// A prefill larger than this runs in chunks of at most this many tokens, one per step.
-    pub max_step_tokens: u64,
-    /// KV memory budget in tokens, summed over resident requests (with lookahead).
-    pub kv_budget_tokens: u64,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedulerConfig {
@@ -104,6 +93,51 @@ pub struct StepResult {
     /// Set when the request ended in this step (EOS / stop). Reaching `max_tokens` is detected by
     /// the scheduler itself.
     pub finished: Option<FinishReason>,
+}
+
+// The step-log record is the cost model's; how a scheduled step maps onto it is the scheduler's
+// (so `cost` does not depend on `scheduler`).
+impl StepObservation {
+    /// A step in the cost model's terms: the scheduled `output` and what its members drafted
+    /// (`results`, matched by id; a member without a result drafted nothing). The server logs
+    /// this; the simulator charges it, so both count a step the same way.
+    pub fn of_step(
+        output: &SchedulerOutput,
+        results: &[StepResult],
+        duration_s: f64,
+        t_s: f64,
+    ) -> Self {
+        let drafted_of = |id| {
+            results
+                .iter()
+                .find(|r| r.id == id)
+                .map_or(0, |r| r.drafted_tokens)
+        };
+        let mut observation = Self {
+            t_s,
+            decode_members: 0,
+            verified_tokens: 0,
+            draft_passes: 0,
+            prefills: 0,
+            prefill_tokens: 0,
+            duration_s,
+        };
+        for member in &output.batch {
+            match member.kind {
+                StepKind::Prefill { tokens } | StepKind::PrefillChunk { tokens } => {
+                    observation.prefills += 1;
+                    observation.prefill_tokens += tokens;
+                }
+                StepKind::Decode { .. } => {
+                    let drafted = drafted_of(member.id);
+                    observation.decode_members += 1;
+                    observation.verified_tokens += drafted + 1;
+                    observation.draft_passes = observation.draft_passes.max(drafted);
+                }
+            }
+        }
+        observation
+    }
 }
 
 /// The scheduler: mechanism around a [`Policy`].

@@ -3,10 +3,10 @@
 
 use crate::request::IdMap;
 
+use crate::batch::Capacity;
 use crate::cost::LinearCost;
 use crate::policy::{BatchBuilder, Policy, ScheduleContext};
 use crate::request::{RequestId, RequestPhase, RequestSpec, RequestState};
-use crate::scheduler::Capacity;
 
 /// A cheap linear cost: draft 1 ms, verify 10 ms + 0.1 ms per token, prefill 5 ms + 0.01 ms/token.
 pub(crate) fn test_cost() -> LinearCost {
