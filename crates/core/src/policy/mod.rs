@@ -275,8 +275,8 @@ pub const SERVER_DEFAULT_MAX_WAIT_FACTOR: f64 = 100.0;
 /// The server's default tail bound: p99 latency within about this many times the p99 FCFS would
 /// give the same requests ([`compose::FcfsPromise`]). From the regime matrix's trade-off between
 /// mean and tail (docs/scheduling.md): at 3 the worst p99 against FCFS at load 0.9 falls from
-/// 6.4x to 3.7x for about 1% of the mean below load 0.8 and 7.5% at 0.9 (geometric means over the
-/// regimes); 1.5 gets 2.1x for 4.6% and 16%.
+/// 5.9x to 3.5x for about 1% of the mean up to load 0.8 and 7% at 0.9 (geometric means over the
+/// regimes); 1.5 gets 2.1x for 4.4% and 15%.
 pub const SERVER_DEFAULT_FCFS_SLACK: f64 = 3.0;
 
 impl Default for PolicyConfig {
