@@ -859,21 +859,53 @@ mod tests {
         }
     }
 
+    /// Finishes requests `ids` (all predicted at `predicted` tokens) with the lengths
+    /// `length_of(id)` gives, so that `p` learns from them.
+    fn teach(
+        p: &mut Gittins,
+        ids: std::ops::Range<u64>,
+        predicted: u32,
+        length_of: impl Fn(u64) -> u32,
+    ) {
+        for id in ids {
+            let mut r = RequestState::new(
+                crate::request::RequestSpec::new(id, 0.0, 10, 1000)
+                    .with_predicted_output_tokens(predicted),
+            );
+            p.on_arrival(&r, 0.0);
+            r.generated_tokens = length_of(id);
+            r.phase = crate::request::RequestPhase::Finished(FinishReason::Stop);
+            p.on_finish(&r);
+        }
+    }
+
     /// A Gittins policy taught that predictions of 100 tokens end at 50 or at 500 (half each),
     /// never anywhere else: a shape no log-normal has.
     fn taught_two_modes(posterior: SizePosterior) -> Gittins {
         let mut p = Gittins::with_size_posterior(posterior);
-        for id in 100..300 {
-            let mut r = RequestState::new(
-                crate::request::RequestSpec::new(id, 0.0, 10, 1000)
-                    .with_predicted_output_tokens(100),
-            );
-            p.on_arrival(&r, 0.0);
-            r.generated_tokens = if id % 2 == 0 { 50 } else { 500 };
-            r.phase = crate::request::RequestPhase::Finished(FinishReason::Stop);
-            p.on_finish(&r);
-        }
+        teach(
+            &mut p,
+            100..300,
+            100,
+            |id| if id % 2 == 0 { 50 } else { 500 },
+        );
         p
+    }
+
+    /// Index per second of request `id` of `f` after `p` has seen it arrive and made one
+    /// decision (which rebuilds what it learnt), at k = 0.
+    fn index_after_a_decision(p: &mut Gittins, f: &Fixture, id: u64) -> f64 {
+        p.on_arrival(f.get(id), 0.0);
+        let ctx = ScheduleContext {
+            now_s: 0.0,
+            requests: &f.requests,
+            running: &f.running,
+            speculation_length: 0,
+            cost: &f.cost,
+        };
+        let mut batch = BatchBuilder::new(f.capacity, &f.requests, 0, &f.cost);
+        p.select(&ctx, &mut batch);
+        p.index_per_s(f.get(id), &ctx)
     }
 
     #[test]
@@ -883,30 +915,15 @@ mod tests {
         f.get_mut(1).prefilled = true;
         // Past the short mode, 440 tokens are certainly left: the index is exactly 1 / (440 c).
         f.get_mut(1).generated_tokens = 60;
-        let ctx = ScheduleContext {
-            now_s: 0.0,
-            requests: &f.requests,
-            running: &f.running,
-            speculation_length: 0,
-            cost: &f.cost,
-        };
         let s_per_token = f.cost.sd_step_s(1, 0);
-        let mut empirical = taught_two_modes(SizePosterior::Empirical);
-        empirical.on_arrival(f.get(1), 0.0);
-        let mut batch = BatchBuilder::new(f.capacity, &f.requests, 0, &f.cost);
-        empirical.select(&ctx, &mut batch);
-        let index = empirical.index_per_s(f.get(1), &ctx);
+        let index = index_after_a_decision(&mut taught_two_modes(SizePosterior::Empirical), &f, 1);
         assert!(
             (index * 440.0 * s_per_token - 1.0).abs() < 1e-6,
             "index {index}, expected {}",
             1.0 / (440.0 * s_per_token)
         );
         // The log-normal spreads the same data over every length: far from that.
-        let mut log_normal = taught_two_modes(SizePosterior::LogNormal);
-        log_normal.on_arrival(f.get(1), 0.0);
-        let mut batch = BatchBuilder::new(f.capacity, &f.requests, 0, &f.cost);
-        log_normal.select(&ctx, &mut batch);
-        let other = log_normal.index_per_s(f.get(1), &ctx);
+        let other = index_after_a_decision(&mut taught_two_modes(SizePosterior::LogNormal), &f, 1);
         assert!((other * 440.0 * s_per_token - 1.0).abs() > 0.2, "{other}");
     }
 
@@ -918,29 +935,10 @@ mod tests {
         f.arrive_with(1, 0.0, 10, 80, |s| s.predicted_output_tokens = Some(100));
         f.get_mut(1).prefilled = true;
         f.get_mut(1).generated_tokens = 70;
-        let ctx = ScheduleContext {
-            now_s: 0.0,
-            requests: &f.requests,
-            running: &f.running,
-            speculation_length: 0,
-            cost: &f.cost,
-        };
         let s_per_token = f.cost.sd_step_s(1, 0);
         let mut p = Gittins::with_size_posterior(SizePosterior::Empirical);
-        for id in 100..200 {
-            let mut r = RequestState::new(
-                crate::request::RequestSpec::new(id, 0.0, 10, 1000)
-                    .with_predicted_output_tokens(100),
-            );
-            p.on_arrival(&r, 0.0);
-            r.generated_tokens = 500;
-            r.phase = crate::request::RequestPhase::Finished(FinishReason::Stop);
-            p.on_finish(&r);
-        }
-        p.on_arrival(f.get(1), 0.0);
-        let mut batch = BatchBuilder::new(f.capacity, &f.requests, 0, &f.cost);
-        p.select(&ctx, &mut batch);
-        let index = p.index_per_s(f.get(1), &ctx);
+        teach(&mut p, 100..200, 100, |_| 500);
+        let index = index_after_a_decision(&mut p, &f, 1);
         assert!(
             (index * 10.0 * s_per_token - 1.0).abs() < 1e-6,
             "index {index}, expected {}",
@@ -957,16 +955,7 @@ mod tests {
         let mut f = Fixture::new(1);
         let mut p = Gittins::new();
         // Teach it that predictions are exact: sigma at its floor.
-        for id in 100..140 {
-            let mut r = RequestState::new(
-                crate::request::RequestSpec::new(id, 0.0, 10, 1000)
-                    .with_predicted_output_tokens(50),
-            );
-            p.on_arrival(&r, 0.0);
-            r.generated_tokens = 50;
-            r.phase = crate::request::RequestPhase::Finished(FinishReason::Stop);
-            p.on_finish(&r);
-        }
+        teach(&mut p, 100..140, 50, |_| 50);
         assert!(p.prediction_sigma() < 0.3, "{}", p.prediction_sigma());
         arrive(&mut f, 1, 0.0, Some(300));
         arrive(&mut f, 2, 0.0, Some(100));
