@@ -322,8 +322,8 @@ fn rank_over_atoms(
 /// requests, as weighted atoms of `e^residual` (module header, "Empirical posterior").
 #[derive(Debug, Default)]
 pub struct ResidualAtoms {
-    /// (ln predicted, ln actual) of the newest finished requests; NaN without a prediction.
-    observations: VecDeque<(f64, f64)>,
+    /// (ln predicted if there was a prediction, ln actual) of the newest finished requests.
+    observations: VecDeque<(Option<f64>, f64)>,
     /// Ascending (factor e^residual, weight) for requests with and without a prediction.
     predicted: Vec<(f64, f64)>,
     unpredicted: Vec<(f64, f64)>,
@@ -333,8 +333,7 @@ pub struct ResidualAtoms {
 
 impl ResidualAtoms {
     fn observe(&mut self, ln_predicted: Option<f64>, ln_actual: f64) {
-        self.observations
-            .push_back((ln_predicted.unwrap_or(f64::NAN), ln_actual));
+        self.observations.push_back((ln_predicted, ln_actual));
         if self.observations.len() > EMPIRICAL_WINDOW {
             self.observations.pop_front();
         }
@@ -351,10 +350,9 @@ impl ResidualAtoms {
         let mut predicted: Vec<f64> = Vec::with_capacity(self.observations.len());
         let mut unpredicted: Vec<f64> = Vec::new();
         for &(x, y) in &self.observations {
-            if x.is_nan() {
-                unpredicted.push(y - beliefs.size_log_median);
-            } else {
-                predicted.push(y - beliefs.alpha - beliefs.beta * x);
+            match x {
+                Some(x) => predicted.push(y - beliefs.alpha - beliefs.beta * x),
+                None => unpredicted.push(y - beliefs.size_log_median),
             }
         }
         self.predicted = Self::atoms(predicted);
@@ -673,14 +671,15 @@ impl Policy for Gittins {
         if !completed || request.generated_tokens == 0 {
             return;
         }
-        let actual = f64::from(request.generated_tokens);
+        let ln_actual = f64::from(request.generated_tokens).ln();
+        let ln_predicted = prediction.map(|p| f64::from(p.max(1)).ln());
         if let Some(e) = self.empirical.as_mut() {
-            e.observe(prediction.map(|p| f64::from(p.max(1)).ln()), actual.ln());
+            e.observe(ln_predicted, ln_actual);
         }
-        if let Some(p) = prediction {
-            self.regression.push(f64::from(p.max(1)).ln(), actual.ln());
+        if let Some(x) = ln_predicted {
+            self.regression.push(x, ln_actual);
         }
-        self.size_stats.push(actual.ln());
+        self.size_stats.push(ln_actual);
         let drafted = request.acceptance.drafted_tokens;
         if drafted >= MIN_DRAFTED_FOR_PRIOR {
             let rate = request.acceptance.accepted_tokens as f64 / drafted as f64;
