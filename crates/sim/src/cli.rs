@@ -194,6 +194,11 @@ pub struct SimArgs {
     /// Matrix: only each profile's own batch size (skip batch 1).
     #[arg(long, requires = "matrix")]
     pub matrix_no_batch_one: bool,
+    /// Matrix: independent runs per regime (seeds --seed, --seed + 1, ...), pooled: latencies
+    /// averaged, the lowest throughput share kept. Near saturation one run's mean moves by a few
+    /// percent with any change to a policy's arithmetic; N runs shrink that by sqrt(N).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), requires = "matrix")]
+    pub matrix_replications: u32,
 }
 
 /// Parses one `--matrix-predictors` entry.
@@ -286,6 +291,7 @@ pub fn matrix_from_args(args: &SimArgs) -> Result<crate::matrix::MatrixConfig, S
         policies: parse_policies(&args.policy, &policy_config)?,
         requests: args.requests,
         seed: args.seed,
+        replications: args.matrix_replications as usize,
         speculation_length: args.speculation_length,
         jobs: jobs.max(1),
     })

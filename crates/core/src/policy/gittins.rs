@@ -48,13 +48,15 @@
 //! fixed shape and an unbounded tail; real lengths have neither: ShareGPT's residuals around an
 //! online predictor's median are skewed, a noisy predictor's error is not log-normal once the
 //! lengths are clamped, and `max_tokens` bounds every request (an old request near its cap is
-//! nearly done, not likely to run forever). So the regression's *residuals* over the newest
-//! [`EMPIRICAL_WINDOW`] finished requests are kept as they are, and a request's length is
-//! distributed as `min(median * e^residual, max_tokens)` over them, conditioned on its age; the
-//! index is evaluated exactly on those atoms ([`ResidualAtoms`]: the body in groups, the tail one
-//! by one, at most [`EMPIRICAL_MAX_ATOMS`] atoms, so a key costs a constant). The log-normal
-//! stands in while fewer than [`EMPIRICAL_MIN_OBSERVATIONS`] requests have finished, and beyond
-//! the largest residuals (fewer than [`EMPIRICAL_MIN_SURVIVORS`] tail atoms above the age).
+//! nearly done, not likely to run forever). So the regression's *residuals* over a cohort of the
+//! newest [`EMPIRICAL_WINDOW`] requests to have produced a token are kept as they are, the live
+//! ones as censored observations ("longer than its age"; Kaplan-Meier), and a request's length
+//! is distributed as `min(median * e^residual, max_tokens)` over them, conditioned on its age;
+//! the index is evaluated exactly on those atoms ([`ResidualAtoms`]: the body in groups, the tail
+//! one by one, at most [`EMPIRICAL_MAX_ATOMS`] atoms, so a key costs a constant). The log-normal
+//! stands in while fewer than [`EMPIRICAL_MIN_OBSERVATIONS`] requests of the cohort have
+//! completed, and beyond the largest residuals (fewer than [`EMPIRICAL_MIN_SURVIVORS`] tail
+//! atoms above the age).
 //!
 //! At batch B > 1 the B highest indices run (the index rule has no batch form; with costs that
 //! amortize, filling the batch is what keeps throughput, see `BatchFormation`).
@@ -99,15 +101,16 @@ const REKEY_ACCEPTANCE: f64 = 0.02;
 /// Drafted tokens a finished request needs before its rate informs the acceptance prior.
 const MIN_DRAFTED_FOR_PRIOR: u64 = 8;
 
-/// Observed output lengths an empirical bucket keeps (the newest).
-/// Finished requests whose residuals the empirical posterior keeps (the newest).
+/// Requests in the empirical posterior's cohort (the newest to have produced a token).
 const EMPIRICAL_WINDOW: usize = 1024;
-/// Finished requests needed before the residuals replace the log-normal.
+/// Completed requests in the cohort needed before the residuals replace the log-normal.
 const EMPIRICAL_MIN_OBSERVATIONS: usize = 32;
 /// Largest residuals kept as atoms of their own (the tail decides whether old requests run).
 const EMPIRICAL_TAIL_ATOMS: usize = 64;
-/// Atoms at most: the tail's, plus the body in groups of equal count.
+/// Atoms at most: the tail's, the unobserved tail's, and the body in groups of equal count.
 const EMPIRICAL_MAX_ATOMS: usize = 96;
+/// Atoms for the mass beyond the largest censored residual (the log-normal's tail there).
+const UNOBSERVED_TAIL_ATOMS: usize = 8;
 /// Tail atoms above a request's age needed to use the residuals (else the log-normal's tail).
 const EMPIRICAL_MIN_SURVIVORS: usize = 4;
 /// Finished requests between two rebuilds of the atoms (they also rebuild when the regression
@@ -117,6 +120,20 @@ const EMPIRICAL_REBUILD_EVERY: u32 = 16;
 /// Survival function of the standard normal, P(Z > z).
 fn normal_survival(z: f64) -> f64 {
     0.5 * libm::erfc(z / std::f64::consts::SQRT_2)
+}
+
+/// The z with `normal_survival(z) = p`, by bisection on [-40, 40] (rebuilds only).
+fn normal_survival_inverse(p: f64) -> f64 {
+    let (mut lo, mut hi) = (-40.0_f64, 40.0_f64);
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if normal_survival(mid) > p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 /// The index of a median-1 log-normal of spread `sigma`, by table (module header). It stores the
@@ -318,57 +335,179 @@ fn rank_over_atoms(
     best
 }
 
-/// The residuals of `ln(actual)` around the regression's median over the newest finished
+/// What became of a request of the cohort ([`ResidualAtoms`]).
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// Still live: censored at its current age when the atoms are rebuilt.
+    Running,
+    /// Completed with ln(output tokens).
+    Finished(f64),
+    /// Left without completing (cancelled, failed) at ln(output tokens): censored there.
+    Censored(f64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CohortEntry {
+    id: RequestId,
+    ln_predicted: Option<f64>,
+    outcome: Outcome,
+}
+
+/// The residuals of `ln(length)` around the regression's median over a cohort of recent
 /// requests, as weighted atoms of `e^residual` (module header, "Empirical posterior").
+///
+/// The cohort is the newest [`EMPIRICAL_WINDOW`] requests *to have produced a token*, finished or
+/// not, and the distribution is their Kaplan-Meier estimate (Kaplan and Meier, "Nonparametric
+/// estimation from incomplete observations", JASA 53, 1958): a live request is a censored
+/// observation, "longer than its age". Taking only the newest *finished* requests would be
+/// survivorship-biased: the long requests of the same period are still running (after a start,
+/// a burst, or under an LAS-like order, for a long time), so the tail would be missing exactly
+/// when it decides what to run. Entering the cohort at the first token does not depend on the
+/// request's length, and a non-anticipating scheduler's censoring depends only on the age, so
+/// the estimate is unbiased. Mass the cohort cannot place (every request older than the last
+/// completion is still running) goes on the log-normal's tail beyond the largest censored age.
 #[derive(Debug, Default)]
 pub struct ResidualAtoms {
-    /// (ln predicted if there was a prediction, ln actual) of the newest finished requests.
-    observations: VecDeque<(Option<f64>, f64)>,
+    /// The cohort in order of first token; the front is the oldest.
+    cohort: VecDeque<CohortEntry>,
+    /// Entries ever pushed before the front (the sequence number of the front).
+    front_seq: u64,
+    /// Live requests that entered the cohort, by sequence number (stale once evicted).
+    entered: IdMap<u64>,
     /// Ascending (factor e^residual, weight) for requests with and without a prediction.
     predicted: Vec<(f64, f64)>,
     unpredicted: Vec<(f64, f64)>,
-    /// Finished requests since the last rebuild.
+    /// Requests that left (completed or not) since the last rebuild.
     since_rebuild: u32,
+    /// Completions ever seen.
+    completions: usize,
 }
 
 impl ResidualAtoms {
-    fn observe(&mut self, ln_predicted: Option<f64>, ln_actual: f64) {
-        self.observations.push_back((ln_predicted, ln_actual));
-        if self.observations.len() > EMPIRICAL_WINDOW {
-            self.observations.pop_front();
+    fn push(&mut self, entry: CohortEntry) -> u64 {
+        self.cohort.push_back(entry);
+        if self.cohort.len() > EMPIRICAL_WINDOW {
+            self.cohort.pop_front();
+            self.front_seq += 1;
         }
-        self.since_rebuild += 1;
+        self.front_seq + self.cohort.len() as u64 - 1
+    }
+
+    /// A request took part in a step: it enters the cohort with its first token.
+    fn on_step(&mut self, id: RequestId, ln_predicted: Option<f64>, generated_tokens: u32) {
+        if generated_tokens == 0 || self.entered.contains_key(&id) {
+            return;
+        }
+        let seq = self.push(CohortEntry {
+            id,
+            ln_predicted,
+            outcome: Outcome::Running,
+        });
+        self.entered.insert(id, seq);
+    }
+
+    /// A request left with `generated_tokens`, completed or not.
+    fn on_finish(
+        &mut self,
+        id: RequestId,
+        ln_predicted: Option<f64>,
+        generated_tokens: u32,
+        completed: bool,
+    ) {
+        let outcome = match (completed, generated_tokens) {
+            (_, 0) => None,
+            (true, n) => Some(Outcome::Finished(f64::from(n).ln())),
+            (false, n) => Some(Outcome::Censored(f64::from(n).ln())),
+        };
+        let slot = self
+            .entered
+            .remove(&id)
+            .and_then(|seq| seq.checked_sub(self.front_seq))
+            .and_then(|i| usize::try_from(i).ok());
+        match (slot, outcome) {
+            (Some(i), Some(outcome)) => {
+                if let Some(entry) = self.cohort.get_mut(i) {
+                    entry.outcome = outcome;
+                }
+            }
+            // Finished within its first step: it enters now.
+            (None, Some(outcome)) if !self.entered.contains_key(&id) => {
+                self.push(CohortEntry {
+                    id,
+                    ln_predicted,
+                    outcome,
+                });
+            }
+            _ => {}
+        }
+        if matches!(outcome, Some(Outcome::Finished(_))) {
+            self.completions += 1;
+        }
+        if outcome.is_some() {
+            self.since_rebuild += 1;
+        }
     }
 
     fn needs_rebuild(&self) -> bool {
         self.since_rebuild >= EMPIRICAL_REBUILD_EVERY
-            || (self.since_rebuild > 0 && self.observations.len() <= EMPIRICAL_MIN_OBSERVATIONS)
+            || (self.since_rebuild > 0 && self.completions <= EMPIRICAL_MIN_OBSERVATIONS)
     }
 
-    /// Recomputes the atoms around the current beliefs' medians (O(window log window)).
-    fn rebuild(&mut self, beliefs: &Beliefs) {
-        let mut predicted: Vec<f64> = Vec::with_capacity(self.observations.len());
-        let mut unpredicted: Vec<f64> = Vec::new();
-        for &(x, y) in &self.observations {
-            match x {
-                Some(x) => predicted.push(y - beliefs.alpha - beliefs.beta * x),
-                None => unpredicted.push(y - beliefs.size_log_median),
+    /// Recomputes the atoms around the current beliefs' medians, reading the live requests'
+    /// ages from `requests` (O(window log window)).
+    fn rebuild(&mut self, beliefs: &Beliefs, requests: &IdMap<RequestState>) {
+        // (residual, completed?) per cohort member with something to say.
+        let mut predicted: Vec<(f64, bool)> = Vec::with_capacity(self.cohort.len());
+        let mut unpredicted: Vec<(f64, bool)> = Vec::new();
+        for e in &self.cohort {
+            let (ln_length, completed) = match e.outcome {
+                Outcome::Finished(y) => (y, true),
+                Outcome::Censored(y) => (y, false),
+                Outcome::Running => match requests.get(&e.id) {
+                    Some(r) if r.generated_tokens > 0 => {
+                        (f64::from(r.generated_tokens).ln(), false)
+                    }
+                    _ => continue,
+                },
+            };
+            match e.ln_predicted {
+                Some(x) => {
+                    predicted.push((ln_length - beliefs.alpha - beliefs.beta * x, completed))
+                }
+                None => unpredicted.push((ln_length - beliefs.size_log_median, completed)),
             }
         }
-        self.predicted = Self::atoms(predicted);
-        self.unpredicted = Self::atoms(unpredicted);
+        self.predicted = Self::atoms(predicted, beliefs.sigma);
+        self.unpredicted = Self::atoms(unpredicted, beliefs.size_sigma);
         self.since_rebuild = 0;
     }
 
-    /// Sorted residuals to atoms: the largest [`EMPIRICAL_TAIL_ATOMS`] one by one, the rest in
-    /// groups of equal count at their middle value.
-    fn atoms(mut residuals: Vec<f64>) -> Vec<(f64, f64)> {
-        if residuals.len() < EMPIRICAL_MIN_OBSERVATIONS {
+    /// Kaplan-Meier weights of the completed residuals, with censored ones "longer than"
+    /// theirs; mass left beyond the largest censored residual goes on the tail of a normal of
+    /// spread `sigma` there. Then to atoms: the largest [`EMPIRICAL_TAIL_ATOMS`] one by one, the
+    /// rest in groups of equal count at their middle value.
+    fn atoms(mut residuals: Vec<(f64, bool)>, sigma: f64) -> Vec<(f64, f64)> {
+        let completions = residuals.iter().filter(|&&(_, done)| done).count();
+        if completions < EMPIRICAL_MIN_OBSERVATIONS {
             return Vec::new();
         }
-        residuals.sort_by(f64::total_cmp);
-        let body = residuals.len().saturating_sub(EMPIRICAL_TAIL_ATOMS);
-        let groups = EMPIRICAL_MAX_ATOMS - EMPIRICAL_TAIL_ATOMS;
+        // Ascending; at a tie completions first (censored at r means longer than r).
+        residuals.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut at_risk = residuals.len() as f64;
+        let mut survival = 1.0;
+        let mut weighted: Vec<(f64, f64)> = Vec::with_capacity(completions);
+        let mut largest_censored = f64::NEG_INFINITY;
+        for &(r, done) in &residuals {
+            if done {
+                weighted.push((r, survival / at_risk));
+                survival *= 1.0 - 1.0 / at_risk;
+            } else {
+                largest_censored = r;
+            }
+            at_risk -= 1.0;
+        }
+        let body = weighted.len().saturating_sub(EMPIRICAL_TAIL_ATOMS);
+        let groups = EMPIRICAL_MAX_ATOMS - EMPIRICAL_TAIL_ATOMS - UNOBSERVED_TAIL_ATOMS;
         let mut atoms = Vec::with_capacity(EMPIRICAL_MAX_ATOMS);
         let mut start = 0;
         for g in 0..groups {
@@ -376,12 +515,24 @@ impl ResidualAtoms {
             if end > start {
                 // The group's middle residual: an observed value (a mean of two modes would be a
                 // length never seen).
-                let middle = residuals[(start + end) / 2];
-                atoms.push((middle.exp(), (end - start) as f64));
+                let middle = weighted[(start + end) / 2].0;
+                let weight: f64 = weighted[start..end].iter().map(|&(_, w)| w).sum();
+                atoms.push((middle.exp(), weight));
             }
             start = end;
         }
-        atoms.extend(residuals[body..].iter().map(|r| (r.exp(), 1.0)));
+        atoms.extend(weighted[body..].iter().map(|&(r, w)| (r.exp(), w)));
+        if survival > 1e-9 && largest_censored.is_finite() {
+            // Quantiles of N(0, sigma^2) beyond the largest censored residual, equal mass each.
+            let beyond = normal_survival(largest_censored / sigma);
+            for i in 0..UNOBSERVED_TAIL_ATOMS {
+                let u = (i as f64 + 0.5) / UNOBSERVED_TAIL_ATOMS as f64;
+                let r = sigma
+                    * normal_survival_inverse(beyond * (1.0 - u)).max(largest_censored / sigma);
+                atoms.push((r.exp(), survival / UNOBSERVED_TAIL_ATOMS as f64));
+            }
+            atoms.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
         atoms
     }
 
@@ -658,7 +809,17 @@ impl Policy for Gittins {
         self.dirty.push(request.id());
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
-        self.dirty.push(request.id());
+        let id = request.id();
+        self.dirty.push(id);
+        if let Some(e) = self.empirical.as_mut() {
+            let ln_predicted = self
+                .predictions
+                .get(&id)
+                .copied()
+                .flatten()
+                .map(|p| f64::from(p.max(1)).ln());
+            e.on_step(id, ln_predicted, request.generated_tokens);
+        }
     }
     fn on_finish(&mut self, request: &RequestState) {
         let id = request.id();
@@ -668,14 +829,14 @@ impl Policy for Gittins {
             request.phase,
             crate::request::RequestPhase::Finished(FinishReason::Stop | FinishReason::Length)
         );
+        let ln_predicted = prediction.map(|p| f64::from(p.max(1)).ln());
+        if let Some(e) = self.empirical.as_mut() {
+            e.on_finish(id, ln_predicted, request.generated_tokens, completed);
+        }
         if !completed || request.generated_tokens == 0 {
             return;
         }
         let ln_actual = f64::from(request.generated_tokens).ln();
-        let ln_predicted = prediction.map(|p| f64::from(p.max(1)).ln());
-        if let Some(e) = self.empirical.as_mut() {
-            e.observe(ln_predicted, ln_actual);
-        }
         if let Some(x) = ln_predicted {
             self.regression.push(x, ln_actual);
         }
@@ -698,7 +859,7 @@ impl Policy for Gittins {
         if let Some(e) = self.empirical.as_mut() {
             // Queued keys stay as they are until the beliefs move (like the log-normal's).
             if moved || e.needs_rebuild() {
-                e.rebuild(&self.keyed);
+                e.rebuild(&self.keyed, ctx.requests);
             }
         }
         if moved {
@@ -943,6 +1104,42 @@ mod tests {
             "index {index}, expected {}",
             1.0 / (10.0 * s_per_token)
         );
+    }
+
+    #[test]
+    fn live_requests_count_as_censored_observations() {
+        // 96 requests finished at 50 tokens and 160 at 1,000, while 128 more are still running
+        // at 300 tokens. Kaplan-Meier: the short mode has 96 of the 384 at risk, P = 1/4 (the
+        // finished requests alone would say 3/8), and the long mode the remaining 3/4. A fresh
+        // request's best quantum is then the short one: index = (1/4) / (50 c) = 1 / (200 c).
+        // (The counts keep the body's groups of 8 within one mode.)
+        let mut f = Fixture::new(1);
+        arrive(&mut f, 1, 0.0, Some(100));
+        f.get_mut(1).prefilled = true;
+        let mut p = Gittins::with_size_posterior(SizePosterior::Empirical);
+        for id in 1000..1128 {
+            arrive(&mut f, id, 0.0, Some(100));
+            f.get_mut(id).prefilled = true;
+            f.get_mut(id).generated_tokens = 300;
+            p.on_arrival(f.get(id), 0.0);
+            p.on_step(f.get(id), 0.0);
+        }
+        teach(&mut p, 100..356, 100, |id| if id < 196 { 50 } else { 1000 });
+        let s_per_token = f.cost.sd_step_s(1, 0);
+        let index = index_after_a_decision(&mut p, &f, 1);
+        assert!(
+            (index * 200.0 * s_per_token - 1.0).abs() < 1e-6,
+            "index {index}, expected {}",
+            1.0 / (200.0 * s_per_token)
+        );
+        // Cancelled where they stood, they stay censored at 300: the same estimate.
+        for id in 1000..1128 {
+            f.get_mut(id).phase = crate::request::RequestPhase::Finished(FinishReason::Cancelled);
+            p.on_finish(f.get(id));
+            f.requests.remove(&id);
+        }
+        let index = index_after_a_decision(&mut p, &f, 1);
+        assert!((index * 200.0 * s_per_token - 1.0).abs() < 1e-6, "{index}");
     }
 
     fn arrive(f: &mut Fixture, id: u64, t: f64, predicted: Option<u32>) {
