@@ -65,7 +65,7 @@ use std::sync::OnceLock;
 
 use std::collections::VecDeque;
 
-use super::queue::{offer_in_order, KeyedQueue, OrdF64};
+use super::queue::{offer_in_order, LazyKeyedQueue, OrdF64};
 use super::{BatchBuilder, Policy, ScheduleContext, SizePosterior};
 use crate::request::{FinishReason, IdMap, RequestId, RequestState};
 
@@ -678,8 +678,7 @@ type Key = (i32, OrdF64, OrdF64);
 #[derive(Debug)]
 pub struct Gittins {
     table: &'static IndexTable,
-    queue: KeyedQueue<Key>,
-    dirty: Vec<RequestId>,
+    queue: LazyKeyedQueue<Key>,
     /// Each live request's prediction at arrival (the scheduler may re-predict later; the
     /// posterior conditions on the generated tokens instead).
     predictions: IdMap<Option<u32>>,
@@ -710,8 +709,7 @@ impl Gittins {
     pub fn with_size_posterior(posterior: SizePosterior) -> Self {
         let mut p = Self {
             table: IndexTable::get(),
-            queue: KeyedQueue::default(),
-            dirty: Vec::new(),
+            queue: LazyKeyedQueue::default(),
             predictions: IdMap::default(),
             regression: LogRegression::default(),
             size_stats: LogStats::with_prior(PRIOR_MEDIAN_TOKENS.ln(), PRIOR_SIGMA),
@@ -806,11 +804,11 @@ impl Policy for Gittins {
     fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
         self.predictions
             .insert(request.id(), request.spec.predicted_output_tokens);
-        self.dirty.push(request.id());
+        self.queue.mark_stale(request.id());
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
         let id = request.id();
-        self.dirty.push(id);
+        self.queue.mark_stale(id);
         if let Some(e) = self.empirical.as_mut() {
             let ln_predicted = self
                 .predictions
@@ -863,19 +861,18 @@ impl Policy for Gittins {
             }
         }
         if moved {
-            let queued: Vec<RequestId> = self.queue.ids().collect();
-            self.dirty.extend(queued);
+            self.queue.mark_all_stale();
         }
-        for id in std::mem::take(&mut self.dirty) {
-            if let Some(r) = ctx.requests.get(&id) {
-                let key = (
-                    r.spec.priority_or_default(),
-                    OrdF64(-self.index_per_s(r, ctx)),
-                    OrdF64(r.spec.arrival_s),
-                );
-                self.queue.insert(id, key);
-            }
-        }
+        // The keys read `self`; the queue is set aside while they are computed.
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.rekey(ctx.requests, |r| {
+            (
+                r.spec.priority_or_default(),
+                OrdF64(-self.index_per_s(r, ctx)),
+                OrdF64(r.spec.arrival_s),
+            )
+        });
+        self.queue = queue;
         offer_in_order(batch, self.queue.ids());
     }
 }

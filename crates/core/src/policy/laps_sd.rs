@@ -43,7 +43,7 @@
 use crate::request::IdMap;
 use serde::{Deserialize, Serialize};
 
-use super::queue::{offer_in_order, KeyedQueue, OrdF64};
+use super::queue::{offer_in_order, LazyKeyedQueue, OrdF64};
 use super::{BatchBuilder, Policy, ScheduleContext};
 use crate::cost::StepCostModel;
 use crate::request::{RequestId, RequestState};
@@ -77,12 +77,11 @@ type Key = (i32, (u8, usize), OrdF64, OrdF64);
 #[derive(Debug)]
 pub struct LapsSd {
     config: LapsSdConfig,
-    queue: KeyedQueue<Key>,
+    queue: LazyKeyedQueue<Key>,
     /// Queue a perceptible request was in when it became perceptible.
     frozen_level: IdMap<usize>,
     /// Queue each request is in (as of its last key refresh).
     levels: IdMap<usize>,
-    dirty: Vec<RequestId>,
 }
 
 /// LAPS-SD's estimate of the remaining execution time (seconds at batch 1), or `None` before
@@ -109,10 +108,9 @@ impl LapsSd {
     pub fn new(config: LapsSdConfig) -> Self {
         Self {
             config,
-            queue: KeyedQueue::default(),
+            queue: LazyKeyedQueue::default(),
             frozen_level: Default::default(),
             levels: Default::default(),
-            dirty: Vec::new(),
         }
     }
 
@@ -171,10 +169,10 @@ impl Policy for LapsSd {
         "laps-sd"
     }
     fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
-        self.dirty.push(request.id());
+        self.queue.mark_stale(request.id());
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
-        self.dirty.push(request.id());
+        self.queue.mark_stale(request.id());
     }
     fn on_finish(&mut self, request: &RequestState) {
         let id = request.id();
@@ -183,12 +181,11 @@ impl Policy for LapsSd {
         self.levels.remove(&id);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
-        for id in std::mem::take(&mut self.dirty) {
-            if let Some(r) = ctx.requests.get(&id) {
-                let key = self.key(r, ctx.speculation_length, ctx.cost);
-                self.queue.insert(id, key);
-            }
-        }
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.rekey(ctx.requests, |r| {
+            self.key(r, ctx.speculation_length, ctx.cost)
+        });
+        self.queue = queue;
         offer_in_order(batch, self.queue.ids());
     }
 }

@@ -31,10 +31,10 @@
 //! bounded number of times as the pooled rate settles. A request whose KV is freed while it waits
 //! keeps a key without the recompute cost (no hook reports the eviction), as in `oracle`.
 
-use super::queue::{offer_in_order, KeyedQueue, OrdF64};
+use super::queue::{offer_in_order, LazyKeyedQueue, OrdF64};
 use super::{execution_time_s, BatchBuilder, Policy, ScheduleContext};
 use crate::cost::StepCostModel;
-use crate::request::{IdMap, RequestId, RequestState};
+use crate::request::{IdMap, RequestState};
 
 /// Drafted tokens' worth of weight the prior acceptance rate carries against a request's own.
 pub const PRIOR_WEIGHT_TOKENS: f64 = 8.0;
@@ -47,8 +47,7 @@ type Key = (i32, OrdF64, OrdF64);
 
 #[derive(Debug, Default)]
 pub struct LapsSdSrpt {
-    queue: KeyedQueue<Key>,
-    dirty: Vec<RequestId>,
+    queue: LazyKeyedQueue<Key>,
     /// Latest (accepted, drafted) of each live request, pooled into the prior when it finishes.
     counts: IdMap<(u64, u64)>,
     finished_accepted: u64,
@@ -104,10 +103,10 @@ impl Policy for LapsSdSrpt {
         "laps-sd"
     }
     fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
-        self.dirty.push(request.id());
+        self.queue.mark_stale(request.id());
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
-        self.dirty.push(request.id());
+        self.queue.mark_stale(request.id());
         self.counts.insert(
             request.id(),
             (
@@ -127,22 +126,17 @@ impl Policy for LapsSdSrpt {
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
         let prior = self.prior_acceptance_rate();
         if (prior - self.keyed_prior).abs() > PRIOR_REKEY_THRESHOLD {
-            let queued: Vec<RequestId> = self.queue.ids().collect();
-            self.dirty.extend(queued);
+            self.queue.mark_all_stale();
             self.keyed_prior = prior;
         }
-        for id in std::mem::take(&mut self.dirty) {
-            if let Some(r) = ctx.requests.get(&id) {
-                let t =
-                    estimated_remaining_with_prefill_s(r, ctx.speculation_length, ctx.cost, prior);
-                let key = (
-                    r.spec.priority_or_default(),
-                    OrdF64(t),
-                    OrdF64(r.spec.arrival_s),
-                );
-                self.queue.insert(id, key);
-            }
-        }
+        self.queue.rekey(ctx.requests, |r| {
+            let t = estimated_remaining_with_prefill_s(r, ctx.speculation_length, ctx.cost, prior);
+            (
+                r.spec.priority_or_default(),
+                OrdF64(t),
+                OrdF64(r.spec.arrival_s),
+            )
+        });
         offer_in_order(batch, self.queue.ids());
     }
 }

@@ -10,15 +10,14 @@
 //! for arrivals and batch members; a request whose KV is later freed keeps the key it had (its
 //! recompute cost is not added).
 
-use super::queue::{offer_in_order, KeyedQueue, OrdF64};
+use super::queue::{offer_in_order, LazyKeyedQueue, OrdF64};
 use super::{execution_time_s, BatchBuilder, Policy, ScheduleContext};
 use crate::cost::StepCostModel;
-use crate::request::{RequestId, RequestState};
+use crate::request::RequestState;
 
 #[derive(Debug, Default)]
 pub struct Oracle {
-    queue: KeyedQueue<(i32, OrdF64, OrdF64)>,
-    dirty: Vec<RequestId>,
+    queue: LazyKeyedQueue<(i32, OrdF64, OrdF64)>,
 }
 
 /// Expected tokens per SD step with speculation length `k` and per-token acceptance
@@ -52,26 +51,23 @@ impl Policy for Oracle {
         "oracle"
     }
     fn on_arrival(&mut self, request: &RequestState, _now_s: f64) {
-        self.dirty.push(request.id());
+        self.queue.mark_stale(request.id());
     }
     fn on_step(&mut self, request: &RequestState, _now_s: f64) {
-        self.dirty.push(request.id());
+        self.queue.mark_stale(request.id());
     }
     fn on_finish(&mut self, request: &RequestState) {
         let id = request.id();
         self.queue.remove(id);
     }
     fn select(&mut self, ctx: &ScheduleContext<'_>, batch: &mut BatchBuilder<'_>) {
-        for id in std::mem::take(&mut self.dirty) {
-            if let Some(r) = ctx.requests.get(&id) {
-                let key = (
-                    r.spec.priority_or_default(),
-                    OrdF64(true_remaining_s(r, ctx.speculation_length, ctx.cost)),
-                    OrdF64(r.spec.arrival_s),
-                );
-                self.queue.insert(id, key);
-            }
-        }
+        self.queue.rekey(ctx.requests, |r| {
+            (
+                r.spec.priority_or_default(),
+                OrdF64(true_remaining_s(r, ctx.speculation_length, ctx.cost)),
+                OrdF64(r.spec.arrival_s),
+            )
+        });
         offer_in_order(batch, self.queue.ids());
     }
 }

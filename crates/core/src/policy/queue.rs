@@ -5,7 +5,7 @@
 //! Every key starts with the client priority (lower first, vLLM's convention), so every policy
 //! honours `priority` as its first sort key.
 
-use crate::request::{IdMap, IdSet};
+use crate::request::{IdMap, IdSet, RequestState};
 use std::collections::BTreeSet;
 
 use crate::policy::BatchBuilder;
@@ -90,6 +90,59 @@ impl<K: Ord + Clone> KeyedQueue<K> {
     }
     pub fn ids(&self) -> impl Iterator<Item = RequestId> + '_ {
         self.set.iter().map(|(_, id)| *id)
+    }
+}
+
+/// A [`KeyedQueue`] whose keys are recomputed only when they can have changed: a request's key
+/// depends on its own state, which changes when it arrives or runs, so the policy marks those
+/// requests stale and the next decision re-keys only them (O(b log n) per decision, not O(n)).
+/// When what every key depends on moves (a learnt prior), the policy marks them all.
+#[derive(Debug, Clone)]
+pub(crate) struct LazyKeyedQueue<K: Ord + Clone> {
+    queue: KeyedQueue<K>,
+    stale: Vec<RequestId>,
+}
+
+impl<K: Ord + Clone> Default for LazyKeyedQueue<K> {
+    fn default() -> Self {
+        Self {
+            queue: KeyedQueue::default(),
+            stale: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> LazyKeyedQueue<K> {
+    /// `id` arrived or ran: its key is recomputed at the next [`Self::rekey`].
+    pub fn mark_stale(&mut self, id: RequestId) {
+        self.stale.push(id);
+    }
+    /// Every queued key is recomputed at the next [`Self::rekey`] (O(n), when beliefs move).
+    pub fn mark_all_stale(&mut self) {
+        self.stale.extend(self.queue.ids());
+    }
+    pub fn remove(&mut self, id: RequestId) {
+        self.queue.remove(id);
+    }
+    /// Recomputes the stale keys of requests still in `requests` (finished ones are dropped).
+    pub fn rekey(
+        &mut self,
+        requests: &IdMap<RequestState>,
+        mut key: impl FnMut(&RequestState) -> K,
+    ) {
+        for id in std::mem::take(&mut self.stale) {
+            if let Some(r) = requests.get(&id) {
+                self.queue.insert(id, key(r));
+            }
+        }
+    }
+    #[cfg(test)]
+    pub fn key(&self, id: RequestId) -> Option<&K> {
+        self.queue.key(id)
+    }
+    /// Queued ids in key order (best first).
+    pub fn ids(&self) -> impl Iterator<Item = RequestId> + '_ {
+        self.queue.ids()
     }
 }
 
