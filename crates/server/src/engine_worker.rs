@@ -26,9 +26,10 @@ use crate::backend::{
     Backend, BackendFinish, BackendStepOutput, BatchMember, SamplingParams, TokenLogprob,
 };
 use crate::error::{ApiError, ServerError};
-use crate::inflight::{queue_level, GenerateCommand, Inflight, LogprobEntry, ResponseEvent};
+use crate::inflight::{GenerateCommand, Inflight, LogprobEntry, ResponseEvent};
 use crate::metrics::{Metrics, REQUEST_STATES};
 use crate::model_text::ModelText;
+use lapsd_core::policy::laps_sd::attained_service_level;
 
 /// Commands from handlers to the worker.
 pub enum WorkerCommand {
@@ -499,7 +500,7 @@ impl EngineWorker {
                 self.scheduler.request(member.id),
                 self.inflight.get_mut(&member.id),
             ) {
-                r.visit_level(queue_level(
+                r.visit_level(attained_service_level(
                     state.attained_service_passes,
                     cfg.first_threshold_passes,
                     cfg.num_queues,
@@ -516,7 +517,7 @@ impl EngineWorker {
             return;
         };
         let cfg = &self.ctx.policy_config;
-        r.visit_level(queue_level(
+        r.visit_level(attained_service_level(
             state.attained_service_passes,
             cfg.first_threshold_passes,
             cfg.num_queues,
@@ -585,11 +586,11 @@ impl EngineWorker {
                 RequestPhase::Finished(_) => continue,
             };
             by_state[slot] += 1;
-            let level = queue_level(
+            let level = attained_service_level(
                 r.attained_service_passes,
                 self.ctx.policy_config.first_threshold_passes,
                 num_queues,
-            ) as usize;
+            );
             by_level[level.min(num_queues - 1)] += 1;
             perceptible += i64::from(r.perceptible);
         }

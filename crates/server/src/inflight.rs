@@ -101,7 +101,8 @@ impl Inflight {
         let _ = self.events_tx.send(event);
     }
 
-    pub fn visit_level(&mut self, level: u32) {
+    pub fn visit_level(&mut self, level: usize) {
+        let level = u32::try_from(level).unwrap_or(u32::MAX);
         if !self.queue_levels.contains(&level) {
             self.queue_levels.push(level);
         }
@@ -149,35 +150,5 @@ impl Inflight {
                 },
             },
         }
-    }
-}
-
-/// The multi-level queue a request with `passes` of attained service sits in under FastServe /
-/// LAPS-SD thresholds: level 0 below `first_threshold_passes`, each next level's threshold doubles,
-/// the last level takes the rest. A derived view for reporting (the policy keeps its own queues).
-pub fn queue_level(passes: u64, first_threshold_passes: u64, num_queues: usize) -> u32 {
-    let mut level = 0u32;
-    let mut threshold = first_threshold_passes.max(1);
-    while (level as usize) + 1 < num_queues && passes >= threshold {
-        level += 1;
-        threshold = threshold.saturating_mul(2);
-    }
-    level
-}
-
-#[cfg(test)]
-mod tests {
-    use super::queue_level;
-
-    #[test]
-    fn levels_double_and_cap() {
-        assert_eq!(queue_level(0, 16, 4), 0);
-        assert_eq!(queue_level(15, 16, 4), 0);
-        assert_eq!(queue_level(16, 16, 4), 1);
-        assert_eq!(queue_level(31, 16, 4), 1);
-        assert_eq!(queue_level(32, 16, 4), 2);
-        assert_eq!(queue_level(64, 16, 4), 3);
-        assert_eq!(queue_level(10_000, 16, 4), 3);
-        assert_eq!(queue_level(10_000, 16, 1), 0);
     }
 }

@@ -104,6 +104,20 @@ pub fn estimated_remaining_s(
     Some(f64::from(r.predicted_remaining_tokens()) * step_s / tokens_per_step)
 }
 
+/// The queue of LAPS-SD's least-attained-service phase for `attained_passes`: queue `l` holds
+/// requests below a cumulative threshold of `first_threshold_passes * 2^l` passes, the last
+/// queue the rest (the server reports the levels a request visited with the same rule).
+pub fn attained_service_level(
+    attained_passes: u64,
+    first_threshold_passes: u64,
+    num_queues: usize,
+) -> usize {
+    let last = num_queues.saturating_sub(1);
+    (0..last)
+        .find(|&l| attained_passes < first_threshold_passes.saturating_mul(1u64 << l.min(62)))
+        .unwrap_or(last)
+}
+
 impl LapsSd {
     pub fn new(config: LapsSdConfig) -> Self {
         Self {
@@ -123,10 +137,11 @@ impl LapsSd {
 
     /// Queue of a non-perceptible request with this attained service.
     pub fn level_for(&self, attained_passes: u64) -> usize {
-        let last = self.config.num_queues.saturating_sub(1);
-        (0..last)
-            .find(|&l| attained_passes < self.threshold_passes(l))
-            .unwrap_or(last)
+        attained_service_level(
+            attained_passes,
+            self.config.first_threshold_passes,
+            self.config.num_queues,
+        )
     }
 
     /// The queue `id` is in (perceptible: frozen), if known to the policy.
@@ -194,6 +209,18 @@ impl Policy for LapsSd {
 mod tests {
     use super::*;
     use crate::testutil::Fixture;
+
+    #[test]
+    fn attained_service_levels_double_and_cap() {
+        assert_eq!(attained_service_level(0, 16, 4), 0);
+        assert_eq!(attained_service_level(15, 16, 4), 0);
+        assert_eq!(attained_service_level(16, 16, 4), 1);
+        assert_eq!(attained_service_level(31, 16, 4), 1);
+        assert_eq!(attained_service_level(32, 16, 4), 2);
+        assert_eq!(attained_service_level(64, 16, 4), 3);
+        assert_eq!(attained_service_level(10_000, 16, 4), 3);
+        assert_eq!(attained_service_level(10_000, 16, 1), 0);
+    }
 
     fn config(placement: PerceptiblePlacement) -> LapsSdConfig {
         LapsSdConfig {
