@@ -148,6 +148,18 @@ impl ChatTemplate {
     }
 }
 
+impl ChatTemplate {
+    /// Renders `(role, content)` turns followed by the cue for the assistant's reply (what a
+    /// chat-completions request needs).
+    pub fn render_turns(&self, turns: &[(String, String)]) -> Result<String, ChatError> {
+        let messages: Vec<ChatMessage> = turns
+            .iter()
+            .map(|(role, content)| ChatMessage::new(role.as_str(), content.as_str()))
+            .collect();
+        self.render(&messages, true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,9 +184,19 @@ impl DecodeStream {
 
     /// Appends `id` and returns the newly completed text (possibly empty).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, EngineError> {
+        self.push_with(|ids| tokenizer.decode(ids), id)
+    }
+
+    /// [`Self::push`] with any decoder of id slices (the server decodes through its model-text
+    /// trait).
+    pub fn push_with<E>(
+        &mut self,
+        decode: impl Fn(&[u32]) -> Result<String, E>,
+        id: u32,
+    ) -> Result<String, E> {
         self.ids.push(id);
-        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        let prefix = decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = decode(&self.ids[self.prefix_offset..])?;
         if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
             let piece = full
                 .get(prefix.len()..)
@@ -200,8 +210,63 @@ impl DecodeStream {
         }
     }
 
+    /// Text held back at the end of generation (an incomplete character comes out as U+FFFD).
+    pub fn flush_with<E>(
+        &mut self,
+        decode: impl Fn(&[u32]) -> Result<String, E>,
+    ) -> Result<String, E> {
+        if self.read_offset == self.ids.len() {
+            return Ok(String::new());
+        }
+        let prefix = decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(full
+            .get(prefix.len()..)
+            .map(str::to_string)
+            .unwrap_or_default())
+    }
+
     /// Every id pushed so far.
     pub fn ids(&self) -> &[u32] {
         &self.ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeStream;
+
+    /// A byte-level code: token id = one byte of UTF-8.
+    fn bytes(ids: &[u32]) -> Result<String, std::convert::Infallible> {
+        let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[test]
+    fn the_stream_never_splits_a_utf8_character() {
+        let mut d = DecodeStream::new();
+        let mut out = String::new();
+        let mut pieces = 0;
+        for id in "aé€b".bytes().map(u32::from) {
+            let piece = d.push_with(bytes, id).expect("decodes");
+            assert!(!piece.contains('\u{FFFD}'), "broken character in {piece:?}");
+            pieces += usize::from(!piece.is_empty());
+            out.push_str(&piece);
+        }
+        out.push_str(&d.flush_with(bytes).expect("decodes"));
+        assert_eq!(out, "aé€b");
+        assert_eq!(pieces, 4, "one piece per character");
+    }
+
+    #[test]
+    fn flush_releases_an_incomplete_character_as_a_replacement() {
+        let mut d = DecodeStream::new();
+        let euro: Vec<u32> = "€".bytes().map(u32::from).collect();
+        assert_eq!(d.push_with(bytes, u32::from(b'a')).expect("decodes"), "a");
+        assert_eq!(d.push_with(bytes, euro[0]).expect("decodes"), "");
+        assert_eq!(d.flush_with(bytes).expect("decodes"), "\u{FFFD}");
+        assert_eq!(d.flush_with(bytes).expect("decodes"), "");
     }
 }

@@ -431,7 +431,8 @@ impl EngineWorker {
                 if let Some(lp) = o.logprobs.get(index) {
                     logprobs.push(logprob_entry(self.ctx.text.as_ref(), lp));
                 }
-                let piece = match r.decoder.push(self.ctx.text.as_ref(), token) {
+                let model_text = self.ctx.text.as_ref();
+                let piece = match r.decoder.push_with(|ids| model_text.decode(ids), token) {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(id = member.id, error = %e, "detokenization failed");
@@ -523,7 +524,11 @@ impl EngineWorker {
             cfg.num_queues,
         ));
         if !r.stopped_by_string {
-            let rest = r.decoder.flush(self.ctx.text.as_ref()).unwrap_or_default();
+            let text = self.ctx.text.as_ref();
+            let rest = r
+                .decoder
+                .flush_with(|ids| text.decode(ids))
+                .unwrap_or_default();
             let out = r.stop.push(&rest);
             let mut text = out.emit;
             if out.stopped {

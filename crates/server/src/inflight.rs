@@ -10,8 +10,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api::openai::{RequestMetrics, SchedulingStats, SpecDecodeStats, Usage};
 use crate::error::ApiError;
-use crate::model_text::{IncrementalDecoder, StopMatcher};
+use crate::model_text::StopMatcher;
 use crate::validation::ValidRequest;
+use lapsd_engine::DecodeStream;
 
 /// What the worker sends a handler about its request, in order: any number of `Text`, then
 /// exactly one `Finished` or `Error`.
@@ -64,7 +65,7 @@ pub struct Inflight {
     pub _permit: OwnedSemaphorePermit,
     pub prompt_tokens: u32,
     pub arrival_s: f64,
-    pub decoder: IncrementalDecoder,
+    pub decoder: DecodeStream,
     pub stop: StopMatcher,
     /// A stop string ended the output (nothing more is sent).
     pub stopped_by_string: bool,
@@ -87,7 +88,7 @@ impl Inflight {
             events_tx: cmd.events_tx,
             _permit: cmd.permit,
             arrival_s,
-            decoder: IncrementalDecoder::new(),
+            decoder: DecodeStream::new(),
             stopped_by_string: false,
             completion_tokens: 0,
             first_token_s: None,

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lapsd_engine::chat::{ChatMessage, ChatTemplate};
+use lapsd_engine::chat::ChatTemplate;
 use lapsd_engine::engine::{EngineConfig, SdEngine, SeqFinish, SeqStepOutput, StepMember};
 use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{EngineError, Tokenizer};
@@ -152,12 +152,8 @@ impl ModelText for EngineText {
         self.tokenizer.decode(ids).map_err(|e| e.to_string())
     }
     fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String> {
-        let messages: Vec<ChatMessage> = messages
-            .iter()
-            .map(|(role, content)| ChatMessage::new(role.as_str(), content.as_str()))
-            .collect();
         self.chat_template
-            .render(&messages, true)
+            .render_turns(messages)
             .map_err(|e| e.to_string())
     }
     fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError> {

@@ -613,7 +613,13 @@ fn unsupported(u: &UnsupportedParams) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use crate::api::json::parse_body;
-    use crate::model_text::render_chatml;
+
+    /// The ChatML fallback, as the engine renders it.
+    fn render_chatml(m: &[(String, String)]) -> String {
+        lapsd_engine::chat::ChatTemplate::chatml()
+            .render_turns(m)
+            .expect("ChatML renders any turns")
+    }
 
     /// One token per whitespace-separated word (enough to test the limits).
     struct Words;

@@ -262,7 +262,7 @@ fn render_chatml_len(turns: &[(&str, &str)]) -> usize {
         .iter()
         .map(|(r, c)| (r.to_string(), c.to_string()))
         .collect();
-    lapsd_server::model_text::render_chatml(&t).len()
+    common::render_chatml(&t).len()
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use lapsd_core::{Capacity, PolicyConfig, PolicyKind};
 use lapsd_server::backend::{
     Backend, BackendError, BackendFinish, BackendStepOutput, SamplingParams, TokenLogprob,
 };
-use lapsd_server::model_text::{render_chatml, ChatPromptError, ModelCard, ModelText};
+use lapsd_server::model_text::{ChatPromptError, ModelCard, ModelText};
 use lapsd_server::{LoadedModel, ModelLoader, ServerConfig, ServerHandle};
 
 pub const SCRIPT: &[u8] = b"The quick brown fox jumps over the lazy dog. ";
@@ -67,6 +67,13 @@ impl ModelText for ByteText {
         self.encode(&render_chatml(messages), false)
             .map_err(ChatPromptError::Tokenize)
     }
+}
+
+/// The ChatML fallback, as the engine renders it.
+pub fn render_chatml(m: &[(String, String)]) -> String {
+    lapsd_engine::chat::ChatTemplate::chatml()
+        .render_turns(m)
+        .expect("ChatML renders any turns")
 }
 
 struct ScriptedSeq {
