@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use lapsd_workload::arrivals::{validate_open_loop_rate, ArrivalProcess};
 
-use crate::arrivals::ArrivalProcess;
 use crate::client::{self, ClientConfig, Endpoint};
 use crate::length_model;
 use crate::plot;
@@ -15,7 +15,6 @@ use crate::report::{BenchReport, RunSettings};
 use crate::runner::{self, RunConfig};
 use crate::stats::Slo;
 use crate::tokens::TokenCounter;
-use crate::trace;
 use crate::workload::{self, PlanConfig, WorkloadSource};
 
 /// `lapsd bench` flags.
@@ -220,7 +219,9 @@ fn run_train_length_model(args: TrainLengthModelArgs) -> anyhow::Result<()> {
         let plan = workload::build_plan(&PlanConfig {
             source: &source,
             requests: Some(args.exclude_requests),
-            arrivals: ArrivalProcess::new(f64::INFINITY, 1.0)?,
+            // Only the prompts matter here; arrival times are not used.
+            arrivals: ArrivalProcess::Poisson,
+            rate_per_s: f64::INFINITY,
             seed,
             max_output_tokens: args.max_output_tokens,
             output_scale: args.output_scale,
@@ -297,19 +298,21 @@ fn run_bench(args: RunArgs) -> anyhow::Result<()> {
     let source = workload_source(&args.source)?;
     let is_trace = matches!(source, WorkloadSource::Trace { .. });
     let rate_per_s = args.rate.unwrap_or(f64::INFINITY);
-    let arrivals = ArrivalProcess::new(rate_per_s, args.burstiness)?;
+    validate_open_loop_rate(rate_per_s)?;
+    let arrivals = ArrivalProcess::from_burstiness(args.burstiness)?;
     let tokens = TokenCounter::from_flag(args.tokenizer.as_deref())?;
     let plan = workload::build_plan(&PlanConfig {
         source: &source,
         requests: args.requests,
         arrivals,
+        rate_per_s,
         seed: args.seed,
         max_output_tokens: args.max_output_tokens,
         output_scale: args.output_scale,
         tokens: &tokens,
     })?;
     if let Some(path) = &args.emit_sim_trace {
-        trace::write_sim_trace(&plan, path)?;
+        plan.write_sim_trace(path)?;
         eprintln!(
             "wrote simulator trace {} ({} requests)",
             path.display(),

@@ -2,6 +2,8 @@
 //! Per-request failures are not errors of the run: they are counted as [`crate::client::RequestErrorKind`].
 use std::path::PathBuf;
 
+use lapsd_workload::{ArrivalError, PlotError};
+
 /// Everything that can stop a benchmark run before or after it sends requests.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -35,9 +37,12 @@ pub enum BenchError {
     /// A result JSON file could not be parsed or written.
     #[error("result file {path}: {message}")]
     ResultFile { path: PathBuf, message: String },
+    /// `--rate` or `--burstiness` is out of range.
+    #[error(transparent)]
+    Arrivals(#[from] ArrivalError),
     /// Drawing a plot failed.
-    #[error("plot {path}: {message}")]
-    Plot { path: PathBuf, message: String },
+    #[error(transparent)]
+    Plot(#[from] PlotError),
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     HttpClient(String),
@@ -50,11 +55,11 @@ impl BenchError {
             BenchError::Io { .. } => "io",
             BenchError::Dataset { .. } => "dataset",
             BenchError::TraceLine { .. } => "trace_line",
-            BenchError::InvalidArgument { .. } => "invalid_argument",
+            BenchError::InvalidArgument { .. } | BenchError::Arrivals(_) => "invalid_argument",
             BenchError::EmptyWorkload(_) => "empty_workload",
             BenchError::Tokenizer { .. } => "tokenizer",
             BenchError::ResultFile { .. } => "result_file",
-            BenchError::Plot { .. } => "plot",
+            BenchError::Plot(_) => "plot",
             BenchError::HttpClient(_) => "http_client",
         }
     }

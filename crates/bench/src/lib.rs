@@ -2,7 +2,6 @@
 //! `vllm bench serve` (Poisson/gamma arrivals, streaming TTFT/TPOT/ITL/end-to-end latency,
 //! goodput, errors by kind, speculative-decoding acceptance statistics), with ShareGPT, GSM8K,
 //! built-in profiles and JSONL traces as workloads, and plots of the results.
-pub mod arrivals;
 pub mod cli;
 pub mod client;
 pub mod datasets;

@@ -1,32 +1,16 @@
 //! Plots as PNG and SVG with plotters: the latency CDF of one run, and mean / p99 latency against
-//! request rate across runs (one line per label, e.g. per scheduling policy). Text is rendered with
-//! plotters' pure-Rust `ab_glyph` backend and the DejaVu Sans font embedded in this crate
-//! (assets/DejaVuSans.ttf, Bitstream Vera licence in assets/DejaVuSans-LICENSE.txt), so no system
-//! fontconfig is needed.
+//! request rate across runs (one line per label, e.g. per scheduling policy). The font and the
+//! PNG + SVG writing are `lapsd_workload::plot`'s, shared with `lapsd sim`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
+use lapsd_workload::plot::{save_png_and_svg, Figure, FONT_FAMILY as FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::BenchError;
 use crate::report::BenchReport;
 use crate::stats::LatencySummary;
-
-const FONT: &str = "sans-serif";
-static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-static REGISTER_FONT: Once = Once::new();
-
-fn register_font() {
-    REGISTER_FONT.call_once(|| {
-        if plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_err() {
-            tracing::error!(
-                "embedded DejaVu Sans font could not be registered; plots will lack text"
-            );
-        }
-    });
-}
 
 /// A line chart: named series of (x, y) points.
 struct LineChart {
@@ -41,22 +25,11 @@ struct LineChart {
 impl LineChart {
     /// Writes `<stem>.png` and `<stem>.svg` into `dir`; returns both paths.
     fn save(&self, dir: &Path, stem: &str) -> Result<Vec<PathBuf>, BenchError> {
-        register_font();
-        std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
-        let png = dir.join(format!("{stem}.png"));
-        let svg = dir.join(format!("{stem}.svg"));
-        let size = (900, 560);
-        let plot_error = |path: &Path, message: String| BenchError::Plot {
-            path: path.to_path_buf(),
-            message,
-        };
-        self.draw(BitMapBackend::new(&png, size).into_drawing_area())
-            .map_err(|m| plot_error(&png, m))?;
-        self.draw(SVGBackend::new(&svg, size).into_drawing_area())
-            .map_err(|m| plot_error(&svg, m))?;
-        Ok(vec![png, svg])
+        Ok(save_png_and_svg(self, dir, stem, (900, 560))?)
     }
+}
 
+impl Figure for LineChart {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String> {
         let text = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(text)?;

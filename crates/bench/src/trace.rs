@@ -1,14 +1,11 @@
-//! JSONL traces: reading a request trace (`--trace`: one `{"prompt", "max_tokens", "arrival_s"}`
-//! object per line) and writing the simulator's trace format (`--emit-sim-trace`: one
-//! `{"arrival_s", "prompt_tokens", "output_tokens"}` per line) so `lapsd sim --trace` runs the same work.
-use std::io::Write;
+//! Request traces (`--trace`: one `{"prompt", "max_tokens", "arrival_s"}` object per line). The
+//! simulator's trace format, which `--emit-sim-trace` writes, is `lapsd_workload::trace`'s
+//! (`workload::Plan::write_sim_trace`).
 use std::path::Path;
 
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::BenchError;
-use crate::workload::{Plan, WorkItem};
 
 /// A request read from a `--trace` file.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,40 +68,6 @@ pub fn parse_trace(text: &str, path: &Path) -> Result<Vec<TraceRequest>, BenchEr
 pub fn load_trace(path: &Path) -> Result<Vec<TraceRequest>, BenchError> {
     let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
     parse_trace(&text, path)
-}
-
-/// One line of the simulator's trace format.
-#[derive(Debug, Serialize)]
-struct SimTraceLine {
-    arrival_s: f64,
-    prompt_tokens: u32,
-    output_tokens: u32,
-}
-
-/// Writes the plan in the simulator's trace format, in arrival order.
-pub fn write_sim_trace(plan: &Plan, path: &Path) -> Result<(), BenchError> {
-    let mut order: Vec<(f64, &WorkItem)> = plan
-        .arrivals_s
-        .iter()
-        .copied()
-        .zip(plan.items.iter())
-        .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut out = Vec::new();
-    for (arrival_s, item) in order {
-        let line = SimTraceLine {
-            arrival_s,
-            // The simulator needs at least one token of each (an empty trace prompt still costs a step).
-            prompt_tokens: item.prompt_tokens.max(1),
-            output_tokens: item.max_tokens.max(1),
-        };
-        // Serializing a struct of numbers cannot fail.
-        let json = serde_json::to_string(&line).expect("numbers serialize");
-        out.extend_from_slice(json.as_bytes());
-        out.push(b'\n');
-    }
-    let mut file = std::fs::File::create(path).map_err(|e| BenchError::io(path, e))?;
-    file.write_all(&out).map_err(|e| BenchError::io(path, e))
 }
 
 #[cfg(test)]
@@ -170,39 +133,5 @@ mod tests {
         );
         assert_eq!(line_error(&format!("{ok}{{not json")), (2, "(line)"));
         assert_eq!(line_error("[1, 2]"), (1, "(line)"));
-    }
-
-    #[test]
-    fn sim_trace_is_written_in_arrival_order() {
-        let plan = Plan {
-            items: vec![
-                WorkItem {
-                    prompt: "late".into(),
-                    prompt_tokens: 3,
-                    max_tokens: 30,
-                },
-                WorkItem {
-                    prompt: "early".into(),
-                    prompt_tokens: 1,
-                    max_tokens: 10,
-                },
-            ],
-            arrivals_s: vec![2.0, 0.5],
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sim.jsonl");
-        write_sim_trace(&plan, &path).unwrap();
-        let lines: Vec<Value> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(
-            lines,
-            vec![
-                serde_json::json!({"arrival_s": 0.5, "prompt_tokens": 1, "output_tokens": 10}),
-                serde_json::json!({"arrival_s": 2.0, "prompt_tokens": 3, "output_tokens": 30}),
-            ]
-        );
     }
 }

@@ -1,13 +1,17 @@
 //! The work a benchmark run sends: which prompts, how many output tokens each asks for, and when
 //! each is sent. Built deterministically from a source (profile, dataset, trace) and a seed.
-use std::path::PathBuf;
+//! A plan can also be written in the simulator's trace format, so `lapsd sim --trace` runs the
+//! same work.
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
+use lapsd_workload::arrivals::ArrivalProcess;
+use lapsd_workload::trace::{write_trace, TraceLine};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::arrivals::ArrivalProcess;
 use crate::datasets::{self, PromptReply};
 use crate::error::BenchError;
 use crate::profiles::{Profile, MIN_OUTPUT_TOKENS};
@@ -58,6 +62,8 @@ pub struct PlanConfig<'a> {
     pub requests: Option<usize>,
     /// Arrival process; ignored for traces (they carry their arrival times).
     pub arrivals: ArrivalProcess,
+    /// Mean send rate; `f64::INFINITY` sends everything at t = 0. Ignored for traces.
+    pub rate_per_s: f64,
     pub seed: u64,
     /// Cap on `max_tokens` for profiles and datasets (not for traces, which say what they want).
     pub max_output_tokens: u32,
@@ -140,8 +146,44 @@ pub fn build_plan(config: &PlanConfig<'_>) -> Result<Plan, BenchError> {
             return Ok(Plan { items, arrivals_s });
         }
     };
-    let arrivals_s = config.arrivals.offsets_s(n_requests, &mut arrival_rng);
+    let arrivals_s = config
+        .arrivals
+        .offsets_s(config.rate_per_s, n_requests, &mut arrival_rng)?;
     Ok(Plan { items, arrivals_s })
+}
+
+impl Plan {
+    /// The plan as simulator trace lines, in arrival order.
+    pub fn sim_trace_lines(&self) -> Vec<TraceLine> {
+        let mut order: Vec<(f64, &WorkItem)> = self
+            .arrivals_s
+            .iter()
+            .copied()
+            .zip(self.items.iter())
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        order
+            .into_iter()
+            .map(|(arrival_s, item)| TraceLine {
+                arrival_s,
+                // The simulator needs at least one token of each (an empty trace prompt still
+                // costs a step).
+                prompt_tokens: item.prompt_tokens.max(1),
+                output_tokens: item.max_tokens.max(1),
+                acceptance_rate: None,
+                speculation: None,
+                predicted_output_tokens: None,
+            })
+            .collect()
+    }
+
+    /// Writes the plan in the simulator's trace format (`--emit-sim-trace`), in arrival order.
+    pub fn write_sim_trace(&self, path: &Path) -> Result<(), BenchError> {
+        let mut out = Vec::new();
+        write_trace(&self.sim_trace_lines(), &mut out).map_err(|e| BenchError::io(path, e))?;
+        let mut file = std::fs::File::create(path).map_err(|e| BenchError::io(path, e))?;
+        file.write_all(&out).map_err(|e| BenchError::io(path, e))
+    }
 }
 
 /// Whether a dataset pair passes vLLM's ShareGPT length filter.
@@ -219,7 +261,8 @@ mod tests {
         build_plan(&PlanConfig {
             source,
             requests: Some(requests),
-            arrivals: ArrivalProcess::new(rate_per_s, 1.0).unwrap(),
+            arrivals: ArrivalProcess::Poisson,
+            rate_per_s,
             seed,
             max_output_tokens: 256,
             output_scale: 1.0,
@@ -241,8 +284,6 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         path
     }
-
-    use std::path::Path;
 
     #[test]
     fn same_seed_same_plan_and_rate_does_not_change_prompts() {
@@ -294,7 +335,8 @@ mod tests {
             build_plan(&PlanConfig {
                 source: &source,
                 requests: Some(6),
-                arrivals: ArrivalProcess::new(1.0, 1.0).unwrap(),
+                arrivals: ArrivalProcess::Poisson,
+                rate_per_s: 1.0,
                 seed: 0,
                 max_output_tokens: 256,
                 output_scale: scale,
@@ -329,5 +371,39 @@ mod tests {
             Err(BenchError::InvalidArgument { flag, .. }) => assert_eq!(flag, "requests"),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn sim_trace_is_written_in_arrival_order() {
+        let plan = Plan {
+            items: vec![
+                WorkItem {
+                    prompt: "late".into(),
+                    prompt_tokens: 3,
+                    max_tokens: 30,
+                },
+                WorkItem {
+                    prompt: "early".into(),
+                    prompt_tokens: 1,
+                    max_tokens: 10,
+                },
+            ],
+            arrivals_s: vec![2.0, 0.5],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sim.jsonl");
+        plan.write_sim_trace(&path).unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                serde_json::json!({"arrival_s": 0.5, "prompt_tokens": 1, "output_tokens": 10}),
+                serde_json::json!({"arrival_s": 2.0, "prompt_tokens": 3, "output_tokens": 30}),
+            ]
+        );
     }
 }

@@ -13,7 +13,6 @@ use lapsd_core::{
 };
 
 use crate::acceptance::AcceptanceModel;
-use crate::arrivals::ArrivalProcess;
 use crate::dispatch::Dispatch;
 use crate::error::SimError;
 use crate::prediction::PredictorChoice;
@@ -21,6 +20,7 @@ use crate::report::{to_csv, to_table, JsonReport, PolicyResult};
 use crate::run::{ArrivalRate, Experiment, RequestSource};
 use crate::trace::parse_trace;
 use crate::workload::WorkloadKind;
+use lapsd_workload::arrivals::ArrivalProcess;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -2,6 +2,7 @@
 //! bad flag or a malformed trace line gets a precise message and nothing panics on input.
 
 use lapsd_core::CoreError;
+use lapsd_workload::{ArrivalError, PlotError, TraceLineError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -32,10 +33,23 @@ pub enum SimError {
     InvalidArgument { field: &'static str, reason: String },
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// A bad burstiness or rate.
+    #[error(transparent)]
+    Arrivals(#[from] ArrivalError),
     /// The scheduler returned an empty batch while requests waited and no arrival was left:
     /// a policy or capacity bug (work conservation violated).
     #[error("simulation stalled at t={now_s:.3}s with {waiting} unfinished requests and no arrivals left")]
     Stalled { now_s: f64, waiting: usize },
-    #[error("plot {path}: {reason}")]
-    Plot { path: String, reason: String },
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+}
+
+impl From<TraceLineError> for SimError {
+    fn from(e: TraceLineError) -> Self {
+        SimError::TraceLine {
+            line: e.line,
+            field: e.field,
+            reason: e.reason,
+        }
+    }
 }

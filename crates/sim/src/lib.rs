@@ -3,7 +3,6 @@
 //! time, latent acceptance probabilities for drafts) and synthetic or replayed workloads, and
 //! reports latency per policy (`lapsd sim`). `theory` holds the M/G/1 formulas it is checked against.
 pub mod acceptance;
-pub mod arrivals;
 pub mod cli;
 pub mod dispatch;
 pub mod engine;

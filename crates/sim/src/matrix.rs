@@ -16,13 +16,13 @@ use lapsd_core::{PolicyKind, PolicySpec, SchedulerConfig, SpeculationMode};
 use rand::Rng;
 
 use crate::acceptance::AcceptanceModel;
-use crate::arrivals::{scale_to_rate, ArrivalProcess};
 use crate::error::SimError;
 use crate::prediction::PredictorChoice;
 use crate::report::PolicyResult;
 use crate::run::{mean_service_s, stream_rng, ArrivalRate, Experiment, RequestSource};
 use crate::trace::TraceRecord;
 use crate::workload::{BetaParams, RequestSize, WorkloadKind, WorkloadProfile};
+use lapsd_workload::arrivals::{scale_to_rate, ArrivalProcess};
 
 /// The cost profiles shipped in `profiles/`, built into the binary so the matrix runs from any
 /// working directory: (name, JSON).
@@ -304,8 +304,8 @@ impl MatrixConfig {
                     .collect();
                 // Same load definition as the built-in workloads (run.rs).
                 let rate = load / mean_service_s(&sizes, scheduler)?;
-                let unit =
-                    ArrivalProcess::Poisson.unit_rate_times(sizes.len(), &mut stream_rng(seed, 12));
+                let unit = ArrivalProcess::Poisson
+                    .unit_rate_times_s(sizes.len(), &mut stream_rng(seed, 12));
                 let times = scale_to_rate(&unit, rate)?;
                 let records = sizes
                     .iter()

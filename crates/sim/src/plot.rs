@@ -1,27 +1,16 @@
-//! `--plot DIR`: mean and p99 latency against load for every policy, as PNG and SVG (plotters).
-//! Text is rendered by plotters' pure-Rust ab_glyph backend with an embedded DejaVu Sans
-//! (assets/DejaVuSans.ttf, Bitstream Vera licence in assets/DejaVuSans-LICENSE.txt), so no system
-//! fonts or fontconfig are needed.
+//! `--plot DIR`: mean and p99 latency against load for every policy, as PNG and SVG (plotters);
+//! `--matrix`'s sorted ratios. The font and the PNG + SVG writing are `lapsd_workload::plot`'s,
+//! shared with `lapsd bench`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
+use lapsd_workload::plot::{save_png_and_svg, Figure, FONT_FAMILY};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::SimError;
 use crate::report::PolicyResult;
-
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-static REGISTER: Once = Once::new();
-
-fn register_font() {
-    REGISTER.call_once(|| {
-        // The embedded file is a valid TTF; if it were not, text would be missing, not a crash.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-}
 
 /// (load, mean latency, p99 latency) of one policy.
 type Point = (f64, f64, f64);
@@ -70,7 +59,7 @@ fn draw_panel<DB: DrawingBackend>(
     }
     let pad = ((x1 - x0) * 0.05).max(0.01);
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, (FONT_FAMILY, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -80,7 +69,7 @@ fn draw_panel<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("load (utilisation)")
         .y_desc("latency (s, log scale)")
-        .label_style(("sans-serif", 14))
+        .label_style((FONT_FAMILY, 14))
         .draw()
         .map_err(|e| e.to_string())?;
     for (i, (policy, pts)) in data.iter().enumerate() {
@@ -103,7 +92,7 @@ fn draw_panel<DB: DrawingBackend>(
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .label_font(("sans-serif", 13))
+        .label_font((FONT_FAMILY, 13))
         .draw()
         .map_err(|e| e.to_string())?;
     Ok(())
@@ -116,12 +105,24 @@ fn draw_figure<DB: DrawingBackend>(
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let root = root
-        .titled(title, ("sans-serif", 26))
+        .titled(title, (FONT_FAMILY, 26))
         .map_err(|e| e.to_string())?;
     let panels = root.split_evenly((1, 2));
     draw_panel(&panels[0], "mean latency", data, |p| p.1)?;
     draw_panel(&panels[1], "p99 latency", data, |p| p.2)?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// Mean and p99 latency against load, side by side.
+struct LatencyVsLoad<'a> {
+    title: &'a str,
+    data: Vec<(String, Vec<Point>)>,
+}
+
+impl Figure for LatencyVsLoad<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw_figure(root, self.title, &self.data)
+    }
 }
 
 /// Writes `DIR/NAME.png` and `DIR/NAME.svg`; returns their paths.
@@ -131,29 +132,11 @@ pub fn plot_latency_vs_load(
     title: &str,
     results: &[PolicyResult],
 ) -> Result<Vec<PathBuf>, SimError> {
-    register_font();
-    let err = |path: &Path, reason: String| SimError::Plot {
-        path: path.display().to_string(),
-        reason,
+    let figure = LatencyVsLoad {
+        title,
+        data: series(results),
     };
-    std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
-    let data = series(results);
-    let size = (1400u32, 600u32);
-    let png = dir.join(format!("{name}.png"));
-    draw_figure(
-        BitMapBackend::new(&png, size).into_drawing_area(),
-        title,
-        &data,
-    )
-    .map_err(|e| err(&png, e))?;
-    let svg = dir.join(format!("{name}.svg"));
-    draw_figure(
-        SVGBackend::new(&svg, size).into_drawing_area(),
-        title,
-        &data,
-    )
-    .map_err(|e| err(&svg, e))?;
-    Ok(vec![png, svg])
+    Ok(save_png_and_svg(&figure, dir, name, (1400, 600))?)
 }
 
 fn draw_sorted_ratios<DB: DrawingBackend>(
@@ -169,7 +152,7 @@ fn draw_sorted_ratios<DB: DrawingBackend>(
         .fold(1.0f64, f64::max)
         .min(50.0);
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, (FONT_FAMILY, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -179,7 +162,7 @@ fn draw_sorted_ratios<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("share of regimes")
         .y_desc("mean latency / best non-oracle (log scale)")
-        .label_style(("sans-serif", 14))
+        .label_style((FONT_FAMILY, 14))
         .draw()
         .map_err(|e| e.to_string())?;
     for (i, (policy, values)) in curves.iter().enumerate() {
@@ -203,10 +186,22 @@ fn draw_sorted_ratios<DB: DrawingBackend>(
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .label_font(("sans-serif", 13))
+        .label_font((FONT_FAMILY, 13))
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// Each policy's sorted ratios, one curve per policy.
+struct SortedRatios<'a> {
+    title: &'a str,
+    curves: &'a [(String, Vec<f64>)],
+}
+
+impl Figure for SortedRatios<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw_sorted_ratios(root, self.title, self.curves)
+    }
 }
 
 /// Each policy's sorted ratios (one curve per policy) as `DIR/NAME.png` and `DIR/NAME.svg`.
@@ -216,26 +211,6 @@ pub fn plot_sorted_ratios(
     title: &str,
     curves: &[(String, Vec<f64>)],
 ) -> Result<Vec<PathBuf>, SimError> {
-    register_font();
-    let err = |path: &Path, reason: String| SimError::Plot {
-        path: path.display().to_string(),
-        reason,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
-    let size = (1100u32, 700u32);
-    let png = dir.join(format!("{name}.png"));
-    draw_sorted_ratios(
-        BitMapBackend::new(&png, size).into_drawing_area(),
-        title,
-        curves,
-    )
-    .map_err(|e| err(&png, e))?;
-    let svg = dir.join(format!("{name}.svg"));
-    draw_sorted_ratios(
-        SVGBackend::new(&svg, size).into_drawing_area(),
-        title,
-        curves,
-    )
-    .map_err(|e| err(&svg, e))?;
-    Ok(vec![png, svg])
+    let figure = SortedRatios { title, curves };
+    Ok(save_png_and_svg(&figure, dir, name, (1100, 700))?)
 }

@@ -22,7 +22,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::acceptance::{expected_accepted_per_step, expected_tokens_per_step, AcceptanceModel};
-use crate::arrivals::{scale_to_rate, ArrivalProcess};
 use crate::dispatch::Dispatch;
 use crate::engine::{simulate, simulate_replicas, ReplicaSetup, SimConfig};
 use crate::error::SimError;
@@ -30,6 +29,7 @@ use crate::prediction::{assign_predictions, PredictorChoice};
 use crate::report::{summarize, PolicyResult, RunLabel};
 use crate::trace::TraceRecord;
 use crate::workload::{max_tokens_cap, sample_sizes, RequestSize, SimRequest, WorkloadProfile};
+use lapsd_workload::arrivals::{scale_to_rate, ArrivalProcess};
 
 /// One simulation: a sweep point (index into the prepared runs), a policy and, on replicas, the
 /// dispatch rule.
@@ -183,7 +183,7 @@ impl Experiment {
                     });
                 }
                 let sizes = sample_sizes(profile, *count, &mut stream_rng(self.seed, 1));
-                let times = arrivals.unit_rate_times(*count, &mut stream_rng(self.seed, 2));
+                let times = arrivals.unit_rate_times_s(*count, &mut stream_rng(self.seed, 2));
                 (sizes, Some(times), profile.max_tokens)
             }
             RequestSource::Trace { records, profile } => {
@@ -231,7 +231,7 @@ impl Experiment {
                         }
                     })
                     .collect();
-                let times = arrivals.unit_rate_times(*count, &mut stream_rng(self.seed, 2));
+                let times = arrivals.unit_rate_times_s(*count, &mut stream_rng(self.seed, 2));
                 let cap = pairs.iter().map(|p| p.1).max().unwrap_or(1).max(1);
                 (sizes, Some(times), cap)
             }

@@ -1,27 +1,23 @@
-//! Trace replay: one JSON object per line,
-//! `{"arrival_s": f, "prompt_tokens": n, "output_tokens": n, "acceptance_rate": f}`
-//! (`acceptance_rate` optional: the per-token acceptance probability alpha). Blank lines are
-//! skipped. A malformed line is an error naming its 1-based line number and the field; nothing
-//! panics on input.
+//! Trace replay: the lines of `lapsd_workload::trace` (its header has the format), turned into
+//! simulated requests. Blank lines are skipped. A malformed line is an error naming its 1-based
+//! line number and the field; nothing panics on input.
 //!
-//! A line may instead carry a served request's speculative-decoding counters, `drafted_tokens`,
-//! `accepted_tokens` and `verify_steps` (all three; what `lapsd serve` reports and `lapsd bench`
-//! records; `verify_steps` counts the steps that drafted at least one token). They replace
-//! `acceptance_rate` and give the request a `DraftLength`, as a prompt-lookup drafter behaves:
-//! of its `output_tokens - 1 - accepted` decode steps (each yields its accepted drafts plus one
-//! token; the prefill yields the first), `verify_steps` drafted, `drafted / verify_steps` tokens
-//! each on average. Alpha is the value whose prefix acceptance yields `accepted / verify_steps`
-//! tokens per drafting step at that length (`acceptance::alpha_for_accepted_per_step`): the
-//! served accepted/drafted ratio is not alpha, since draft positions after the first rejection
-//! count as drafted but can never be accepted.
+//! A line's served speculative-decoding counters (`drafted_tokens`, `accepted_tokens`,
+//! `verify_steps`) replace `acceptance_rate` and give the request a `DraftLength`, as a
+//! prompt-lookup drafter behaves: of its `output_tokens - 1 - accepted` decode steps (each yields
+//! its accepted drafts plus one token; the prefill yields the first), `verify_steps` drafted,
+//! `drafted / verify_steps` tokens each on average. Alpha is the value whose prefix acceptance
+//! yields `accepted / verify_steps` tokens per drafting step at that length
+//! (`acceptance::alpha_for_accepted_per_step`): the served accepted/drafted ratio is not alpha,
+//! since draft positions after the first rejection count as drafted but can never be accepted.
 //!
-//! A line may also carry `predicted_output_tokens`: the length the server predicted from the
-//! prompt's text (`lapsd serve --length-model`). With `--predictor online` the request starts
-//! with that prediction, as it did on the server.
+//! With `--predictor online` a request with `predicted_output_tokens` (the server's prediction
+//! from the prompt's text, `lapsd serve --length-model`) starts with that prediction, as it did on
+//! the server.
 
 use std::io::BufRead;
 
-use serde_json::{Map, Value};
+use lapsd_workload::trace::{SpeculationCounters, TraceLine};
 
 use crate::acceptance::{alpha_for_accepted_per_step, DraftLength};
 use crate::error::SimError;
@@ -42,156 +38,39 @@ pub struct TraceRecord {
     pub predicted_output_tokens: Option<u32>,
 }
 
-fn field_err(line: usize, field: &'static str, reason: impl Into<String>) -> SimError {
-    SimError::TraceLine {
-        line,
-        field,
-        reason: reason.into(),
-    }
-}
-
-fn get_f64(obj: &Map<String, Value>, line: usize, field: &'static str) -> Result<f64, SimError> {
-    let v = obj
-        .get(field)
-        .ok_or_else(|| field_err(line, field, "missing"))?;
-    v.as_f64()
-        .filter(|x| x.is_finite())
-        .ok_or_else(|| field_err(line, field, format!("expected a number, got {v}")))
-}
-
-fn get_tokens(obj: &Map<String, Value>, line: usize, field: &'static str) -> Result<u32, SimError> {
-    let v = obj
-        .get(field)
-        .ok_or_else(|| field_err(line, field, "missing"))?;
-    v.as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .filter(|&n| n >= 1)
-        .ok_or_else(|| {
-            field_err(
-                line,
-                field,
-                format!("expected an integer between 1 and {}, got {v}", u32::MAX),
-            )
-        })
-}
-
 /// Parses one line (`line` is 1-based, for messages).
 pub fn parse_line(text: &str, line: usize) -> Result<TraceRecord, SimError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| field_err(line, "<json>", format!("not valid JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| field_err(line, "<json>", "expected a JSON object"))?;
-    let arrival_s = get_f64(obj, line, "arrival_s")?;
-    if arrival_s < 0.0 {
-        return Err(field_err(
-            line,
-            "arrival_s",
-            format!("must be >= 0, got {arrival_s}"),
-        ));
-    }
-    let prompt_tokens = get_tokens(obj, line, "prompt_tokens")?;
-    let output_tokens = get_tokens(obj, line, "output_tokens")?;
-    let predicted_output_tokens = match obj.get("predicted_output_tokens") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(get_tokens(obj, line, "predicted_output_tokens")?),
-    };
-    if let Some((draft_length, alpha)) = served_counters(obj, line, output_tokens)? {
-        return Ok(TraceRecord {
-            arrival_s,
-            prompt_tokens,
-            output_tokens,
-            acceptance_rate: Some(alpha),
-            draft_length: Some(draft_length),
-            predicted_output_tokens,
-        });
-    }
-    let acceptance_rate = match obj.get("acceptance_rate") {
-        None | Some(Value::Null) => None,
-        Some(_) => {
-            let a = get_f64(obj, line, "acceptance_rate")?;
-            if !(0.0..=1.0).contains(&a) {
-                return Err(field_err(
-                    line,
-                    "acceptance_rate",
-                    format!("must be in [0, 1], got {a}"),
-                ));
-            }
-            Some(a)
-        }
+    let parsed = TraceLine::parse(text, line)?;
+    let served = parsed
+        .speculation
+        .and_then(|c| served_counters(c, parsed.output_tokens));
+    let (acceptance_rate, draft_length) = match served {
+        Some((draft_length, alpha)) => (Some(alpha), Some(draft_length)),
+        None => (parsed.acceptance_rate, None),
     };
     Ok(TraceRecord {
-        arrival_s,
-        prompt_tokens,
-        output_tokens,
+        arrival_s: parsed.arrival_s,
+        prompt_tokens: parsed.prompt_tokens,
+        output_tokens: parsed.output_tokens,
         acceptance_rate,
-        draft_length: None,
-        predicted_output_tokens,
+        draft_length,
+        predicted_output_tokens: parsed.predicted_output_tokens,
     })
 }
 
-/// An optional non-negative integer field.
-fn get_count(
-    obj: &Map<String, Value>,
-    line: usize,
-    field: &'static str,
-) -> Result<Option<u64>, SimError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            field_err(
-                line,
-                field,
-                format!("expected a non-negative integer, got {v}"),
-            )
-        }),
-    }
-}
-
-/// `(draft length, alpha)` from a served request's SD counters (module header), when the line
-/// has them and the request drafted at least once.
+/// `(draft length, alpha)` from a served request's SD counters (module header), when the request
+/// drafted at least once.
 fn served_counters(
-    obj: &Map<String, Value>,
-    line: usize,
+    counters: SpeculationCounters,
     output_tokens: u32,
-) -> Result<Option<(DraftLength, f64)>, SimError> {
-    let drafted = get_count(obj, line, "drafted_tokens")?;
-    let accepted = get_count(obj, line, "accepted_tokens")?;
-    let steps = get_count(obj, line, "verify_steps")?;
-    let (drafted, accepted, steps) = match (drafted, accepted, steps) {
-        (None, None, None) => return Ok(None),
-        (Some(d), Some(a), Some(s)) => (d, a, s),
-        (None, _, _) => {
-            return Err(field_err(
-                line,
-                "drafted_tokens",
-                "missing (the SD counters come together)",
-            ))
-        }
-        (_, None, _) => {
-            return Err(field_err(
-                line,
-                "accepted_tokens",
-                "missing (the SD counters come together)",
-            ))
-        }
-        (_, _, None) => {
-            return Err(field_err(
-                line,
-                "verify_steps",
-                "missing (the SD counters come together)",
-            ))
-        }
-    };
-    if accepted > drafted {
-        return Err(field_err(
-            line,
-            "accepted_tokens",
-            format!("{accepted} accepted of {drafted} drafted"),
-        ));
-    }
+) -> Option<(DraftLength, f64)> {
+    let SpeculationCounters {
+        drafted_tokens: drafted,
+        accepted_tokens: accepted,
+        verify_steps: steps,
+    } = counters;
     if steps == 0 {
-        return Ok(None);
+        return None;
     }
     // A recompute after preemption also yields a token, so this can undercount: never below
     // the drafting steps.
@@ -201,13 +80,13 @@ fn served_counters(
         .max(steps);
     let tokens_when_matched = drafted as f64 / steps as f64;
     let accepted_per_step = accepted as f64 / steps as f64;
-    Ok(Some((
+    Some((
         DraftLength {
             match_probability: steps as f64 / decode_steps as f64,
             tokens_when_matched,
         },
         alpha_for_accepted_per_step(tokens_when_matched, accepted_per_step),
-    )))
+    ))
 }
 
 /// Parses a whole trace; records are returned sorted by arrival time (stable).

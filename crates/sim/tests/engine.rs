@@ -11,18 +11,18 @@ use lapsd_core::{
     Capacity, MeasuredCost, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig, StabilityRule,
 };
 use lapsd_sim::acceptance::{AcceptanceModel, DraftLength};
-use lapsd_sim::arrivals::ArrivalProcess;
 use lapsd_sim::engine::{simulate, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
 use lapsd_sim::run::{ArrivalRate, Experiment, RequestSource};
 use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest, WorkloadKind};
+use lapsd_workload::arrivals::ArrivalProcess;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn random_requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let times = ArrivalProcess::Poisson.unit_rate_times(count, &mut rng);
+    let times = ArrivalProcess::Poisson.unit_rate_times_s(count, &mut rng);
     let out = LengthDist::LogNormal {
         median: 40.0,
         sigma: 1.0,

@@ -6,7 +6,6 @@
 use clap::Parser;
 use lapsd_core::{Capacity, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig, StabilityRule};
 use lapsd_sim::acceptance::{AcceptanceModel, DraftLength};
-use lapsd_sim::arrivals::ArrivalProcess;
 use lapsd_sim::cli::{experiment_from_args, render, results_from_args, SimArgs};
 use lapsd_sim::dispatch::Dispatch;
 use lapsd_sim::engine::{simulate, simulate_replicas, ReplicaOutcome, ReplicaSetup, SimConfig};
@@ -14,6 +13,7 @@ use lapsd_sim::prediction::PredictorChoice;
 use lapsd_sim::report::PolicyResult;
 use lapsd_sim::run::{ArrivalRate, Experiment, RequestSource};
 use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest, WorkloadKind};
+use lapsd_workload::arrivals::ArrivalProcess;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 /// spread-out lengths and acceptance, noisy predictions, some prompt-lookup drafters.
 fn requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let times = ArrivalProcess::Poisson.unit_rate_times(count, &mut rng);
+    let times = ArrivalProcess::Poisson.unit_rate_times_s(count, &mut rng);
     let out = LengthDist::LogNormal {
         median: 40.0,
         sigma: 1.0,

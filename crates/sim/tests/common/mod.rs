@@ -5,11 +5,11 @@
 
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
 use lapsd_sim::acceptance::AcceptanceModel;
-use lapsd_sim::arrivals::ArrivalProcess;
 use lapsd_sim::engine::{simulate, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
 use lapsd_sim::theory::DiscreteDist;
 use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest};
+use lapsd_workload::arrivals::ArrivalProcess;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -61,7 +61,7 @@ pub fn poisson_requests(
     seed: u64,
 ) -> Vec<SimRequest> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let times = ArrivalProcess::Poisson.unit_rate_times(count, &mut rng);
+    let times = ArrivalProcess::Poisson.unit_rate_times_s(count, &mut rng);
     (0..count)
         .map(|i| {
             let output_tokens = dist.sample(&mut rng);
