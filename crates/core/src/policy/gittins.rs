@@ -108,7 +108,7 @@ const EMPIRICAL_MIN_OBSERVATIONS: usize = 32;
 /// Largest residuals kept as atoms of their own (the tail decides whether old requests run).
 const EMPIRICAL_TAIL_ATOMS: usize = 64;
 /// Atoms at most: the tail's, the unobserved tail's, and the body in groups of equal count.
-const EMPIRICAL_MAX_ATOMS: usize = 96;
+const EMPIRICAL_MAX_ATOMS: usize = 104;
 /// Atoms for the mass beyond the largest censored residual (the log-normal's tail there).
 const UNOBSERVED_TAIL_ATOMS: usize = 8;
 /// Tail atoms above a request's age needed to use the residuals (else the log-normal's tail).
@@ -1109,7 +1109,7 @@ mod tests {
         // at 300 tokens. Kaplan-Meier: the short mode has 96 of the 384 at risk, P = 1/4 (the
         // finished requests alone would say 3/8), and the long mode the remaining 3/4. A fresh
         // request's best quantum is then the short one: index = (1/4) / (50 c) = 1 / (200 c).
-        // (The counts keep the body's groups of 8 within one mode.)
+        // (The counts keep each of the body's groups of 6 within one mode.)
         let mut f = Fixture::new(1);
         arrive(&mut f, 1, 0.0, Some(100));
         f.get_mut(1).prefilled = true;
