@@ -1,6 +1,11 @@
 //! The `lapsd` binary: command-line glue only. Each subcommand's flags and behaviour live in the
-//! crate that owns the concern (simulator, engine, server, bench).
+//! crate that owns the concern (simulator, server, bench); `lapsd generate` and `lapsd calibrate`
+//! are glued here, since calibration joins the engine's measurements to the core's cost profile
+//! and the engine does not depend on the core.
 use clap::{Parser, Subcommand};
+
+mod calibrate;
+mod generate;
 
 #[derive(Parser)]
 #[command(
@@ -18,9 +23,9 @@ enum Command {
     /// Discrete-event simulation of an SD server under every scheduling policy.
     Sim(lapsd_sim::cli::SimArgs),
     /// Generate text from one prompt with speculative decoding (real model).
-    Generate(lapsd_engine::cli::GenerateArgs),
+    Generate(generate::GenerateArgs),
     /// Measure draft/target step costs on this machine and write a cost profile for `lapsd sim`.
-    Calibrate(lapsd_engine::cli::CalibrateArgs),
+    Calibrate(calibrate::CalibrateArgs),
     /// OpenAI-compatible HTTP server whose batches are chosen by the scheduling core.
     Serve(lapsd_server::cli::ServeArgs),
     /// Benchmark client: replay a workload against any OpenAI-compatible server.
@@ -41,8 +46,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => lapsd_sim::cli::run(args),
-        Command::Generate(args) => lapsd_engine::cli::run_generate(args),
-        Command::Calibrate(args) => lapsd_engine::cli::run_calibrate(args),
+        Command::Generate(args) => generate::run_generate(args),
+        Command::Calibrate(args) => calibrate::run_calibrate(args),
         Command::Serve(args) => lapsd_server::cli::run(args),
         Command::Bench(args) => lapsd_bench::cli::run(*args),
     }

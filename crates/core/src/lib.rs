@@ -30,7 +30,9 @@ pub mod speculation;
 #[cfg(test)]
 mod testutil;
 
-pub use cost::{fit_served_steps, LinearCost, MeasuredCost, StepCostModel, StepObservation};
+pub use cost::{
+    fit_calibration, fit_served_steps, LinearCost, MeasuredCost, StepCostModel, StepObservation,
+};
 pub use error::CoreError;
 pub use kv::{KvAccountant, KvFit};
 pub use policy::{

@@ -1,7 +1,8 @@
 //! lapsd-engine: GGUF models on candle with per-request KV caches (model half), speculative decoding
-//! on top of them, and the `lapsd generate` / `lapsd calibrate` commands.
+//! on top of them, and the step-cost measurements behind `lapsd calibrate`. Model code only: the
+//! `lapsd generate` / `lapsd calibrate` commands are the binary's (crates/cli), and the engine
+//! does not depend on the scheduling core.
 pub mod chat;
-pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod gguf;

@@ -136,17 +136,6 @@ pub struct ServeArgs {
     pub length_model: Option<PathBuf>,
 }
 
-/// Rough step costs of SmolLM2-135M (Q4_1) with n-gram drafts on 2 CPU cores; used when no
-/// `--cost-profile` is given. Only the ratios matter to LAPS-SD's ordering.
-pub const DEFAULT_COST: LinearCost = LinearCost {
-    draft_base_s: 0.0005,
-    draft_per_seq_s: 0.0002,
-    verify_base_s: 0.02,
-    verify_per_token_s: 0.004,
-    prefill_base_s: 0.02,
-    prefill_per_token_s: 0.0005,
-};
-
 /// Metric names `/metrics` can export besides lapsd's own.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsCompat {
@@ -224,7 +213,9 @@ impl ServeArgs {
         } = PolicySpec::parse(&self.policy, &base)?;
         let stability = self.policy_settings.stability()?;
         let cost = match &self.cost_profile {
-            None => DEFAULT_COST,
+            // Fixed for the server's lifetime: the step log (`--step-log`) is fitted offline by
+            // `lapsd calibrate --from-step-log`, not fed back while serving.
+            None => LinearCost::BUILT_IN,
             Some(path) => {
                 read_json_flag::<lapsd_core::cost::CostProfile>("--cost-profile", path)?.cost
             }

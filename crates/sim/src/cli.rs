@@ -48,20 +48,10 @@ pub enum StepTimeArg {
     Linear,
 }
 
-/// The default step costs when no `--cost-profile` is given: a linear model in the range of
-/// SmolLM2-135M (Q4) as target on 2 CPU cores (~36 tok/s plain decoding measured here, i.e.
-/// ~25 ms per target pass) with a draft ~5x cheaper. An assumption until `lapsd calibrate` writes a
-/// measured profile: verify(b, k) = 20 ms + 1 ms * b * (k + 1); draft(b) = 4 ms + 1 ms * b;
-/// prefill(n) = 10 ms + 0.2 ms * n.
+/// The default step costs when no `--cost-profile` is given: [`LinearCost::BUILT_IN`], the one
+/// built-in SmolLM2-on-2-cores default the server shares.
 pub fn default_cost() -> LinearCost {
-    LinearCost {
-        draft_base_s: 0.004,
-        draft_per_seq_s: 0.001,
-        verify_base_s: 0.020,
-        verify_per_token_s: 0.001,
-        prefill_base_s: 0.010,
-        prefill_per_token_s: 0.0002,
-    }
+    LinearCost::BUILT_IN
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -324,6 +324,7 @@ fn step_time_charges_the_tokens_each_member_drafted() {
             draft_s: 0.0,
             verify_s: 0.020,
         }],
+        prefill_samples: Vec::new(),
     };
     config.step_cost = MeasuredCost::from_profile(&profile);
     let measured = 0.050 + steps * 0.020;

@@ -1,25 +1,18 @@
 //! Cost calibration for the simulator: measures, on this machine, the draft cost of one draft
 //! position and the target's verification cost for batch sizes 1..B and speculation lengths 0..K,
-//! plus the prefill cost per prompt token, and fits the linear step-cost model the simulator uses
-//! (`lapsd_core::LinearCost`): an SD step of `b` sequences with speculation length `k` costs
-//! `k * (draft_base_s + draft_per_seq_s * b) + verify_base_s + verify_per_token_s * b * (k + 1)`;
-//! a prefill of `t` tokens costs `prefill_base_s + prefill_per_token_s * t`.
+//! plus the prefill cost per prompt token. Raw measurements only: the linear fit and the cost
+//! profile they become are the scheduling core's (`lapsd_core::cost`), joined by `lapsd
+//! calibrate` in the binary, so that the engine does not depend on the core.
 
 use std::time::Instant;
-
-use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, SeqForward};
 use crate::spec::draft::ngram_propose;
 
-/// The fitted linear cost model (the JSON object `cost`): the core's type, so the profile is
-/// what `lapsd sim` and `lapsd serve` read.
-pub use lapsd_core::LinearCost;
-
-/// One measured point (median over the repeats).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CostSample {
+/// One measured SD step (median over the repeats).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepMeasurement {
     /// Sequences in the batch.
     pub batch: usize,
     /// Speculation length.
@@ -31,28 +24,21 @@ pub struct CostSample {
 }
 
 /// One measured prefill (median over the repeats).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PrefillSample {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrefillMeasurement {
     /// Prompt tokens.
     pub tokens: usize,
     /// Seconds of the prefill forward.
     pub prefill_s: f64,
 }
 
-/// The cost profile `lapsd calibrate` writes and `lapsd sim --cost-profile` reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CostProfile {
-    /// Target model (file name).
-    pub model: String,
-    /// Draft method, as `--draft` spells it.
-    pub draft: String,
-    /// The least-squares fit.
-    pub cost: LinearCost,
-    /// Raw SD-step samples.
-    pub samples: Vec<CostSample>,
-    /// Raw prefill samples.
-    #[serde(default)]
-    pub prefill_samples: Vec<PrefillSample>,
+/// Everything [`calibrate`] measured.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Calibration {
+    /// One per (batch size, speculation length), batch-major.
+    pub steps: Vec<StepMeasurement>,
+    /// One per prompt length of the plan, in its order.
+    pub prefills: Vec<PrefillMeasurement>,
 }
 
 /// How the draft positions of a calibration are run.
@@ -88,16 +74,16 @@ pub struct CalibrationPlan {
     pub repeats: usize,
 }
 
-/// Measures every point of `plan`, calling `progress` after each one, and fits the cost model.
+/// Measures every point of `plan`, calling `progress` after each one.
 pub fn calibrate(
     target: &Model,
     drafter: &CalibrationDrafter<'_>,
     plan: &CalibrationPlan,
     mut progress: impl FnMut(),
-) -> Result<(Vec<CostSample>, Vec<PrefillSample>, LinearCost), EngineError> {
+) -> Result<Calibration, EngineError> {
     let ctx = &plan.context_tokens;
     let repeats = plan.repeats.max(1);
-    let mut samples = Vec::new();
+    let mut steps = Vec::new();
     for batch in 1..=plan.max_batch {
         let mut target_caches = prefilled(target, target.info().n_layers, batch, ctx)?;
         let mut draft_caches = match drafter {
@@ -113,7 +99,7 @@ pub fn calibrate(
                 draft_runs.push(time_draft(drafter, &mut draft_caches, ctx, k)?);
                 verify_runs.push(time_forward(target, &mut target_caches, batch, k + 1, ctx)?);
             }
-            samples.push(CostSample {
+            steps.push(StepMeasurement {
                 batch,
                 k,
                 draft_s: median(draft_runs),
@@ -122,7 +108,7 @@ pub fn calibrate(
             progress();
         }
     }
-    let mut prefill_samples = Vec::new();
+    let mut prefills = Vec::new();
     for &tokens in &plan.prefill_lengths {
         let prompt: Vec<u32> = ctx.iter().copied().cycle().take(tokens).collect();
         let mut runs = Vec::with_capacity(repeats);
@@ -135,14 +121,13 @@ pub fn calibrate(
             }])?;
             runs.push(start.elapsed().as_secs_f64());
         }
-        prefill_samples.push(PrefillSample {
+        prefills.push(PrefillMeasurement {
             tokens,
             prefill_s: median(runs),
         });
         progress();
     }
-    let cost = fit(&samples, &prefill_samples);
-    Ok((samples, prefill_samples, cost))
+    Ok(Calibration { steps, prefills })
 }
 
 /// `batch` caches of `model` holding `ctx`.
@@ -234,162 +219,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// Least squares for `y = a * u + c * v` (no intercept beyond the two regressors).
-fn least_squares_2(points: impl Iterator<Item = (f64, f64, f64)>) -> (f64, f64) {
-    let (mut suu, mut suv, mut svv, mut suy, mut svy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (u, v, y) in points {
-        suu += u * u;
-        suv += u * v;
-        svv += v * v;
-        suy += u * y;
-        svy += v * y;
-    }
-    let det = suu * svv - suv * suv;
-    if det.abs() < 1e-30 {
-        // Degenerate design (e.g. one batch size only): attribute everything to `u`.
-        return if suu > 0.0 {
-            (suy / suu, 0.0)
-        } else {
-            (0.0, 0.0)
-        };
-    }
-    let (a, c) = ((suy * svv - svy * suv) / det, (svy * suu - suy * suv) / det);
-    // Costs are never negative: if noise drives one coefficient below 0, refit with it at 0.
-    if a < 0.0 {
-        (0.0, (svy / svv).max(0.0))
-    } else if c < 0.0 {
-        ((suy / suu).max(0.0), 0.0)
-    } else {
-        (a, c)
-    }
-}
-
-/// Fits [`LinearCost`] to the samples by least squares (three independent fits: draft, verify,
-/// prefill).
-pub fn fit(samples: &[CostSample], prefill: &[PrefillSample]) -> LinearCost {
-    // draft_s = draft_base * k + draft_per_seq * k * b
-    let (draft_base_s, draft_per_seq_s) = least_squares_2(
-        samples
-            .iter()
-            .filter(|s| s.k > 0)
-            .map(|s| (s.k as f64, (s.k * s.batch) as f64, s.draft_s)),
-    );
-    // verify_s = verify_base * 1 + verify_per_token * b * (k + 1)
-    let (verify_base_s, verify_per_token_s) = least_squares_2(
-        samples
-            .iter()
-            .map(|s| (1.0, (s.batch * (s.k + 1)) as f64, s.verify_s)),
-    );
-    let (prefill_base_s, prefill_per_token_s) =
-        least_squares_2(prefill.iter().map(|p| (1.0, p.tokens as f64, p.prefill_s)));
-    LinearCost {
-        draft_base_s,
-        draft_per_seq_s,
-        verify_base_s,
-        verify_per_token_s,
-        prefill_base_s,
-        prefill_per_token_s,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fit_recovers_an_exact_linear_model() {
-        let truth = LinearCost {
-            draft_base_s: 0.004,
-            draft_per_seq_s: 0.001,
-            verify_base_s: 0.02,
-            verify_per_token_s: 0.003,
-            prefill_base_s: 0.01,
-            prefill_per_token_s: 0.0005,
-        };
-        let mut samples = Vec::new();
-        for batch in 1..=4 {
-            for k in 0..=5 {
-                let (b, kf) = (batch as f64, k as f64);
-                samples.push(CostSample {
-                    batch,
-                    k,
-                    draft_s: kf * (truth.draft_base_s + truth.draft_per_seq_s * b),
-                    verify_s: truth.verify_base_s + truth.verify_per_token_s * b * (kf + 1.0),
-                });
-            }
-        }
-        let prefill: Vec<PrefillSample> = [16, 64, 256]
-            .iter()
-            .map(|&t| PrefillSample {
-                tokens: t,
-                prefill_s: truth.prefill_base_s + truth.prefill_per_token_s * t as f64,
-            })
-            .collect();
-        let got = fit(&samples, &prefill);
-        for (g, w) in [
-            (got.draft_base_s, truth.draft_base_s),
-            (got.draft_per_seq_s, truth.draft_per_seq_s),
-            (got.verify_base_s, truth.verify_base_s),
-            (got.verify_per_token_s, truth.verify_per_token_s),
-            (got.prefill_base_s, truth.prefill_base_s),
-            (got.prefill_per_token_s, truth.prefill_per_token_s),
-        ] {
-            assert!((g - w).abs() < 1e-12, "{got:?}");
-        }
-    }
-
-    #[test]
-    fn profile_json_has_the_simulator_field_names() {
-        let profile = CostProfile {
-            model: "m".into(),
-            draft: "self:8".into(),
-            cost: fit(&[], &[]),
-            samples: vec![CostSample {
-                batch: 1,
-                k: 2,
-                draft_s: 0.5,
-                verify_s: 0.25,
-            }],
-            prefill_samples: Vec::new(),
-        };
-        let v: serde_json::Value = serde_json::to_value(&profile).unwrap();
-        for key in [
-            "draft_base_s",
-            "draft_per_seq_s",
-            "verify_base_s",
-            "verify_per_token_s",
-            "prefill_base_s",
-            "prefill_per_token_s",
-        ] {
-            assert!(v["cost"][key].is_f64(), "{key} missing: {v}");
-        }
-        assert_eq!(v["samples"][0]["batch"], 1);
-        assert_eq!(v["samples"][0]["k"], 2);
-        assert_eq!(v["samples"][0]["draft_s"], 0.5);
-        assert_eq!(v["samples"][0]["verify_s"], 0.25);
-        assert_eq!(v["model"], "m");
-        assert_eq!(v["draft"], "self:8");
-    }
-
-    #[test]
-    fn noisy_fits_never_give_negative_costs() {
-        // Draft time that shrinks with the batch (pure noise) must not give a negative slope.
-        let samples: Vec<CostSample> = (1..=3)
-            .map(|batch| CostSample {
-                batch,
-                k: 1,
-                draft_s: 0.004 - 0.001 * batch as f64,
-                verify_s: 0.01,
-            })
-            .collect();
-        let cost = fit(&samples, &[]);
-        assert_eq!(cost.draft_per_seq_s, 0.0);
-        assert!(
-            (cost.draft_base_s - 0.001 * (3.0 + 2.0 + 1.0) / 3.0).abs() < 1e-12,
-            "{cost:?}"
-        );
-        assert!(cost.verify_base_s >= 0.0 && cost.verify_per_token_s >= 0.0);
-    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -147,7 +147,7 @@ fn gguf_path_end(spec: &str) -> Option<usize> {
 /// token ids when given, its Q8_0 weights padded for candle's faster kernel when `pad_q8_0`
 /// (`LoadOptions::pad_q8_0_for_repack`: a draft's arithmetic moves only its acceptance, never the
 /// output), and its lazily packed weights built now (`Model::warm_up`).
-pub(crate) fn load_draft_model(
+pub fn load_draft_model(
     path: &std::path::Path,
     head_rows: Option<usize>,
     pad_q8_0: bool,

@@ -37,7 +37,7 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
         speculation_length: 4,
         speculation_mode: lapsd_core::SpeculationMode::Fixed,
         max_queue: 16,
-        cost: lapsd_server::cli::DEFAULT_COST,
+        cost: lapsd_core::LinearCost::BUILT_IN,
         predictor_prior_tokens: 64,
         predictor_window: 64,
         max_tokens_bounds_prediction: true,
