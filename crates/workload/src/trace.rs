@@ -72,14 +72,21 @@ fn field_err(line: usize, field: &'static str, reason: impl Into<String>) -> Tra
     }
 }
 
+fn required<'a>(
+    obj: &'a Map<String, Value>,
+    line: usize,
+    field: &'static str,
+) -> Result<&'a Value, TraceLineError> {
+    obj.get(field)
+        .ok_or_else(|| field_err(line, field, "missing"))
+}
+
 fn get_f64(
     obj: &Map<String, Value>,
     line: usize,
     field: &'static str,
 ) -> Result<f64, TraceLineError> {
-    let v = obj
-        .get(field)
-        .ok_or_else(|| field_err(line, field, "missing"))?;
+    let v = required(obj, line, field)?;
     v.as_f64()
         .filter(|x| x.is_finite())
         .ok_or_else(|| field_err(line, field, format!("expected a number, got {v}")))
@@ -90,9 +97,7 @@ fn get_tokens(
     line: usize,
     field: &'static str,
 ) -> Result<u32, TraceLineError> {
-    let v = obj
-        .get(field)
-        .ok_or_else(|| field_err(line, field, "missing"))?;
+    let v = required(obj, line, field)?;
     v.as_u64()
         .and_then(|n| u32::try_from(n).ok())
         .filter(|&n| n >= 1)

@@ -394,13 +394,19 @@ impl ResidualAtoms {
     }
 
     /// A request took part in a step: it enters the cohort with its first token.
-    fn on_step(&mut self, id: RequestId, ln_predicted: Option<f64>, generated_tokens: u32) {
+    /// `ln_predicted` is asked for only when the request enters.
+    fn on_step(
+        &mut self,
+        id: RequestId,
+        ln_predicted: impl FnOnce() -> Option<f64>,
+        generated_tokens: u32,
+    ) {
         if generated_tokens == 0 || self.entered.contains_key(&id) {
             return;
         }
         let seq = self.push(CohortEntry {
             id,
-            ln_predicted,
+            ln_predicted: ln_predicted(),
             outcome: Outcome::Running,
         });
         self.entered.insert(id, seq);
@@ -430,8 +436,9 @@ impl ResidualAtoms {
                     entry.outcome = outcome;
                 }
             }
-            // Finished within its first step: it enters now.
-            (None, Some(outcome)) if !self.entered.contains_key(&id) => {
+            // Never entered (it finished within its first step), or evicted from the cohort
+            // while running: it enters now, with its outcome.
+            (None, Some(outcome)) => {
                 self.push(CohortEntry {
                     id,
                     ln_predicted,
@@ -810,12 +817,14 @@ impl Policy for Gittins {
         let id = request.id();
         self.queue.mark_stale(id);
         if let Some(e) = self.empirical.as_mut() {
-            let ln_predicted = self
-                .predictions
-                .get(&id)
-                .copied()
-                .flatten()
-                .map(|p| f64::from(p.max(1)).ln());
+            let predictions = &self.predictions;
+            let ln_predicted = || {
+                predictions
+                    .get(&id)
+                    .copied()
+                    .flatten()
+                    .map(|p| f64::from(p.max(1)).ln())
+            };
             e.on_step(id, ln_predicted, request.generated_tokens);
         }
     }
