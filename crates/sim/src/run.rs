@@ -23,10 +23,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::acceptance::{expected_accepted_per_step, expected_tokens_per_step, AcceptanceModel};
 use crate::dispatch::Dispatch;
-use crate::engine::{simulate, simulate_replicas, ReplicaSetup, SimConfig};
 use crate::error::SimError;
 use crate::prediction::{assign_predictions, PredictorChoice};
 use crate::report::{summarize, PolicyResult, RunLabel};
+use crate::server_model::{simulate, simulate_replicas, ReplicaSetup, SimConfig};
 use crate::trace::TraceRecord;
 use crate::workload::{max_tokens_cap, sample_sizes, RequestSize, SimRequest, WorkloadProfile};
 use lapsd_workload::arrivals::{scale_to_rate, ArrivalProcess};
@@ -328,7 +328,7 @@ impl Experiment {
     }
 
     /// Runs every (sweep point, policy, dispatch rule) on `replicas` replicas behind a
-    /// dispatcher (`crate::engine::replicas`), every rule on the same arrivals; results ordered
+    /// dispatcher (`crate::server_model::replicas`), every rule on the same arrivals; results ordered
     /// by sweep point, then policy, then rule, labelled with the rule and the replica count.
     pub fn run_replicas(
         &self,

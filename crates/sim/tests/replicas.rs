@@ -8,10 +8,12 @@ use lapsd_core::{Capacity, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig
 use lapsd_sim::acceptance::{AcceptanceModel, DraftLength};
 use lapsd_sim::cli::{experiment_from_args, render, results_from_args, SimArgs};
 use lapsd_sim::dispatch::Dispatch;
-use lapsd_sim::engine::{simulate, simulate_replicas, ReplicaOutcome, ReplicaSetup, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
 use lapsd_sim::report::PolicyResult;
 use lapsd_sim::run::{ArrivalRate, Experiment, RequestSource};
+use lapsd_sim::server_model::{
+    simulate, simulate_replicas, ReplicaOutcome, ReplicaSetup, SimConfig,
+};
 use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest, WorkloadKind};
 use lapsd_workload::arrivals::ArrivalProcess;
 use rand::{Rng, SeedableRng};

@@ -5,8 +5,8 @@
 
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
 use lapsd_sim::acceptance::AcceptanceModel;
-use lapsd_sim::engine::{simulate, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
+use lapsd_sim::server_model::{simulate, SimConfig};
 use lapsd_sim::theory::DiscreteDist;
 use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest};
 use lapsd_workload::arrivals::ArrivalProcess;

@@ -11,9 +11,9 @@ use lapsd_core::{
     Capacity, MeasuredCost, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig, StabilityRule,
 };
 use lapsd_sim::acceptance::{AcceptanceModel, DraftLength};
-use lapsd_sim::engine::{simulate, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
 use lapsd_sim::run::{ArrivalRate, Experiment, RequestSource};
+use lapsd_sim::server_model::{simulate, SimConfig};
 use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest, WorkloadKind};
 use lapsd_workload::arrivals::ArrivalProcess;
 use proptest::prelude::*;
@@ -249,7 +249,7 @@ fn tight_kv_budget_forces_recomputes_and_everything_still_finishes() {
 
 /// A prompt-lookup drafter that finds nothing (mean draft length 0) costs one verified position
 /// per step, a model drafter k + 1 plus k draft passes: the step time charges the positions each
-/// member really drafted, not the speculation length (module header of `engine::simulate`).
+/// member really drafted, not the speculation length (module header of `server_model::simulate`).
 #[test]
 fn step_time_charges_the_tokens_each_member_drafted() {
     const OUTPUT_TOKENS: u32 = 21;
