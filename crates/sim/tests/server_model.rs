@@ -249,7 +249,7 @@ fn tight_kv_budget_forces_recomputes_and_everything_still_finishes() {
 
 /// A prompt-lookup drafter that finds nothing (mean draft length 0) costs one verified position
 /// per step, a model drafter k + 1 plus k draft passes: the step time charges the positions each
-/// member really drafted, not the speculation length (module header of `server_model::simulate`).
+/// member really drafted, not the speculation length (module header of `server_model::server`).
 #[test]
 fn step_time_charges_the_tokens_each_member_drafted() {
     const OUTPUT_TOKENS: u32 = 21;
