@@ -358,6 +358,34 @@ pub fn sample_sizes<R: Rng + ?Sized>(
         .collect()
 }
 
+/// Draws `count` request sizes by resampling the (prompt, output) `pairs` of a real dataset
+/// (uniformly, with replacement; an output of 0 counts as 1), each with an acceptance rate from
+/// `acceptance`, drawn right after its pair.
+pub fn resample_pairs<R: Rng + ?Sized>(
+    pairs: &[(u32, u32)],
+    acceptance: &BetaParams,
+    count: usize,
+    rng: &mut R,
+) -> Vec<RequestSize> {
+    (0..count)
+        .map(|_| {
+            let (prompt_tokens, output_tokens) = pairs[rng.gen_range(0..pairs.len())];
+            RequestSize {
+                prompt_tokens,
+                output_tokens: output_tokens.max(1),
+                acceptance_rate: acceptance.sample(rng),
+                draft_length: None,
+            }
+        })
+        .collect()
+}
+
+/// The longest output of `pairs` (at least 1): the one `max_tokens` cap of the requests
+/// resampled from them, so the cap tells a policy nothing about a request's length.
+pub fn longest_output(pairs: &[(u32, u32)]) -> u32 {
+    pairs.iter().map(|p| p.1).max().unwrap_or(1).max(1)
+}
+
 /// The `max_tokens` cap for a request of true length `output_tokens`: the workload's cap (a
 /// request whose length equals it ends at the cap, as on a server), raised to the true length
 /// only where a trace's length exceeds it. Raising it for some requests only, or above the
