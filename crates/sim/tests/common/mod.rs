@@ -1,7 +1,11 @@
 //! Shared harness of the queueing-theory tests: a single server (batch 1, SD off, every step and
 //! the prefill cost one unit `STEP_S`, so a job of L tokens needs exactly L * STEP_S of service)
 //! fed with Poisson arrivals, plus the statistics the tests need (batch means, control variate).
+//! The other tests' shared helpers are in `requests` (request lists, the SD server) and `cli`.
 #![allow(dead_code)]
+
+pub mod cli;
+pub mod requests;
 
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
 use lapsd_sim::acceptance::AcceptanceModel;
