@@ -5,13 +5,13 @@
 pub mod acceptance;
 pub mod cli;
 pub mod dispatch;
-pub mod engine;
 pub mod error;
 pub mod matrix;
 pub mod plot;
 pub mod prediction;
 pub mod report;
 pub mod run;
+pub mod server_model;
 pub mod theory;
 pub mod trace;
 pub mod workload;

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use lapsd_core::cost::{CostProfile, MeasuredCost};
 use lapsd_core::{PolicyKind, PolicySpec, SchedulerConfig, SpeculationMode};
-use rand::Rng;
 
 use crate::acceptance::AcceptanceModel;
 use crate::error::SimError;
@@ -21,7 +20,7 @@ use crate::prediction::PredictorChoice;
 use crate::report::PolicyResult;
 use crate::run::{mean_service_s, stream_rng, ArrivalRate, Experiment, RequestSource};
 use crate::trace::TraceRecord;
-use crate::workload::{BetaParams, RequestSize, WorkloadKind, WorkloadProfile};
+use crate::workload::{longest_output, resample_pairs, BetaParams, WorkloadKind, WorkloadProfile};
 use lapsd_workload::arrivals::{scale_to_rate, ArrivalProcess};
 
 /// The cost profiles shipped in `profiles/`, built into the binary so the matrix runs from any
@@ -289,19 +288,13 @@ impl MatrixConfig {
                 }
                 let mut profile: WorkloadProfile = WorkloadKind::Chatbot.profile();
                 profile.acceptance = spread.apply(profile.acceptance);
-                profile.max_tokens = pairs.iter().map(|p| p.1).max().unwrap_or(1).max(1);
-                let mut rng = stream_rng(seed, 11);
-                let sizes: Vec<RequestSize> = (0..self.requests)
-                    .map(|_| {
-                        let (prompt_tokens, output_tokens) = pairs[rng.gen_range(0..pairs.len())];
-                        RequestSize {
-                            prompt_tokens,
-                            output_tokens: output_tokens.max(1),
-                            acceptance_rate: profile.acceptance.sample(&mut rng),
-                            draft_length: None,
-                        }
-                    })
-                    .collect();
+                profile.max_tokens = longest_output(pairs);
+                let sizes = resample_pairs(
+                    pairs,
+                    &profile.acceptance,
+                    self.requests,
+                    &mut stream_rng(seed, 11),
+                );
                 // Same load definition as the built-in workloads (run.rs).
                 let rate = load / mean_service_s(&sizes, scheduler)?;
                 let unit = ArrivalProcess::Poisson

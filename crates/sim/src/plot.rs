@@ -3,9 +3,11 @@
 //! shared with `lapsd bench`.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use lapsd_workload::plot::{save_png_and_svg, Figure, FONT_FAMILY};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -39,6 +41,64 @@ fn series(results: &[PolicyResult]) -> Vec<(String, Vec<Point>)> {
         .collect()
 }
 
+/// A chart with a linear x axis and a log y axis, the kind every figure here draws.
+type LogYChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
+
+/// A captioned chart on `area` over `x` and (log scale) `y`, its mesh labelled `(x, y)`: the
+/// frame shared by every figure, so they look alike.
+fn log_y_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+    (x_desc, y_desc): (&str, &str),
+) -> Result<LogYChart<'a, DB>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT_FAMILY, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y.log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style((FONT_FAMILY, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+/// Draws policy `i`'s curve in its palette colour, with its legend entry; returns the colour.
+fn draw_curve<DB: DrawingBackend>(
+    chart: &mut LogYChart<'_, DB>,
+    i: usize,
+    policy: &str,
+    points: impl IntoIterator<Item = (f64, f64)>,
+) -> Result<RGBAColor, String> {
+    let color = Palette99::pick(i).to_rgba();
+    let style = ShapeStyle::from(color).stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(points, style))
+        .map_err(|e| e.to_string())?
+        .label(policy)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    Ok(color)
+}
+
+/// The legend of the curves, upper left.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(chart: &mut LogYChart<'a, DB>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font((FONT_FAMILY, 13))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
@@ -58,28 +118,15 @@ fn draw_panel<DB: DrawingBackend>(
         return Err("no results with a load to plot (use --load or --loads)".into());
     }
     let pad = ((x1 - x0) * 0.05).max(0.01);
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT_FAMILY, 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x0 - pad)..(x1 + pad), (y0 * 0.8..y1 * 1.25).log_scale())
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("load (utilisation)")
-        .y_desc("latency (s, log scale)")
-        .label_style((FONT_FAMILY, 14))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    let mut chart = log_y_chart(
+        area,
+        title,
+        (x0 - pad)..(x1 + pad),
+        y0 * 0.8..y1 * 1.25,
+        ("load (utilisation)", "latency (s, log scale)"),
+    )?;
     for (i, (policy, pts)) in data.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let style = ShapeStyle::from(color).stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, pick(p))), style))
-            .map_err(|e| e.to_string())?
-            .label(policy.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        let color = draw_curve(&mut chart, i, policy, pts.iter().map(|p| (p.0, pick(p))))?;
         chart
             .draw_series(
                 pts.iter()
@@ -87,15 +134,7 @@ fn draw_panel<DB: DrawingBackend>(
             )
             .map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font((FONT_FAMILY, 13))
-        .draw()
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 fn draw_figure<DB: DrawingBackend>(
@@ -151,44 +190,25 @@ fn draw_sorted_ratios<DB: DrawingBackend>(
         .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max)
         .min(50.0);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT_FAMILY, 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..1f64, (0.95f64..y1 * 1.1).log_scale())
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("share of regimes")
-        .y_desc("mean latency / best non-oracle (log scale)")
-        .label_style((FONT_FAMILY, 14))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    let mut chart = log_y_chart(
+        &root,
+        title,
+        0f64..1f64,
+        0.95f64..y1 * 1.1,
+        (
+            "share of regimes",
+            "mean latency / best non-oracle (log scale)",
+        ),
+    )?;
     for (i, (policy, values)) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let style = ShapeStyle::from(color).stroke_width(2);
         let len = values.len().max(2) as f64 - 1.0;
-        chart
-            .draw_series(LineSeries::new(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| (j as f64 / len, v.clamp(0.95, y1 * 1.1))),
-                style,
-            ))
-            .map_err(|e| e.to_string())?
-            .label(policy.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        let points = values
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (j as f64 / len, v.clamp(0.95, y1 * 1.1)));
+        draw_curve(&mut chart, i, policy, points)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font((FONT_FAMILY, 13))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    draw_legend(&mut chart)?;
     root.present().map_err(|e| e.to_string())
 }
 

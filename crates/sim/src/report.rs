@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::SimOutcome;
+use crate::server_model::SimOutcome;
 
 /// Summary of one policy at one load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +84,7 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// See [`PolicyResult::throughput_to_arrivals`].
-fn throughput_share(done: &[crate::engine::CompletedRequest]) -> f64 {
+fn throughput_share(done: &[crate::server_model::CompletedRequest]) -> f64 {
     let mut arrivals: Vec<f64> = done.iter().map(|c| c.arrival_s).collect();
     arrivals.sort_by(f64::total_cmp);
     let (Some(&last), Some(&middle)) = (arrivals.last(), arrivals.get(arrivals.len() / 2)) else {
@@ -340,7 +340,7 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::CompletedRequest;
+    use crate::server_model::CompletedRequest;
 
     #[test]
     fn csv_fields_with_commas_are_quoted() {
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn throughput_share_tells_a_runaway_queue_from_a_stable_one() {
-        let request = |i: usize, finish_s: f64| crate::engine::CompletedRequest {
+        let request = |i: usize, finish_s: f64| crate::server_model::CompletedRequest {
             id: i as u64,
             arrival_s: i as f64,
             finish_s,

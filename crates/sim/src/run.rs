@@ -18,17 +18,20 @@ use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 use lapsd_core::{MeasuredCost, PolicySpec, SchedulerConfig, SpeculationMode, StepCostModel};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::acceptance::{expected_accepted_per_step, expected_tokens_per_step, AcceptanceModel};
 use crate::dispatch::Dispatch;
-use crate::engine::{simulate, simulate_replicas, ReplicaSetup, SimConfig};
 use crate::error::SimError;
 use crate::prediction::{assign_predictions, PredictorChoice};
 use crate::report::{summarize, PolicyResult, RunLabel};
+use crate::server_model::{simulate, simulate_replicas, ReplicaSetup, SimConfig};
 use crate::trace::TraceRecord;
-use crate::workload::{max_tokens_cap, sample_sizes, RequestSize, SimRequest, WorkloadProfile};
+use crate::workload::{
+    longest_output, max_tokens_cap, resample_pairs, sample_sizes, RequestSize, SimRequest,
+    WorkloadProfile,
+};
 use lapsd_workload::arrivals::{scale_to_rate, ArrivalProcess};
 
 /// One simulation: a sweep point (index into the prepared runs), a policy and, on replicas, the
@@ -219,21 +222,14 @@ impl Experiment {
                         reason: "must be at least 1".into(),
                     });
                 }
-                let mut rng = stream_rng(self.seed, 1);
-                let sizes: Vec<RequestSize> = (0..*count)
-                    .map(|_| {
-                        let (prompt_tokens, output_tokens) = pairs[rng.gen_range(0..pairs.len())];
-                        RequestSize {
-                            prompt_tokens,
-                            output_tokens: output_tokens.max(1),
-                            acceptance_rate: profile.acceptance.sample(&mut rng),
-                            draft_length: None,
-                        }
-                    })
-                    .collect();
+                let sizes = resample_pairs(
+                    pairs,
+                    &profile.acceptance,
+                    *count,
+                    &mut stream_rng(self.seed, 1),
+                );
                 let times = arrivals.unit_rate_times_s(*count, &mut stream_rng(self.seed, 2));
-                let cap = pairs.iter().map(|p| p.1).max().unwrap_or(1).max(1);
-                (sizes, Some(times), cap)
+                (sizes, Some(times), longest_output(pairs))
             }
         };
         // A served trace's length predictions (`lapsd serve --length-model`), replayed as given.
@@ -328,7 +324,7 @@ impl Experiment {
     }
 
     /// Runs every (sweep point, policy, dispatch rule) on `replicas` replicas behind a
-    /// dispatcher (`crate::engine::replicas`), every rule on the same arrivals; results ordered
+    /// dispatcher (`crate::server_model::replicas`), every rule on the same arrivals; results ordered
     /// by sweep point, then policy, then rule, labelled with the rule and the replica count.
     pub fn run_replicas(
         &self,

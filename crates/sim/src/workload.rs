@@ -40,6 +40,17 @@ pub enum LengthDist {
 }
 
 impl LengthDist {
+    /// `LogNormal` with its fields in order (median, sigma, min, max): one line per length in
+    /// the profile table.
+    pub const fn log_normal(median: f64, sigma: f64, min: u32, max: u32) -> Self {
+        LengthDist::LogNormal {
+            median,
+            sigma,
+            min,
+            max,
+        }
+    }
+
     /// Checks the parameters once (so sampling cannot fail).
     pub fn validate(&self, field: &'static str) -> Result<(), SimError> {
         let bad = |reason: String| Err(SimError::InvalidArgument { field, reason });
@@ -206,18 +217,8 @@ impl WorkloadKind {
             // small draft (acceptance ~0.65, widely spread across requests).
             WorkloadKind::Chatbot => WorkloadProfile {
                 name: "chatbot",
-                prompt: LengthDist::LogNormal {
-                    median: 24.0,
-                    sigma: 0.9,
-                    min: 4,
-                    max: 512,
-                },
-                output: LengthDist::LogNormal {
-                    median: 120.0,
-                    sigma: 0.9,
-                    min: 4,
-                    max: 1024,
-                },
+                prompt: LengthDist::log_normal(24.0, 0.9, 4, 512),
+                output: LengthDist::log_normal(120.0, 0.9, 4, 1024),
                 acceptance: BetaParams { a: 6.5, b: 3.5 },
                 max_tokens: 1024,
             },
@@ -226,18 +227,8 @@ impl WorkloadKind {
             // acceptance on code), so acceptance is high and less spread.
             WorkloadKind::Mbpp => WorkloadProfile {
                 name: "mbpp",
-                prompt: LengthDist::LogNormal {
-                    median: 90.0,
-                    sigma: 0.35,
-                    min: 30,
-                    max: 512,
-                },
-                output: LengthDist::LogNormal {
-                    median: 110.0,
-                    sigma: 0.6,
-                    min: 8,
-                    max: 512,
-                },
+                prompt: LengthDist::log_normal(90.0, 0.35, 30, 512),
+                output: LengthDist::log_normal(110.0, 0.6, 8, 512),
                 acceptance: BetaParams { a: 8.0, b: 2.5 },
                 max_tokens: 512,
             },
@@ -245,18 +236,8 @@ impl WorkloadKind {
             // variable outputs; reasoning prose is less predictable (acceptance ~0.6, wide).
             WorkloadKind::Thinky => WorkloadProfile {
                 name: "thinky",
-                prompt: LengthDist::LogNormal {
-                    median: 60.0,
-                    sigma: 0.7,
-                    min: 8,
-                    max: 1024,
-                },
-                output: LengthDist::LogNormal {
-                    median: 600.0,
-                    sigma: 0.7,
-                    min: 32,
-                    max: 4096,
-                },
+                prompt: LengthDist::log_normal(60.0, 0.7, 8, 1024),
+                output: LengthDist::log_normal(600.0, 0.7, 32, 4096),
                 acceptance: BetaParams { a: 5.0, b: 3.2 },
                 max_tokens: 4096,
             },
@@ -265,20 +246,10 @@ impl WorkloadKind {
             // policies gain the most and FCFS suffers most from a long request ahead.
             WorkloadKind::HeavyTail => WorkloadProfile {
                 name: "heavy-tail",
-                prompt: LengthDist::LogNormal {
-                    median: 24.0,
-                    sigma: 0.9,
-                    min: 4,
-                    max: 512,
-                },
-                output: LengthDist::LogNormal {
-                    median: 60.0,
-                    sigma: 1.5,
-                    min: 2,
-                    max: 8192,
-                },
-                acceptance: BetaParams { a: 6.5, b: 3.5 },
+                output: LengthDist::log_normal(60.0, 1.5, 2, 8192),
                 max_tokens: 8192,
+                // Chat prompts and acceptance: only the replies differ.
+                ..WorkloadKind::Chatbot.profile()
             },
         }
     }
@@ -356,6 +327,34 @@ pub fn sample_sizes<R: Rng + ?Sized>(
             draft_length: None,
         })
         .collect()
+}
+
+/// Draws `count` request sizes by resampling the (prompt, output) `pairs` of a real dataset
+/// (uniformly, with replacement; an output of 0 counts as 1), each with an acceptance rate from
+/// `acceptance`, drawn right after its pair.
+pub fn resample_pairs<R: Rng + ?Sized>(
+    pairs: &[(u32, u32)],
+    acceptance: &BetaParams,
+    count: usize,
+    rng: &mut R,
+) -> Vec<RequestSize> {
+    (0..count)
+        .map(|_| {
+            let (prompt_tokens, output_tokens) = pairs[rng.gen_range(0..pairs.len())];
+            RequestSize {
+                prompt_tokens,
+                output_tokens: output_tokens.max(1),
+                acceptance_rate: acceptance.sample(rng),
+                draft_length: None,
+            }
+        })
+        .collect()
+}
+
+/// The longest output of `pairs` (at least 1): the one `max_tokens` cap of the requests
+/// resampled from them, so the cap tells a policy nothing about a request's length.
+pub fn longest_output(pairs: &[(u32, u32)]) -> u32 {
+    pairs.iter().map(|p| p.1).max().unwrap_or(1).max(1)
 }
 
 /// The `max_tokens` cap for a request of true length `output_tokens`: the workload's cap (a

@@ -1,20 +1,11 @@
 //! The `lapsd sim` command surface: flags parse, JSON has the documented fields, bad input gives
-//! errors naming what was wrong.
+//! errors naming what was wrong, traces and length files replay.
+
+mod common;
 
 use clap::Parser;
-use lapsd_sim::cli::{experiment_from_args, render, SimArgs};
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: SimArgs,
-}
-
-fn args(extra: &[&str]) -> SimArgs {
-    let mut argv = vec!["sim"];
-    argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).expect("flags parse").args
-}
+use common::cli::{args, Cli, TempDir};
+use lapsd_sim::cli::{experiment_from_args, render};
 
 fn json_of(extra: &[&str]) -> serde_json::Value {
     let a = args(extra);
@@ -104,48 +95,30 @@ fn bad_flags_are_errors_naming_the_field() {
 
 #[test]
 fn trace_errors_name_line_and_field_and_a_good_trace_replays() {
-    let dir = std::env::temp_dir().join(format!("lapsd-sim-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let bad = dir.join("bad.jsonl");
-    std::fs::write(
-        &bad,
+    let dir = TempDir::new("lapsd-sim-cli");
+    let bad = dir.write(
+        "bad.jsonl",
         "{\"arrival_s\": 0.0, \"prompt_tokens\": 10, \"output_tokens\": 20}\n\
          {\"arrival_s\": 1.0, \"prompt_tokens\": 10, \"output_tokens\": \"many\"}\n",
-    )
-    .expect("write");
-    let err = experiment_from_args(&args(&["--trace", bad.to_str().expect("utf-8 path")]))
-        .expect_err("malformed trace");
+    );
+    let err = experiment_from_args(&args(&["--trace", &bad])).expect_err("malformed trace");
     assert_eq!(
         err.to_string(),
         "trace line 2: field `output_tokens`: expected an integer between 1 and 4294967295, got \"many\""
     );
-    let good = dir.join("good.jsonl");
     let lines: String = (0..50)
         .map(|i| format!("{{\"arrival_s\": {}, \"prompt_tokens\": 16, \"output_tokens\": {}, \"acceptance_rate\": 0.7}}\n", f64::from(i) * 0.5, 10 + i))
         .collect();
-    std::fs::write(&good, lines).expect("write");
-    let v = json_of(&[
-        "--trace",
-        good.to_str().expect("utf-8 path"),
-        "--format",
-        "json",
-        "--policy",
-        "fcfs,las",
-    ]);
+    let good = dir.write("good.jsonl", &lines);
+    let v = json_of(&["--trace", &good, "--format", "json", "--policy", "fcfs,las"]);
     let results = v["results"].as_array().expect("array");
     assert_eq!(results.len(), 2);
     assert!(results
         .iter()
         .all(|r| r["completed"] == 50 && r["load"].is_null()));
-    let err = experiment_from_args(&args(&[
-        "--trace",
-        good.to_str().expect("utf-8 path"),
-        "--load",
-        "0.5",
-    ]))
-    .expect_err("trace + load");
+    let err = experiment_from_args(&args(&["--trace", &good, "--load", "0.5"]))
+        .expect_err("trace + load");
     assert!(err.to_string().contains("trace"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A served trace's text predictions reach the length-aware policies: srpt on one sequence runs
@@ -153,21 +126,18 @@ fn trace_errors_name_line_and_field_and_a_good_trace_replays() {
 /// do not.
 #[test]
 fn trace_predictions_steer_length_aware_policies() {
-    let dir = std::env::temp_dir().join(format!("lapsd-sim-pred-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("lapsd-sim-pred");
     let mean_latency = |short_predicted: u32, long_predicted: u32| {
-        let path = dir.join(format!("t{short_predicted}_{long_predicted}.jsonl"));
-        std::fs::write(
-            &path,
-            format!(
+        let path = dir.write(
+            &format!("t{short_predicted}_{long_predicted}.jsonl"),
+            &format!(
                 "{{\"arrival_s\": 0.0, \"prompt_tokens\": 8, \"output_tokens\": 200, \"acceptance_rate\": 0.5, \"predicted_output_tokens\": {long_predicted}}}\n\
                  {{\"arrival_s\": 0.0, \"prompt_tokens\": 8, \"output_tokens\": 5, \"acceptance_rate\": 0.5, \"predicted_output_tokens\": {short_predicted}}}\n"
             ),
-        )
-        .expect("write");
+        );
         let v = json_of(&[
             "--trace",
-            path.to_str().expect("utf-8 path"),
+            &path,
             "--format",
             "json",
             "--policy",
@@ -184,5 +154,40 @@ fn trace_predictions_steer_length_aware_policies() {
     let right = mean_latency(5, 200);
     let wrong = mean_latency(400, 200);
     assert!(wrong > right * 1.5, "right {right} wrong {wrong}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lengths_file_resamples_its_pairs() {
+    let dir = TempDir::new("lapsd-lengths");
+    let path_text = dir.write(
+        "pairs.jsonl",
+        "{\"arrival_s\":0.0,\"prompt_tokens\":7,\"output_tokens\":33}\n\
+         {\"arrival_s\":1.0,\"prompt_tokens\":9,\"output_tokens\":55}\n",
+    );
+    let a = args(&[
+        "--requests",
+        "200",
+        "--load",
+        "0.7",
+        "--policy",
+        "fcfs",
+        "--lengths",
+        &path_text,
+        "--format",
+        "json",
+    ]);
+    let e = experiment_from_args(&a).expect("valid");
+    let runs = e.prepare().expect("prepares");
+    assert_eq!(runs[0].requests.len(), 200);
+    for r in &runs[0].requests {
+        let pair = (r.size.prompt_tokens, r.size.output_tokens);
+        assert!(pair == (7, 33) || pair == (9, 55), "{pair:?}");
+        assert_eq!(
+            r.max_tokens, 55,
+            "the largest length: the same cap for every request"
+        );
+    }
+    let results = e.run(None).expect("runs");
+    assert_eq!(results[0].workload, "pairs");
+    assert_eq!(results[0].completed, 200);
 }

@@ -3,77 +3,32 @@
 //! never pass over an idle replica (checked against counts recomputed from the outcome), jsq
 //! beats round-robin on identical replicas, and runs are deterministic.
 
-use clap::Parser;
-use lapsd_core::{Capacity, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig, StabilityRule};
-use lapsd_sim::acceptance::{AcceptanceModel, DraftLength};
-use lapsd_sim::cli::{experiment_from_args, render, results_from_args, SimArgs};
+mod common;
+
+use common::cli::args;
+use common::requests::{experiment, random_requests, sd_config, Mix};
+use lapsd_core::{PolicyConfig, PolicyKind, PolicySpec};
+use lapsd_sim::cli::{experiment_from_args, render, results_from_args};
 use lapsd_sim::dispatch::Dispatch;
-use lapsd_sim::engine::{simulate, simulate_replicas, ReplicaOutcome, ReplicaSetup, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
 use lapsd_sim::report::PolicyResult;
 use lapsd_sim::run::{ArrivalRate, Experiment, RequestSource};
-use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest, WorkloadKind};
+use lapsd_sim::server_model::{
+    simulate, simulate_replicas, ReplicaOutcome, ReplicaSetup, SimConfig,
+};
+use lapsd_sim::workload::{RequestSize, SimRequest, WorkloadKind};
 use lapsd_workload::arrivals::ArrivalProcess;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 /// Poisson arrivals at `rate_rps` rounded to a 50 ms grid, so many requests arrive at the same
 /// instant (and at the instant a step ends); prompts up to 600 tokens (chunked above 256),
 /// spread-out lengths and acceptance, noisy predictions, some prompt-lookup drafters.
 fn requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let times = ArrivalProcess::Poisson.unit_rate_times_s(count, &mut rng);
-    let out = LengthDist::LogNormal {
-        median: 40.0,
-        sigma: 1.0,
-        min: 1,
-        max: 400,
-    };
-    (0..count)
-        .map(|i| {
-            let output_tokens = out.sample(&mut rng);
-            let draft_length = (rng.gen_range(0..4) == 0).then(|| DraftLength {
-                match_probability: rng.gen_range(0.2..0.9),
-                tokens_when_matched: rng.gen_range(1.0..4.0),
-            });
-            SimRequest {
-                id: i as u64,
-                arrival_s: (times[i] / rate_rps * 20.0).round() / 20.0,
-                size: RequestSize {
-                    prompt_tokens: rng.gen_range(1..600),
-                    output_tokens,
-                    acceptance_rate: rng.gen_range(0.2..0.95),
-                    draft_length,
-                },
-                max_tokens: output_tokens + 1 + rng.gen_range(0..50),
-                predicted_output_tokens: Some(
-                    (f64::from(output_tokens) * rng.gen_range(0.5..2.0)) as u32 + 1,
-                ),
-                served_predicted_output_tokens: None,
-            }
-        })
-        .collect()
+    random_requests(seed, count, rate_rps, &Mix::MIXED)
 }
 
+/// Steps of up to 256 tokens, so longer prompts are prefilled in chunks.
 fn config(spec: &PolicySpec, max_batch: usize, kv_budget_tokens: u64) -> SimConfig {
-    SimConfig {
-        scheduler: SchedulerConfig {
-            capacity: Capacity {
-                max_batch,
-                max_step_tokens: 256,
-                kv_budget_tokens,
-            },
-            speculation_length: 4,
-            stability: StabilityRule::default(),
-            cost: lapsd_sim::cli::default_cost(),
-        },
-        policy: spec.kind,
-        policy_config: spec.config.clone(),
-        predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
-        acceptance: AcceptanceModel::default(),
-        step_cost: None,
-        speculation_mode: lapsd_core::SpeculationMode::Fixed,
-    }
+    sd_config(spec, max_batch, 256, kv_budget_tokens)
 }
 
 /// Every ordering, plus the server's default (gittins with its starvation and tail bounds)
@@ -277,31 +232,15 @@ fn least_work_weighs_requests_by_their_estimated_size() {
 }
 
 fn chatbot(replicas_load: f64, count: usize, seed: u64) -> Experiment {
-    Experiment {
-        source: RequestSource::Workload {
-            profile: WorkloadKind::Chatbot.profile(),
-            count,
-            arrivals: ArrivalProcess::Poisson,
-        },
-        rates: vec![ArrivalRate::Load(replicas_load)],
-        policies: vec![PolicySpec::new(PolicyKind::Fcfs, PolicyConfig::default())],
-        scheduler: SchedulerConfig {
-            capacity: Capacity {
-                max_batch: 8,
-                max_step_tokens: 4096,
-                kv_budget_tokens: 65536,
-            },
-            speculation_length: 4,
-            stability: StabilityRule::default(),
-            cost: lapsd_sim::cli::default_cost(),
-        },
-        predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
-        acceptance: AcceptanceModel::default(),
-        step_cost: None,
-        speculation_mode: lapsd_core::SpeculationMode::Fixed,
-        seed,
-        jobs: 2,
-    }
+    let fcfs = PolicySpec::new(PolicyKind::Fcfs, PolicyConfig::default());
+    let source = RequestSource::Workload {
+        profile: WorkloadKind::Chatbot.profile(),
+        count,
+        arrivals: ArrivalProcess::Poisson,
+    };
+    let rates = vec![ArrivalRate::Load(replicas_load)];
+    let config = sd_config(&fcfs, 8, 4096, 65536);
+    experiment(config, vec![fcfs], source, rates, seed)
 }
 
 fn mean_of(results: &[PolicyResult], rule: Dispatch) -> f64 {
@@ -381,18 +320,6 @@ fn runs_are_deterministic_and_do_not_depend_on_threads() {
     assert_ne!(p2(1), p2(2));
 }
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: SimArgs,
-}
-
-fn args(extra: &[&str]) -> SimArgs {
-    let mut argv = vec!["sim"];
-    argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).expect("flags parse").args
-}
-
 fn output_of(extra: &[&str]) -> String {
     let a = args(extra);
     let e = experiment_from_args(&a).expect("valid");
@@ -470,45 +397,4 @@ fn the_flags_run_replicas_and_label_the_rule() {
     let e = experiment_from_args(&zero).expect("valid experiment");
     let err = results_from_args(&zero, &e, None).expect_err("zero replicas");
     assert!(err.to_string().contains("replicas"), "{err}");
-}
-
-#[test]
-fn lengths_file_resamples_its_pairs() {
-    let dir = std::env::temp_dir().join(format!("lapsd-lengths-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("pairs.jsonl");
-    std::fs::write(
-        &path,
-        "{\"arrival_s\":0.0,\"prompt_tokens\":7,\"output_tokens\":33}\n\
-         {\"arrival_s\":1.0,\"prompt_tokens\":9,\"output_tokens\":55}\n",
-    )
-    .expect("write pairs");
-    let path_text = path.display().to_string();
-    let a = args(&[
-        "--requests",
-        "200",
-        "--load",
-        "0.7",
-        "--policy",
-        "fcfs",
-        "--lengths",
-        &path_text,
-        "--format",
-        "json",
-    ]);
-    let e = experiment_from_args(&a).expect("valid");
-    let runs = e.prepare().expect("prepares");
-    assert_eq!(runs[0].requests.len(), 200);
-    for r in &runs[0].requests {
-        let pair = (r.size.prompt_tokens, r.size.output_tokens);
-        assert!(pair == (7, 33) || pair == (9, 55), "{pair:?}");
-        assert_eq!(
-            r.max_tokens, 55,
-            "the largest length: the same cap for every request"
-        );
-    }
-    let results = e.run(None).expect("runs");
-    assert_eq!(results[0].workload, "pairs");
-    assert_eq!(results[0].completed, 200);
-    let _ = std::fs::remove_dir_all(&dir);
 }

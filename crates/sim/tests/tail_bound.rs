@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use lapsd_core::{PolicyConfig, PolicyKind};
-use lapsd_sim::engine::simulate;
+use lapsd_sim::server_model::simulate;
 use lapsd_sim::workload::{LengthDist, SimRequest};
 
 /// CV^2 ~ 2.3, light-tailed: FCFS is tail-optimal, size-based orders win the mean.

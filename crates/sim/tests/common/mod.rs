@@ -1,12 +1,16 @@
 //! Shared harness of the queueing-theory tests: a single server (batch 1, SD off, every step and
 //! the prefill cost one unit `STEP_S`, so a job of L tokens needs exactly L * STEP_S of service)
 //! fed with Poisson arrivals, plus the statistics the tests need (batch means, control variate).
+//! The other tests' shared helpers are in `requests` (request lists, the SD server) and `cli`.
 #![allow(dead_code)]
+
+pub mod cli;
+pub mod requests;
 
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicyKind, SchedulerConfig, StabilityRule};
 use lapsd_sim::acceptance::AcceptanceModel;
-use lapsd_sim::engine::{simulate, SimConfig};
 use lapsd_sim::prediction::PredictorChoice;
+use lapsd_sim::server_model::{simulate, SimConfig};
 use lapsd_sim::theory::DiscreteDist;
 use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest};
 use lapsd_workload::arrivals::ArrivalProcess;

@@ -5,50 +5,19 @@
 
 mod common;
 
+use common::requests::{self, Mix};
 use common::{single_server, STEP_S};
 use lapsd_core::cost::{CostProfile, CostSample};
-use lapsd_core::{
-    Capacity, MeasuredCost, PolicyConfig, PolicyKind, PolicySpec, SchedulerConfig, StabilityRule,
-};
-use lapsd_sim::acceptance::{AcceptanceModel, DraftLength};
-use lapsd_sim::engine::{simulate, SimConfig};
-use lapsd_sim::prediction::PredictorChoice;
+use lapsd_core::{MeasuredCost, PolicyConfig, PolicyKind, PolicySpec};
+use lapsd_sim::acceptance::DraftLength;
 use lapsd_sim::run::{ArrivalRate, Experiment, RequestSource};
-use lapsd_sim::workload::{LengthDist, RequestSize, SimRequest, WorkloadKind};
+use lapsd_sim::server_model::{simulate, SimConfig};
+use lapsd_sim::workload::{RequestSize, SimRequest, WorkloadKind};
 use lapsd_workload::arrivals::ArrivalProcess;
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 fn random_requests(seed: u64, count: usize, rate_rps: f64) -> Vec<SimRequest> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let times = ArrivalProcess::Poisson.unit_rate_times_s(count, &mut rng);
-    let out = LengthDist::LogNormal {
-        median: 40.0,
-        sigma: 1.0,
-        min: 1,
-        max: 400,
-    };
-    (0..count)
-        .map(|i| {
-            let output_tokens = out.sample(&mut rng);
-            SimRequest {
-                id: i as u64,
-                arrival_s: times[i] / rate_rps,
-                size: RequestSize {
-                    prompt_tokens: rng.gen_range(1..200),
-                    output_tokens,
-                    acceptance_rate: rng.gen_range(0.0..1.0),
-                    draft_length: None,
-                },
-                max_tokens: output_tokens + 1 + rng.gen_range(0..50),
-                predicted_output_tokens: Some(
-                    (f64::from(output_tokens) * rng.gen_range(0.5..2.0)) as u32 + 1,
-                ),
-                served_predicted_output_tokens: None,
-            }
-        })
-        .collect()
+    requests::random_requests(seed, count, rate_rps, &Mix::PLAIN)
 }
 
 /// Every ordering, plus the settings that change how one behaves (aging, marginal formation,
@@ -70,31 +39,12 @@ fn every_spec() -> Vec<PolicySpec> {
 }
 
 fn spec_config(spec: &PolicySpec, max_batch: usize, kv_budget_tokens: u64) -> SimConfig {
-    SimConfig {
-        policy_config: spec.config.clone(),
-        ..sd_config(spec.kind, max_batch, kv_budget_tokens)
-    }
+    requests::sd_config(spec, max_batch, 2048, kv_budget_tokens)
 }
 
 fn sd_config(policy: PolicyKind, max_batch: usize, kv_budget_tokens: u64) -> SimConfig {
-    SimConfig {
-        scheduler: SchedulerConfig {
-            capacity: Capacity {
-                max_batch,
-                max_step_tokens: 2048,
-                kv_budget_tokens,
-            },
-            speculation_length: 4,
-            stability: StabilityRule::default(),
-            cost: lapsd_sim::cli::default_cost(),
-        },
-        policy,
-        policy_config: PolicyConfig::default(),
-        predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
-        acceptance: AcceptanceModel::default(),
-        step_cost: None,
-        speculation_mode: lapsd_core::SpeculationMode::Fixed,
-    }
+    let spec = PolicySpec::new(policy, PolicyConfig::default());
+    spec_config(&spec, max_batch, kv_budget_tokens)
 }
 
 /// A label printed like a kind's name in failure messages.
@@ -177,22 +127,14 @@ fn never_idle_while_work_waits_under_every_policy() {
 }
 
 fn experiment(seed: u64) -> Experiment {
-    Experiment {
-        source: RequestSource::Workload {
-            profile: WorkloadKind::Mbpp.profile(),
-            count: 400,
-            arrivals: ArrivalProcess::Gamma { shape: 0.5 },
-        },
-        rates: vec![ArrivalRate::Load(0.6), ArrivalRate::Load(0.9)],
-        policies: every_spec(),
-        scheduler: sd_config(PolicyKind::Fcfs, 4, 20_000).scheduler,
-        predictor: PredictorChoice::NoisyOracle { sigma: 0.5 },
-        acceptance: AcceptanceModel::default(),
-        step_cost: None,
-        speculation_mode: lapsd_core::SpeculationMode::Fixed,
-        seed,
-        jobs: 2,
-    }
+    let source = RequestSource::Workload {
+        profile: WorkloadKind::Mbpp.profile(),
+        count: 400,
+        arrivals: ArrivalProcess::Gamma { shape: 0.5 },
+    };
+    let rates = vec![ArrivalRate::Load(0.6), ArrivalRate::Load(0.9)];
+    let config = sd_config(PolicyKind::Fcfs, 4, 20_000);
+    requests::experiment(config, every_spec(), source, rates, seed)
 }
 
 #[test]
@@ -249,7 +191,7 @@ fn tight_kv_budget_forces_recomputes_and_everything_still_finishes() {
 
 /// A prompt-lookup drafter that finds nothing (mean draft length 0) costs one verified position
 /// per step, a model drafter k + 1 plus k draft passes: the step time charges the positions each
-/// member really drafted, not the speculation length (module header of `engine::simulate`).
+/// member really drafted, not the speculation length (module header of `server_model::server`).
 #[test]
 fn step_time_charges_the_tokens_each_member_drafted() {
     const OUTPUT_TOKENS: u32 = 21;

@@ -1,6 +1,6 @@
 //! R replicas behind a dispatcher (`lapsd sim --replicas R --dispatch RULE`): each replica is the
-//! single server of [`super::simulate`] (its own `Scheduler`, policy and predictor, the same step
-//! model), and a [`Dispatcher`] assigns every request to one replica when it arrives; it stays
+//! server of [`super::simulate`] (a `super::server::Server`: its own `Scheduler`, policy and
+//! predictor, the same step model), and a [`Dispatcher`] assigns every request to one replica when it arrives; it stays
 //! there (no migration).
 //!
 //! One event loop advances every replica in time order. The next event is the earliest of the
@@ -17,21 +17,14 @@
 //! cost model (`SchedulerConfig::cost`, not the step-timing profile) and speculation length.
 
 use indicatif::ProgressBar;
-use lapsd_core::policy::build_policy;
 use lapsd_core::policy::laps_sd_srpt::estimated_remaining_with_prefill_s;
-use lapsd_core::{
-    CoreError, OnlineQuantilePredictor, PolicySpec, RequestState, Scheduler, SchedulerOutput,
-    StepCostModel, StepResult,
-};
+use lapsd_core::{RequestState, StepCostModel};
 use serde::{Deserialize, Serialize};
 
-use super::simulate::{
-    request_spec, step_member, step_time_s, validate_requests, CompletedRequest, Progress,
-    SimConfig, SimOutcome,
-};
+use super::server::{request_spec, InFlight, Server, World};
+use super::simulate::{SimConfig, SimOutcome};
 use crate::dispatch::{Dispatch, Dispatcher, ReplicaLoad};
 use crate::error::SimError;
-use crate::prediction::PredictorChoice;
 use crate::workload::SimRequest;
 
 /// How many replicas and how requests reach them.
@@ -79,69 +72,18 @@ pub struct ReplicaOutcome {
     pub decisions: Vec<DispatchDecision>,
 }
 
-/// A step under way on one replica.
-struct InFlight {
-    output: SchedulerOutput,
-    results: Vec<StepResult>,
-    dt_s: f64,
-    end_s: f64,
-}
-
+/// One server of `super::server` with what dispatching adds: requests that reached it mid-step.
 struct Replica {
-    scheduler: Scheduler,
+    server: Server,
     /// Requests (indices) dispatched while a step was running, admitted when it ends.
     inbox: Vec<usize>,
     step: Option<InFlight>,
-    /// Time of the last event this replica took part in (the single server's clock).
-    now_s: f64,
-    stats: ReplicaStats,
-    /// Drafted and accepted tokens of its finished requests (the `least-work` prior).
-    finished_drafted: u64,
-    finished_accepted: u64,
 }
 
 impl Replica {
-    fn new(config: &SimConfig) -> Result<Self, SimError> {
-        let policy = build_policy(config.policy, &config.policy_config)?;
-        let mut scheduler = Scheduler::new(config.scheduler.clone(), policy)
-            .with_speculation_mode(config.speculation_mode);
-        if let PredictorChoice::Online {
-            prior_tokens,
-            window,
-        } = config.predictor
-        {
-            scheduler = scheduler
-                .with_predictor(Box::new(OnlineQuantilePredictor::new(prior_tokens, window)));
-        }
-        Ok(Self {
-            scheduler,
-            inbox: Vec::new(),
-            step: None,
-            now_s: 0.0,
-            stats: ReplicaStats {
-                requests: 0,
-                completed: 0,
-                steps: 0,
-                busy_s: 0.0,
-            },
-            finished_drafted: 0,
-            finished_accepted: 0,
-        })
-    }
-
-    /// Pooled acceptance rate of the requests it finished (0 before any drafted token), the
-    /// prior `laps-sd[las-phase=false]` uses too.
-    fn prior_acceptance_rate(&self) -> f64 {
-        if self.finished_drafted == 0 {
-            0.0
-        } else {
-            self.finished_accepted as f64 / self.finished_drafted as f64
-        }
-    }
-
     /// What the dispatcher sees (module header); `with_work` computes the work estimate.
     fn load(&self, requests: &[SimRequest], config: &SimConfig, with_work: bool) -> ReplicaLoad {
-        let count = self.scheduler.len() + self.inbox.len();
+        let count = self.server.scheduler.len() + self.inbox.len();
         if !with_work {
             return ReplicaLoad {
                 requests: count,
@@ -150,8 +92,9 @@ impl Replica {
         }
         let k = config.scheduler.speculation_length;
         let cost: &dyn StepCostModel = &config.scheduler.cost;
-        let prior = self.prior_acceptance_rate();
+        let prior = self.server.prior_acceptance_rate();
         let admitted: f64 = self
+            .server
             .scheduler
             .requests()
             .map(|r| estimated_remaining_with_prefill_s(r, k, cost, prior))
@@ -181,7 +124,7 @@ pub fn simulate_replicas(
     setup: &ReplicaSetup,
     progress: Option<&ProgressBar>,
 ) -> Result<ReplicaOutcome, SimError> {
-    validate_requests(requests)?;
+    let mut world = World::new(requests, config, progress)?;
     if setup.replicas == 0 {
         return Err(SimError::InvalidArgument {
             field: "replicas",
@@ -189,22 +132,15 @@ pub fn simulate_replicas(
         });
     }
     let mut replicas = (0..setup.replicas)
-        .map(|_| Replica::new(config))
+        .map(|_| {
+            Server::new(config).map(|server| Replica {
+                server,
+                inbox: Vec::new(),
+                step: None,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut dispatcher = Dispatcher::new(setup.dispatch, setup.seed);
-    let step_cost: &dyn StepCostModel = match &config.step_cost {
-        Some(measured) => measured,
-        None => &config.scheduler.cost,
-    };
-    let mut state = vec![Progress::default(); requests.len()];
-    let mut merged = SimOutcome {
-        policy: PolicySpec::new(config.policy, config.policy_config.clone()).label(),
-        completed: Vec::with_capacity(requests.len()),
-        never_fits: 0,
-        steps: 0,
-        end_s: 0.0,
-        busy_s: 0.0,
-    };
     let mut replica_of = vec![0usize; requests.len()];
     let mut decisions = Vec::new();
     let with_work = setup.dispatch.needs_work() || setup.record_decisions;
@@ -225,35 +161,10 @@ pub fn simulate_replicas(
         woken.iter_mut().for_each(|w| *w = false);
         // Steps that end now.
         for (index, replica) in replicas.iter_mut().enumerate() {
-            let ends_now = replica.step.as_ref().is_some_and(|s| s.end_s <= now_s);
-            if !ends_now {
-                continue;
+            if let Some(step) = replica.step.take_if(|s| s.end_s <= now_s) {
+                replica.server.finish_step(&mut world, step);
+                woken[index] = true;
             }
-            let Some(step) = replica.step.take() else {
-                continue;
-            };
-            replica.now_s = step.end_s;
-            for done in replica
-                .scheduler
-                .update(&step.output, &step.results, step.dt_s, step.end_s)
-            {
-                replica.finished_drafted += done.acceptance.drafted_tokens;
-                replica.finished_accepted += done.acceptance.accepted_tokens;
-                replica.stats.completed += 1;
-                merged.completed.push(CompletedRequest {
-                    id: done.spec.id,
-                    arrival_s: done.spec.arrival_s,
-                    finish_s: step.end_s,
-                    first_token_s: done.first_token_s.unwrap_or(step.end_s),
-                    output_tokens: done.generated_tokens,
-                    preemptions: done.preemptions,
-                    recomputes: done.recomputes,
-                });
-                if let Some(bar) = progress {
-                    bar.inc(1);
-                }
-            }
-            woken[index] = true;
         }
         // Arrivals of this instant.
         while let Some(req) = requests.get(next_arrival).filter(|r| r.arrival_s <= now_s) {
@@ -270,7 +181,7 @@ pub fn simulate_replicas(
             }
             let replica = &mut replicas[chosen];
             replica.inbox.push(next_arrival);
-            replica.stats.requests += 1;
+            replica.server.stats.requests += 1;
             replica_of[next_arrival] = chosen;
             if replica.step.is_none() {
                 woken[chosen] = true;
@@ -282,66 +193,29 @@ pub fn simulate_replicas(
             if !woken[index] {
                 continue;
             }
-            replica.now_s = now_s;
+            replica.server.now_s = now_s;
             for i in std::mem::take(&mut replica.inbox) {
-                let req = &requests[i];
-                match replica
-                    .scheduler
-                    .add_request(request_spec(req, &config.predictor), req.arrival_s)
-                {
-                    Ok(()) => {}
-                    Err(CoreError::NeverFits { .. }) => {
-                        merged.never_fits += 1;
-                        if let Some(bar) = progress {
-                            bar.inc(1);
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                replica.server.admit(&mut world, i)?;
             }
-            if replica.scheduler.is_empty() {
-                continue;
-            }
-            // An empty batch leaves the replica free until a request reaches it (the single
+            // Nothing to run leaves the replica free until a request reaches it (the single
             // server waits for the next arrival the same way); a stall is reported at the end.
-            let output = replica.scheduler.schedule(now_s);
-            if output.batch.is_empty() {
-                continue;
-            }
-            let mut results = Vec::with_capacity(output.batch.len());
-            for member in &output.batch {
-                results.push(step_member(
-                    requests,
-                    &mut state,
-                    &config.acceptance,
-                    member.id,
-                    member.kind,
-                )?);
-            }
-            let dt_s = step_time_s(&output, &results, step_cost);
-            let end_s = now_s + dt_s;
-            replica.stats.steps += 1;
-            replica.stats.busy_s += dt_s;
-            replica.step = Some(InFlight {
-                output,
-                results,
-                dt_s,
-                end_s,
-            });
+            replica.step = replica.server.start_step(&mut world)?;
         }
     }
-    if let Some(stuck) = replicas.iter().find(|r| !r.scheduler.is_empty()) {
+    let servers = || replicas.iter().map(|r| &r.server);
+    if let Some(stuck) = servers().find(|s| !s.scheduler.is_empty()) {
         return Err(SimError::Stalled {
             now_s: stuck.now_s,
             waiting: stuck.scheduler.len(),
         });
     }
-    merged.steps = replicas.iter().map(|r| r.stats.steps).sum();
-    merged.busy_s = replicas.iter().map(|r| r.stats.busy_s).sum::<f64>() / setup.replicas as f64;
-    merged.end_s = replicas.iter().map(|r| r.now_s).fold(0.0, f64::max);
+    let mut merged = world.outcome;
+    merged.steps = servers().map(|s| s.stats.steps).sum();
+    merged.busy_s = servers().map(|s| s.stats.busy_s).sum::<f64>() / setup.replicas as f64;
+    merged.end_s = servers().map(|s| s.now_s).fold(0.0, f64::max);
     Ok(ReplicaOutcome {
         merged,
-        per_replica: replicas.iter().map(|r| r.stats).collect(),
+        per_replica: servers().map(|s| s.stats).collect(),
         replica_of,
         decisions,
     })
