@@ -78,7 +78,6 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path.clone(),
         draft: args.draft.clone(),
-        speculation_length: args.k,
     })
     .with_context(|| format!("loading {}", model_path.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();

@@ -291,7 +291,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let loader = crate::sd_backend::loader(crate::sd_backend::LoadSpec {
         model_path,
         draft,
-        speculation_length: config.speculation_length,
         served_model_name: args.served_model_name.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()

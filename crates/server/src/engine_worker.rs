@@ -41,8 +41,6 @@ pub struct WorkerContext {
     pub text: Arc<dyn ModelText>,
     pub metrics: Arc<Metrics>,
     pub eos_token_ids: Vec<u32>,
-    /// Speculation length used for steps that prefill (the core leaves it to the engine).
-    pub speculation_length: u32,
     /// See [`crate::server::ServerConfig::max_tokens_bounds_prediction`].
     pub max_tokens_bounds_prediction: bool,
     /// `--step-log`: one line per step.
@@ -333,6 +331,9 @@ impl EngineWorker {
             std::thread::sleep(Duration::from_millis(5));
             return;
         }
+        // Prefill members get the configured k: the core names k for decode steps only and
+        // leaves a prefill's to the engine.
+        let prefill_k = self.scheduler.config().speculation_length;
         let batch: Vec<StepMember> = output
             .batch
             .iter()
@@ -341,10 +342,8 @@ impl EngineWorker {
                     StepKind::Decode { speculation_length } => (speculation_length, None),
                     // The last (or only) part of a prefill: whatever is missing, so that the
                     // engine always ends it with a token, as the scheduler expects.
-                    StepKind::Prefill { .. } => (self.ctx.speculation_length, None),
-                    StepKind::PrefillChunk { tokens } => {
-                        (self.ctx.speculation_length, Some(tokens as usize))
-                    }
+                    StepKind::Prefill { .. } => (prefill_k, None),
+                    StepKind::PrefillChunk { tokens } => (prefill_k, Some(tokens as usize)),
                 };
                 StepMember {
                     id: s.id,

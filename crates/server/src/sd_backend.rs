@@ -26,7 +26,6 @@ use crate::server::{LoadedModel, ModelLoader};
 pub struct LoadSpec {
     pub model_path: PathBuf,
     pub draft: DraftSpec,
-    pub speculation_length: u32,
     /// Overrides the model's name in `model` / `GET /v1/models` (default: the file stem).
     pub served_model_name: Option<String>,
 }
@@ -42,7 +41,6 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
     let engine = SdEngine::load(EngineConfig {
         model_path: spec.model_path.clone(),
         draft: spec.draft.clone(),
-        speculation_length: spec.speculation_length as usize,
     })?;
     let tokenizer = Tokenizer::from_gguf_file(&spec.model_path)?;
     let info = engine.info();

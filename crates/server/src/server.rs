@@ -312,7 +312,6 @@ fn worker_main(
         text: loaded.text.clone(),
         metrics,
         eos_token_ids: loaded.card.eos_token_ids.clone(),
-        speculation_length: config.speculation_length,
         max_tokens_bounds_prediction: config.max_tokens_bounds_prediction,
         step_log,
         policy_config: config.policy_config.clone(),
