@@ -10,9 +10,9 @@ use lapsd_core::cost::{CostProfile, CostSample, PrefillSample};
 use lapsd_core::{LinearCost, StepObservation};
 use lapsd_engine::model::Model;
 use lapsd_engine::spec::calibrate::{calibrate, Calibration, CalibrationDrafter, CalibrationPlan};
-use lapsd_engine::spec::{load_draft_model, DraftSpec};
+use lapsd_engine::spec::{load_draft_model, DraftSpec, DEFAULT_DRAFT};
 
-use crate::generate::{resolve_model, DEFAULT_DRAFT};
+use crate::generate::resolve_model;
 
 /// Flags of `lapsd calibrate`.
 #[derive(clap::Args, Debug)]

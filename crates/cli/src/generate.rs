@@ -8,14 +8,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
-use lapsd_engine::spec::DraftSpec;
+use lapsd_engine::spec::{DraftSpec, DEFAULT_DRAFT};
 use lapsd_engine::tokenizer::DecodeStream;
 
 /// The embedded default target model, relative to the repository root.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// Default draft method: chosen by measurement on SmolLM2-135M (docs/speculative-decoding.md).
-pub const DEFAULT_DRAFT: &str = "ngram:3";
 
 /// Flags of `lapsd generate`.
 #[derive(clap::Args, Debug)]
