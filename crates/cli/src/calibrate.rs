@@ -10,14 +10,14 @@ use lapsd_core::cost::{CostProfile, CostSample, PrefillSample};
 use lapsd_core::{LinearCost, StepObservation};
 use lapsd_engine::model::Model;
 use lapsd_engine::spec::calibrate::{calibrate, Calibration, CalibrationDrafter, CalibrationPlan};
-use lapsd_engine::spec::{load_draft_model, DraftSpec};
-
-use crate::generate::{resolve_model, DEFAULT_DRAFT};
+use lapsd_engine::spec::{load_draft_model, DraftSpec, DEFAULT_DRAFT};
+use lapsd_server::cli::resolve_model_path;
 
 /// Flags of `lapsd calibrate`.
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
-    /// Target model GGUF (default: the embedded SmolLM2-135M-Instruct).
+    /// Target model GGUF. Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct,
+    /// looked for where `lapsd serve` looks for it.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Draft method whose cost is measured (none, ngram[:N], self:N or a draft .gguf path with
@@ -111,7 +111,7 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     if args.max_batch == 0 {
         bail!("--max-batch must be at least 1, got 0");
     }
-    let model_path = resolve_model(args.model.as_deref())?;
+    let model_path = resolve_model_path(args.model.clone())?;
     let (target, tokenizer) = Model::load_with_tokenizer(&model_path)
         .with_context(|| format!("loading {}", model_path.display()))?;
     target.warm_up()?;

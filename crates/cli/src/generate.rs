@@ -2,25 +2,21 @@
 //! then speed and acceptance. Command glue only: the work is in `lapsd_engine::engine`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
-use lapsd_engine::spec::DraftSpec;
+use lapsd_engine::spec::{DraftSpec, DEFAULT_DRAFT};
 use lapsd_engine::tokenizer::DecodeStream;
-
-/// The embedded default target model, relative to the repository root.
-pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// Default draft method: chosen by measurement on SmolLM2-135M (docs/speculative-decoding.md).
-pub const DEFAULT_DRAFT: &str = "ngram:3";
+use lapsd_server::cli::resolve_model_path;
 
 /// Flags of `lapsd generate`.
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// Target model GGUF (default: the embedded SmolLM2-135M-Instruct).
+    /// Target model GGUF. Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct,
+    /// looked for where `lapsd serve` looks for it.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Draft method: none, ngram, ngram:N, self:N (first N target layers) or a draft .gguf path,
@@ -50,35 +46,13 @@ pub struct GenerateArgs {
     pub chat: bool,
 }
 
-/// Resolves the target model path: the flag, else the embedded default relative to the current
-/// directory, then to the executable's `../../` (i.e. the repository root for `target/*/lapsd`).
-pub fn resolve_model(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = flag {
-        if !path.is_file() {
-            bail!("model file {} does not exist", path.display());
-        }
-        return Ok(path.to_path_buf());
-    }
-    let mut candidates = vec![PathBuf::from(DEFAULT_MODEL)];
-    if let Some(root) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-    {
-        candidates.push(root.join(DEFAULT_MODEL));
-    }
-    candidates.into_iter().find(|p| p.is_file()).with_context(|| {
-        format!("the default model {DEFAULT_MODEL} is missing: run scripts/fetch-models.sh (or pass --model PATH)")
-    })
-}
-
 /// `lapsd generate`.
 pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let model_path = resolve_model(args.model.as_deref())?;
+    let model_path = resolve_model_path(args.model.clone())?;
     let load_start = Instant::now();
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path.clone(),
         draft: args.draft.clone(),
-        speculation_length: args.k,
     })
     .with_context(|| format!("loading {}", model_path.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();

@@ -56,15 +56,13 @@ impl Default for SamplingParams {
     }
 }
 
-/// What [`SdEngine::load`] needs.
+/// What [`SdEngine::load`] needs. No speculation length: every step names each member's `k`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// Target model GGUF file.
     pub model_path: PathBuf,
     /// Draft method.
     pub draft: DraftSpec,
-    /// Default speculation length `k` for callers that do not choose one per step.
-    pub speculation_length: usize,
 }
 
 /// Why a sequence stopped generating.

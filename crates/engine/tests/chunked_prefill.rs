@@ -28,7 +28,6 @@ fn chunked_prefill_matches_one_forward() {
     let engine = SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft: DraftSpec::None,
-        speculation_length: 0,
     })
     .expect("loads");
     let prompt = prompt(&engine, 300);
@@ -73,7 +72,6 @@ fn engine_chunks_yield_no_token_until_the_last_and_then_the_same_greedy_text() {
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft: DraftSpec::None,
-        speculation_length: 0,
     })
     .expect("loads");
     let prompt = prompt(&engine, 300);

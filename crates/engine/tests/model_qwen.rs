@@ -92,7 +92,6 @@ fn sd_greedy_tokens(draft: DraftSpec, prompt: &str, max_tokens: u32) -> Vec<u32>
     let mut engine = SdEngine::load(EngineConfig {
         model_path: path(TARGET),
         draft,
-        speculation_length: 4,
     })
     .unwrap();
     let ids = engine.tokenizer().encode(prompt, false).unwrap();

@@ -150,7 +150,6 @@ fn misuse_gives_exact_errors() {
     let err = lapsd_engine::engine::SdEngine::load(lapsd_engine::engine::EngineConfig {
         model_path: spec_common::model_path(),
         draft: DraftSpec::SelfLayers { n_layers: 99 },
-        speculation_length: 4,
     })
     .err()
     .expect("self:99 on a 30-layer model fails");

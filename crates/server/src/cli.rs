@@ -8,6 +8,7 @@ use anyhow::Context;
 use lapsd_core::length_model::TextLengthModel;
 use lapsd_core::policy::args::PolicyArgs;
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicySpec, SpeculationMode};
+use lapsd_engine::spec::DEFAULT_DRAFT;
 
 use crate::edge::{
     ApiKeys, HttpConfig, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES,
@@ -19,8 +20,6 @@ use crate::server::{start, ServerConfig};
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Environment variable with API keys (comma-separated), added to `--api-key`.
 pub const API_KEY_ENV: &str = "LAPSD_API_KEY";
-/// Default draft method when `--draft` is omitted: prompt-lookup n-grams (no draft model needed).
-pub const DEFAULT_DRAFT: &str = "ngram";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -291,7 +290,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let loader = crate::sd_backend::loader(crate::sd_backend::LoadSpec {
         model_path,
         draft,
-        speculation_length: config.speculation_length,
         served_model_name: args.served_model_name.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -382,6 +380,13 @@ mod tests {
         assert_eq!(config.policy_config.max_wait_s, None);
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.port, 8000);
+    }
+
+    #[test]
+    fn the_default_draft_is_the_spec_ngram_always_meant() {
+        let cli = Cli::parse_from(["lapsd"]);
+        let default = cli.serve.draft.parse::<lapsd_engine::spec::DraftSpec>();
+        assert_eq!(default, "ngram".parse());
     }
 
     #[test]

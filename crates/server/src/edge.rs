@@ -125,13 +125,13 @@ impl HttpConfig {
             ("--body-timeout-s", self.body_timeout_s),
         ] {
             if !(value.is_finite() && value > 0.0) {
-                return Err(ServerError::Config(format!(
+                return Err(ServerError::InvalidSetting(format!(
                     "{name} must be a positive number of seconds, got {value}"
                 )));
             }
         }
         if self.max_body_bytes == 0 {
-            return Err(ServerError::Config(
+            return Err(ServerError::InvalidSetting(
                 "the body limit must be at least 1 byte".into(),
             ));
         }
@@ -337,8 +337,11 @@ pub fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> 
         let values = origins
             .iter()
             .map(|o| {
-                HeaderValue::from_str(o.trim().trim_end_matches('/')).map_err(|_| {
-                    ServerError::Config(format!("--cors-origin {o:?} is not a valid origin"))
+                HeaderValue::from_str(o.trim().trim_end_matches('/')).map_err(|source| {
+                    ServerError::CorsOrigin {
+                        origin: o.clone(),
+                        source,
+                    }
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -23,7 +23,7 @@ use lapsd_core::{
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Backend, BackendFinish, BackendStepOutput, BatchMember, SamplingParams, TokenLogprob,
+    Backend, EngineError, SamplingParams, SeqFinish, SeqStepOutput, StepMember, TokenLogprob,
 };
 use crate::error::{ApiError, ServerError};
 use crate::inflight::{GenerateCommand, Inflight, LogprobEntry, ResponseEvent};
@@ -41,8 +41,6 @@ pub struct WorkerContext {
     pub text: Arc<dyn ModelText>,
     pub metrics: Arc<Metrics>,
     pub eos_token_ids: Vec<u32>,
-    /// Speculation length used for steps that prefill (the core leaves it to the engine).
-    pub speculation_length: u32,
     /// See [`crate::server::ServerConfig::max_tokens_bounds_prediction`].
     pub max_tokens_bounds_prediction: bool,
     /// `--step-log`: one line per step.
@@ -68,7 +66,10 @@ impl StepLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| ServerError::Config(format!("--step-log {}: {e}", path.display())))?;
+            .map_err(|source| ServerError::StepLog {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             writer: BufWriter::new(file),
             failed: false,
@@ -213,10 +214,8 @@ impl EngineWorker {
             .backend
             .add_sequence(id, req.prompt_ids.clone(), params)
         {
-            tracing::error!(id, error = %e, "engine refused a sequence");
-            let _ = cmd.events_tx.send(ResponseEvent::Error(ApiError::Internal {
-                detail: e.to_string(),
-            }));
+            tracing::error!(id, kind = e.kind(), error = %e, "engine refused a sequence");
+            let _ = cmd.events_tx.send(ResponseEvent::Error(engine_failure(&e)));
             self.ctx
                 .metrics
                 .requests_finished
@@ -332,7 +331,10 @@ impl EngineWorker {
             std::thread::sleep(Duration::from_millis(5));
             return;
         }
-        let batch: Vec<BatchMember> = output
+        // Prefill members get the configured k: the core names k for decode steps only and
+        // leaves a prefill's to the engine.
+        let prefill_k = self.scheduler.config().speculation_length;
+        let batch: Vec<StepMember> = output
             .batch
             .iter()
             .map(|s| {
@@ -340,12 +342,10 @@ impl EngineWorker {
                     StepKind::Decode { speculation_length } => (speculation_length, None),
                     // The last (or only) part of a prefill: whatever is missing, so that the
                     // engine always ends it with a token, as the scheduler expects.
-                    StepKind::Prefill { .. } => (self.ctx.speculation_length, None),
-                    StepKind::PrefillChunk { tokens } => {
-                        (self.ctx.speculation_length, Some(tokens as usize))
-                    }
+                    StepKind::Prefill { .. } => (prefill_k, None),
+                    StepKind::PrefillChunk { tokens } => (prefill_k, Some(tokens as usize)),
                 };
-                BatchMember {
+                StepMember {
                     id: s.id,
                     speculation_length: k as usize,
                     max_prefill_tokens,
@@ -364,12 +364,10 @@ impl EngineWorker {
         let outputs = match step {
             Ok(outputs) => outputs,
             Err(e) => {
-                tracing::error!(error = %e, batch = ?batch, "engine step failed: failing its batch");
+                tracing::error!(kind = e.kind(), error = %e, batch = ?batch, "engine step failed: failing its batch");
                 for id in batch.iter().map(|m| m.id) {
                     if let Some(r) = self.inflight.get(&id) {
-                        r.send(ResponseEvent::Error(ApiError::Internal {
-                            detail: e.to_string(),
-                        }));
+                        r.send(ResponseEvent::Error(engine_failure(&e)));
                     }
                     self.cancel(id, "error");
                 }
@@ -396,10 +394,10 @@ impl EngineWorker {
     fn apply_outputs(
         &mut self,
         output: &SchedulerOutput,
-        outputs: &[BackendStepOutput],
+        outputs: &[SeqStepOutput],
         now_s: f64,
     ) -> Vec<StepResult> {
-        let by_id: HashMap<u64, &BackendStepOutput> = outputs.iter().map(|o| (o.id, o)).collect();
+        let by_id: HashMap<u64, &SeqStepOutput> = outputs.iter().map(|o| (o.id, o)).collect();
         let mut results = Vec::with_capacity(output.batch.len());
         for member in &output.batch {
             let Some(o) = by_id.get(&member.id) else {
@@ -461,15 +459,16 @@ impl EngineWorker {
                 Some(FinishReason::Stop)
             } else {
                 match o.finished {
-                    Some(BackendFinish::Eos) => Some(FinishReason::Stop),
-                    Some(BackendFinish::Length) => Some(FinishReason::Length),
+                    Some(SeqFinish::Eos) => Some(FinishReason::Stop),
+                    Some(SeqFinish::Length) => Some(FinishReason::Length),
                     None => None,
                 }
             };
+            let (drafted_tokens, accepted_tokens) = draft_counts(o);
             results.push(StepResult {
                 id: member.id,
-                drafted_tokens: o.drafted_tokens,
-                accepted_tokens: o.accepted_tokens.min(o.drafted_tokens),
+                drafted_tokens,
+                accepted_tokens,
                 new_tokens: consumed,
                 finished,
             });
@@ -477,14 +476,14 @@ impl EngineWorker {
         results
     }
 
-    fn record_spec_counters(&self, o: &BackendStepOutput) {
-        if o.drafted_tokens == 0 {
+    fn record_spec_counters(&self, o: &SeqStepOutput) {
+        let (drafted, accepted) = draft_counts(o);
+        if drafted == 0 {
             return;
         }
         let m = &self.ctx.metrics;
         m.spec_num_drafts.inc();
-        m.spec_num_draft_tokens.inc_by(u64::from(o.drafted_tokens));
-        let accepted = o.accepted_tokens.min(o.drafted_tokens);
+        m.spec_num_draft_tokens.inc_by(u64::from(drafted));
         m.spec_num_accepted_tokens.inc_by(u64::from(accepted));
         // Accepted drafts are a prefix: positions 0..accepted were each accepted once.
         for pos in 0..accepted {
@@ -620,6 +619,22 @@ impl EngineWorker {
         } else {
             (held_tokens as f64 / budget_tokens as f64).clamp(0.0, 1.0)
         });
+    }
+}
+
+/// A step output's drafted and accepted token counts as the core counts them (u32; accepted
+/// never above drafted, whatever a backend reports).
+fn draft_counts(o: &SeqStepOutput) -> (u32, u32) {
+    let drafted = u32::try_from(o.drafted_tokens).unwrap_or(u32::MAX);
+    let accepted = u32::try_from(o.accepted_tokens).unwrap_or(u32::MAX);
+    (drafted, accepted.min(drafted))
+}
+
+/// The 500 a request gets when the engine fails it; the detail (with the engine's kind tag) is
+/// logged, never sent.
+fn engine_failure(e: &EngineError) -> ApiError {
+    ApiError::Internal {
+        detail: format!("engine error ({}): {e}", e.kind()),
     }
 }
 

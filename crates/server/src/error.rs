@@ -2,8 +2,11 @@
 //! `{"error": {"message", "type", "param", "code"}}`. Client errors (4xx) say what was wrong and
 //! name the field; server errors (5xx) are logged in full and answered with a generic message.
 
+use std::path::PathBuf;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use lapsd_engine::EngineError;
 use serde::Serialize;
 
 /// Every error a request can end with. Each variant maps to one HTTP status and one OpenAI
@@ -188,13 +191,36 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Errors that stop the server from starting or running (the CLI turns them into anyhow).
+/// Errors that stop the server from starting or running (the CLI turns them into anyhow). A
+/// cause is kept as the error's `source`; messages also carry its text, as the engine's do, so
+/// a message read alone still says what went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A setting the server cannot run with, described in words that name its flag.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    InvalidSetting(String),
+    /// The policy settings do not make a policy.
+    #[error("invalid configuration: {0}")]
+    Policy(#[source] lapsd_core::CoreError),
+    /// `--cors-origin` is not a valid header value.
+    #[error("invalid configuration: --cors-origin {origin:?} is not a valid origin")]
+    CorsOrigin {
+        origin: String,
+        #[source]
+        source: axum::http::header::InvalidHeaderValue,
+    },
+    /// `--step-log` cannot be opened for appending.
+    #[error("invalid configuration: --step-log {}: {source}", path.display())]
+    StepLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics registry refused a metric (their names are fixed, so this is a bug).
+    #[error("invalid configuration: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot load the model: {0}")]
-    Load(String),
+    Load(#[from] EngineError),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: String,
@@ -203,8 +229,18 @@ pub enum ServerError {
     },
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The engine worker thread ended before it reported the model loaded (or failed).
+    #[error("the engine worker stopped unexpectedly: the engine worker died while loading")]
+    WorkerDiedLoading,
+    /// The engine worker thread panicked.
+    #[error("the engine worker stopped unexpectedly: the engine worker panicked")]
+    WorkerPanicked,
+    /// Waiting for the engine worker thread failed.
     #[error("the engine worker stopped unexpectedly: {0}")]
-    Worker(String),
+    WorkerJoin(#[source] tokio::task::JoinError),
+    /// The task serving connections failed (panicked or was cancelled).
+    #[error("the engine worker stopped unexpectedly: server task: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
 }
 
 #[cfg(test)]

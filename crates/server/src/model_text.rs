@@ -11,6 +11,9 @@
 //! template's text only, so a `<|im_end|>` typed in a message is encoded as plain text and cannot
 //! close the turn (chat-turn injection).
 
+use lapsd_engine::chat::ChatError;
+use lapsd_engine::EngineError;
+
 /// Static facts about the served model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelCard {
@@ -24,32 +27,34 @@ pub struct ModelCard {
     pub eos_token_ids: Vec<u32>,
 }
 
-/// Tokenize, detokenize and render chat prompts for the served model.
+/// Tokenize, detokenize and render chat prompts for the served model. Errors are the engine's
+/// own, so their cause is kept up to where the server decides what a client sees.
 pub trait ModelText: Send + Sync {
-    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String>;
-    fn decode(&self, ids: &[u32]) -> Result<String, String>;
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError>;
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError>;
     /// The prompt text for a conversation of `(role, content)` turns, ending with the cue for the
     /// assistant's reply. Roles are already validated (`system`, `user`, `assistant`). An error
     /// means the template refused these messages (answered with a 400 naming `messages`).
-    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String>;
+    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, ChatError>;
     /// The token ids of the chat prompt for `messages`, where only the template's own markers
     /// may become special tokens: message contents are encoded as plain text.
     fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError>;
 }
 
-/// Why a chat prompt could not be built.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a chat prompt could not be built. Messages carry their cause's text (as the engine's
+/// errors do), since the template's refusal is the 400's message.
+#[derive(Debug, thiserror::Error)]
 pub enum ChatPromptError {
     /// The template refused these messages (the request's fault: 400 naming `messages`).
     #[error("cannot render the chat prompt: {0}")]
-    Template(String),
+    Template(#[from] ChatError),
     /// A message contains a special token's text and the template transforms contents, so
     /// the contents cannot be located in its output to be encoded as plain text (400).
     #[error("messages[{index}].content contains the special token {token:?}, which this model's chat template cannot keep as plain text")]
     SpecialTokenInContent { index: usize, token: String },
     /// The tokenizer failed (500).
     #[error("tokenizing the chat prompt: {0}")]
-    Tokenize(String),
+    Tokenize(#[source] EngineError),
 }
 
 /// A piece of a rendered chat prompt.
@@ -71,11 +76,11 @@ fn placeholder(i: usize) -> String {
 /// placeholders into template text and contents. `Ok(None)` when the template transforms the
 /// contents (trims them, branches on them, ...): substituting the real contents must give
 /// exactly `rendered`, the prompt with the real contents, or the pieces are not trusted.
-pub fn split_rendered(
-    render: impl Fn(&[(String, String)]) -> Result<String, String>,
+pub fn split_rendered<E>(
+    render: impl Fn(&[(String, String)]) -> Result<String, E>,
     messages: &[(String, String)],
     rendered: &str,
-) -> Result<Option<Vec<PromptPiece>>, String> {
+) -> Result<Option<Vec<PromptPiece>>, E> {
     let marked: Vec<(String, String)> = messages
         .iter()
         .enumerate()

@@ -8,14 +8,12 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lapsd_engine::chat::ChatTemplate;
-use lapsd_engine::engine::{EngineConfig, SdEngine, SeqFinish, SeqStepOutput, StepMember};
+use lapsd_engine::chat::{ChatError, ChatTemplate};
+use lapsd_engine::engine::{EngineConfig, SdEngine};
 use lapsd_engine::spec::DraftSpec;
 use lapsd_engine::{EngineError, Tokenizer};
 
-use crate::backend::{
-    Backend, BackendError, BackendFinish, BackendStepOutput, BatchMember, SamplingParams,
-};
+use crate::backend::{Backend, SamplingParams, SeqStepOutput, StepMember};
 use crate::error::ServerError;
 use crate::model_text::{
     special_chunks, special_in_contents, split_rendered, ChatPromptError, Chunk, ModelCard,
@@ -28,7 +26,6 @@ use crate::server::{LoadedModel, ModelLoader};
 pub struct LoadSpec {
     pub model_path: PathBuf,
     pub draft: DraftSpec,
-    pub speculation_length: u32,
     /// Overrides the model's name in `model` / `GET /v1/models` (default: the file stem).
     pub served_model_name: Option<String>,
 }
@@ -38,20 +35,14 @@ pub fn loader(spec: LoadSpec) -> ModelLoader {
     Box::new(move || load(spec))
 }
 
-fn load_err(e: EngineError) -> ServerError {
-    ServerError::Load(e.to_string())
-}
-
 /// Loads the engine and a second copy of its tokenizer for the HTTP handlers.
 pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
     let started = std::time::Instant::now();
     let engine = SdEngine::load(EngineConfig {
         model_path: spec.model_path.clone(),
         draft: spec.draft.clone(),
-        speculation_length: spec.speculation_length as usize,
-    })
-    .map_err(load_err)?;
-    let tokenizer = Tokenizer::from_gguf_file(&spec.model_path).map_err(load_err)?;
+    })?;
+    let tokenizer = Tokenizer::from_gguf_file(&spec.model_path)?;
     let info = engine.info();
     let card = ModelCard {
         name: spec
@@ -130,10 +121,9 @@ impl EngineText {
             match chunk {
                 Chunk::Special(id) => ids.push(*id),
                 Chunk::Text(text) => {
-                    let enc = self
-                        .plain
-                        .encode(text.as_str(), false)
-                        .map_err(|e| ChatPromptError::Tokenize(e.to_string()))?;
+                    let enc = self.plain.encode(text.as_str(), false).map_err(|e| {
+                        ChatPromptError::Tokenize(EngineError::Tokenizer(e.to_string()))
+                    })?;
                     ids.extend_from_slice(enc.get_ids());
                 }
             }
@@ -143,25 +133,18 @@ impl EngineText {
 }
 
 impl ModelText for EngineText {
-    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
-        self.tokenizer
-            .encode(text, add_special_tokens)
-            .map_err(|e| e.to_string())
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, EngineError> {
+        self.tokenizer.encode(text, add_special_tokens)
     }
-    fn decode(&self, ids: &[u32]) -> Result<String, String> {
-        self.tokenizer.decode(ids).map_err(|e| e.to_string())
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.tokenizer.decode(ids)
     }
-    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String> {
-        self.chat_template
-            .render_turns(messages)
-            .map_err(|e| e.to_string())
+    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, ChatError> {
+        self.chat_template.render_turns(messages)
     }
     fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError> {
-        let rendered = self
-            .render_chat(messages)
-            .map_err(ChatPromptError::Template)?;
-        let pieces = split_rendered(|m| self.render_chat(m), messages, &rendered)
-            .map_err(ChatPromptError::Template)?;
+        let rendered = self.render_chat(messages)?;
+        let pieces = split_rendered(|m| self.render_chat(m), messages, &rendered)?;
         match pieces {
             Some(pieces) => self.encode_chunks(&special_chunks(&pieces, &self.specials)),
             // The template transforms contents, so they cannot be told apart from its own
@@ -179,32 +162,11 @@ impl ModelText for EngineText {
     }
 }
 
-fn backend_output(o: SeqStepOutput) -> BackendStepOutput {
-    BackendStepOutput {
-        id: o.id,
-        new_tokens: o.new_tokens,
-        drafted_tokens: u32::try_from(o.drafted_tokens).unwrap_or(u32::MAX),
-        accepted_tokens: u32::try_from(o.accepted_tokens).unwrap_or(u32::MAX),
-        finished: o.finished.map(|f| match f {
-            SeqFinish::Eos => BackendFinish::Eos,
-            SeqFinish::Length => BackendFinish::Length,
-        }),
-        logprobs: o.logprobs,
-    }
-}
-
 /// [`SdEngine`] as the worker's [`Backend`].
 pub struct SdBackend {
     engine: SdEngine,
     /// Registered sequence ids (to sum KV in use).
     ids: HashSet<u64>,
-}
-
-fn backend_err(e: EngineError) -> BackendError {
-    BackendError {
-        kind: e.kind(),
-        message: e.to_string(),
-    }
 }
 
 impl Backend for SdBackend {
@@ -213,33 +175,18 @@ impl Backend for SdBackend {
         id: u64,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
-    ) -> Result<(), BackendError> {
-        self.engine
-            .add_sequence(id, prompt_ids, params)
-            .map_err(backend_err)?;
+    ) -> Result<(), EngineError> {
+        self.engine.add_sequence(id, prompt_ids, params)?;
         self.ids.insert(id);
         Ok(())
     }
 
-    fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<BackendStepOutput>, BackendError> {
-        let outputs = self.engine.step(batch).map_err(backend_err)?;
-        Ok(outputs.into_iter().map(backend_output).collect())
+    fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<SeqStepOutput>, EngineError> {
+        self.engine.step(batch)
     }
 
-    fn step_members(
-        &mut self,
-        batch: &[BatchMember],
-    ) -> Result<Vec<BackendStepOutput>, BackendError> {
-        let members: Vec<StepMember> = batch
-            .iter()
-            .map(|m| StepMember {
-                id: m.id,
-                speculation_length: m.speculation_length,
-                max_prefill_tokens: m.max_prefill_tokens,
-            })
-            .collect();
-        let outputs = self.engine.step_members(&members).map_err(backend_err)?;
-        Ok(outputs.into_iter().map(backend_output).collect())
+    fn step_members(&mut self, batch: &[StepMember]) -> Result<Vec<SeqStepOutput>, EngineError> {
+        self.engine.step_members(batch)
     }
 
     fn free_kv(&mut self, id: u64) {

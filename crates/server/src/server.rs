@@ -98,26 +98,28 @@ impl ServerHandle {
 
     /// Waits until the server stops on its own (its shutdown signal fired).
     pub async fn wait(self) -> Result<(), ServerError> {
-        self.task
-            .await
-            .map_err(|e| ServerError::Worker(format!("server task: {e}")))?
+        self.task.await.map_err(ServerError::ServerTask)?
     }
 }
 
 fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     if config.policy == PolicyKind::Oracle {
-        return Err(ServerError::Config(
+        return Err(ServerError::InvalidSetting(
             "policy `oracle` needs the true output length and exists only in `lapsd sim`".into(),
         ));
     }
     if config.max_queue == 0 {
-        return Err(ServerError::Config("--max-queue must be at least 1".into()));
+        return Err(ServerError::InvalidSetting(
+            "--max-queue must be at least 1".into(),
+        ));
     }
     if config.capacity.max_batch == 0 {
-        return Err(ServerError::Config("--max-batch must be at least 1".into()));
+        return Err(ServerError::InvalidSetting(
+            "--max-batch must be at least 1".into(),
+        ));
     }
     if !(config.shutdown_timeout_s.is_finite() && config.shutdown_timeout_s >= 0.0) {
-        return Err(ServerError::Config(format!(
+        return Err(ServerError::InvalidSetting(format!(
             "--shutdown-timeout-s must be a finite number of seconds >= 0, got {}",
             config.shutdown_timeout_s
         )));
@@ -134,7 +136,7 @@ pub async fn start(
 ) -> Result<ServerHandle, ServerError> {
     check_config(&config)?;
     let start = Instant::now();
-    let metrics = Arc::new(Metrics::new().map_err(|e| ServerError::Config(e.to_string()))?);
+    let metrics = Arc::new(Metrics::new()?);
     let cancel_all = Arc::new(AtomicBool::new(false));
     let (commands_tx, commands_rx) = mpsc::channel(config.max_queue);
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -164,9 +166,7 @@ pub async fn start(
         }
         Err(_) => {
             let _ = worker.join();
-            return Err(ServerError::Worker(
-                "the engine worker died while loading".into(),
-            ));
+            return Err(ServerError::WorkerDiedLoading);
         }
     };
     let addr = format!("{}:{}", config.host, config.port);
@@ -246,8 +246,8 @@ pub async fn start(
         // what it holds and exits.
         tokio::task::spawn_blocking(move || worker.join())
             .await
-            .map_err(|e| ServerError::Worker(e.to_string()))?
-            .map_err(|_| ServerError::Worker("the engine worker panicked".into()))?;
+            .map_err(ServerError::WorkerJoin)?
+            .map_err(|_| ServerError::WorkerPanicked)?;
         tracing::info!("lapsd serve stopped");
         Ok(())
     });
@@ -271,7 +271,7 @@ fn worker_main(
     ready_tx: oneshot::Sender<Ready>,
 ) {
     let built = build_policy(config.policy, &config.policy_config)
-        .map_err(|e| ServerError::Config(e.to_string()))
+        .map_err(ServerError::Policy)
         .and_then(|policy| Ok((policy, loader()?)));
     let (policy, loaded) = match built {
         Ok(v) => v,
@@ -312,7 +312,6 @@ fn worker_main(
         text: loaded.text.clone(),
         metrics,
         eos_token_ids: loaded.card.eos_token_ids.clone(),
-        speculation_length: config.speculation_length,
         max_tokens_bounds_prediction: config.max_tokens_bounds_prediction,
         step_log,
         policy_config: config.policy_config.clone(),

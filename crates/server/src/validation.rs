@@ -613,6 +613,8 @@ fn unsupported(u: &UnsupportedParams) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use crate::api::json::parse_body;
+    use lapsd_engine::chat::ChatError;
+    use lapsd_engine::EngineError;
 
     /// The ChatML fallback, as the engine renders it.
     fn render_chatml(m: &[(String, String)]) -> String {
@@ -624,13 +626,13 @@ mod tests {
     /// One token per whitespace-separated word (enough to test the limits).
     struct Words;
     impl ModelText for Words {
-        fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, String> {
+        fn encode(&self, text: &str, _: bool) -> Result<Vec<u32>, EngineError> {
             Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
         }
-        fn decode(&self, ids: &[u32]) -> Result<String, String> {
+        fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
             Ok(format!("{ids:?}"))
         }
-        fn render_chat(&self, m: &[(String, String)]) -> Result<String, String> {
+        fn render_chat(&self, m: &[(String, String)]) -> Result<String, ChatError> {
             Ok(render_chatml(m))
         }
         fn encode_chat(&self, m: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError> {

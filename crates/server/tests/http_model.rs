@@ -20,7 +20,6 @@ fn model_loader(draft: &str) -> lapsd_server::ModelLoader {
     loader(LoadSpec {
         model_path: model_path(),
         draft: draft.parse().expect("draft spec"),
-        speculation_length: 4,
         served_model_name: Some("smollm2".into()),
     })
 }
@@ -36,7 +35,6 @@ fn reference_adjusted(prompt: Prompt<'_>, max_tokens: u32, adjust: LogitAdjustme
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft: DraftSpec::None,
-        speculation_length: 0,
     })
     .expect("engine loads");
     let ids = match prompt {

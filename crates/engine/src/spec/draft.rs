@@ -11,6 +11,11 @@ use std::str::FromStr;
 /// Default longest n-gram matched by `ngram` without `:N`.
 pub const DEFAULT_NGRAM_N: usize = 3;
 
+/// The draft method every command uses without `--draft` (`lapsd generate`, `calibrate`,
+/// `serve`): prompt lookup, chosen by measurement on SmolLM2-135M
+/// (docs/speculative-decoding.md). Written as the spec displays; `ngram` parses to the same.
+pub const DEFAULT_DRAFT: &str = "ngram:3";
+
 /// Which draft method proposes tokens. Parsed from `none`, `ngram`, `ngram:N`, `self:N`, or a
 /// path to a `.gguf` file (a separate draft model sharing the target's tokenizer), optionally
 /// followed by `:vocab=N` (the draft scores only the first N token ids, see
@@ -234,6 +239,13 @@ mod tests {
                 Ok(s)
             );
         }
+    }
+
+    #[test]
+    fn the_default_draft_is_ngram_with_the_default_n() {
+        let spec = DraftSpec::NGram { n: DEFAULT_NGRAM_N };
+        assert_eq!(DEFAULT_DRAFT.parse::<DraftSpec>(), Ok(spec.clone()));
+        assert_eq!(spec.to_string(), DEFAULT_DRAFT);
     }
 
     #[test]

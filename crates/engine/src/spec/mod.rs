@@ -7,7 +7,7 @@ pub mod draft;
 pub mod sampling;
 pub(crate) mod step;
 
-pub use draft::{load_draft_model, ngram_propose, DraftSpec, DraftSpecParseError};
+pub use draft::{load_draft_model, ngram_propose, DraftSpec, DraftSpecParseError, DEFAULT_DRAFT};
 pub use sampling::{
     argmax, sample, verify_greedy, verify_sampled, DraftProbs, LogitAdjustments, SamplingMode,
     TokenCounts, TokenLogprob, Verdict,

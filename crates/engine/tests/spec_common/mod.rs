@@ -29,7 +29,6 @@ pub fn engine(draft: DraftSpec) -> SdEngine {
     SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft,
-        speculation_length: 4,
     })
     .expect("the embedded model loads")
 }

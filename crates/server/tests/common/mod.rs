@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapsd_core::{Capacity, PolicyConfig, PolicyKind};
+use lapsd_engine::chat::ChatError;
 use lapsd_server::backend::{
-    Backend, BackendError, BackendFinish, BackendStepOutput, SamplingParams, TokenLogprob,
+    Backend, EngineError, SamplingParams, SeqFinish, SeqStepOutput, TokenLogprob,
 };
 use lapsd_server::model_text::{ChatPromptError, ModelCard, ModelText};
 use lapsd_server::{LoadedModel, ModelLoader, ServerConfig, ServerHandle};
@@ -52,14 +53,14 @@ pub fn config(policy: PolicyKind) -> ServerConfig {
 pub struct ByteText;
 
 impl ModelText for ByteText {
-    fn encode(&self, text: &str, _add_special: bool) -> Result<Vec<u32>, String> {
+    fn encode(&self, text: &str, _add_special: bool) -> Result<Vec<u32>, EngineError> {
         Ok(text.bytes().map(u32::from).collect())
     }
-    fn decode(&self, ids: &[u32]) -> Result<String, String> {
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
         let bytes: Vec<u8> = ids.iter().filter(|&&i| i != 0).map(|&i| i as u8).collect();
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
-    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, String> {
+    fn render_chat(&self, messages: &[(String, String)]) -> Result<String, ChatError> {
         Ok(render_chatml(messages))
     }
     fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>, ChatPromptError> {
@@ -110,7 +111,7 @@ impl Backend for ScriptedBackend {
         id: u64,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), EngineError> {
         let eos_after = prompt_ids
             .windows(3)
             .any(|w| w == [69, 79, 83])
@@ -129,21 +130,17 @@ impl Backend for ScriptedBackend {
         Ok(())
     }
 
-    fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<BackendStepOutput>, BackendError> {
+    fn step(&mut self, batch: &[(u64, usize)]) -> Result<Vec<SeqStepOutput>, EngineError> {
         std::thread::sleep(self.step_delay);
         let mut out = Vec::new();
         for &(id, k) in batch {
-            let seq = self.seqs.get_mut(&id).ok_or(BackendError {
-                kind: "unknown_sequence",
-                message: format!("unknown sequence {id}"),
-            })?;
+            let seq = self
+                .seqs
+                .get_mut(&id)
+                .ok_or(EngineError::UnknownSequence(id))?;
             let prefill = !seq.kv_resident;
             seq.kv_resident = true;
-            let (drafted, accepted) = if prefill {
-                (0, 0)
-            } else {
-                (k as u32, (k / 2) as u32)
-            };
+            let (drafted, accepted) = if prefill { (0, 0) } else { (k, k / 2) };
             let want = if prefill { 1 } else { accepted + 1 };
             let mut new_tokens = Vec::new();
             let mut finished = None;
@@ -159,12 +156,12 @@ impl Backend for ScriptedBackend {
                 seq.generated += 1;
                 new_tokens.push(tok);
                 if tok == SCRIPTED_EOS {
-                    finished = Some(BackendFinish::Eos);
+                    finished = Some(SeqFinish::Eos);
                     break;
                 }
             }
             if finished.is_none() && seq.generated >= seq.max_tokens {
-                finished = Some(BackendFinish::Length);
+                finished = Some(SeqFinish::Length);
             }
             // Scripted log probabilities: token i gets -(i + 1) / 8, alternatives id + 1, id + 2...
             // each one nat less likely.
@@ -186,12 +183,15 @@ impl Backend for ScriptedBackend {
                     })
                     .collect(),
             };
-            out.push(BackendStepOutput {
+            out.push(SeqStepOutput {
                 id,
                 new_tokens,
                 drafted_tokens: drafted,
                 accepted_tokens: accepted,
                 finished,
+                prefilled: prefill,
+                // Prefills are whole here (the trait's default `step_members`).
+                prefill_pending: false,
                 logprobs,
             });
         }
