@@ -29,8 +29,9 @@
 # Time: each run lasts about REQUESTS/RATE seconds plus the drain, twice per (seed, rate):
 # the defaults take about 2 seeds x 2 rates x 2 x 10 min ~ 80 minutes.
 # Output: OUT_DIR/seed<S>/rate<R>/<A-core>-<B-core>/{a,b}.json (lapsd bench results), server
-# logs beside them, and OUT_DIR/summary.md: per run the two means, p99s and the ratio B/A, and
-# the geometric mean of B/A over all runs.
+# logs and step logs beside them, and OUT_DIR/summary.md: per run each side's busy fraction
+# (time in engine steps over the run's duration: where the run really was in load), the two
+# means, p99s and the ratio B/A, and the geometric mean of B/A over all runs.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -100,10 +101,11 @@ wait_for_health() { # URL PID LOG
 
 # One server per side, pinned with its client to one core; one thread each (candle sizes its
 # pool from the affinity mask, RAYON_NUM_THREADS makes it explicit).
-start_server() { # CORE PORT POLICY FLAGS LOG
+start_server() { # CORE PORT POLICY FLAGS LOG STEP_LOG
+    rm -f "$6"
     # shellcheck disable=SC2086
     RAYON_NUM_THREADS=1 taskset -c "$1" "$LAPSD" serve --policy "$3" --port "$2" $4 \
-        $SERVE_ARGS >"$5" 2>&1 &
+        --step-log "$6" $SERVE_ARGS >"$5" 2>&1 &
     pids+=("$!")
     wait_for_health "http://127.0.0.1:$2" "$!" "$5"
 }
@@ -122,8 +124,10 @@ for seed in $SEEDS; do
             dir="$out_dir/seed$seed/rate$rate/$core_a-$core_b"
             mkdir -p "$dir"
             echo "== seed $seed, $rate req/s: $POLICY_A on core $core_a, $POLICY_B on core $core_b"
-            start_server "$core_a" "$PORT" "$POLICY_A" "$FLAGS_A" "$dir/serve-a.log"
-            start_server "$core_b" "$((PORT + 1))" "$POLICY_B" "$FLAGS_B" "$dir/serve-b.log"
+            start_server "$core_a" "$PORT" "$POLICY_A" "$FLAGS_A" "$dir/serve-a.log" \
+                "$dir/steps-a.jsonl"
+            start_server "$core_b" "$((PORT + 1))" "$POLICY_B" "$FLAGS_B" "$dir/serve-b.log" \
+                "$dir/steps-b.jsonl"
             run_bench "$core_a" "$PORT" "$seed" "$rate" "$POLICY_A" "$dir/a.json" &
             bench_a=$!
             run_bench "$core_b" "$((PORT + 1))" "$seed" "$rate" "$POLICY_B" "$dir/b.json" &
@@ -140,8 +144,17 @@ import json, math, pathlib, sys
 
 out, label_a, label_b = pathlib.Path(sys.argv[1]), sys.argv[2].strip(), sys.argv[3].strip()
 print(f"A = `{label_a}`, B = `{label_b}`; each row is one pair run at the same time on two cores.\n")
-print("| seed | rate (req/s) | cores (A-B) | A ok/failed | B ok/failed | A mean e2e (s) | B mean e2e (s) | B / A | A p99 (s) | B p99 (s) |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| seed | rate (req/s) | cores (A-B) | A ok/failed | B ok/failed | A busy | B busy | A mean e2e (s) | B mean e2e (s) | B / A | A p99 (s) | B p99 (s) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def busy(result, steps):
+    if not steps.exists():
+        return float("nan")
+    step_s = sum(json.loads(line)["duration_s"] for line in steps.read_text().splitlines() if line)
+    return step_s / result["duration_s"]
+
+
 ratios = []
 for a_path in sorted(out.glob("seed*/rate*/*/a.json")):
     b_path = a_path.with_name("b.json")
@@ -152,7 +165,9 @@ for a_path in sorted(out.glob("seed*/rate*/*/a.json")):
     mean_a, mean_b = a["e2e"]["mean_ms"] / 1e3, b["e2e"]["mean_ms"] / 1e3
     ratio = mean_b / mean_a
     ratios.append(ratio)
+    busy_a, busy_b = busy(a, a_path.with_name("steps-a.jsonl")), busy(b, a_path.with_name("steps-b.jsonl"))
     print(f"| {seed} | {rate} | {cores} | {a['completed']}/{a['failed']} | {b['completed']}/{b['failed']} "
+          f"| {busy_a:.2f} | {busy_b:.2f} "
           f"| {mean_a:.2f} | {mean_b:.2f} | {ratio:.3f} "
           f"| {a['e2e']['p99_ms'] / 1e3:.1f} | {b['e2e']['p99_ms'] / 1e3:.1f} |")
 if ratios:
