@@ -20,7 +20,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::run::stream_rng;
+use crate::rng::stream_rng;
 
 /// The random stream of the `power-of-two` draws (see `run.rs` for the others).
 const POWER_OF_TWO_STREAM: u64 = 21;

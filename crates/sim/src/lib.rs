@@ -10,6 +10,7 @@ pub mod matrix;
 pub mod plot;
 pub mod prediction;
 pub mod report;
+mod rng;
 pub mod run;
 pub mod server_model;
 pub mod theory;

@@ -18,14 +18,13 @@ use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 use lapsd_core::{MeasuredCost, PolicySpec, SchedulerConfig, SpeculationMode, StepCostModel};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::acceptance::{expected_accepted_per_step, expected_tokens_per_step, AcceptanceModel};
 use crate::dispatch::Dispatch;
 use crate::error::SimError;
 use crate::prediction::{assign_predictions, PredictorChoice};
 use crate::report::{summarize, PolicyResult, RunLabel};
+use crate::rng::stream_rng;
 use crate::server_model::{simulate, simulate_replicas, ReplicaSetup, SimConfig};
 use crate::trace::TraceRecord;
 use crate::workload::{
@@ -93,13 +92,6 @@ pub struct Experiment {
     pub seed: u64,
     /// Worker threads (>= 1).
     pub jobs: usize,
-}
-
-/// An independent random stream of `seed` (the experiment's and the matrix's draws).
-pub(crate) fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(stream);
-    rng
 }
 
 /// Mean per-request server time at full batch (the denominator of the load; module header).

@@ -5,7 +5,6 @@
 pub mod calibrate;
 pub mod draft;
 pub mod sampling;
-pub(crate) mod step;
 
 pub use draft::{load_draft_model, ngram_propose, DraftSpec, DraftSpecParseError, DEFAULT_DRAFT};
 pub use sampling::{

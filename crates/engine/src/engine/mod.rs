@@ -2,7 +2,7 @@
 //! draft method, and one state per sequence (tokens, sampling RNG, target and draft KV caches,
 //! acceptance statistics). One [`SdEngine::step`] call advances a batch of sequences by one
 //! draft-and-verify step each, every sequence with its own speculation length `k` (LAPS-SD lets
-//! the scheduler choose it per request); the step itself lives in [`crate::spec::step`].
+//! the scheduler choose it per request); the step itself lives in [`step`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,13 +10,15 @@ use std::path::PathBuf;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use self::step::{Drafter, StepJob};
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, ModelInfo};
 use crate::spec::sampling::{LogitAdjustments, SamplingMode, TokenLogprob};
-use crate::spec::step::{self, Drafter, StepJob};
 use crate::tokenizer::Tokenizer;
 
 pub use crate::spec::draft::DraftSpec;
+
+mod step;
 
 /// Per-request sampling settings.
 #[derive(Debug, Clone, PartialEq)]

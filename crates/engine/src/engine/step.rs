@@ -11,7 +11,7 @@
 use candle_core::Tensor;
 use rand::rngs::StdRng;
 
-use crate::engine::{SeqFinish, SeqState, SeqStepOutput};
+use super::{SeqFinish, SeqState, SeqStepOutput};
 use crate::error::EngineError;
 use crate::model::{KvCache, Model, SeqForward};
 use crate::spec::draft::{load_draft_model, ngram_propose, DraftSpec};
