@@ -83,22 +83,6 @@ stop_all() {
 }
 trap stop_all EXIT INT TERM
 
-wait_for_health() { # URL PID LOG
-    local waited=0
-    until curl -sf "$1/health" >/dev/null 2>&1; do
-        if ! kill -0 "$2" 2>/dev/null; then
-            echo "error: lapsd serve exited before /health answered; see $3" >&2
-            exit 1
-        fi
-        if [ "$waited" -ge 300 ]; then
-            echo "error: no /health after 300 s; see $3" >&2
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-}
-
 # One server per side, pinned with its client to one core; one thread each (candle sizes its
 # pool from the affinity mask, RAYON_NUM_THREADS makes it explicit).
 start_server() { # CORE PORT POLICY FLAGS LOG STEP_LOG
@@ -107,7 +91,7 @@ start_server() { # CORE PORT POLICY FLAGS LOG STEP_LOG
     RAYON_NUM_THREADS=1 taskset -c "$1" "$LAPSD" serve --policy "$3" --port "$2" $4 \
         --step-log "$6" $SERVE_ARGS >"$5" 2>&1 &
     pids+=("$!")
-    wait_for_health "http://127.0.0.1:$2" "$!" "$5"
+    wait_for_health "http://127.0.0.1:$2" "$!" "$5" 300
 }
 
 run_bench() { # CORE PORT SEED RATE LABEL OUT

