@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use lapsd_core::cost::{CostProfile, CostSample, PrefillSample};
 use lapsd_core::{LinearCost, StepObservation};
-use lapsd_engine::model::Model;
+use lapsd_engine::model::{LoadOptions, Model, WeightMode};
 use lapsd_engine::spec::calibrate::{calibrate, Calibration, CalibrationDrafter, CalibrationPlan};
 use lapsd_engine::spec::{load_draft_model, DraftSpec, DEFAULT_DRAFT};
 use lapsd_server::cli::resolve_model_path;
@@ -24,6 +24,12 @@ pub struct CalibrateArgs {
     /// optional :vocab=N and :exact).
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: DraftSpec,
+    /// Target arithmetic: `fast` (Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,
+    /// prompts of 16+ tokens through an f32 copy of the weights) or `exact` (the file's own
+    /// quantized weights for every position). Measured: docs/speculative-decoding.md, "Exact or
+    /// fast weights".
+    #[arg(long, default_value = "fast")]
+    pub weights: WeightMode,
     /// Largest batch size measured (1..=B).
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
@@ -41,7 +47,7 @@ pub struct CalibrateArgs {
     pub out: PathBuf,
     /// Fit the profile to the steps a server really ran (`lapsd serve --step-log`) instead of
     /// measuring here: in situ, with the server's HTTP threads and its clients on the same cores.
-    #[arg(long, conflicts_with_all = ["model", "draft"])]
+    #[arg(long, conflicts_with_all = ["model", "draft", "weights"])]
     pub from_step_log: Option<PathBuf>,
 }
 
@@ -112,8 +118,9 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         bail!("--max-batch must be at least 1, got 0");
     }
     let model_path = resolve_model_path(args.model.clone())?;
-    let (target, tokenizer) = Model::load_with_tokenizer(&model_path)
-        .with_context(|| format!("loading {}", model_path.display()))?;
+    let (target, tokenizer) =
+        Model::load_with_tokenizer_options(&model_path, &LoadOptions::for_weights(args.weights))
+            .with_context(|| format!("loading {}", model_path.display()))?;
     target.warm_up()?;
     let draft_model = match &args.draft {
         DraftSpec::Model {

@@ -10,6 +10,7 @@ use lapsd_engine::chat::{ChatMessage, ChatTemplate};
 use lapsd_engine::engine::{EngineConfig, SamplingParams, SdEngine, SeqFinish};
 use lapsd_engine::spec::{DraftSpec, DEFAULT_DRAFT};
 use lapsd_engine::tokenizer::DecodeStream;
+use lapsd_engine::WeightMode;
 use lapsd_server::cli::resolve_model_path;
 
 /// Flags of `lapsd generate`.
@@ -23,6 +24,12 @@ pub struct GenerateArgs {
     /// optionally with :vocab=N (the draft scores only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: DraftSpec,
+    /// Target arithmetic: `fast` (Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,
+    /// prompts of 16+ tokens through an f32 copy of the weights) or `exact` (the file's own
+    /// quantized weights for every position). Measured: docs/speculative-decoding.md, "Exact or
+    /// fast weights".
+    #[arg(long, default_value = "fast")]
+    pub weights: WeightMode,
     /// The prompt text.
     #[arg(long)]
     pub prompt: String,
@@ -53,6 +60,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path.clone(),
         draft: args.draft.clone(),
+        weights: args.weights,
     })
     .with_context(|| format!("loading {}", model_path.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();

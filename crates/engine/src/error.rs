@@ -55,6 +55,9 @@ pub enum EngineError {
     /// A request or sequence id that the engine does not know.
     #[error("unknown sequence {0}")]
     UnknownSequence(u64),
+    /// `--weights` got something other than `fast` or `exact`.
+    #[error("unknown weight mode `{0}` (expected `fast` or `exact`)")]
+    InvalidWeightMode(String),
 }
 
 impl EngineError {
@@ -75,6 +78,7 @@ impl EngineError {
             EngineError::CacheMismatch(_) => "cache_mismatch",
             EngineError::InvalidLayerCount { .. } => "invalid_layer_count",
             EngineError::UnknownSequence(_) => "unknown_sequence",
+            EngineError::InvalidWeightMode(_) => "invalid_weight_mode",
         }
     }
 }

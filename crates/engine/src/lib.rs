@@ -11,5 +11,5 @@ pub mod spec;
 pub mod tokenizer;
 
 pub use error::EngineError;
-pub use model::{KvCache, LoadOptions, Model, ModelInfo, SeqForward};
+pub use model::{KvCache, LoadOptions, Model, ModelInfo, SeqForward, WeightMode};
 pub use tokenizer::{DecodeStream, Tokenizer};

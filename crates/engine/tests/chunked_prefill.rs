@@ -28,6 +28,7 @@ fn chunked_prefill_matches_one_forward() {
     let engine = SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft: DraftSpec::None,
+        weights: lapsd_engine::WeightMode::Fast,
     })
     .expect("loads");
     let prompt = prompt(&engine, 300);
@@ -72,6 +73,7 @@ fn engine_chunks_yield_no_token_until_the_last_and_then_the_same_greedy_text() {
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft: DraftSpec::None,
+        weights: lapsd_engine::WeightMode::Fast,
     })
     .expect("loads");
     let prompt = prompt(&engine, 300);

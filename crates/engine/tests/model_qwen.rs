@@ -92,6 +92,7 @@ fn sd_greedy_tokens(draft: DraftSpec, prompt: &str, max_tokens: u32) -> Vec<u32>
     let mut engine = SdEngine::load(EngineConfig {
         model_path: path(TARGET),
         draft,
+        weights: lapsd_engine::WeightMode::Fast,
     })
     .unwrap();
     let ids = engine.tokenizer().encode(prompt, false).unwrap();

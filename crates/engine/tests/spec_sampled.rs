@@ -150,6 +150,7 @@ fn misuse_gives_exact_errors() {
     let err = lapsd_engine::engine::SdEngine::load(lapsd_engine::engine::EngineConfig {
         model_path: spec_common::model_path(),
         draft: DraftSpec::SelfLayers { n_layers: 99 },
+        weights: lapsd_engine::WeightMode::Fast,
     })
     .err()
     .expect("self:99 on a 30-layer model fails");

@@ -9,6 +9,7 @@ use lapsd_core::length_model::TextLengthModel;
 use lapsd_core::policy::args::PolicyArgs;
 use lapsd_core::{Capacity, LinearCost, PolicyConfig, PolicySpec, SpeculationMode};
 use lapsd_engine::spec::DEFAULT_DRAFT;
+use lapsd_engine::WeightMode;
 
 use crate::edge::{
     ApiKeys, HttpConfig, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES,
@@ -32,6 +33,12 @@ pub struct ServeArgs {
     /// optionally with :vocab=N (the draft scores only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
+    /// Target arithmetic: `fast` (Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,
+    /// prompts of 16+ tokens through an f32 copy of the weights) or `exact` (the file's own
+    /// quantized weights for every position). Measured: docs/speculative-decoding.md, "Exact or
+    /// fast weights".
+    #[arg(long, default_value = "fast")]
+    pub weights: WeightMode,
     /// Scheduling policy: gittins (default: the Gittins index of each request's posterior
     /// remaining time, the policy that wins the simulator's regime matrix, docs/scheduling.md),
     /// laps-sd (the paper's), fcfs, sjf, srpt, las, mlfq or trail. Settings (aging, batch
@@ -290,6 +297,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let loader = crate::sd_backend::loader(crate::sd_backend::LoadSpec {
         model_path,
         draft,
+        weights: args.weights,
         served_model_name: args.served_model_name.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()

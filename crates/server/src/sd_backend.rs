@@ -11,7 +11,7 @@ use std::sync::Arc;
 use lapsd_engine::chat::{ChatError, ChatTemplate};
 use lapsd_engine::engine::{EngineConfig, SdEngine};
 use lapsd_engine::spec::DraftSpec;
-use lapsd_engine::{EngineError, Tokenizer};
+use lapsd_engine::{EngineError, Tokenizer, WeightMode};
 
 use crate::backend::{Backend, SamplingParams, SeqStepOutput, StepMember};
 use crate::error::ServerError;
@@ -26,6 +26,8 @@ use crate::server::{LoadedModel, ModelLoader};
 pub struct LoadSpec {
     pub model_path: PathBuf,
     pub draft: DraftSpec,
+    /// The target's arithmetic (`--weights`).
+    pub weights: WeightMode,
     /// Overrides the model's name in `model` / `GET /v1/models` (default: the file stem).
     pub served_model_name: Option<String>,
 }
@@ -41,6 +43,7 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
     let engine = SdEngine::load(EngineConfig {
         model_path: spec.model_path.clone(),
         draft: spec.draft.clone(),
+        weights: spec.weights,
     })?;
     let tokenizer = Tokenizer::from_gguf_file(&spec.model_path)?;
     let info = engine.info();

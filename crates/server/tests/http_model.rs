@@ -20,6 +20,7 @@ fn model_loader(draft: &str) -> lapsd_server::ModelLoader {
     loader(LoadSpec {
         model_path: model_path(),
         draft: draft.parse().expect("draft spec"),
+        weights: lapsd_engine::WeightMode::Fast,
         served_model_name: Some("smollm2".into()),
     })
 }
@@ -35,6 +36,7 @@ fn reference_adjusted(prompt: Prompt<'_>, max_tokens: u32, adjust: LogitAdjustme
     let mut engine = SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft: DraftSpec::None,
+        weights: lapsd_engine::WeightMode::Fast,
     })
     .expect("engine loads");
     let ids = match prompt {
@@ -160,6 +162,92 @@ async fn logprobs_describe_the_greedy_tokens() {
         assert!(top.contains_key(token.as_str().expect("a string")));
     }
     server.shutdown().await.expect("clean shutdown");
+}
+
+/// The engine's own log probabilities of greedy decoding without drafts (k = 0): the numbers a
+/// served request must report, drafted or not.
+fn engine_logprobs(prompt: &str, max_tokens: u32, top: usize) -> Vec<(f32, Vec<f32>)> {
+    let mut engine = SdEngine::load(EngineConfig {
+        model_path: model_path(),
+        draft: DraftSpec::None,
+        weights: lapsd_engine::WeightMode::Fast,
+    })
+    .expect("engine loads");
+    let ids = engine.tokenizer().encode(prompt, true).expect("encodes");
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens,
+        logprobs: Some(top),
+        ..SamplingParams::default()
+    };
+    engine.add_sequence(1, ids, params).expect("added");
+    let mut out = Vec::new();
+    for _ in 0..=max_tokens {
+        let step = engine.step(&[(1, 0)]).expect("step");
+        out.extend(
+            step[0]
+                .logprobs
+                .iter()
+                .map(|lp| (lp.logprob, lp.top.iter().map(|&(_, v)| v).collect())),
+        );
+        if step[0].finished.is_some() {
+            break;
+        }
+    }
+    out
+}
+
+/// The served `token_logprobs` and the values of `top_logprobs` (most likely first).
+fn served_logprobs(v: &serde_json::Value) -> Vec<(f32, Vec<f32>)> {
+    let lp = &v["choices"][0]["logprobs"];
+    let values = lp["token_logprobs"].as_array().expect("token_logprobs");
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let mut top: Vec<f32> = lp["top_logprobs"][i]
+                .as_object()
+                .expect("top")
+                .values()
+                .map(|x| x.as_f64().expect("a number") as f32)
+                .collect();
+            top.sort_by(|a, b| b.total_cmp(a));
+            (value.as_f64().expect("a number") as f32, top)
+        })
+        .collect()
+}
+
+/// Served logprobs are the engine's: with n-gram drafts at k = 4 (verified positions) and with
+/// plain decoding at k = 0 alike, token by token and for every listed alternative.
+#[tokio::test]
+async fn served_logprobs_are_the_engines_with_or_without_drafts() {
+    let prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n";
+    let want = engine_logprobs(prompt, 24, 3);
+    let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "logprobs": 3});
+    for (k, draft) in [(4, "ngram"), (0, "none")] {
+        let mut cfg = config(PolicyKind::Gittins);
+        cfg.speculation_length = k;
+        let server = start(cfg, model_loader(draft)).await;
+        let (s, v) = post_json(&server, "/v1/completions", &body).await;
+        assert_eq!(s, 200, "{v}");
+        if k > 0 {
+            let accepted = v["metrics"]["speculative_decoding"]["accepted_tokens"].as_u64();
+            assert!(accepted.unwrap_or(0) > 0, "k = {k}: no draft accepted: {v}");
+        }
+        let got = served_logprobs(&v);
+        assert_eq!(got.len(), want.len(), "k = {k}: token count");
+        for (i, ((value, top), (want_value, want_top))) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (value - want_value).abs() <= 1e-4,
+                "k = {k}, token {i}: {value} vs the engine's {want_value}"
+            );
+            assert_eq!(top.len(), want_top.len(), "k = {k}, token {i}");
+            for (a, b) in top.iter().zip(want_top) {
+                assert!((a - b).abs() <= 1e-4, "k = {k}, token {i}: top {a} vs {b}");
+            }
+        }
+        server.shutdown().await.expect("clean shutdown");
+    }
 }
 
 #[tokio::test]

@@ -61,6 +61,7 @@ async fn a_long_prompt_is_prefilled_in_chunks_and_neither_blocks_nor_outlives_it
         loader(LoadSpec {
             model_path: model_path(),
             draft: "ngram".parse().expect("draft spec"),
+            weights: lapsd_engine::WeightMode::Fast,
             served_model_name: Some("smollm2".into()),
         }),
     )

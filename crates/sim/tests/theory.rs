@@ -16,9 +16,12 @@ mod common;
 use common::*;
 use lapsd_core::PolicyKind;
 use lapsd_sim::theory::{
-    fb_mean_latency_s, mm1_mean_latency_s, pk_mean_latency_s, srpt_mean_latency_s,
+    fb_mean_latency_s, gittins_mean_latency_s, mm1_mean_latency_s, pk_mean_latency_s,
+    srpt_mean_latency_s, DiscreteDist,
 };
 use lapsd_sim::workload::LengthDist;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 const EXPONENTIAL: LengthDist = LengthDist::Exponential {
     mean: 40.0,
@@ -189,4 +192,55 @@ fn gittins_with_known_equal_sizes_is_srpt() {
     );
     let pk = pk_mean_latency_s(lambda, &d).expect("stable");
     assert_matches("gittins M/D/1 rho=0.8 (control variate)", &est, pk, 0.03);
+}
+
+/// Gittins without predictions against SOAP's M/G/1 Gittins formula (the optimal size-blind
+/// mean), on two sizes where it is neither FCFS, LAS nor SRPT: a new request runs first while
+/// it may still be short, a request past the short size waits behind newcomers until its
+/// remaining work drops below theirs. The policy learns the size distribution from finished
+/// requests; the formula is handed it.
+#[test]
+fn gittins_without_predictions_matches_soaps_gittins_formula() {
+    const SHORT: u32 = 20;
+    const LONG: u32 = 200;
+    const P_SHORT: f64 = 0.8;
+    let d = DiscreteDist::new(vec![
+        (f64::from(SHORT) * STEP_S, P_SHORT),
+        (f64::from(LONG) * STEP_S, 1.0 - P_SHORT),
+    ])
+    .expect("valid");
+    let lambda = 0.7 / d.mean_s();
+    let rs: Vec<Run> = [31, 32]
+        .iter()
+        .map(|&seed| {
+            let mut requests = without_predictions(poisson_requests(
+                &LengthDist::Constant(SHORT),
+                lambda,
+                50_000,
+                seed,
+            ));
+            let mut rng = ChaCha8Rng::seed_from_u64(seed + 1_000);
+            for r in &mut requests {
+                if rng.gen::<f64>() >= P_SHORT {
+                    r.size.output_tokens = LONG;
+                }
+            }
+            run(PolicyKind::Gittins, &requests)
+        })
+        .collect();
+    let est = cv_estimate(&rs, 1000, 20, expected_work_s(lambda, &d));
+    let gittins = gittins_mean_latency_s(lambda, &d, STEP_S).expect("stable");
+    let fb = fb_mean_latency_s(lambda, &d).expect("stable");
+    let pk = pk_mean_latency_s(lambda, &d).expect("stable");
+    let srpt = srpt_mean_latency_s(lambda, &d).expect("stable");
+    assert!(
+        gittins < 0.9 * fb.min(pk) && srpt < 0.95 * gittins,
+        "the check must separate Gittins from LAS, FCFS and SRPT: gittins {gittins}, fb {fb}, fcfs {pk}, srpt {srpt}"
+    );
+    assert_matches(
+        "gittins M/G/1 two sizes rho=0.7, no predictions (control variate)",
+        &est,
+        gittins,
+        0.03,
+    );
 }

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 
 use self::step::{Drafter, StepJob};
 use crate::error::EngineError;
-use crate::model::{KvCache, Model, ModelInfo};
+use crate::model::{KvCache, LoadOptions, Model, ModelInfo, WeightMode};
 use crate::spec::sampling::{LogitAdjustments, SamplingMode, TokenLogprob};
 use crate::tokenizer::Tokenizer;
 
@@ -65,6 +65,8 @@ pub struct EngineConfig {
     pub model_path: PathBuf,
     /// Draft method.
     pub draft: DraftSpec,
+    /// The target's arithmetic: the file's own weights everywhere, or the faster mix.
+    pub weights: WeightMode,
 }
 
 /// Why a sequence stopped generating.
@@ -195,7 +197,10 @@ impl SdEngine {
     /// Loads the target model and its tokenizer, and the draft model if the spec names one (its
     /// vocabulary must match the target's).
     pub fn load(config: EngineConfig) -> Result<Self, EngineError> {
-        let (target, tokenizer) = Model::load_with_tokenizer(&config.model_path)?;
+        let (target, tokenizer) = Model::load_with_tokenizer_options(
+            &config.model_path,
+            &LoadOptions::for_weights(config.weights),
+        )?;
         target.warm_up()?;
         let drafter = Drafter::new(&config.draft, &target)?;
         Ok(Self {

@@ -4,6 +4,7 @@
 mod attention;
 mod kv_cache;
 mod llama;
+pub mod reference;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,11 +94,63 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
+        Self::for_weights(WeightMode::default())
+    }
+}
+
+impl LoadOptions {
+    /// A target model's options for `mode` (nothing padded, every LM-head row).
+    pub fn for_weights(mode: WeightMode) -> Self {
+        let fast = mode == WeightMode::Fast;
         Self {
-            requantize_slow_types: true,
-            dense_weights_max_bytes: 2 << 30,
+            requantize_slow_types: fast,
+            dense_weights_max_bytes: if fast { 2 << 30 } else { 0 },
             pad_q8_0_for_repack: false,
             lm_head_rows: None,
+        }
+    }
+}
+
+/// Which arithmetic a model runs (`--weights` of `generate`, `serve` and `calibrate`).
+/// docs/speculative-decoding.md ("Exact or fast weights") gives each mode's measured distance
+/// from an f64 evaluation of the file's weights ([`reference::ReferenceModel`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightMode {
+    /// Faster on the CPU: Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load
+    /// ([`LoadOptions::requantize_slow_types`]) and prompts of 16 tokens or more through an f32
+    /// copy of the weights ([`LoadOptions::dense_weights_max_bytes`]), so a prompt's positions
+    /// and generated positions round differently.
+    #[default]
+    Fast,
+    /// The file's own quantized weights for every position, prompt and generated alike: what
+    /// another engine running the same GGUF computes, up to its kernels' rounding.
+    Exact,
+}
+
+impl WeightMode {
+    /// The name `--weights` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightMode::Fast => "fast",
+            WeightMode::Exact => "exact",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WeightMode {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fast" => Ok(WeightMode::Fast),
+            "exact" => Ok(WeightMode::Exact),
+            other => Err(EngineError::InvalidWeightMode(other.to_string())),
         }
     }
 }
@@ -133,11 +186,19 @@ impl Model {
         Self::from_gguf(&mut gguf, options)
     }
 
-    /// Loads the model and the tokenizer: `tokenizer.json` beside the file if present, else the one
-    /// described by the GGUF metadata.
+    /// Loads the model (default [`LoadOptions`]) and the tokenizer: `tokenizer.json` beside the
+    /// file if present, else the one described by the GGUF metadata.
     pub fn load_with_tokenizer(path: &Path) -> Result<(Model, Tokenizer), EngineError> {
+        Self::load_with_tokenizer_options(path, &LoadOptions::default())
+    }
+
+    /// [`Model::load_with_tokenizer`] with the given options.
+    pub fn load_with_tokenizer_options(
+        path: &Path,
+        options: &LoadOptions,
+    ) -> Result<(Model, Tokenizer), EngineError> {
         let mut gguf = GgufFile::open(path)?;
-        let model = Self::from_gguf(&mut gguf, &LoadOptions::default())?;
+        let model = Self::from_gguf(&mut gguf, options)?;
         let beside = path.with_file_name("tokenizer.json");
         let tokenizer = if beside.is_file() {
             Tokenizer::from_tokenizer_json(&beside)?

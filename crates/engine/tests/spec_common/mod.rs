@@ -29,6 +29,7 @@ pub fn engine(draft: DraftSpec) -> SdEngine {
     SdEngine::load(EngineConfig {
         model_path: model_path(),
         draft,
+        weights: lapsd_engine::WeightMode::Fast,
     })
     .expect("the embedded model loads")
 }
