@@ -8,8 +8,9 @@
 //! ```sh
 //! cargo run --release -p lapsd-sim --example gittins_bound [-- LENGTHS.jsonl]
 //! ```
-//! LENGTHS.jsonl: a length trace as `lapsd sim --matrix-lengths` takes it (ShareGPT's:
-//! `scripts/fetch-datasets.sh`, then `lapsd bench export-lengths`; docs/scheduling.md).
+//! LENGTHS.jsonl: a length trace as `lapsd sim --matrix-lengths` takes it; ShareGPT's is written
+//! by `scripts/regime-matrix.sh OUT_DIR` as OUT_DIR/sharegpt-lengths.jsonl (the `lapsd bench
+//! --dry-run --emit-sim-trace` line there).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
