@@ -154,6 +154,8 @@ impl Model {
             dense: dense_bytes <= options.dense_weights_max_bytes,
             pad_q8_0: options.pad_q8_0_for_repack,
             lm_head_rows: options.lm_head_rows,
+            // GGUF float weights keep their behaviour (f32 matmuls).
+            quantize_float: false,
         };
         let transformer = Transformer::load(gguf, weights)?;
         let cfg = &transformer.config;
