@@ -4,7 +4,7 @@
 //! Face order that llama.cpp's converter permuted them out of, config.json and
 //! generation_config.json from the GGUF metadata, the GGUF's tokenizer saved as tokenizer.json,
 //! its chat template in tokenizer_config.json. Then it loads the folder and the GGUF file and
-//! compares greedy text and logits.
+//! compares greedy text and logits (and runs the engine with the folder as target and draft).
 //!
 //! What is compared, and the tolerance. Loaded with the defaults, both models run the same
 //! arithmetic: the GGUF's Q4_1 projections are re-quantized to Q8_0 from their f32 values
@@ -23,13 +23,14 @@
 //! bound 0.1). f16/bf16 folders round each weight first; their bounds are stated at that test. qwen2 is tested on a tiny
 //! random model written in both formats (the last test).
 mod spec_common;
-use spec_common::model_path;
+use spec_common::{greedy_params, model_path, run_to_end};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use lapsd_engine::chat::{ChatMessage, ChatTemplate};
+use lapsd_engine::engine::{EngineConfig, SdEngine};
 use lapsd_engine::gguf::GgufFile;
 use lapsd_engine::{EngineError, LoadOptions, Model, SeqForward, Tokenizer};
 
@@ -360,6 +361,23 @@ fn an_f32_folder_gives_the_gguf_models_text_and_logits() {
         );
         assert!(diff <= SAME_ARITHMETIC, "max relative logit diff {diff}");
     }
+
+    // The engine takes the folder as its target and as a draft model (`model:DIR`): greedy
+    // speculative decoding gives the GGUF model's greedy tokens.
+    let mut engine = SdEngine::load(EngineConfig {
+        model_path: dir.0.clone(),
+        draft: format!("model:{}", dir.0.display())
+            .parse()
+            .expect("draft spec parses"),
+    })
+    .expect("the engine loads the folder");
+    let prompt = folder_prompts[0].clone();
+    engine
+        .add_sequence(1, prompt.clone(), greedy_params(NEW_TOKENS as u32))
+        .expect("sequence added");
+    let out = run_to_end(&mut engine, &[(1, 4)], |_, _| {});
+    assert_eq!(out[&1], greedy(&gguf, &prompt).0);
+    drop(engine);
 
     // Unquantized: f32 projections everywhere. The prompt's f32 path is the GGUF's too.
     let options = LoadOptions {
