@@ -4,8 +4,8 @@
 //! `LlamaForCausalLM` and `Qwen2ForCausalLM`.
 //!
 //! The folder's tensors are handed to the decoder under the GGUF names it is built from
-//! ([`WeightSource`]), and llama's Q/K rows are permuted into llama.cpp's RoPE layout on the way,
-//! so a folder and a GGUF file of the same weights run one and the same forward pass.
+//! (`llama::WeightSource`), and llama's Q/K rows are permuted into llama.cpp's RoPE layout on the
+//! way, so a folder and a GGUF file of the same weights run one and the same forward pass.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
