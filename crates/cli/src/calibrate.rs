@@ -16,12 +16,13 @@ use lapsd_server::cli::resolve_model_path;
 /// Flags of `lapsd calibrate`.
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
-    /// Target model GGUF. Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct,
+    /// Target model: a GGUF file or a Hugging Face folder (config.json, tokenizer.json,
+    /// *.safetensors). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct,
     /// looked for where `lapsd serve` looks for it.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Draft method whose cost is measured (none, ngram[:N], self:N or a draft .gguf path with
-    /// optional :vocab=N and :exact).
+    /// Draft method whose cost is measured (none, ngram[:N], self:N, or a draft .gguf path or
+    /// model:PATH with optional :vocab=N and :exact).
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: DraftSpec,
     /// Target arithmetic: `fast` (Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,

@@ -16,12 +16,14 @@ use lapsd_server::cli::resolve_model_path;
 /// Flags of `lapsd generate`.
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// Target model GGUF. Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct,
+    /// Target model: a GGUF file or a Hugging Face folder (config.json, tokenizer.json,
+    /// *.safetensors). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct,
     /// looked for where `lapsd serve` looks for it.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Draft method: none, ngram, ngram:N, self:N (first N target layers) or a draft .gguf path,
-    /// optionally with :vocab=N (the draft scores only the first N token ids) and/or :exact.
+    /// Draft method: none, ngram, ngram:N, self:N (first N target layers), a draft .gguf path or
+    /// model:PATH (a GGUF file or Hugging Face folder), optionally with :vocab=N (the draft scores
+    /// only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: DraftSpec,
     /// Target arithmetic: `fast` (Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,

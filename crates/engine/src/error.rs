@@ -21,8 +21,20 @@ pub enum EngineError {
     /// A metadata key the architecture needs is not in the file (or has the wrong type).
     #[error("GGUF file lacks metadata `{0}` (or it has the wrong type)")]
     MissingMetadata(String),
-    /// `general.architecture` names an architecture this engine does not implement.
-    #[error("unsupported model architecture `{0}` (supported: llama, qwen2)")]
+    /// A Hugging Face model folder lacks a file the loader needs (`config.json`,
+    /// `tokenizer.json`, any `*.safetensors`).
+    #[error("Hugging Face model folder lacks {0}")]
+    MissingHfFile(PathBuf),
+    /// A file of a Hugging Face model folder is unreadable or has a missing, mistyped or
+    /// unsupported value; `message` names the key or tensor.
+    #[error("{path}: {message}")]
+    InvalidHfFile { path: PathBuf, message: String },
+    /// A tensor the architecture needs is in none of a Hugging Face folder's safetensors files.
+    #[error("no safetensors file in {dir} has tensor `{name}`")]
+    MissingHfTensor { dir: PathBuf, name: String },
+    /// `general.architecture` (GGUF) or `architectures` / `model_type` (Hugging Face
+    /// `config.json`) names an architecture this engine does not implement.
+    #[error("unsupported model architecture `{0}` (supported: llama, qwen2; Hugging Face: LlamaForCausalLM, Qwen2ForCausalLM)")]
     UnsupportedArchitecture(String),
     /// Shapes or hyper-parameters in the file contradict each other.
     #[error("inconsistent model file: {0}")]
@@ -68,6 +80,9 @@ impl EngineError {
             EngineError::Gguf { .. } => "gguf",
             EngineError::MissingTensor(_) => "missing_tensor",
             EngineError::MissingMetadata(_) => "missing_metadata",
+            EngineError::MissingHfFile(_) => "missing_hf_file",
+            EngineError::InvalidHfFile { .. } => "invalid_hf_file",
+            EngineError::MissingHfTensor { .. } => "missing_tensor",
             EngineError::UnsupportedArchitecture(_) => "unsupported_architecture",
             EngineError::InvalidModel(_) => "invalid_model",
             EngineError::Tokenizer(_) => "tokenizer",

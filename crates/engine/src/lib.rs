@@ -1,7 +1,7 @@
-//! lapsd-engine: GGUF models on candle with per-request KV caches (model half), speculative decoding
-//! on top of them, and the step-cost measurements behind `lapsd calibrate`. Model code only: the
-//! `lapsd generate` / `lapsd calibrate` commands are the binary's (crates/cli), and the engine
-//! does not depend on the scheduling core.
+//! lapsd-engine: GGUF models and Hugging Face model folders on candle with per-request KV caches
+//! (model half), speculative decoding on top of them, and the step-cost measurements behind
+//! `lapsd calibrate`. Model code only: the `lapsd generate` / `lapsd calibrate` commands are the
+//! binary's (crates/cli), and the engine does not depend on the scheduling core.
 pub mod chat;
 pub mod engine;
 pub mod error;

@@ -1,7 +1,8 @@
 //! Tokenizers for the engine's models: built from a GGUF file's `tokenizer.ggml.*` metadata (GPT-2
 //! style byte-level BPE, with the split rules chosen by `tokenizer.ggml.pre`) or loaded from a
-//! `tokenizer.json`; plus [`DecodeStream`], which turns a growing list of ids into text pieces
-//! without ever cutting a UTF-8 character in half.
+//! `tokenizer.json` (beside a GGUF file, or in a Hugging Face model folder); plus
+//! [`DecodeStream`], which turns a growing list of ids into text pieces without ever cutting a
+//! UTF-8 character in half.
 use std::path::Path;
 
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -40,6 +41,25 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes.
     pub fn from_gguf_file(path: &Path) -> Result<Self, EngineError> {
         Self::from_gguf(&GgufFile::open(path)?)
+    }
+
+    /// The tokenizer of a model path as [`crate::Model::load_with_options`] takes it: a Hugging
+    /// Face folder's `tokenizer.json` (with its `tokenizer_config.json`), else the one a GGUF
+    /// file's metadata describes.
+    pub fn for_model_path(path: &Path) -> Result<Self, EngineError> {
+        if path.is_dir() {
+            crate::model::hf_folder::load_tokenizer(path)
+        } else {
+            Self::from_gguf_file(path)
+        }
+    }
+
+    /// Prepends `bos` in `encode(.., true)` (a folder whose tokenizer.json does not add it).
+    pub(crate) fn with_bos_to_add(self, bos: Option<u32>) -> Self {
+        Self {
+            bos_to_add: bos,
+            ..self
+        }
     }
 
     /// Loads a Hugging Face `tokenizer.json`.

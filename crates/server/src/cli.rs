@@ -24,13 +24,15 @@ pub const API_KEY_ENV: &str = "LAPSD_API_KEY";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Target model (GGUF). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct
+    /// Target model: a GGUF file or a Hugging Face folder (config.json, tokenizer.json,
+    /// *.safetensors). Default: $LAPSD_MODEL, else the embedded SmolLM2-135M-Instruct
     /// found in $LAPSD_MODEL_DIR, else in models/ beside the executable or up to two levels
     /// above it (target/release/lapsd in a checkout), else in ./models.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Draft method: none, ngram[:N], self:N (first N target layers) or a draft .gguf path,
-    /// optionally with :vocab=N (the draft scores only the first N token ids) and/or :exact.
+    /// Draft method: none, ngram[:N], self:N (first N target layers), a draft .gguf path or
+    /// model:PATH (a GGUF file or Hugging Face folder), optionally with :vocab=N (the draft scores
+    /// only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
     /// Target arithmetic: `fast` (Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,
@@ -75,7 +77,8 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Name clients use in `model`; default: the model file stem (e.g. SmolLM2-135M-Instruct.Q4_1).
+    /// Name clients use in `model`; default: the model file stem (e.g. SmolLM2-135M-Instruct.Q4_1)
+    /// or the model folder's name.
     #[arg(long)]
     pub served_model_name: Option<String>,
     /// API key every /v1/* request must send as `Authorization: Bearer KEY` (repeatable; keys
@@ -172,7 +175,7 @@ pub fn default_model_candidates(
 pub fn resolve_model_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag.or_else(|| std::env::var_os("LAPSD_MODEL").map(PathBuf::from)) {
         if !path.exists() {
-            anyhow::bail!("model file {} not found", path.display());
+            anyhow::bail!("model {} not found", path.display());
         }
         return Ok(path);
     }

@@ -2,7 +2,8 @@
 //! for its tokenizer, plus the loader `lapsd serve` uses. Runs on the engine worker thread.
 //!
 //! Chat prompts: rendered with the model's own Jinja chat template (`lapsd_engine::chat`, from the
-//! GGUF `tokenizer.chat_template`); a model without one gets ChatML, the documented fallback.
+//! GGUF `tokenizer.chat_template` or a Hugging Face folder's template); a model without one gets
+//! ChatML, the documented fallback.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
         draft: spec.draft.clone(),
         weights: spec.weights,
     })?;
-    let tokenizer = Tokenizer::from_gguf_file(&spec.model_path)?;
+    let tokenizer = Tokenizer::for_model_path(&spec.model_path)?;
     let info = engine.info();
     let card = ModelCard {
         name: spec
@@ -76,13 +77,17 @@ pub fn load(spec: LoadSpec) -> Result<LoadedModel, ServerError> {
     })
 }
 
-/// The default served name: the model file's stem (`SmolLM2-135M-Instruct.Q4_1`), what
+/// The default served name: the model file's stem (`SmolLM2-135M-Instruct.Q4_1`), or a Hugging
+/// Face folder's whole name (`Qwen2.5-0.5B-Instruct`: its dots are not an extension), what
 /// `--help` promises and what a client can read off the command line; the GGUF
 /// `general.name` is often generic or absent.
 pub fn served_name_of(model_path: &std::path::Path) -> String {
-    model_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
+    let name = if model_path.is_dir() {
+        model_path.file_name()
+    } else {
+        model_path.file_stem()
+    };
+    name.map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "model".to_string())
 }
@@ -222,5 +227,10 @@ mod tests {
             "SmolLM2-135M-Instruct.Q4_1"
         );
         assert_eq!(served_name_of(std::path::Path::new("/")), "model");
+        let dir = std::env::temp_dir().join(format!("lapsd-Qwen2.5-0.5B-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let name = served_name_of(&dir);
+        std::fs::remove_dir(&dir).ok();
+        assert_eq!(name, format!("lapsd-Qwen2.5-0.5B-{}", std::process::id()));
     }
 }

@@ -61,7 +61,7 @@ impl Default for SamplingParams {
 /// What [`SdEngine::load`] needs. No speculation length: every step names each member's `k`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
-    /// Target model GGUF file.
+    /// Target model: a GGUF file or a Hugging Face model folder.
     pub model_path: PathBuf,
     /// Draft method.
     pub draft: DraftSpec,

@@ -1,5 +1,6 @@
 //! The llama-family decoder (architectures `llama` and `qwen2`; qwen2 is llama plus Q/K/V biases and
-//! the "halves" RoPE layout) over quantized GGUF weights. Field names follow the GGUF tensor names.
+//! the "halves" RoPE layout) over quantized GGUF weights, or a Hugging Face folder's float weights
+//! mapped onto the same layout ([`WeightSource`]). Field names follow the GGUF tensor names.
 //! Linear layers run once over the rows of every sequence of a batch stacked together; attention runs
 //! per sequence against that sequence's own KV cache (see `attention.rs`).
 use std::sync::Arc;
@@ -105,7 +106,8 @@ pub(crate) fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
 /// included). A Q8_0 weight whose input width is not a multiple of 256 is padded with zero
 /// columns when `opts.pad_q8_0` (see [`q8_0_pad_cols`]); re-quantizing a llama.cpp Q8_0 block
 /// gives back the same scale and quants (its largest value sits at +-127 steps), so padding an
-/// already-Q8_0 weight changes no value.
+/// already-Q8_0 weight changes no value. F32/F16/BF16 weights (a Hugging Face folder's) become
+/// Q8_0 the same way when `opts.quantize_float`, and otherwise run as f32 matmuls.
 fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, EngineError> {
     let (n_out, n_in) = t.shape().dims2()?;
     let dense = if opts.dense {
@@ -113,7 +115,11 @@ fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, Engine
     } else {
         None
     };
-    let requantize = opts.requantize && is_slow_on_cpu(t.dtype());
+    // Q8_0 blocks are 32 wide: a float weight of another width stays as it is (f32 matmul).
+    let quantize_float = opts.quantize_float
+        && is_float(t.dtype())
+        && n_in.is_multiple_of(GgmlDType::Q8_0.block_size());
+    let requantize = (opts.requantize && is_slow_on_cpu(t.dtype())) || quantize_float;
     let pad_cols = if opts.pad_q8_0 && (requantize || t.dtype() == GgmlDType::Q8_0) {
         q8_0_pad_cols(n_out, n_in)
     } else {
@@ -175,6 +181,14 @@ pub(crate) struct WeightOptions {
     pub(crate) pad_q8_0: bool,
     /// Keep only the LM head's first rows (see `LoadOptions::lm_head_rows`).
     pub(crate) lm_head_rows: Option<usize>,
+    /// Quantize F32/F16/BF16 projection weights to Q8_0 (see
+    /// `LoadOptions::quantize_float_weights`).
+    pub(crate) quantize_float: bool,
+}
+
+/// Unquantized weight types: what a Hugging Face folder's weights arrive as.
+fn is_float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 /// A sequence's first forward of at least this many rows (its prompt) runs those positions
@@ -315,10 +329,61 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Where [`Transformer::build`] reads its weights, by their GGUF names (`token_embd.weight`,
+/// `blk.N.attn_q.weight`, ...): a GGUF file as it is, or a Hugging Face folder
+/// (`super::hf_folder`), which maps the names onto its own and returns its f32/f16/bf16 weights
+/// as f32 [`QTensor`]s, so that both sources build the same decoder.
+pub(crate) trait WeightSource {
+    /// Whether the tensor exists.
+    fn has_tensor(&self, name: &str) -> bool;
+    /// The tensor on the CPU, `[rows, columns]` for matrices.
+    fn tensor(&mut self, name: &str) -> Result<QTensor, EngineError>;
+    /// What the source itself calls the tensor, for error messages.
+    fn source_name(&self, name: &str) -> String {
+        name.to_string()
+    }
+}
+
+impl WeightSource for GgufFile {
+    fn has_tensor(&self, name: &str) -> bool {
+        GgufFile::has_tensor(self, name)
+    }
+
+    fn tensor(&mut self, name: &str) -> Result<QTensor, EngineError> {
+        GgufFile::tensor(self, name, &Device::Cpu)
+    }
+}
+
+/// The hyper-parameters the decoder is built from, read from a GGUF file's metadata or a
+/// Hugging Face `config.json`.
+#[derive(Debug, Clone)]
+pub(crate) struct Hyper {
+    pub(crate) arch: Arch,
+    pub(crate) hidden_size: usize,
+    pub(crate) n_layers: usize,
+    pub(crate) dims: HeadDims,
+    /// Leading dimensions of each head that RoPE rotates.
+    pub(crate) rot_dim: usize,
+    pub(crate) rope_base: f64,
+    pub(crate) rms_eps: f32,
+    pub(crate) context_length: usize,
+}
+
+/// Fails unless `t` has exactly the dimensions `want` (a wrong-sized weight would otherwise
+/// only fail, or silently misbehave, inside the first forward).
+fn check_dims(name: &str, t: &QTensor, want: &[usize]) -> Result<(), EngineError> {
+    let got = t.shape().dims();
+    if got != want {
+        return Err(EngineError::InvalidModel(format!(
+            "tensor `{name}` has shape {got:?}, the configuration implies {want:?}"
+        )));
+    }
+    Ok(())
+}
+
 impl Transformer {
     /// Reads the config and every weight of a `llama` or `qwen2` GGUF file onto the CPU.
     pub(crate) fn load(gguf: &mut GgufFile, opts: WeightOptions) -> Result<Self, EngineError> {
-        let dev = Device::Cpu;
         let arch_name = gguf.str("general.architecture")?.to_string();
         let arch = Arch::parse(&arch_name)?;
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -359,22 +424,67 @@ impl Transformer {
             .opt_f64(&key("attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5) as f32;
         let context_length = gguf.usize(&key("context_length"))?;
+        let hyper = Hyper {
+            arch,
+            hidden_size,
+            n_layers,
+            dims: HeadDims {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+            },
+            rot_dim,
+            rope_base,
+            rms_eps,
+            context_length,
+        };
+        Self::build(&hyper, gguf, opts)
+    }
+
+    /// Builds the decoder from `hyper` and the weights of `source`. The RoPE layout follows the
+    /// architecture as llama.cpp stores it: llama's Q/K rows are permuted so that rotated pairs
+    /// are adjacent (interleaved), qwen2's are not (halves); a Hugging Face source permutes its
+    /// llama Q/K rows to match (`super::hf_folder`).
+    pub(crate) fn build(
+        hyper: &Hyper,
+        source: &mut dyn WeightSource,
+        opts: WeightOptions,
+    ) -> Result<Self, EngineError> {
+        let dev = Device::Cpu;
+        let Hyper {
+            arch,
+            hidden_size,
+            n_layers,
+            dims,
+            rot_dim,
+            rope_base,
+            rms_eps,
+            context_length,
+        } = *hyper;
+        let q_dim = dims.n_heads * dims.head_dim;
+        let kv_dim = dims.n_kv_heads * dims.head_dim;
         let layout = match arch {
             Arch::Llama => RopeLayout::Interleaved,
             Arch::Qwen2 => RopeLayout::Halves,
         };
 
-        let token_embd = Arc::new(gguf.tensor("token_embd.weight", &dev)?);
+        let token_embd = Arc::new(source.tensor("token_embd.weight")?);
         let (vocab_size, embd_cols) = token_embd.shape().dims2()?;
         if embd_cols != hidden_size {
             return Err(EngineError::InvalidModel(format!(
                 "token_embd has {embd_cols} columns, embedding_length is {hidden_size}"
             )));
         }
-        let output_norm = gguf.tensor("output_norm.weight", &dev)?.dequantize(&dev)?;
+        let output_norm_q = source.tensor("output_norm.weight")?;
+        let name = source.source_name("output_norm.weight");
+        check_dims(&name, &output_norm_q, &[hidden_size])?;
+        let output_norm = output_norm_q.dequantize(&dev)?;
         // Tied embeddings: without output.weight the token embedding doubles as the LM head.
-        let head = if gguf.has_tensor("output.weight") {
-            Arc::new(gguf.tensor("output.weight", &dev)?)
+        let head = if source.has_tensor("output.weight") {
+            let head = source.tensor("output.weight")?;
+            let name = source.source_name("output.weight");
+            check_dims(&name, &head, &[vocab_size, hidden_size])?;
+            Arc::new(head)
         } else {
             token_embd.clone()
         };
@@ -385,35 +495,49 @@ impl Transformer {
         let output = projection(head, opts)?;
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
-            let mut qm = |name: &str| -> Result<Projection, EngineError> {
-                let weight = gguf.tensor(&format!("blk.{i}.{name}.weight"), &dev)?;
-                projection(Arc::new(weight), opts)
+            // `rows: None` accepts any row count and returns it: the feed-forward width, which
+            // not every source states, is fixed by the gate for the up and down projections.
+            let mut qm = |name: &str,
+                          rows: Option<usize>,
+                          cols: usize|
+             -> Result<(Projection, usize), EngineError> {
+                let full = format!("blk.{i}.{name}.weight");
+                let weight = source.tensor(&full)?;
+                let rows = match rows {
+                    Some(r) => r,
+                    None => weight.shape().dims2()?.0,
+                };
+                check_dims(&source.source_name(&full), &weight, &[rows, cols])?;
+                Ok((projection(Arc::new(weight), opts)?, rows))
             };
-            let attn_q = qm("attn_q")?;
-            let attn_k = qm("attn_k")?;
-            let attn_v = qm("attn_v")?;
-            let attn_output = qm("attn_output")?;
-            let ffn_gate = qm("ffn_gate")?;
-            let ffn_up = qm("ffn_up")?;
-            let ffn_down = qm("ffn_down")?;
-            let mut bias = |name: &str| -> Result<Bias, EngineError> {
+            let (attn_q, _) = qm("attn_q", Some(q_dim), hidden_size)?;
+            let (attn_k, _) = qm("attn_k", Some(kv_dim), hidden_size)?;
+            let (attn_v, _) = qm("attn_v", Some(kv_dim), hidden_size)?;
+            let (attn_output, _) = qm("attn_output", Some(hidden_size), q_dim)?;
+            let (ffn_gate, ffn_size) = qm("ffn_gate", None, hidden_size)?;
+            let (ffn_up, _) = qm("ffn_up", Some(ffn_size), hidden_size)?;
+            let (ffn_down, _) = qm("ffn_down", Some(hidden_size), ffn_size)?;
+            let mut bias = |name: &str, len: usize| -> Result<Bias, EngineError> {
                 let full = format!("blk.{i}.{name}.bias");
-                match (arch, gguf.has_tensor(&full)) {
-                    (_, true) => Ok(Some(dequantize_vec(&gguf.tensor(&full, &dev)?)?)),
-                    (Arch::Qwen2, false) => Err(EngineError::MissingTensor(full)),
-                    (Arch::Llama, false) => Ok(None),
+                if arch == Arch::Llama && !source.has_tensor(&full) {
+                    return Ok(None);
                 }
+                // Required for qwen2: the source's own error names a missing one.
+                let b = source.tensor(&full)?;
+                check_dims(&source.source_name(&full), &b, &[len])?;
+                Ok(Some(dequantize_vec(&b)?))
             };
-            let attn_q_bias = bias("attn_q")?;
-            let attn_k_bias = bias("attn_k")?;
-            let attn_v_bias = bias("attn_v")?;
-            let norm = |gguf: &mut GgufFile, name: &str| -> Result<Tensor, EngineError> {
-                Ok(gguf
-                    .tensor(&format!("blk.{i}.{name}.weight"), &dev)?
-                    .dequantize(&dev)?)
+            let attn_q_bias = bias("attn_q", q_dim)?;
+            let attn_k_bias = bias("attn_k", kv_dim)?;
+            let attn_v_bias = bias("attn_v", kv_dim)?;
+            let mut norm = |name: &str| -> Result<Tensor, EngineError> {
+                let full = format!("blk.{i}.{name}.weight");
+                let w = source.tensor(&full)?;
+                check_dims(&source.source_name(&full), &w, &[hidden_size])?;
+                Ok(w.dequantize(&dev)?)
             };
             layers.push(Layer {
-                attn_norm: norm(gguf, "attn_norm")?,
+                attn_norm: norm("attn_norm")?,
                 attn_q,
                 attn_k,
                 attn_v,
@@ -421,7 +545,7 @@ impl Transformer {
                 attn_k_bias,
                 attn_v_bias,
                 attn_output,
-                ffn_norm: norm(gguf, "ffn_norm")?,
+                ffn_norm: norm("ffn_norm")?,
                 ffn_gate,
                 ffn_up,
                 ffn_down,
@@ -430,11 +554,7 @@ impl Transformer {
         let config = Config {
             hidden_size,
             n_layers,
-            dims: HeadDims {
-                n_heads,
-                n_kv_heads,
-                head_dim,
-            },
+            dims,
             rms_eps,
             context_length,
             vocab_size,
@@ -569,6 +689,7 @@ mod tests {
             dense: false,
             pad_q8_0: false,
             lm_head_rows: None,
+            quantize_float: false,
         };
         let p = projection(Arc::new(q5), options).expect("projection");
         match &p.quantized {
@@ -610,6 +731,7 @@ mod tests {
             dense: false,
             pad_q8_0,
             lm_head_rows: None,
+            quantize_float: false,
         };
         let plain = projection(q8(), options(false)).expect("plain");
         let padded = projection(q8(), options(true)).expect("padded");
@@ -675,6 +797,7 @@ mod tests {
             dense: false,
             pad_q8_0: true,
             lm_head_rows: None,
+            quantize_float: false,
         };
         projection(
             Arc::new(QTensor::quantize(&w, dtype).expect("quantize")),

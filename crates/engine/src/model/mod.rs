@@ -1,7 +1,8 @@
-//! Models: loading a GGUF file into a [`Model`], its [`ModelInfo`], per-request [`KvCache`]s, and the
-//! batched forward pass that returns logits for every new position (what speculative verification
-//! needs: all k+1 positions, not just the last).
+//! Models: loading a GGUF file or a Hugging Face model folder ([`hf_folder`]) into a [`Model`], its
+//! [`ModelInfo`], per-request [`KvCache`]s, and the batched forward pass that returns logits for
+//! every new position (what speculative verification needs: all k+1 positions, not just the last).
 mod attention;
+pub mod hf_folder;
 mod kv_cache;
 mod llama;
 pub mod reference;
@@ -21,7 +22,8 @@ use llama::{SeqRows, Transformer, WeightOptions};
 /// What callers need to know about a loaded model.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
-    /// `general.architecture`: `llama` or `qwen2`.
+    /// `general.architecture`: `llama` or `qwen2` (a Hugging Face folder's `LlamaForCausalLM` or
+    /// `Qwen2ForCausalLM` reports the same).
     pub architecture: String,
     /// Number of decoder layers.
     pub n_layers: usize,
@@ -30,16 +32,18 @@ pub struct ModelInfo {
     /// Token ids the LM head scores: the columns of the logits (`vocab_size` unless
     /// [`LoadOptions::lm_head_rows`] cut the head).
     pub head_rows: usize,
-    /// Maximum positions (`<arch>.context_length`).
+    /// Maximum positions (`<arch>.context_length`; a folder's `max_position_embeddings`).
     pub context_length: usize,
-    /// `tokenizer.ggml.bos_token_id`, if the file has one.
+    /// `tokenizer.ggml.bos_token_id` (a folder's `bos_token_id`), if the model has one.
     pub bos_token_id: Option<u32>,
-    /// Tokens that end generation: the file's EOS id plus the usual end-of-turn/end-of-text tokens
+    /// Tokens that end generation: the file's EOS id (a folder's `eos_token_id`s, from
+    /// generation_config.json else config.json) plus the usual end-of-turn/end-of-text tokens
     /// found in its vocabulary (`<|im_end|>`, `<|endoftext|>`, `<|eot_id|>`, `</s>`), deduplicated.
     pub eos_token_ids: Vec<u32>,
-    /// `tokenizer.chat_template` (Jinja source), if any.
+    /// `tokenizer.chat_template` (Jinja source; a folder's `chat_template.jinja`, else the
+    /// `chat_template` of its tokenizer_config.json), if any.
     pub chat_template: Option<String>,
-    /// `general.name`, else the file stem.
+    /// `general.name`, else the file stem; a folder's directory name.
     pub name: String,
     /// Hidden (embedding) size.
     pub hidden_size: usize,
@@ -90,6 +94,13 @@ pub struct LoadOptions {
     /// part of its cost, and BPE ids come roughly in frequency order); the draft's distribution
     /// is then zero elsewhere, which speculative sampling allows. Default: None (every id).
     pub lm_head_rows: Option<usize>,
+    /// Quantize the f32/f16/bf16 projection weights of a Hugging Face folder to Q8_0 at load
+    /// (LM head included; embedding and norms stay f32), so that decoding takes the same int8
+    /// kernels as a GGUF model, at ~0.27x the f32 bytes per step; prompts still take the f32 copy
+    /// (`dense_weights_max_bytes`). Each weight moves by at most half a Q8_0 step. False keeps
+    /// every projection f32 (exact weights, no f32 copy needed; decode reads 4 bytes per weight).
+    /// No effect on GGUF files, whose float weights stay as they are. Default: true.
+    pub quantize_float_weights: bool,
 }
 
 impl Default for LoadOptions {
@@ -107,6 +118,7 @@ impl LoadOptions {
             dense_weights_max_bytes: if fast { 2 << 30 } else { 0 },
             pad_q8_0_for_repack: false,
             lm_head_rows: None,
+            quantize_float_weights: fast,
         }
     }
 }
@@ -117,13 +129,15 @@ impl LoadOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightMode {
     /// Faster on the CPU: Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load
-    /// ([`LoadOptions::requantize_slow_types`]) and prompts of 16 tokens or more through an f32
-    /// copy of the weights ([`LoadOptions::dense_weights_max_bytes`]), so a prompt's positions
-    /// and generated positions round differently.
+    /// ([`LoadOptions::requantize_slow_types`]), a Hugging Face folder's float projections
+    /// quantized to Q8_0 ([`LoadOptions::quantize_float_weights`]), and prompts of 16 tokens or
+    /// more through an f32 copy of the weights ([`LoadOptions::dense_weights_max_bytes`]), so a
+    /// prompt's positions and generated positions round differently.
     #[default]
     Fast,
-    /// The file's own quantized weights for every position, prompt and generated alike: what
-    /// another engine running the same GGUF computes, up to its kernels' rounding.
+    /// The file's own weights for every position, prompt and generated alike: a GGUF's
+    /// quantized weights (what another engine running the same file computes, up to its
+    /// kernels' rounding), a Hugging Face folder's weights in f32.
     Exact,
 }
 
@@ -175,28 +189,37 @@ fn file_stem(path: &Path) -> String {
 }
 
 impl Model {
-    /// Loads a `llama` or `qwen2` GGUF file onto the CPU (default [`LoadOptions`]).
+    /// Loads a `llama` or `qwen2` GGUF file, or a Hugging Face model folder, onto the CPU
+    /// (default [`LoadOptions`]).
     pub fn load(path: &Path) -> Result<Model, EngineError> {
         Self::load_with_options(path, &LoadOptions::default())
     }
 
-    /// Loads a `llama` or `qwen2` GGUF file onto the CPU.
+    /// Loads a `llama` or `qwen2` GGUF file, or a Hugging Face model folder (a directory:
+    /// [`hf_folder`]), onto the CPU.
     pub fn load_with_options(path: &Path, options: &LoadOptions) -> Result<Model, EngineError> {
+        if path.is_dir() {
+            return Ok(Self::from_hf_folder(path, options)?.0);
+        }
         let mut gguf = GgufFile::open(path)?;
         Self::from_gguf(&mut gguf, options)
     }
 
-    /// Loads the model (default [`LoadOptions`]) and the tokenizer: `tokenizer.json` beside the
-    /// file if present, else the one described by the GGUF metadata.
+    /// Loads the model and the tokenizer. A GGUF file: `tokenizer.json` beside the file if
+    /// present, else the one described by the GGUF metadata. A Hugging Face folder: its
+    /// `tokenizer.json`.
     pub fn load_with_tokenizer(path: &Path) -> Result<(Model, Tokenizer), EngineError> {
         Self::load_with_tokenizer_options(path, &LoadOptions::default())
     }
 
-    /// [`Model::load_with_tokenizer`] with the given options.
+    /// [`Model::load_with_tokenizer`] with non-default [`LoadOptions`].
     pub fn load_with_tokenizer_options(
         path: &Path,
         options: &LoadOptions,
     ) -> Result<(Model, Tokenizer), EngineError> {
+        if path.is_dir() {
+            return Self::from_hf_folder(path, options);
+        }
         let mut gguf = GgufFile::open(path)?;
         let model = Self::from_gguf(&mut gguf, options)?;
         let beside = path.with_file_name("tokenizer.json");
@@ -215,6 +238,8 @@ impl Model {
             dense: dense_bytes <= options.dense_weights_max_bytes,
             pad_q8_0: options.pad_q8_0_for_repack,
             lm_head_rows: options.lm_head_rows,
+            // GGUF float weights keep their behaviour (f32 matmuls).
+            quantize_float: false,
         };
         let transformer = Transformer::load(gguf, weights)?;
         let cfg = &transformer.config;
@@ -256,6 +281,83 @@ impl Model {
             transformer,
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// Loads a Hugging Face model folder and its tokenizer (whose vocabulary gives the end
+    /// tokens, as a GGUF file's does).
+    fn from_hf_folder(
+        dir: &Path,
+        options: &LoadOptions,
+    ) -> Result<(Model, Tokenizer), EngineError> {
+        let meta = hf_folder::FolderMeta::read(dir)?;
+        let tokenizer = hf_folder::tokenizer(dir, &meta)?;
+        let mut source = hf_folder::HfWeights::open(dir, &meta)?;
+        let dense_bytes = source.total_elements().saturating_mul(4);
+        let weights = WeightOptions {
+            requantize: options.requantize_slow_types,
+            // Unquantized projections are f32 already: a second f32 copy would change nothing.
+            dense: options.quantize_float_weights && dense_bytes <= options.dense_weights_max_bytes,
+            pad_q8_0: options.pad_q8_0_for_repack,
+            lm_head_rows: options.lm_head_rows,
+            quantize_float: options.quantize_float_weights,
+        };
+        let transformer = Transformer::build(&meta.hyper, &mut source, weights)?;
+        drop(source);
+        let cfg = &transformer.config;
+        if let Some(v) = meta.vocab_size.filter(|&v| v != cfg.vocab_size) {
+            return Err(EngineError::InvalidHfFile {
+                path: dir.join(hf_folder::CONFIG_FILE),
+                message: format!(
+                    "`vocab_size` {v} differs from the {} rows of model.embed_tokens.weight",
+                    cfg.vocab_size
+                ),
+            });
+        }
+        let mut eos_token_ids = meta.eos_token_ids.clone();
+        // In vocabulary order, as for a GGUF file.
+        let mut end_ids: Vec<u32> = END_TOKENS
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t))
+            .collect();
+        end_ids.sort_unstable();
+        for id in end_ids {
+            if !eos_token_ids.contains(&id) {
+                eos_token_ids.push(id);
+            }
+        }
+        // `models/x/.` or `.` has no last component of its own: the resolved path has.
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .or_else(|| {
+                let resolved = dir.canonicalize().ok()?;
+                Some(resolved.file_name()?.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "model".to_string());
+        let info = ModelInfo {
+            architecture: meta.architecture.to_string(),
+            n_layers: cfg.n_layers,
+            vocab_size: cfg.vocab_size,
+            head_rows: options
+                .lm_head_rows
+                .map_or(cfg.vocab_size, |rows| rows.min(cfg.vocab_size)),
+            context_length: cfg.context_length,
+            bos_token_id: meta.bos_token_id,
+            eos_token_ids,
+            chat_template: meta.chat_template.clone(),
+            name,
+            hidden_size: cfg.hidden_size,
+            n_heads: cfg.dims.n_heads,
+            n_kv_heads: cfg.dims.n_kv_heads,
+            head_dim: cfg.dims.head_dim,
+            kv_bytes_per_token: 2 * cfg.kv_dim() * cfg.n_layers * std::mem::size_of::<f32>(),
+        };
+        let model = Model {
+            info,
+            transformer,
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+        };
+        Ok((model, tokenizer))
     }
 
     /// Runs throwaway forwards of 1, 2 and 32 quantized rows so that candle builds the weight

@@ -1,8 +1,8 @@
 //! Draft methods (the "small speculative model" of LAPS-SD): which one a request uses
 //! ([`DraftSpec`], parsed from `--draft`), and prompt-lookup n-gram drafting (Saxena 2023,
 //! "Prompt Lookup Decoding"), which needs no model: the proposal is copied from earlier text.
-//! Model drafters (a separate GGUF, or the target's first N layers) run inside
-//! [`crate::engine::SdEngine`], which batches their forwards.
+//! Model drafters (a separate GGUF file or Hugging Face folder, or the target's first N layers)
+//! run inside [`crate::engine::SdEngine`], which batches their forwards.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -17,8 +17,9 @@ pub const DEFAULT_NGRAM_N: usize = 3;
 pub const DEFAULT_DRAFT: &str = "ngram:3";
 
 /// Which draft method proposes tokens. Parsed from `none`, `ngram`, `ngram:N`, `self:N`, or a
-/// path to a `.gguf` file (a separate draft model sharing the target's tokenizer), optionally
-/// followed by `:vocab=N` (the draft scores only the first N token ids, see
+/// separate draft model sharing the target's tokenizer: a path to a `.gguf` file, or
+/// `model:PATH` for any model path (a Hugging Face folder, or a GGUF file of another name),
+/// optionally followed by `:vocab=N` (the draft scores only the first N token ids, see
 /// `LoadOptions::lm_head_rows`) and/or `:exact` (the draft runs the target's arithmetic, without
 /// the padded fast kernel of `LoadOptions::pad_q8_0_for_repack`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +36,9 @@ pub enum DraftSpec {
         /// Number of leading target layers the draft runs.
         n_layers: usize,
     },
-    /// A separate draft model (GGUF) with the target's tokenizer.
+    /// A separate draft model (GGUF file or Hugging Face folder) with the target's tokenizer.
     Model {
-        /// The GGUF file.
+        /// The GGUF file or model folder.
         path: PathBuf,
         /// Score only the first `head_rows` token ids in the draft's LM head (None: all).
         head_rows: Option<usize>,
@@ -49,7 +50,7 @@ pub enum DraftSpec {
 
 /// Why a `--draft` string was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid draft spec {spec:?}: {reason} (expected none, ngram, ngram:N, self:N, or a path to a .gguf file, optionally with :vocab=N)")]
+#[error("invalid draft spec {spec:?}: {reason} (expected none, ngram, ngram:N, self:N, or a path to a .gguf file or model:PATH, optionally with :vocab=N and/or :exact)")]
 pub struct DraftSpecParseError {
     /// The string as given.
     pub spec: String,
@@ -87,10 +88,31 @@ impl FromStr for DraftSpec {
                     Ok(DraftSpec::SelfLayers {
                         n_layers: positive(v, "the layer count")?,
                     })
-                } else if let Some(at) = gguf_path_end(trimmed) {
+                } else {
+                    // `model:PATH`: the options are the trailing `:vocab=N` / `:exact` parts
+                    // (a folder name has no suffix that could end the path); a `.gguf` path
+                    // ends at its suffix.
+                    let (path, options) = if let Some(rest) = trimmed.strip_prefix("model:") {
+                        let mut path = rest;
+                        while let Some((head, tail)) = path.rsplit_once(':') {
+                            if tail == "exact" || tail.starts_with("vocab=") {
+                                path = head;
+                            } else {
+                                break;
+                            }
+                        }
+                        if path.is_empty() {
+                            return Err(err("the model path is empty"));
+                        }
+                        (path, &rest[path.len()..])
+                    } else if let Some(at) = gguf_path_end(trimmed) {
+                        (&trimmed[..at], &trimmed[at..])
+                    } else {
+                        return Err(err("unknown draft method"));
+                    };
                     let mut head_rows = None;
                     let mut pad_q8_0 = true;
-                    for option in trimmed[at..].split(':').filter(|o| !o.is_empty()) {
+                    for option in options.split(':').filter(|o| !o.is_empty()) {
                         if let Some(v) = option.strip_prefix("vocab=") {
                             head_rows = Some(positive(v, "the draft vocabulary size")?);
                         } else if option == "exact" {
@@ -102,12 +124,10 @@ impl FromStr for DraftSpec {
                         }
                     }
                     Ok(DraftSpec::Model {
-                        path: PathBuf::from(&trimmed[..at]),
+                        path: PathBuf::from(path),
                         head_rows,
                         pad_q8_0,
                     })
-                } else {
-                    Err(err("unknown draft method"))
                 }
             }
         }
@@ -125,7 +145,18 @@ impl fmt::Display for DraftSpec {
                 head_rows,
                 pad_q8_0,
             } => {
-                write!(f, "{}", path.display())?;
+                // A `.gguf` path parses back as itself, unless it starts like another method;
+                // any other path needs the prefix.
+                let text = path.to_string_lossy();
+                let plain = gguf_path_end(&text) == Some(text.len())
+                    && !["ngram:", "self:", "model:"]
+                        .iter()
+                        .any(|p| text.starts_with(p));
+                if plain {
+                    write!(f, "{text}")?;
+                } else {
+                    write!(f, "model:{text}")?;
+                }
                 if let Some(rows) = head_rows {
                     write!(f, ":vocab={rows}")?;
                 }
@@ -218,6 +249,14 @@ mod tests {
             })
         );
         assert_eq!(
+            "model:models/Qwen2.5-0.5B:exact:vocab=9".parse::<DraftSpec>(),
+            Ok(DraftSpec::Model {
+                path: PathBuf::from("models/Qwen2.5-0.5B"),
+                head_rows: Some(9),
+                pad_q8_0: false,
+            })
+        );
+        assert_eq!(
             "models/draft.gguf:vocab=65536:exact".parse::<DraftSpec>(),
             Ok(DraftSpec::Model {
                 path: PathBuf::from("models/draft.gguf"),
@@ -233,6 +272,10 @@ mod tests {
             "a/b.gguf:vocab=100",
             "a/b.gguf:exact",
             "x.gguf.d/b.gguf:vocab=7:exact",
+            "model:models/SmolLM2-135M-Instruct",
+            "model:models/qwen:vocab=100:exact",
+            "model:a/b.gguf:x",
+            "model:self:1.gguf",
         ] {
             assert_eq!(
                 s.parse::<DraftSpec>().map(|d| d.to_string()).as_deref(),
@@ -271,6 +314,10 @@ mod tests {
         assert_eq!(
             "draft.bin:vocab=5".parse::<DraftSpec>().unwrap_err().reason,
             "unknown draft method"
+        );
+        assert_eq!(
+            "model::exact".parse::<DraftSpec>().unwrap_err().reason,
+            "the model path is empty"
         );
         assert!("d.gguf:fast"
             .parse::<DraftSpec>()
