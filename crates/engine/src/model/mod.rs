@@ -169,6 +169,16 @@ impl std::str::FromStr for WeightMode {
     }
 }
 
+/// What a model file says about the model beyond its weights (the [`ModelInfo`] fields a
+/// decoder's shape does not give).
+struct FileFacts {
+    architecture: String,
+    bos_token_id: Option<u32>,
+    eos_token_ids: Vec<u32>,
+    chat_template: Option<String>,
+    name: String,
+}
+
 /// A loaded model (weights on the CPU). `Send + Sync`: one model can serve many requests, each with
 /// its own [`KvCache`].
 pub struct Model {
@@ -242,7 +252,6 @@ impl Model {
             quantize_float: false,
         };
         let transformer = Transformer::load(gguf, weights)?;
-        let cfg = &transformer.config;
         let id32 = |key: &str| gguf.opt_u64(key).and_then(|v| u32::try_from(v).ok());
         let mut eos_token_ids: Vec<u32> = id32("tokenizer.ggml.eos_token_id").into_iter().collect();
         if let Ok(tokens) = gguf.string_array("tokenizer.ggml.tokens") {
@@ -255,14 +264,8 @@ impl Model {
                 }
             }
         }
-        let info = ModelInfo {
+        let facts = FileFacts {
             architecture: gguf.str("general.architecture")?.to_string(),
-            n_layers: cfg.n_layers,
-            vocab_size: cfg.vocab_size,
-            head_rows: options
-                .lm_head_rows
-                .map_or(cfg.vocab_size, |rows| rows.min(cfg.vocab_size)),
-            context_length: cfg.context_length,
             bos_token_id: id32("tokenizer.ggml.bos_token_id"),
             eos_token_ids,
             chat_template: gguf.opt_str("tokenizer.chat_template").map(str::to_string),
@@ -270,17 +273,36 @@ impl Model {
                 .opt_str("general.name")
                 .map(str::to_string)
                 .unwrap_or_else(|| file_stem(gguf.path())),
+        };
+        Ok(Self::assemble(transformer, options, facts))
+    }
+
+    /// The model of a built decoder and what its file says about it.
+    fn assemble(transformer: Transformer, options: &LoadOptions, facts: FileFacts) -> Model {
+        let cfg = &transformer.config;
+        let info = ModelInfo {
+            architecture: facts.architecture,
+            n_layers: cfg.n_layers,
+            vocab_size: cfg.vocab_size,
+            head_rows: options
+                .lm_head_rows
+                .map_or(cfg.vocab_size, |rows| rows.min(cfg.vocab_size)),
+            context_length: cfg.context_length,
+            bos_token_id: facts.bos_token_id,
+            eos_token_ids: facts.eos_token_ids,
+            chat_template: facts.chat_template,
+            name: facts.name,
             hidden_size: cfg.hidden_size,
             n_heads: cfg.dims.n_heads,
             n_kv_heads: cfg.dims.n_kv_heads,
             head_dim: cfg.dims.head_dim,
             kv_bytes_per_token: 2 * cfg.kv_dim() * cfg.n_layers * std::mem::size_of::<f32>(),
         };
-        Ok(Model {
+        Model {
             info,
             transformer,
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
-        })
+        }
     }
 
     /// Loads a Hugging Face model folder and its tokenizer (whose vocabulary gives the end
@@ -334,30 +356,14 @@ impl Model {
                 Some(resolved.file_name()?.to_string_lossy().into_owned())
             })
             .unwrap_or_else(|| "model".to_string());
-        let info = ModelInfo {
+        let facts = FileFacts {
             architecture: meta.architecture.to_string(),
-            n_layers: cfg.n_layers,
-            vocab_size: cfg.vocab_size,
-            head_rows: options
-                .lm_head_rows
-                .map_or(cfg.vocab_size, |rows| rows.min(cfg.vocab_size)),
-            context_length: cfg.context_length,
             bos_token_id: meta.bos_token_id,
             eos_token_ids,
             chat_template: meta.chat_template.clone(),
             name,
-            hidden_size: cfg.hidden_size,
-            n_heads: cfg.dims.n_heads,
-            n_kv_heads: cfg.dims.n_kv_heads,
-            head_dim: cfg.dims.head_dim,
-            kv_bytes_per_token: 2 * cfg.kv_dim() * cfg.n_layers * std::mem::size_of::<f32>(),
         };
-        let model = Model {
-            info,
-            transformer,
-            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
-        };
-        Ok((model, tokenizer))
+        Ok((Self::assemble(transformer, options, facts), tokenizer))
     }
 
     /// Runs throwaway forwards of 1, 2 and 32 quantized rows so that candle builds the weight
