@@ -182,14 +182,16 @@ impl ReferenceModel {
     /// RoPE in place on `x` (`[positions][heads * head_dim]`; row r is position r).
     fn rotate(&self, x: &mut [Vec<f64>], heads: usize) {
         let half = self.rope_dims / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| {
+                self.rope_base
+                    .powf(-((2 * i) as f64) / self.rope_dims as f64)
+            })
+            .collect();
         for (position, row) in x.iter_mut().enumerate() {
             for head in row.chunks_exact_mut(self.head_dim).take(heads) {
-                for i in 0..half {
-                    let angle = position as f64
-                        * self
-                            .rope_base
-                            .powf(-((2 * i) as f64) / self.rope_dims as f64);
-                    let (sin, cos) = angle.sin_cos();
+                for (i, freq) in inv_freq.iter().enumerate() {
+                    let (sin, cos) = (position as f64 * freq).sin_cos();
                     let (a, b) = if self.rope_adjacent_pairs {
                         (2 * i, 2 * i + 1)
                     } else {
