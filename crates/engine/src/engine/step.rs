@@ -272,6 +272,7 @@ fn draft_with_model(
                 let cache = job.seq.draft_cache.as_mut().ok_or_else(|| {
                     EngineError::CacheMismatch(format!("sequence {id} has no draft cache"))
                 })?;
+                cache.follow_dense_prefix(&job.seq.target_cache);
                 fwd.push(SeqForward {
                     tokens: input,
                     cache,

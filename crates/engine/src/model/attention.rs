@@ -121,6 +121,7 @@ fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
 /// Causal attention of `n_new` query rows (absolute positions `first_pos..first_pos + n_new`) over
 /// cached keys/values that already include those rows (`k`, `v`: `(first_pos + n_new) * kv_dim`).
 /// Writes `n_new * n_heads * head_dim` floats into `out`.
+#[cfg(test)]
 pub(crate) fn attend(
     q: &[f32],
     k: &[f32],
@@ -129,41 +130,119 @@ pub(crate) fn attend(
     dims: HeadDims,
     out: &mut [f32],
 ) {
+    let n_rows = q.len() / (dims.n_heads * dims.head_dim);
+    let seq = SeqAttention {
+        row_offset: 0,
+        n_rows,
+        first_pos,
+        k,
+        v,
+    };
+    attend_all(q, &[seq], dims, out);
+}
+
+/// One sequence's part of a batched attention: its rows in the stacked batch and its cache (one
+/// layer's keys and values, the new rows' included).
+pub(crate) struct SeqAttention<'a> {
+    pub(crate) row_offset: usize,
+    pub(crate) n_rows: usize,
+    /// Position of the sequence's first new row.
+    pub(crate) first_pos: usize,
+    pub(crate) k: &'a [f32],
+    pub(crate) v: &'a [f32],
+}
+
+/// An output buffer the workers of [`attend_all`] write into, each at its own heads.
+struct SharedOut(*mut f32);
+// SAFETY: every (row, head) slice is written by one work item only, and `out` outlives the region.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Causal attention of every new row of every sequence (`q` and `out`: the stacked batch's rows,
+/// `n_heads * head_dim` floats each), one work item per (row, head) on candle's worker pool. Each
+/// item's arithmetic does not depend on the others, so results do not depend on the batch.
+pub(crate) fn attend_all(q: &[f32], seqs: &[SeqAttention<'_>], dims: HeadDims, out: &mut [f32]) {
     let HeadDims {
         n_heads,
         n_kv_heads,
         head_dim,
     } = dims;
     let q_row = n_heads * head_dim;
-    let kv_row = n_kv_heads * head_dim;
-    let group = n_heads / n_kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let n_new = q.len() / q_row;
-    let mut scores = vec![0f32; first_pos + n_new];
-    out.fill(0.0);
-    for i in 0..n_new {
-        let n_keys = first_pos + i + 1;
-        for h in 0..n_heads {
-            let g = h / group;
-            let qh = &q[i * q_row + h * head_dim..i * q_row + (h + 1) * head_dim];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores[..n_keys].iter_mut().enumerate() {
-                let kh = &k[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
-                *s = dot(qh, kh) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0f32;
-            for s in &mut scores[..n_keys] {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv_sum = 1.0 / sum;
-            let oh = &mut out[i * q_row + h * head_dim..i * q_row + (h + 1) * head_dim];
-            for (j, s) in scores[..n_keys].iter().enumerate() {
-                let vh = &v[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
-                axpy(oh, s * inv_sum, vh);
-            }
+    // (sequence, row within it, head)
+    let items: Vec<(usize, usize, usize)> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(s, seq)| {
+            (0..seq.n_rows).flat_map(move |i| (0..n_heads).map(move |h| (s, i, h)))
+        })
+        .collect();
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    assert!(
+        out.len()
+            >= seqs
+                .iter()
+                .map(|s| (s.row_offset + s.n_rows) * q_row)
+                .max()
+                .unwrap_or(0)
+    );
+    let run = |range: std::ops::Range<usize>| {
+        let mut scores = Vec::new();
+        for &(s, i, h) in &items[range] {
+            let seq = &seqs[s];
+            let row = seq.row_offset + i;
+            let at = row * q_row + h * head_dim;
+            // SAFETY: in bounds (asserted above), and (row, h) belongs to this item only.
+            let oh = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), head_dim) };
+            attend_head(
+                &q[at..at + head_dim],
+                seq,
+                seq.first_pos + i + 1,
+                h / (n_heads / n_kv_heads),
+                dims,
+                &mut scores,
+                oh,
+            );
         }
+    };
+    candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
+}
+
+/// One query head against the first `n_keys` keys of KV head `g`.
+fn attend_head(
+    qh: &[f32],
+    seq: &SeqAttention<'_>,
+    n_keys: usize,
+    g: usize,
+    dims: HeadDims,
+    scores: &mut Vec<f32>,
+    oh: &mut [f32],
+) {
+    let head_dim = dims.head_dim;
+    let kv_row = dims.n_kv_heads * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    scores.clear();
+    scores.resize(n_keys, 0.0);
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in scores.iter_mut().enumerate() {
+        let kh = &seq.k[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
+        *s = dot(qh, kh) * scale;
+        max = max.max(*s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv_sum = 1.0 / sum;
+    oh.fill(0.0);
+    for (j, s) in scores.iter().enumerate() {
+        let vh = &seq.v[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
+        axpy(oh, s * inv_sum, vh);
     }
 }
 

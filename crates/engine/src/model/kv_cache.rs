@@ -73,7 +73,6 @@ impl KvCache {
         self.len_tokens = 0;
     }
 
-    /// Number of decoder layers this cache covers.
     /// Fixes which positions take the f32 weights before a prefill that may run in chunks:
     /// the positions of the whole first prefill (`prefill_tokens`), as when it runs in one
     /// forward (see `llama::DENSE_MIN_ROWS`), so that chunked and whole prefills compute every
@@ -88,6 +87,17 @@ impl KvCache {
         }
     }
 
+    /// Makes positions take the same weights as in `other` (the target's cache, for a draft
+    /// model's copy of the same sequence): a draft cache that first catches up on the prompt
+    /// plus generated tokens would otherwise put those generated positions through the f32
+    /// weights, while the target computed them on the quantized ones. No effect once used.
+    pub(crate) fn follow_dense_prefix(&mut self, other: &KvCache) {
+        if self.len_tokens == 0 && self.dense_prefix.is_none() {
+            self.dense_prefix = other.dense_prefix;
+        }
+    }
+
+    /// Number of decoder layers this cache covers.
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }

@@ -9,8 +9,9 @@ use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
 
-use super::attention::{attend, HeadDims, Rope, RopeLayout};
+use super::attention::{attend_all, HeadDims, Rope, RopeLayout, SeqAttention};
 use super::kv_cache::KvCache;
+use super::qgemv::{gemv, QuantWeights};
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
 
@@ -125,15 +126,25 @@ fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, Engine
     } else {
         0
     };
-    let quantized = if requantize || pad_cols > 0 {
+    let weights = if requantize || pad_cols > 0 {
         let f32_weights = match &dense {
             Some(d) => d.clone(),
             None => t.dequantize(&Device::Cpu)?,
         };
         let f32_weights = f32_weights.pad_with_zeros(1, 0, pad_cols)?;
-        QMatMul::from_qtensor(QTensor::quantize(&f32_weights, GgmlDType::Q8_0)?)?
+        Arc::new(QTensor::quantize(&f32_weights, GgmlDType::Q8_0)?)
     } else {
-        QMatMul::from_arc(t)?
+        t
+    };
+    // Padded weights are for candle's repacked kernel; the others take ours where it applies.
+    let own = if pad_cols == 0 {
+        QuantWeights::from_qtensor(&weights)?
+    } else {
+        None
+    };
+    let quantized = match own {
+        Some(w) => QuantKernel::Own(w),
+        None => QuantKernel::Candle(QMatMul::from_arc(weights)?),
     };
     Ok(Projection {
         quantized,
@@ -200,9 +211,17 @@ fn is_float(dtype: GgmlDType) -> bool {
 /// differently), so decode and verify rows always take the quantized weights.
 pub(crate) const DENSE_MIN_ROWS: usize = 16;
 
+/// Which code multiplies a projection's quantized weights.
+enum QuantKernel {
+    /// Q8_0 and Q4_1: this crate's kernels (`super::qgemv`).
+    Own(QuantWeights),
+    /// Every other type, and weights padded for candle's repacked kernel.
+    Candle(QMatMul),
+}
+
 /// A weight matrix `[out, in]`: quantized, plus an optional f32 copy for many-row inputs.
 struct Projection {
-    quantized: QMatMul,
+    quantized: QuantKernel,
     /// Zero columns the quantized weight has beyond the input width (see [`q8_0_pad_cols`]); the
     /// input is padded to match before the quantized matmul.
     quantized_pad_cols: usize,
@@ -280,17 +299,54 @@ impl Projection {
     /// tokens). So a single Q6_K row runs as two copies of itself. (Q4_K's AMX tiles, taken from
     /// 32 rows on, agree bit for bit with its other kernel: tested below.)
     fn forward_quantized(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let matmul = match &self.quantized {
+            QuantKernel::Own(w) => {
+                let rows = x.dim(0)?;
+                let y = gemv(&[w], &to_vec(x)?, rows).remove(0);
+                return Ok(Tensor::from_vec(y, (rows, w.n_out()), &Device::Cpu)?);
+            }
+            QuantKernel::Candle(m) => m,
+        };
         let x = if self.quantized_pad_cols == 0 {
             x.clone()
         } else {
             x.pad_with_zeros(D::Minus1, 0, self.quantized_pad_cols)?
         };
-        let is_q6k = matches!(&self.quantized, QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q6K);
+        let is_q6k = matches!(matmul, QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q6K);
         if is_q6k && x.dim(0)? == 1 {
             let twice = Tensor::cat(&[&x, &x], 0)?;
-            return Ok(self.quantized.forward(&twice)?.narrow(0, 0, 1)?);
+            return Ok(matmul.forward(&twice)?.narrow(0, 0, 1)?);
         }
-        Ok(self.quantized.forward(&x)?)
+        Ok(matmul.forward(&x)?)
+    }
+
+    /// `x` through each of `projections` (which share their input width): one quantization of
+    /// `x` and one parallel region for all of them when every row takes the quantized weights and
+    /// all are served by this crate's kernels; otherwise one after the other. The values are the
+    /// same either way (each output is one dot product, computed by the same function).
+    fn forward_group(
+        projections: &[&Projection],
+        x: &Tensor,
+        paths: &RowPaths,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let all_quantized = matches!(paths, RowPaths::AllQuantized)
+            || projections.iter().all(|p| p.dense.is_none());
+        let own: Vec<&QuantWeights> = projections
+            .iter()
+            .filter_map(|p| match &p.quantized {
+                QuantKernel::Own(w) => Some(w),
+                QuantKernel::Candle(_) => None,
+            })
+            .collect();
+        if !all_quantized || own.len() != projections.len() {
+            return projections.iter().map(|p| p.forward(x, paths)).collect();
+        }
+        let rows = x.dim(0)?;
+        gemv(&own, &to_vec(x)?, rows)
+            .into_iter()
+            .zip(&own)
+            .map(|(y, w)| Ok(Tensor::from_vec(y, (rows, w.n_out()), &Device::Cpu)?))
+            .collect()
     }
 }
 
@@ -611,9 +667,14 @@ impl Transformer {
         let paths = RowPaths::new(&dense_rows)?;
         for (l, layer) in self.layers[..n_layers].iter().enumerate() {
             let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
-            let mut q = to_vec(&layer.attn_q.forward(&xn, &paths)?)?;
-            let mut k = to_vec(&layer.attn_k.forward(&xn, &paths)?)?;
-            let mut v = to_vec(&layer.attn_v.forward(&xn, &paths)?)?;
+            let qkv = Projection::forward_group(
+                &[&layer.attn_q, &layer.attn_k, &layer.attn_v],
+                &xn,
+                &paths,
+            )?;
+            let mut q = to_vec(&qkv[0])?;
+            let mut k = to_vec(&qkv[1])?;
+            let mut v = to_vec(&qkv[2])?;
             add_bias(&mut q, &layer.attn_q_bias);
             add_bias(&mut k, &layer.attn_k_bias);
             add_bias(&mut v, &layer.attn_v_bias);
@@ -623,7 +684,6 @@ impl Transformer {
                 .apply(&mut k, &rope_rows, dims.n_kv_heads, dims.head_dim);
             for seq in seqs.iter_mut() {
                 let rows = seq.row_offset..seq.row_offset + seq.n_rows;
-                let first_pos = seq.cache.len_tokens;
                 let cache = &mut seq.cache.layers[l];
                 cache
                     .k
@@ -631,21 +691,24 @@ impl Transformer {
                 cache
                     .v
                     .extend_from_slice(&v[rows.start * kv_dim..rows.end * kv_dim]);
-                attend(
-                    &q[rows.start * q_dim..rows.end * q_dim],
-                    &cache.k,
-                    &cache.v,
-                    first_pos,
-                    dims,
-                    &mut attn_out[rows.start * q_dim..rows.end * q_dim],
-                );
             }
+            let views: Vec<SeqAttention<'_>> = seqs
+                .iter()
+                .map(|seq| SeqAttention {
+                    row_offset: seq.row_offset,
+                    n_rows: seq.n_rows,
+                    first_pos: seq.cache.len_tokens,
+                    k: &seq.cache.layers[l].k,
+                    v: &seq.cache.layers[l].v,
+                })
+                .collect();
+            attend_all(&q, &views, dims, &mut attn_out);
             let attn = Tensor::from_slice(&attn_out, (n_rows, q_dim), &dev)?;
             x = (x + layer.attn_output.forward(&attn, &paths)?)?;
             let xn = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
-            let gate = layer.ffn_gate.forward(&xn, &paths)?;
-            let up = layer.ffn_up.forward(&xn, &paths)?;
-            let h = (candle_nn::ops::silu(&gate)? * up)?;
+            let gate_up =
+                Projection::forward_group(&[&layer.ffn_gate, &layer.ffn_up], &xn, &paths)?;
+            let h = (candle_nn::ops::silu(&gate_up[0])? * &gate_up[1])?;
             x = (x + layer.ffn_down.forward(&h, &paths)?)?;
         }
         let wanted: Vec<u32> = seqs
@@ -672,6 +735,19 @@ impl Transformer {
 mod tests {
     use super::*;
 
+    impl Projection {
+        /// The quantized weights as candle holds them, whichever kernel serves them.
+        fn quantized_tensor(&self) -> QTensor {
+            match &self.quantized {
+                QuantKernel::Own(w) => w.to_qtensor().expect("qtensor"),
+                QuantKernel::Candle(QMatMul::QTensor(t)) => {
+                    first_rows(t, t.shape().dims2().expect("2d").0).expect("copy")
+                }
+                QuantKernel::Candle(_) => panic!("expected a quantized weight"),
+            }
+        }
+    }
+
     #[test]
     fn slow_types_are_requantized_to_q8_0_and_stay_close() {
         assert!(is_slow_on_cpu(GgmlDType::Q5_0) && is_slow_on_cpu(GgmlDType::Q4_1));
@@ -692,14 +768,9 @@ mod tests {
             quantize_float: false,
         };
         let p = projection(Arc::new(q5), options).expect("projection");
-        match &p.quantized {
-            QMatMul::QTensor(t) => assert_eq!(t.dtype(), GgmlDType::Q8_0),
-            _ => panic!("expected a quantized Q8_0 weight"),
-        }
-        let back = match &p.quantized {
-            QMatMul::QTensor(t) => t.dequantize(&dev).expect("dequantize"),
-            _ => unreachable!(),
-        };
+        let stored = p.quantized_tensor();
+        assert_eq!(stored.dtype(), GgmlDType::Q8_0);
+        let back = stored.dequantize(&dev).expect("dequantize");
         // Half a Q8_0 step (the step is 1/127 of the block's largest magnitude, here <= 1), plus
         // the f16 rounding of the block scale (2^-11 relative, over up to 127 steps).
         let max_diff = (back - reference)
@@ -743,10 +814,8 @@ mod tests {
             return;
         }
         assert_eq!(expected_pad, 160);
-        let dequantized = |p: &Projection| match &p.quantized {
-            QMatMul::QTensor(t) => t.dequantize(&dev).expect("dequantize"),
-            _ => panic!("expected a quantized weight"),
-        };
+        let dequantized =
+            |p: &Projection| p.quantized_tensor().dequantize(&dev).expect("dequantize");
         let w_plain = dequantized(&plain).to_vec2::<f32>().expect("rows");
         let w_padded = dequantized(&padded).to_vec2::<f32>().expect("rows");
         for (a, b) in w_plain.iter().zip(&w_padded) {

@@ -5,6 +5,7 @@ mod attention;
 pub mod hf_folder;
 mod kv_cache;
 mod llama;
+mod qgemv;
 pub mod reference;
 
 use std::path::Path;
