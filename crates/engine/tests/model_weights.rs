@@ -108,11 +108,11 @@ fn exact_weights_run_prompt_and_generated_positions_alike() {
 fn exact_weights_keep_the_files_quantized_values() {
     let tokens = tokens();
     let exact = one_by_one(&load(&LoadOptions::for_weights(WeightMode::Exact)), &tokens);
-    // The same quantized path with Q4_1 re-quantized to Q8_0 (fast mode's decode arithmetic):
-    // if exact mode re-quantized too, the two would agree bit for bit.
+    // The same quantized path with Q4_1 re-quantized to Q8_0: if exact mode re-quantized too,
+    // the two would agree bit for bit.
     let requantized = load(&LoadOptions {
-        dense_weights_max_bytes: 0,
-        ..LoadOptions::for_weights(WeightMode::Fast)
+        requantize_all_to_q8_0: true,
+        ..LoadOptions::for_weights(WeightMode::Exact)
     });
     let gap = relative_max_diff(&exact, &widen(&one_by_one(&requantized, &tokens)));
     assert!(gap > 1e-4, "exact vs re-quantized: {gap}");

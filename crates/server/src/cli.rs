@@ -35,7 +35,7 @@ pub struct ServeArgs {
     /// only the first N token ids) and/or :exact.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
-    /// Target arithmetic: `fast` (Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,
+    /// Target arithmetic: `fast` (Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,
     /// prompts of 16+ tokens through an f32 copy of the weights) or `exact` (the file's own
     /// quantized weights for every position). Measured: docs/speculative-decoding.md, "Exact or
     /// fast weights".

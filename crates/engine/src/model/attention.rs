@@ -94,21 +94,28 @@ pub(crate) struct HeadDims {
     pub(crate) head_dim: usize,
 }
 
+/// Dot product with four independent 8-lane accumulators: a 64-wide head is then 2 dependent
+/// fused multiply-adds per accumulator instead of 8 (the score loop is latency-bound otherwise).
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    const W: usize = 32;
+    let mut acc = [[0f32; 8]; 4];
+    let (ca, cb) = (a.chunks_exact(W), b.chunks_exact(W));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+        for (c, lanes) in acc.iter_mut().enumerate() {
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                *lane = x[c * 8 + i].mul_add(y[c * 8 + i], *lane);
+            }
         }
     }
     let mut tail = 0f32;
     for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
+        tail = x.mul_add(*y, tail);
     }
-    acc.iter().sum::<f32>() + tail
+    let lanes: [f32; 8] =
+        std::array::from_fn(|i| (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]));
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[inline]

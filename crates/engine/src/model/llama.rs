@@ -54,7 +54,7 @@ impl Config {
 type Bias = Option<Vec<f32>>;
 
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     attn_q: Projection,
     attn_k: Projection,
     attn_v: Projection,
@@ -62,7 +62,7 @@ struct Layer {
     attn_k_bias: Bias,
     attn_v_bias: Bias,
     attn_output: Projection,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     ffn_gate: Projection,
     ffn_up: Projection,
     ffn_down: Projection,
@@ -73,7 +73,7 @@ pub(crate) struct Transformer {
     pub(crate) config: Config,
     token_embd: Arc<QTensor>,
     layers: Vec<Layer>,
-    output_norm: Tensor,
+    output_norm: Vec<f32>,
     output: Projection,
     rope: Rope,
 }
@@ -90,15 +90,12 @@ pub(crate) struct SeqRows<'a> {
     pub(crate) cache: &'a mut KvCache,
 }
 
-/// Quantized types whose candle 0.11 CPU dot product has no SIMD path (`vec_dot_unopt`): a decode
-/// step on them is several times slower than on Q8_0 (measured: Q4_1 took 44% of all cycles;
-/// Q5_0, which llama.cpp's Q4_K_M uses for Qwen2.5-0.5B's 896-wide rows, 24% of a
-/// speculative-decoding run with that model as the draft).
+/// Quantized types that neither this crate's kernels (`super::qgemv`: Q8_0, Q4_1) nor a SIMD path
+/// of candle 0.11 serve (candle's `vec_dot_unopt`): a decode step on them is several times slower
+/// than on Q8_0 (measured: Q5_0, which llama.cpp's Q4_K_M uses for Qwen2.5-0.5B's 896-wide rows,
+/// took 24% of a speculative-decoding run with that model as the draft).
 pub(crate) fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
-    matches!(
-        dtype,
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
-    )
+    matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
 }
 
 /// A projection weight `[out, in]`, optionally re-quantized to Q8_0 when its own type is slow on
@@ -120,7 +117,9 @@ fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, Engine
     let quantize_float = opts.quantize_float
         && is_float(t.dtype())
         && n_in.is_multiple_of(GgmlDType::Q8_0.block_size());
-    let requantize = (opts.requantize && is_slow_on_cpu(t.dtype())) || quantize_float;
+    let requantize = (opts.requantize && is_slow_on_cpu(t.dtype()))
+        || (opts.requantize_all && !is_float(t.dtype()) && t.dtype() != GgmlDType::Q8_0)
+        || quantize_float;
     let pad_cols = if opts.pad_q8_0 && (requantize || t.dtype() == GgmlDType::Q8_0) {
         q8_0_pad_cols(n_out, n_in)
     } else {
@@ -184,8 +183,10 @@ fn cpu_has_avx512_vnni() -> bool {
 /// How projection weights are kept in memory (from [`crate::LoadOptions`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WeightOptions {
-    /// Re-quantize Q4_1/Q5_0/Q5_1/Q8_1 to Q8_0 (see `is_slow_on_cpu`).
+    /// Re-quantize Q5_0/Q5_1/Q8_1 to Q8_0 (see `is_slow_on_cpu`).
     pub(crate) requantize: bool,
+    /// Re-quantize every quantized type but Q8_0 to Q8_0.
+    pub(crate) requantize_all: bool,
     /// Also keep an f32 copy for many-row inputs (see [`DENSE_MIN_ROWS`]).
     pub(crate) dense: bool,
     /// Pad Q8_0 weights to a multiple of 256 inputs (see [`q8_0_pad_cols`]).
@@ -320,15 +321,32 @@ impl Projection {
         Ok(matmul.forward(&x)?)
     }
 
+    /// `x` (`rows` rows, row-major) through the weights `paths` gives each row.
+    fn forward_rows(
+        &self,
+        x: &[f32],
+        rows: usize,
+        paths: &RowPaths,
+    ) -> Result<Vec<f32>, EngineError> {
+        if let QuantKernel::Own(w) = &self.quantized {
+            if self.dense.is_none() || matches!(paths, RowPaths::AllQuantized) {
+                return Ok(gemv(&[w], x, rows).remove(0));
+            }
+        }
+        let t = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
+        to_vec(&self.forward(&t, paths)?)
+    }
+
     /// `x` through each of `projections` (which share their input width): one quantization of
     /// `x` and one parallel region for all of them when every row takes the quantized weights and
     /// all are served by this crate's kernels; otherwise one after the other. The values are the
     /// same either way (each output is one dot product, computed by the same function).
     fn forward_group(
         projections: &[&Projection],
-        x: &Tensor,
+        x: &[f32],
+        rows: usize,
         paths: &RowPaths,
-    ) -> Result<Vec<Tensor>, EngineError> {
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let all_quantized = matches!(paths, RowPaths::AllQuantized)
             || projections.iter().all(|p| p.dense.is_none());
         let own: Vec<&QuantWeights> = projections
@@ -339,14 +357,12 @@ impl Projection {
             })
             .collect();
         if !all_quantized || own.len() != projections.len() {
-            return projections.iter().map(|p| p.forward(x, paths)).collect();
+            return projections
+                .iter()
+                .map(|p| p.forward_rows(x, rows, paths))
+                .collect();
         }
-        let rows = x.dim(0)?;
-        gemv(&own, &to_vec(x)?, rows)
-            .into_iter()
-            .zip(&own)
-            .map(|(y, w)| Ok(Tensor::from_vec(y, (rows, w.n_out()), &Device::Cpu)?))
-            .collect()
+        Ok(gemv(&own, x, rows))
     }
 }
 
@@ -506,7 +522,6 @@ impl Transformer {
         source: &mut dyn WeightSource,
         opts: WeightOptions,
     ) -> Result<Self, EngineError> {
-        let dev = Device::Cpu;
         let Hyper {
             arch,
             hidden_size,
@@ -534,7 +549,7 @@ impl Transformer {
         let output_norm_q = source.tensor("output_norm.weight")?;
         let name = source.source_name("output_norm.weight");
         check_dims(&name, &output_norm_q, &[hidden_size])?;
-        let output_norm = output_norm_q.dequantize(&dev)?;
+        let output_norm = dequantize_vec(&output_norm_q)?;
         // Tied embeddings: without output.weight the token embedding doubles as the LM head.
         let head = if source.has_tensor("output.weight") {
             let head = source.tensor("output.weight")?;
@@ -586,11 +601,11 @@ impl Transformer {
             let attn_q_bias = bias("attn_q", q_dim)?;
             let attn_k_bias = bias("attn_k", kv_dim)?;
             let attn_v_bias = bias("attn_v", kv_dim)?;
-            let mut norm = |name: &str| -> Result<Tensor, EngineError> {
+            let mut norm = |name: &str| -> Result<Vec<f32>, EngineError> {
                 let full = format!("blk.{i}.{name}.weight");
                 let w = source.tensor(&full)?;
                 check_dims(&source.source_name(&full), &w, &[hidden_size])?;
-                Ok(w.dequantize(&dev)?)
+                dequantize_vec(&w)
             };
             layers.push(Layer {
                 attn_norm: norm("attn_norm")?,
@@ -643,8 +658,9 @@ impl Transformer {
         let n_rows = tokens.len();
         let q_dim = dims.n_heads * dims.head_dim;
         let kv_dim = cfg.kv_dim();
+        let hidden = cfg.hidden_size;
         let ids = Tensor::from_slice(tokens, n_rows, &dev)?;
-        let mut x = self.token_embd.embedding(&ids)?;
+        let mut x = to_vec(&self.token_embd.embedding(&ids)?)?;
         let rope_rows = self.rope.rows(positions);
         let mut attn_out = vec![0f32; n_rows * q_dim];
         let mut dense_rows = vec![false; n_rows];
@@ -666,15 +682,18 @@ impl Transformer {
         }
         let paths = RowPaths::new(&dense_rows)?;
         for (l, layer) in self.layers[..n_layers].iter().enumerate() {
-            let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
-            let qkv = Projection::forward_group(
+            let xn = rms_norm(&x, &layer.attn_norm, cfg.rms_eps);
+            let mut qkv = Projection::forward_group(
                 &[&layer.attn_q, &layer.attn_k, &layer.attn_v],
                 &xn,
+                n_rows,
                 &paths,
-            )?;
-            let mut q = to_vec(&qkv[0])?;
-            let mut k = to_vec(&qkv[1])?;
-            let mut v = to_vec(&qkv[2])?;
+            )?
+            .into_iter();
+            let (Some(mut q), Some(mut k), Some(mut v)) = (qkv.next(), qkv.next(), qkv.next())
+            else {
+                unreachable!("three projections give three outputs")
+            };
             add_bias(&mut q, &layer.attn_q_bias);
             add_bias(&mut k, &layer.attn_k_bias);
             add_bias(&mut v, &layer.attn_v_bias);
@@ -703,31 +722,64 @@ impl Transformer {
                 })
                 .collect();
             attend_all(&q, &views, dims, &mut attn_out);
-            let attn = Tensor::from_slice(&attn_out, (n_rows, q_dim), &dev)?;
-            x = (x + layer.attn_output.forward(&attn, &paths)?)?;
-            let xn = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
-            let gate_up =
-                Projection::forward_group(&[&layer.ffn_gate, &layer.ffn_up], &xn, &paths)?;
-            let h = (candle_nn::ops::silu(&gate_up[0])? * &gate_up[1])?;
-            x = (x + layer.ffn_down.forward(&h, &paths)?)?;
+            let o = layer.attn_output.forward_rows(&attn_out, n_rows, &paths)?;
+            add_into(&mut x, &o);
+            let xn = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
+            let mut gate_up =
+                Projection::forward_group(&[&layer.ffn_gate, &layer.ffn_up], &xn, n_rows, &paths)?
+                    .into_iter();
+            let (Some(mut h), Some(up)) = (gate_up.next(), gate_up.next()) else {
+                unreachable!("two projections give two outputs")
+            };
+            // SwiGLU: silu(gate) * up, silu as candle computes it.
+            for (g, u) in h.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            let down = layer.ffn_down.forward_rows(&h, n_rows, &paths)?;
+            add_into(&mut x, &down);
         }
-        let wanted: Vec<u32> = seqs
+        let wanted: Vec<usize> = seqs
             .iter()
             .flat_map(|s| {
                 let end = s.row_offset + s.n_rows;
-                (end - s.logit_rows.clamp(1, s.n_rows)..end).map(|r| r as u32)
+                end - s.logit_rows.clamp(1, s.n_rows)..end
             })
             .collect();
-        if wanted.len() == n_rows {
-            let xn = candle_nn::ops::rms_norm(&x, &self.output_norm, cfg.rms_eps)?;
-            return self.output.forward(&xn, &paths);
-        }
         // Rows whose logits nobody reads skip the LM head (a prompt's rows but the last): it
         // is the widest matrix of a small model. Each kept row keeps its own weight path.
-        let x = x.index_select(&Tensor::new(wanted.as_slice(), &dev)?, 0)?;
-        let kept_dense: Vec<bool> = wanted.iter().map(|&r| dense_rows[r as usize]).collect();
-        let xn = candle_nn::ops::rms_norm(&x, &self.output_norm, cfg.rms_eps)?;
-        self.output.forward(&xn, &RowPaths::new(&kept_dense)?)
+        let (x, paths) = if wanted.len() == n_rows {
+            (x, paths)
+        } else {
+            let kept: Vec<f32> = wanted
+                .iter()
+                .flat_map(|&r| x[r * hidden..(r + 1) * hidden].iter().copied())
+                .collect();
+            let kept_dense: Vec<bool> = wanted.iter().map(|&r| dense_rows[r]).collect();
+            (kept, RowPaths::new(&kept_dense)?)
+        };
+        let xn = rms_norm(&x, &self.output_norm, cfg.rms_eps);
+        let logits = self.output.forward_rows(&xn, wanted.len(), &paths)?;
+        let vocab = logits.len() / wanted.len().max(1);
+        Ok(Tensor::from_vec(logits, (wanted.len(), vocab), &dev)?)
+    }
+}
+
+/// Each row of `x` (`w.len()` values) divided by its root mean square and scaled by `w`, in
+/// candle's `rms_norm` arithmetic.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(n) {
+        let sum2 = row.iter().map(|v| v * v).sum::<f32>();
+        let m = (sum2 / n as f32 + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(v, a)| v / m * a));
+    }
+    out
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
     }
 }
 
@@ -750,7 +802,7 @@ mod tests {
 
     #[test]
     fn slow_types_are_requantized_to_q8_0_and_stay_close() {
-        assert!(is_slow_on_cpu(GgmlDType::Q5_0) && is_slow_on_cpu(GgmlDType::Q4_1));
+        assert!(is_slow_on_cpu(GgmlDType::Q5_0) && !is_slow_on_cpu(GgmlDType::Q4_1));
         assert!(!is_slow_on_cpu(GgmlDType::Q4K) && !is_slow_on_cpu(GgmlDType::Q8_0));
         let dev = Device::Cpu;
         // 64 outputs of 256 inputs, deterministic values in [-1, 1).
@@ -762,6 +814,7 @@ mod tests {
         let reference = q5.dequantize(&dev).expect("dequantize");
         let options = WeightOptions {
             requantize: true,
+            requantize_all: false,
             dense: false,
             pad_q8_0: false,
             lm_head_rows: None,
@@ -799,6 +852,7 @@ mod tests {
         let q8 = || Arc::new(QTensor::quantize(&weights, GgmlDType::Q8_0).expect("Q8_0"));
         let options = |pad_q8_0| WeightOptions {
             requantize: true,
+            requantize_all: false,
             dense: false,
             pad_q8_0,
             lm_head_rows: None,
@@ -863,6 +917,7 @@ mod tests {
         let w = Tensor::from_vec(values, (n_out, n_in), &Device::Cpu).expect("weights");
         let options = WeightOptions {
             requantize: true,
+            requantize_all: false,
             dense: false,
             pad_q8_0: true,
             lm_head_rows: None,

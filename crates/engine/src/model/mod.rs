@@ -69,11 +69,16 @@ pub struct SeqForward<'a> {
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Re-quantize projection weights stored as Q4_1/Q5_0/Q5_1/Q8_1 to Q8_0 at load time, because
+    /// Re-quantize projection weights stored as Q5_0/Q5_1/Q8_1 to Q8_0 at load time, because
     /// candle's CPU kernels for those types are scalar (several times slower per token). Costs
-    /// ~1.7x the weight memory of Q4_1 and changes each weight by less than half a Q8_0 step.
+    /// ~1.6x the weight memory of Q5_0 and changes each weight by less than half a Q8_0 step.
+    /// (Q4_1 and Q8_0 run on this crate's own kernels and are never re-quantized.)
     /// Default: true. Set false to run the file's exact weights.
     pub requantize_slow_types: bool,
+    /// Re-quantize every quantized projection that is not Q8_0 (Q4_1 included) to Q8_0 at load:
+    /// the arithmetic of a Hugging Face folder of the same values quantized at load
+    /// (`quantize_float_weights`), for comparing the two. Default: false.
+    pub requantize_all_to_q8_0: bool,
     /// Also keep an f32 copy of every projection, used for inputs of many rows (prefill, large
     /// batched verifies), when all the model's weights in f32 take at most this many bytes
     /// (candle's quantized CPU matmul costs a full pass per row; f32 GEMM amortises the weight
@@ -116,6 +121,7 @@ impl LoadOptions {
         let fast = mode == WeightMode::Fast;
         Self {
             requantize_slow_types: fast,
+            requantize_all_to_q8_0: false,
             dense_weights_max_bytes: if fast { 2 << 30 } else { 0 },
             pad_q8_0_for_repack: false,
             lm_head_rows: None,
@@ -129,7 +135,7 @@ impl LoadOptions {
 /// from an f64 evaluation of the file's weights ([`reference::ReferenceModel`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightMode {
-    /// Faster on the CPU: Q4_1/Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load
+    /// Faster on the CPU: Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load
     /// ([`LoadOptions::requantize_slow_types`]), a Hugging Face folder's float projections
     /// quantized to Q8_0 ([`LoadOptions::quantize_float_weights`]), and prompts of 16 tokens or
     /// more through an f32 copy of the weights ([`LoadOptions::dense_weights_max_bytes`]), so a
@@ -246,6 +252,7 @@ impl Model {
         let dense_bytes = gguf.total_elements().saturating_mul(4);
         let weights = WeightOptions {
             requantize: options.requantize_slow_types,
+            requantize_all: options.requantize_all_to_q8_0,
             dense: dense_bytes <= options.dense_weights_max_bytes,
             pad_q8_0: options.pad_q8_0_for_repack,
             lm_head_rows: options.lm_head_rows,
@@ -318,6 +325,7 @@ impl Model {
         let dense_bytes = source.total_elements().saturating_mul(4);
         let weights = WeightOptions {
             requantize: options.requantize_slow_types,
+            requantize_all: options.requantize_all_to_q8_0,
             // Unquantized projections are f32 already: a second f32 copy would change nothing.
             dense: options.quantize_float_weights && dense_bytes <= options.dense_weights_max_bytes,
             pad_q8_0: options.pad_q8_0_for_repack,

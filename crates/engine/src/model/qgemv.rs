@@ -1,18 +1,23 @@
-//! Quantized matrix-vector products for the decode path, on the weights' own GGUF blocks (Q8_0 and
+//! Quantized matrix-vector products for the decode path, on the weights' own values (Q8_0 and
 //! Q4_1): the input rows are quantized once to 8-bit blocks of 32 (ggml's `quantize_row_q8_1`),
-//! and every output row is one block-wise integer dot product (ggml's `vec_dot_q8_0_q8_0` /
-//! `vec_dot_q4_1_q8_1` arithmetic). Projections that read the same input (Q, K and V; gate and up)
-//! run in one parallel region over all their output rows, on candle's worker pool.
+//! and every output is a block-wise integer dot product (ggml's `vec_dot_q8_0_q8_0` /
+//! `vec_dot_q4_1_q8_1` arithmetic: per block, scale times the exact integer sum, plus Q4_1's
+//! minimum times the input block's sum). Projections that read the same input (Q, K and V; gate
+//! and up) run in one parallel region over all their output rows, on candle's worker pool.
 //!
 //! Why not candle's own kernel: at one input row, candle quantizes the input once per projection
 //! and opens a parallel region per projection, and its Q4_1 dot product is scalar, so Q4_1 files
 //! had to be re-quantized to Q8_0 at load (1.7x the bytes) to decode at speed.
 //!
+//! Q4_1 weights are regrouped at load, four blocks at a time (their 4-bit quants together, then
+//! their f16 scales and minimums: the same 20 bytes per block), so that one 512-bit load feeds
+//! four blocks to VNNI's `vpdpbusd`. Q8_0 weights stay in their GGUF blocks.
+//!
 //! Every output value is computed by the same function whatever the number of rows, so a
 //! position's logits do not depend on what it is batched with (greedy speculative decoding relies
-//! on that). The AVX2 kernels and the portable one give bit-identical results (tested): both sum
-//! each block's integer products exactly and accumulate `scale * integer_sum` in the same 8-lane
-//! order with fused multiply-adds.
+//! on that). The SIMD kernels (AVX-512 VNNI, AVX2) and the portable one give bit-identical results
+//! (tested): all sum each block's integer products exactly and accumulate `scale * integer_sum`
+//! lane by lane in the same order with fused multiply-adds.
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
@@ -22,10 +27,16 @@ use crate::error::EngineError;
 const BLOCK: usize = 32;
 /// Bytes of one Q8_0 block: f16 scale, 32 signed bytes.
 const Q8_0_BYTES: usize = 34;
-/// Bytes of one Q4_1 block: f16 scale, f16 minimum, 16 bytes of two 4-bit values each.
+/// Bytes of one Q4_1 block in a GGUF file: f16 scale, f16 minimum, 16 bytes of two 4-bit values.
 const Q4_1_BYTES: usize = 20;
-/// Lanes of the float accumulator (one AVX2 register of f32).
+/// Q4_1 blocks per group of the regrouped layout.
+const GROUP: usize = 4;
+/// Bytes of one regrouped Q4_1 group: 4 x 16 bytes of quants, 4 f16 scales, 4 f16 minimums.
+const Q4_1_GROUP_BYTES: usize = GROUP * Q4_1_BYTES;
+/// Lanes of the Q8_0 float accumulator (one AVX2 register of f32).
 const LANES: usize = 8;
+/// Lanes of the Q4_1 float accumulator: 4 per block of a group (one AVX-512 register).
+const GROUP_LANES: usize = 16;
 
 /// The weight formats this module multiplies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,16 +53,10 @@ impl BlockFormat {
             _ => None,
         }
     }
-
-    fn block_bytes(self) -> usize {
-        match self {
-            Self::Q8_0 => Q8_0_BYTES,
-            Self::Q4_1 => Q4_1_BYTES,
-        }
-    }
 }
 
-/// A `[n_out, n_in]` weight in its GGUF blocks, row after row.
+/// A `[n_out, n_in]` weight, row after row: Q8_0 in its GGUF blocks, Q4_1 regrouped (see the
+/// module documentation; a row's last group is padded with zero blocks).
 pub(crate) struct QuantWeights {
     format: BlockFormat,
     n_out: usize,
@@ -60,7 +65,7 @@ pub(crate) struct QuantWeights {
 }
 
 impl QuantWeights {
-    /// The weight's blocks, if its type is one this module multiplies (Q8_0, Q4_1) and its rows
+    /// The weight's values, if its type is one this module multiplies (Q8_0, Q4_1) and its rows
     /// are whole blocks; `None` otherwise (candle's kernels serve it).
     pub(crate) fn from_qtensor(t: &QTensor) -> Result<Option<Self>, EngineError> {
         let Some(format) = BlockFormat::of(t.dtype()) else {
@@ -70,14 +75,22 @@ impl QuantWeights {
         if n_in == 0 || !n_in.is_multiple_of(BLOCK) {
             return Ok(None);
         }
-        let data = t.data()?.into_owned();
-        if data.len() != n_out * (n_in / BLOCK) * format.block_bytes() {
+        let gguf = t.data()?;
+        let block_bytes = match format {
+            BlockFormat::Q8_0 => Q8_0_BYTES,
+            BlockFormat::Q4_1 => Q4_1_BYTES,
+        };
+        if gguf.len() != n_out * (n_in / BLOCK) * block_bytes {
             return Err(EngineError::InvalidModel(format!(
                 "a {:?} weight of shape [{n_out}, {n_in}] holds {} bytes",
                 t.dtype(),
-                data.len()
+                gguf.len()
             )));
         }
+        let data = match format {
+            BlockFormat::Q8_0 => gguf.into_owned(),
+            BlockFormat::Q4_1 => regroup_q4_1(&gguf, n_out, n_in / BLOCK),
+        };
         Ok(Some(Self {
             format,
             n_out,
@@ -86,39 +99,90 @@ impl QuantWeights {
         }))
     }
 
-    /// The same blocks as a candle tensor.
+    /// The same values as a candle tensor in GGUF blocks.
     #[cfg(test)]
     pub(crate) fn to_qtensor(&self) -> Result<QTensor, EngineError> {
-        let dtype = match self.format {
-            BlockFormat::Q8_0 => GgmlDType::Q8_0,
-            BlockFormat::Q4_1 => GgmlDType::Q4_1,
+        let (dtype, gguf) = match self.format {
+            BlockFormat::Q8_0 => (GgmlDType::Q8_0, self.data.clone()),
+            BlockFormat::Q4_1 => (GgmlDType::Q4_1, self.ungroup_q4_1()),
         };
         Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
             dtype,
-            &self.data,
+            &gguf,
             vec![self.n_out, self.n_in],
             &candle_core::Device::Cpu,
         )?)
+    }
+
+    #[cfg(test)]
+    fn ungroup_q4_1(&self) -> Vec<u8> {
+        let blocks = self.n_in / BLOCK;
+        let mut out = Vec::with_capacity(self.n_out * blocks * Q4_1_BYTES);
+        for r in 0..self.n_out {
+            let row = self.row(r);
+            for b in 0..blocks {
+                let g = &row[b / GROUP * Q4_1_GROUP_BYTES..];
+                let j = b % GROUP;
+                out.extend_from_slice(&g[64 + 2 * j..64 + 2 * j + 2]);
+                out.extend_from_slice(&g[72 + 2 * j..72 + 2 * j + 2]);
+                out.extend_from_slice(&g[16 * j..16 * j + 16]);
+            }
+        }
+        out
     }
 
     pub(crate) fn n_out(&self) -> usize {
         self.n_out
     }
 
-    fn row(&self, r: usize) -> &[u8] {
-        let row_bytes = self.n_in / BLOCK * self.format.block_bytes();
-        &self.data[r * row_bytes..(r + 1) * row_bytes]
+    fn row_bytes(&self) -> usize {
+        let blocks = self.n_in / BLOCK;
+        match self.format {
+            BlockFormat::Q8_0 => blocks * Q8_0_BYTES,
+            BlockFormat::Q4_1 => blocks.div_ceil(GROUP) * Q4_1_GROUP_BYTES,
+        }
     }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data[r * n..(r + 1) * n]
+    }
+}
+
+/// GGUF Q4_1 rows (`blocks` blocks each) regrouped: per group of 4 blocks, their 4 x 16 bytes of
+/// quants, then their 4 f16 scales, then their 4 f16 minimums; a row's last group padded with
+/// zero blocks (which add exactly zero).
+fn regroup_q4_1(gguf: &[u8], n_out: usize, blocks: usize) -> Vec<u8> {
+    let groups = blocks.div_ceil(GROUP);
+    let mut out = vec![0u8; n_out * groups * Q4_1_GROUP_BYTES];
+    for r in 0..n_out {
+        for b in 0..blocks {
+            let src = &gguf[(r * blocks + b) * Q4_1_BYTES..][..Q4_1_BYTES];
+            let (g, j) = (b / GROUP, b % GROUP);
+            let dst = &mut out[(r * groups + g) * Q4_1_GROUP_BYTES..][..Q4_1_GROUP_BYTES];
+            dst[16 * j..16 * j + 16].copy_from_slice(&src[4..20]);
+            dst[64 + 2 * j..64 + 2 * j + 2].copy_from_slice(&src[0..2]);
+            dst[72 + 2 * j..72 + 2 * j + 2].copy_from_slice(&src[2..4]);
+        }
+    }
+    out
 }
 
 /// Input rows quantized to 8 bits per value in blocks of 32 (ggml's Q8_1): per block the scale
 /// `d` (rounded to f16, as stored by ggml), `d` times the sum of the block's quants (`s`, also
-/// f16-rounded; Q4_1's minimum multiplies it) and the 32 quants.
+/// f16-rounded; Q4_1's minimum multiplies it) and the 32 quants; plus the same values laid out
+/// for the regrouped Q4_1 weights ([`GroupedRow`]).
 pub(crate) struct QuantizedInput {
     d: Vec<f32>,
-    s: Vec<f32>,
     qs: Vec<i8>,
     blocks_per_row: usize,
+    /// Per input row, `groups` groups: low-half quants (64), high-half quants (64).
+    grouped_qs: Vec<i8>,
+    /// Per group, each block's scale 4 times (16).
+    grouped_d: Vec<f32>,
+    /// Per group, each block's `s` (4).
+    grouped_s: Vec<f32>,
+    groups_per_row: usize,
 }
 
 impl QuantizedInput {
@@ -142,11 +206,32 @@ impl QuantizedInput {
             d.push(f16::from_f32(scale).to_f32());
             s.push(f16::from_f32(sum as f32 * scale).to_f32());
         }
+        let groups_per_row = blocks_per_row.div_ceil(GROUP);
+        let n_groups = rows * groups_per_row;
+        let mut grouped_qs = vec![0i8; n_groups * 2 * GROUP * BLOCK / 2];
+        let mut grouped_d = vec![0f32; n_groups * GROUP_LANES];
+        let mut grouped_s = vec![0f32; n_groups * GROUP];
+        for r in 0..rows {
+            for b in 0..blocks_per_row {
+                let src = r * blocks_per_row + b;
+                let g = r * groups_per_row + b / GROUP;
+                let j = b % GROUP;
+                let q = &qs[src * BLOCK..(src + 1) * BLOCK];
+                let dst = &mut grouped_qs[g * 128..(g + 1) * 128];
+                dst[16 * j..16 * j + 16].copy_from_slice(&q[..16]);
+                dst[64 + 16 * j..64 + 16 * j + 16].copy_from_slice(&q[16..]);
+                grouped_d[g * GROUP_LANES + 4 * j..g * GROUP_LANES + 4 * j + 4].fill(d[src]);
+                grouped_s[g * GROUP + j] = s[src];
+            }
+        }
         Self {
             d,
-            s,
             qs,
             blocks_per_row,
+            grouped_qs,
+            grouped_d,
+            grouped_s,
+            groups_per_row,
         }
     }
 
@@ -154,101 +239,135 @@ impl QuantizedInput {
         let b = r * self.blocks_per_row..(r + 1) * self.blocks_per_row;
         InputRow {
             d: &self.d[b.clone()],
-            s: &self.s[b.clone()],
             qs: &self.qs[b.start * BLOCK..b.end * BLOCK],
+        }
+    }
+
+    fn grouped_row(&self, r: usize) -> GroupedRow<'_> {
+        let g = r * self.groups_per_row..(r + 1) * self.groups_per_row;
+        GroupedRow {
+            qs: &self.grouped_qs[g.start * 128..g.end * 128],
+            d: &self.grouped_d[g.start * GROUP_LANES..g.end * GROUP_LANES],
+            s: &self.grouped_s[g.start * GROUP..g.end * GROUP],
         }
     }
 }
 
+/// One input row for Q8_0 weights.
 #[derive(Clone, Copy)]
 struct InputRow<'a> {
     d: &'a [f32],
-    s: &'a [f32],
     qs: &'a [i8],
+}
+
+/// One input row for regrouped Q4_1 weights: per group, the quants of values 0..16 of its 4
+/// blocks (64 bytes), then of values 16..32 (64), each block's scale 4 times (16 floats, one per
+/// accumulator lane of the block) and each block's `s` (4).
+#[derive(Clone, Copy)]
+struct GroupedRow<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    s: &'a [f32],
 }
 
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-/// Sums the 8 lanes in the order of [`hsum8`]'s SIMD counterpart: halves, then pairs, then the two.
+/// Sums 8 lanes as the SIMD kernels do: halves, then pairs, then the two.
 fn hsum_lanes(acc: &[f32; LANES]) -> f32 {
     let q: [f32; 4] = std::array::from_fn(|i| acc[i] + acc[i + 4]);
     let p = [q[0] + q[2], q[1] + q[3]];
     p[0] + p[1]
 }
 
-/// Portable dot product of one weight row with one input row, lane by lane as the AVX2 kernel
-/// does it: lane `l` of a block holds the integer products of its values `4l..4l + 4`.
-fn dot_portable(format: BlockFormat, w: &[u8], x: InputRow<'_>) -> f32 {
+/// Sums 16 lanes as the SIMD kernels do: the two halves, then [`hsum_lanes`].
+fn hsum16(acc: &[f32; GROUP_LANES]) -> f32 {
+    hsum_lanes(&std::array::from_fn(|i| acc[i] + acc[i + LANES]))
+}
+
+/// Sums a group's 4 minimum terms as the SIMD kernels do.
+fn hsum4(acc: &[f32; GROUP]) -> f32 {
+    (acc[0] + acc[2]) + (acc[1] + acc[3])
+}
+
+/// Portable Q8_0 dot product of one weight row with one input row, lane by lane as the AVX2
+/// kernel does it: lane `l` of a block holds the integer products of its values `4l..4l + 4`.
+fn dot_q8_0_portable(w: &[u8], x: InputRow<'_>) -> f32 {
     let mut acc = [0f32; LANES];
-    let mut min_term = 0f32;
-    for (b, wb) in w.chunks_exact(format.block_bytes()).enumerate() {
+    for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
         let xq = &x.qs[b * BLOCK..(b + 1) * BLOCK];
-        let wd = f16_at(wb, 0);
-        let (scale, quants): (f32, [i32; BLOCK]) = match format {
-            BlockFormat::Q8_0 => (
-                wd * x.d[b],
-                std::array::from_fn(|j| i32::from(wb[2 + j] as i8)),
-            ),
-            BlockFormat::Q4_1 => {
-                min_term = f16_at(wb, 2).mul_add(x.s[b], min_term);
-                let qs = &wb[4..4 + BLOCK / 2];
-                (
-                    wd * x.d[b],
-                    std::array::from_fn(|j| {
-                        i32::from(if j < BLOCK / 2 {
-                            qs[j] & 0x0F
-                        } else {
-                            qs[j - BLOCK / 2] >> 4
-                        })
-                    }),
-                )
-            }
-        };
+        let scale = f16_at(wb, 0) * x.d[b];
         for (l, a) in acc.iter_mut().enumerate() {
             let isum: i32 = (4 * l..4 * l + 4)
-                .map(|j| quants[j] * i32::from(xq[j]))
+                .map(|j| i32::from(wb[2 + j] as i8) * i32::from(xq[j]))
                 .sum();
             *a = scale.mul_add(isum as f32, *a);
         }
     }
-    hsum_lanes(&acc) + min_term
+    hsum_lanes(&acc)
+}
+
+/// Portable Q4_1 dot product of one regrouped weight row with one input row, lane by lane as the
+/// AVX-512 kernel does it: lane `l` of a group belongs to block `l / 4` and sums the products of
+/// its values `4(l % 4)..+4` and `16 + 4(l % 4)..+4` (the low and high nibbles of its quant bytes
+/// `4(l % 4)..+4`).
+fn dot_q4_1_portable(w: &[u8], x: GroupedRow<'_>) -> f32 {
+    let mut acc = [0f32; GROUP_LANES];
+    let mut acc_min = [0f32; GROUP];
+    for (g, wg) in w.chunks_exact(Q4_1_GROUP_BYTES).enumerate() {
+        let xlo = &x.qs[g * 128..g * 128 + 64];
+        let xhi = &x.qs[g * 128 + 64..g * 128 + 128];
+        for (l, a) in acc.iter_mut().enumerate() {
+            let b = l / 4;
+            let isum: i32 = (4 * l..4 * l + 4)
+                .map(|byte| {
+                    i32::from(wg[byte] & 0x0F) * i32::from(xlo[byte])
+                        + i32::from(wg[byte] >> 4) * i32::from(xhi[byte])
+                })
+                .sum();
+            let scale = f16_at(wg, 64 + 2 * b) * x.d[g * GROUP_LANES + l];
+            *a = scale.mul_add(isum as f32, *a);
+        }
+        for (b, m) in acc_min.iter_mut().enumerate() {
+            *m = f16_at(wg, 72 + 2 * b).mul_add(x.s[g * GROUP + b], *m);
+        }
+    }
+    hsum16(&acc) + hsum4(&acc_min)
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{hsum_lanes, BlockFormat, InputRow, QuantWeights, QuantizedInput, BLOCK, LANES};
+mod x86 {
+    use super::{
+        hsum16, hsum4, hsum_lanes, GroupedRow, InputRow, BLOCK, GROUP, GROUP_LANES, LANES,
+        Q4_1_GROUP_BYTES, Q8_0_BYTES,
+    };
     use std::arch::x86_64::*;
 
-    /// 8 lanes of `sum over 4 bytes of u8 * i8` (the pairwise-then-quad order does not matter:
-    /// the sums are exact integers). With VNNI one instruction does it.
+    /// 8 lanes of `sum over 4 bytes of u8 * i8`, added to `acc` (exact integers: the order of
+    /// the additions does not matter). With VNNI one instruction does it.
     #[inline(always)]
-    unsafe fn dot_u8_i8<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {
+    unsafe fn dot_u8_i8<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         if VNNI {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+            _mm256_dpbusd_epi32(acc, u, s)
         } else {
             let pairs = _mm256_maddubs_epi16(u, s);
-            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
         }
     }
 
     #[inline(always)]
-    unsafe fn store(acc: __m256) -> [f32; LANES] {
+    unsafe fn store8(acc: __m256) -> [f32; LANES] {
         let mut out = [0f32; LANES];
         _mm256_storeu_ps(out.as_mut_ptr(), acc);
         out
     }
 
-    /// One block of Q4_1 weights: the 4-bit quants are unsigned, so they are the unsigned operand
-    /// as they are; low nibbles hold values 0..16 of a block, high nibbles 16..32.
     #[inline(always)]
-    unsafe fn block_q4_1<const VNNI: bool>(wb: *const u8, xq: __m256i) -> __m256 {
-        let low = _mm_set1_epi8(0x0F);
-        let packed = _mm_loadu_si128(wb.add(4) as *const __m128i);
-        let lo = _mm_and_si128(packed, low);
-        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-        _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(_mm256_set_m128i(hi, lo), xq))
+    unsafe fn store4(acc: __m128) -> [f32; GROUP] {
+        let mut out = [0f32; GROUP];
+        _mm_storeu_ps(out.as_mut_ptr(), acc);
+        out
     }
 
     #[inline(always)]
@@ -256,90 +375,228 @@ mod avx2 {
         half::f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32()
     }
 
-    /// Dot products of `R` weight rows with one input row, each accumulated exactly as
-    /// `super::dot_portable` does.
+    /// Four f16 values at `p` as f32.
     #[inline(always)]
-    unsafe fn dot_rows<const VNNI: bool, const R: usize>(
-        format: BlockFormat,
+    unsafe fn f16x4(p: *const u8) -> __m128 {
+        _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i))
+    }
+
+    /// Q8_0 dot products of `R` weight rows with one input row, each accumulated exactly as
+    /// `super::dot_q8_0_portable` does. `|w| * sign(w) x` keeps the unsigned operand non-negative
+    /// (`maddubs`'s i16 pair sums cannot saturate: 2 * 128 * 127 < 32768).
+    #[inline(always)]
+    unsafe fn dot_q8_0<const VNNI: bool, const R: usize>(
         rows: [&[u8]; R],
         x: InputRow<'_>,
     ) -> [f32; R] {
         let mut acc = [_mm256_setzero_ps(); R];
-        let mut min_term = [0f32; R];
-        let block_bytes = format.block_bytes();
         for b in 0..x.d.len() {
             let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
             let xd = x.d[b];
             for r in 0..R {
-                let wb = rows[r].as_ptr().add(b * block_bytes);
-                let scale = f16_at_ptr(wb) * xd;
-                let isum = match format {
-                    BlockFormat::Q8_0 => {
-                        let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-                        _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(
-                            _mm256_sign_epi8(wq, wq),
-                            _mm256_sign_epi8(xq, wq),
-                        ))
-                    }
-                    BlockFormat::Q4_1 => {
-                        min_term[r] = f16_at_ptr(wb.add(2)).mul_add(x.s[b], min_term[r]);
-                        block_q4_1::<VNNI>(wb, xq)
-                    }
-                };
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale), isum, acc[r]);
+                let wb = rows[r].as_ptr().add(b * Q8_0_BYTES);
+                let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                let isum = dot_u8_i8::<VNNI>(
+                    _mm256_setzero_si256(),
+                    _mm256_sign_epi8(wq, wq),
+                    _mm256_sign_epi8(xq, wq),
+                );
+                let scale = _mm256_set1_ps(f16_at_ptr(wb) * xd);
+                acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r]);
             }
         }
-        std::array::from_fn(|r| hsum_lanes(&store(acc[r])) + min_term[r])
+        std::array::from_fn(|r| hsum_lanes(&store8(acc[r])))
     }
 
-    /// Output rows `rows` of `w` for every input row, written at `out[i * n_out + r]`.
+    /// Q4_1 dot products of `R` regrouped weight rows with one input row, 256 bits at a time:
+    /// each group is two halves of the AVX-512 kernel's 16 lanes, so the results are the same.
     #[inline(always)]
-    unsafe fn rows_into<const VNNI: bool>(
-        w: &QuantWeights,
+    unsafe fn dot_q4_1_avx2<const VNNI: bool, const R: usize>(
+        rows: [&[u8]; R],
+        x: GroupedRow<'_>,
+    ) -> [f32; R] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut acc_min = [_mm_setzero_ps(); R];
+        let low = _mm256_set1_epi8(0x0F);
+        let first_pair = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        let second_pair = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+        let groups = x.s.len() / GROUP;
+        for g in 0..groups {
+            let xq = x.qs.as_ptr().add(g * 128);
+            let xlo = [
+                _mm256_loadu_si256(xq as *const __m256i),
+                _mm256_loadu_si256(xq.add(32) as *const __m256i),
+            ];
+            let xhi = [
+                _mm256_loadu_si256(xq.add(64) as *const __m256i),
+                _mm256_loadu_si256(xq.add(96) as *const __m256i),
+            ];
+            let xd = [
+                _mm256_loadu_ps(x.d.as_ptr().add(g * GROUP_LANES)),
+                _mm256_loadu_ps(x.d.as_ptr().add(g * GROUP_LANES + LANES)),
+            ];
+            let xs = _mm_loadu_ps(x.s.as_ptr().add(g * GROUP));
+            for r in 0..R {
+                let wg = rows[r].as_ptr().add(g * Q4_1_GROUP_BYTES);
+                let wd = _mm256_castps128_ps256(f16x4(wg.add(64)));
+                let wd = [
+                    _mm256_permutevar8x32_ps(wd, first_pair),
+                    _mm256_permutevar8x32_ps(wd, second_pair),
+                ];
+                for h in 0..2 {
+                    let packed = _mm256_loadu_si256(wg.add(32 * h) as *const __m256i);
+                    let lo = _mm256_and_si256(packed, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+                    let isum = dot_u8_i8::<VNNI>(_mm256_setzero_si256(), lo, xlo[h]);
+                    let isum = dot_u8_i8::<VNNI>(isum, hi, xhi[h]);
+                    let scale = _mm256_mul_ps(wd[h], xd[h]);
+                    acc[r][h] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r][h]);
+                }
+                acc_min[r] = _mm_fmadd_ps(f16x4(wg.add(72)), xs, acc_min[r]);
+            }
+        }
+        std::array::from_fn(|r| {
+            let lanes: [f32; GROUP_LANES] = {
+                let (a, b) = (store8(acc[r][0]), store8(acc[r][1]));
+                std::array::from_fn(|i| if i < LANES { a[i] } else { b[i - LANES] })
+            };
+            hsum16(&lanes) + hsum4(&store4(acc_min[r]))
+        })
+    }
+
+    /// Q4_1 dot products of `R` regrouped weight rows with one input row, a group (4 blocks, 128
+    /// values) per 512-bit step.
+    #[inline(always)]
+    unsafe fn dot_q4_1_avx512<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut acc_min = [_mm_setzero_ps(); R];
+        let low = _mm512_set1_epi8(0x0F);
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let groups = x.s.len() / GROUP;
+        for g in 0..groups {
+            let xq = x.qs.as_ptr().add(g * 128);
+            let xlo = _mm512_loadu_si512(xq as *const __m512i);
+            let xhi = _mm512_loadu_si512(xq.add(64) as *const __m512i);
+            let xd = _mm512_loadu_ps(x.d.as_ptr().add(g * GROUP_LANES));
+            let xs = _mm_loadu_ps(x.s.as_ptr().add(g * GROUP));
+            for r in 0..R {
+                let wg = rows[r].as_ptr().add(g * Q4_1_GROUP_BYTES);
+                let packed = _mm512_loadu_si512(wg as *const __m512i);
+                let lo = _mm512_and_si512(packed, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+                let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo);
+                let isum = _mm512_dpbusd_epi32(isum, hi, xhi);
+                let wd = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(f16x4(wg.add(64))));
+                let scale = _mm512_mul_ps(wd, xd);
+                acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[r]);
+                acc_min[r] = _mm_fmadd_ps(f16x4(wg.add(72)), xs, acc_min[r]);
+            }
+        }
+        std::array::from_fn(|r| {
+            let mut lanes = [0f32; GROUP_LANES];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+            hsum16(&lanes) + hsum4(&store4(acc_min[r]))
+        })
+    }
+
+    /// The kernels a CPU level runs, as one `R`-row dot product per format.
+    pub(super) trait Level {
+        unsafe fn q8_0<const R: usize>(rows: [&[u8]; R], x: InputRow<'_>) -> [f32; R];
+        unsafe fn q4_1<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R];
+    }
+
+    pub(super) struct Avx2;
+    pub(super) struct Avx512;
+
+    impl Level for Avx2 {
+        #[inline(always)]
+        unsafe fn q8_0<const R: usize>(rows: [&[u8]; R], x: InputRow<'_>) -> [f32; R] {
+            dot_q8_0::<false, R>(rows, x)
+        }
+        #[inline(always)]
+        unsafe fn q4_1<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R] {
+            dot_q4_1_avx2::<false, R>(rows, x)
+        }
+    }
+
+    impl Level for Avx512 {
+        #[inline(always)]
+        unsafe fn q8_0<const R: usize>(rows: [&[u8]; R], x: InputRow<'_>) -> [f32; R] {
+            dot_q8_0::<true, R>(rows, x)
+        }
+        #[inline(always)]
+        unsafe fn q4_1<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R] {
+            dot_q4_1_avx512::<R>(rows, x)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn rows_avx2(
+        w: &super::QuantWeights,
         rows: std::ops::Range<usize>,
-        input: &QuantizedInput,
+        input: &super::QuantizedInput,
         m: usize,
         out: *mut f32,
     ) {
-        let mut r = rows.start;
-        while r + 4 <= rows.end {
-            let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-            for i in 0..m {
-                let y = dot_rows::<VNNI, 4>(w.format, ws, input.row(i));
-                for (j, v) in y.into_iter().enumerate() {
-                    *out.add(i * w.n_out + r + j) = v;
+        super::rows_with::<Avx2>(w, rows, input, m, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn rows_avx512(
+        w: &super::QuantWeights,
+        rows: std::ops::Range<usize>,
+        input: &super::QuantizedInput,
+        m: usize,
+        out: *mut f32,
+    ) {
+        super::rows_with::<Avx512>(w, rows, input, m, out)
+    }
+}
+
+/// Output rows `rows` of `w` for every input row, written at `out[i * n_out + r]`, four weight
+/// rows per pass over the input.
+///
+/// # Safety
+/// The CPU must have the features of `L`; `out` must hold `m * w.n_out()` values, `rows` must lie
+/// within `0..w.n_out()` and `input` must hold `m` rows of `w`'s width.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rows_with<L: x86::Level>(
+    w: &QuantWeights,
+    rows: std::ops::Range<usize>,
+    input: &QuantizedInput,
+    m: usize,
+    out: *mut f32,
+) {
+    let mut r = rows.start;
+    while r < rows.end {
+        let four = r + 4 <= rows.end;
+        for i in 0..m {
+            let at = |j: usize| i * w.n_out + r + j;
+            match (w.format, four) {
+                (BlockFormat::Q8_0, true) => {
+                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                    let y = L::q8_0::<4>(ws, input.row(i));
+                    for (j, v) in y.into_iter().enumerate() {
+                        *out.add(at(j)) = v;
+                    }
+                }
+                (BlockFormat::Q4_1, true) => {
+                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                    let y = L::q4_1::<4>(ws, input.grouped_row(i));
+                    for (j, v) in y.into_iter().enumerate() {
+                        *out.add(at(j)) = v;
+                    }
+                }
+                (BlockFormat::Q8_0, false) => {
+                    *out.add(at(0)) = L::q8_0::<1>([w.row(r)], input.row(i))[0];
+                }
+                (BlockFormat::Q4_1, false) => {
+                    *out.add(at(0)) = L::q4_1::<1>([w.row(r)], input.grouped_row(i))[0];
                 }
             }
-            r += 4;
         }
-        for r in r..rows.end {
-            for i in 0..m {
-                *out.add(i * w.n_out + r) =
-                    dot_rows::<VNNI, 1>(w.format, [w.row(r)], input.row(i))[0];
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows_avx2(
-        w: &QuantWeights,
-        rows: std::ops::Range<usize>,
-        input: &QuantizedInput,
-        m: usize,
-        out: *mut f32,
-    ) {
-        rows_into::<false>(w, rows, input, m, out)
-    }
-
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn rows_vnni(
-        w: &QuantWeights,
-        rows: std::ops::Range<usize>,
-        input: &QuantizedInput,
-        m: usize,
-        out: *mut f32,
-    ) {
-        rows_into::<true>(w, rows, input, m, out)
+        r += if four { 4 } else { 1 };
     }
 }
 
@@ -348,7 +605,7 @@ mod avx2 {
 enum Simd {
     Portable,
     Avx2,
-    Vnni,
+    Avx512,
 }
 
 fn simd() -> Simd {
@@ -357,10 +614,11 @@ fn simd() -> Simd {
         use std::arch::is_x86_feature_detected as has;
         static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
         *LEVEL.get_or_init(|| {
-            if !(has!("avx2") && has!("fma")) {
+            if !(has!("avx2") && has!("fma") && has!("f16c")) {
                 Simd::Portable
-            } else if has!("avx512f") && has!("avx512vl") && has!("avx512vnni") {
-                Simd::Vnni
+            } else if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni")
+            {
+                Simd::Avx512
             } else {
                 Simd::Avx2
             }
@@ -372,11 +630,19 @@ fn simd() -> Simd {
     }
 }
 
+/// One output value the portable way.
+fn dot_portable(w: &QuantWeights, r: usize, input: &QuantizedInput, i: usize) -> f32 {
+    match w.format {
+        BlockFormat::Q8_0 => dot_q8_0_portable(w.row(r), input.row(i)),
+        BlockFormat::Q4_1 => dot_q4_1_portable(w.row(r), input.grouped_row(i)),
+    }
+}
+
 /// Output rows `rows` of `w` for every input row, written at `out[i * n_out + r]`.
 ///
 /// # Safety
 /// `out` must hold `m * w.n_out()` values, `rows` must lie within `0..w.n_out()` and `input` must
-/// hold `m` rows of `w.n_in()` values.
+/// hold `m` rows of `w`'s width.
 unsafe fn rows_into(
     w: &QuantWeights,
     rows: std::ops::Range<usize>,
@@ -384,20 +650,18 @@ unsafe fn rows_into(
     m: usize,
     out: *mut f32,
 ) {
-    // SAFETY: `simd()` checked the CPU's features; the kernels read whole blocks of rows of `w`
-    // and of `input`, which have the same width.
+    // SAFETY: `simd()` checked the CPU's features; the kernels read whole blocks (groups) of rows
+    // of `w` and of `input`, which have the same width.
     match simd() {
         #[cfg(target_arch = "x86_64")]
-        Simd::Vnni => unsafe { avx2::rows_vnni(w, rows, input, m, out) },
+        Simd::Avx512 => unsafe { x86::rows_avx512(w, rows, input, m, out) },
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::rows_avx2(w, rows, input, m, out) },
+        Simd::Avx2 => unsafe { x86::rows_avx2(w, rows, input, m, out) },
         _ => {
             for r in rows {
                 for i in 0..m {
                     // SAFETY: in bounds by the caller's contract.
-                    unsafe {
-                        *out.add(i * w.n_out + r) = dot_portable(w.format, w.row(r), input.row(i))
-                    };
+                    unsafe { *out.add(i * w.n_out + r) = dot_portable(w, r, input, i) };
                 }
             }
         }
@@ -479,16 +743,53 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_agree_bit_for_bit() {
+        // 22 rows (five passes of four, two single rows) of 18 blocks (four groups and a padded
+        // one), two input rows.
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
             let (w, _) = weights(dtype, 22, 576);
-            let x: Vec<f32> = values(576, 11).iter().map(|v| v * 3.0).collect();
-            let input = QuantizedInput::new(&x, 1);
-            let fast = gemv(&[&w], &x, 1).remove(0);
-            for (r, y) in fast.iter().enumerate() {
-                let portable = dot_portable(w.format, w.row(r), input.row(0));
-                assert_eq!(*y, portable, "{dtype:?}, row {r}");
+            let x: Vec<f32> = values(2 * 576, 11).iter().map(|v| v * 3.0).collect();
+            let input = QuantizedInput::new(&x, 2);
+            let portable: Vec<f32> = (0..2)
+                .flat_map(|i| (0..22).map(move |r| (i, r)))
+                .map(|(i, r)| dot_portable(&w, r, &input, i))
+                .collect();
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                let mut checked = 0;
+                if has!("avx2") && has!("fma") && has!("f16c") {
+                    let mut out = vec![0f32; 2 * 22];
+                    // SAFETY: the features are checked; `out` holds 2 x 22 values.
+                    unsafe { x86::rows_avx2(&w, 0..22, &input, 2, out.as_mut_ptr()) };
+                    assert_eq!(out, portable, "{dtype:?}, AVX2");
+                    checked += 1;
+                }
+                if simd() == Simd::Avx512 {
+                    let mut out = vec![0f32; 2 * 22];
+                    // SAFETY: as above.
+                    unsafe { x86::rows_avx512(&w, 0..22, &input, 2, out.as_mut_ptr()) };
+                    assert_eq!(out, portable, "{dtype:?}, AVX-512");
+                    checked += 1;
+                }
+                eprintln!("{dtype:?}: {checked} SIMD levels checked against the portable kernel");
             }
+            assert_eq!(gemv(&[&w], &x, 2).remove(0), portable, "{dtype:?}");
         }
+    }
+
+    #[test]
+    fn regrouped_q4_1_keeps_every_value() {
+        let (w, dense) = weights(GgmlDType::Q4_1, 5, 96 + 256);
+        let back = w
+            .to_qtensor()
+            .expect("qtensor")
+            .dequantize(&Device::Cpu)
+            .expect("dequantize")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("values");
+        assert_eq!(back, dense);
     }
 
     #[test]
