@@ -6,6 +6,7 @@ pub mod hf_folder;
 mod kv_cache;
 mod llama;
 mod qgemv;
+mod qgemv_k;
 pub mod reference;
 
 use std::path::Path;
