@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Batch-1 target-only decode, lapsd against llama.cpp (goal: 0.8x of llama.cpp), side by side: for each
+# Batch-1 target-only decode, lapsd against llama.cpp, side by side: for each
 # repeat, `lapsd generate --draft none` on the three prompts of scripts/engine-benchmark.sh, then
 # scripts/llama_cpp_bench.py on the same GGUF and prompts (one run). Writes
 # results/engine-benchmark/<model>/side-lapsd.jsonl and side-llama-cpp.jsonl and prints medians.
 # Not a test: run it on a quiet machine.
 # Usage: LLAMA_PY=/path/to/python scripts/engine-vs-llama-cpp.sh MODEL.gguf [MAX_TOKENS] [RUNS]
 #   llama-cpp-python: python3 -m venv V && V/bin/pip install cmake ninja && CMAKE_ARGS="..."
-#   V/bin/pip install "llama-cpp-python[server]==0.3.36" (see docs/results/2026-11-29-engine.md
-#   for the CMAKE_ARGS used on an AMX machine, where llama.cpp's native build crashes).
+#   V/bin/pip install "llama-cpp-python[server]==0.3.36" (docs/engine-benchmark.md gives the
+#   CMAKE_ARGS: llama.cpp's native build crashed on an AMX machine, and a build that assumes
+#   AVX-VNNI crashes on AMD EPYC, which has AVX-512 VNNI only).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -60,6 +60,17 @@ impl BlockFormat {
         }
     }
 
+    /// Bytes of the unit the kernels read at a time: a Q8_0 block, a regrouped Q4_1 group of
+    /// four blocks, an (unpacked) k-quant super-block.
+    fn unit_bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => Q8_0_BYTES,
+            Self::Q4_1 => Q4_1_GROUP_BYTES,
+            Self::Q4K => Q4K_BYTES,
+            Self::Q6K => Q6K_BYTES,
+        }
+    }
+
     /// Whether its input is quantized per super-block of 256 (Q8_K) instead of per 32 (Q8_1).
     fn is_k_quant(self) -> bool {
         matches!(self, Self::Q4K | Self::Q6K)
@@ -111,12 +122,12 @@ impl QuantWeights {
                 gguf.len()
             )));
         }
-        let data = match format {
-            BlockFormat::Q8_0 => gguf.into_owned(),
-            BlockFormat::Q4_1 => regroup_q4_1(&gguf, n_out, n_in / BLOCK),
-            BlockFormat::Q4K => interleave_rows(&unpack_q4k(&gguf), n_out, Q4K_BYTES),
-            BlockFormat::Q6K => interleave_rows(&gguf, n_out, Q6K_BYTES),
+        let rows = match format {
+            BlockFormat::Q8_0 | BlockFormat::Q6K => gguf,
+            BlockFormat::Q4_1 => regroup_q4_1(&gguf, n_out, n_in / BLOCK).into(),
+            BlockFormat::Q4K => unpack_q4k(&gguf).into(),
         };
+        let data = interleave_rows(&rows, n_out, format.unit_bytes());
         Ok(Some(Self {
             format,
             n_out,
@@ -129,10 +140,13 @@ impl QuantWeights {
     #[cfg(test)]
     pub(crate) fn to_qtensor(&self) -> Result<QTensor, EngineError> {
         let (dtype, gguf) = match self.format {
-            BlockFormat::Q8_0 => (GgmlDType::Q8_0, self.data.clone()),
+            BlockFormat::Q8_0 => (GgmlDType::Q8_0, self.whole_rows()),
             BlockFormat::Q4_1 => (GgmlDType::Q4_1, self.ungroup_q4_1()),
-            BlockFormat::Q4K => (GgmlDType::Q4K, super::qgemv_k::repack_q4k(&self.gguf_rows())),
-            BlockFormat::Q6K => (GgmlDType::Q6K, self.gguf_rows()),
+            BlockFormat::Q4K => (
+                GgmlDType::Q4K,
+                super::qgemv_k::repack_q4k(&self.whole_rows()),
+            ),
+            BlockFormat::Q6K => (GgmlDType::Q6K, self.whole_rows()),
         };
         Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
             dtype,
@@ -146,8 +160,8 @@ impl QuantWeights {
     fn ungroup_q4_1(&self) -> Vec<u8> {
         let blocks = self.n_in / BLOCK;
         let mut out = Vec::with_capacity(self.n_out * blocks * Q4_1_BYTES);
-        for r in 0..self.n_out {
-            let row = self.row(r);
+        let rows = self.whole_rows();
+        for row in rows.chunks_exact(self.row_bytes()) {
             for b in 0..blocks {
                 let g = &row[b / GROUP * Q4_1_GROUP_BYTES..];
                 let j = b % GROUP;
@@ -173,45 +187,35 @@ impl QuantWeights {
         }
     }
 
-    fn row(&self, r: usize) -> &[u8] {
-        debug_assert!(!self.format.is_k_quant());
+    /// Row `r`: its units lie `stride` bytes apart (see [`interleave_rows`]).
+    fn row(&self, r: usize) -> WeightRow<'_> {
         let n = self.row_bytes();
-        &self.data[r * n..(r + 1) * n]
-    }
-
-    /// Row `r` of a k-quant weight: its super-blocks lie `stride` bytes apart (see
-    /// [`interleave_rows`]).
-    fn k_row(&self, r: usize) -> KWeightRow<'_> {
-        let n = self.row_bytes();
-        let block = n / (self.n_in / SUPER);
+        let unit = self.format.unit_bytes();
         let rows_in_group = interleaved_rows(self.n_out);
-        let start = r / rows_in_group * rows_in_group * n + r % rows_in_group * block;
-        let stride = rows_in_group * block;
-        KWeightRow {
-            bytes: &self.data[start..start + n / block * stride - (stride - block)],
+        let start = r / rows_in_group * rows_in_group * n + r % rows_in_group * unit;
+        let stride = rows_in_group * unit;
+        WeightRow {
+            bytes: &self.data[start..start + n / unit * stride - (stride - unit)],
             stride,
         }
     }
 
-    /// The rows in GGUF order, each whole (for tests).
+    /// The rows one after the other, each whole, in this module's layout of a row.
     #[cfg(test)]
-    fn gguf_rows(&self) -> Vec<u8> {
-        if !self.format.is_k_quant() {
-            return self.data.clone();
-        }
+    fn whole_rows(&self) -> Vec<u8> {
+        let unit = self.format.unit_bytes();
         let mut out = Vec::with_capacity(self.data.len());
         for r in 0..self.n_out {
-            let row = self.k_row(r);
-            let block = self.row_bytes() / (self.n_in / SUPER);
-            for s in 0..self.n_in / SUPER {
-                out.extend_from_slice(&row.bytes[s * row.stride..s * row.stride + block]);
+            let row = self.row(r);
+            for u in 0..self.row_bytes() / unit {
+                out.extend_from_slice(&row.bytes[u * row.stride..u * row.stride + unit]);
             }
         }
         out
     }
 }
 
-/// Rows per interleaved group of a k-quant weight: 4 when the rows come in fours, else 1.
+/// Rows per interleaved group of a weight: 4 when the rows come in fours, else 1.
 fn interleaved_rows(n_out: usize) -> usize {
     if n_out.is_multiple_of(4) {
         4
@@ -220,11 +224,11 @@ fn interleaved_rows(n_out: usize) -> usize {
     }
 }
 
-/// Rows of `block`-byte super-blocks, interleaved by groups of [`interleaved_rows`]: the first
-/// super-block of each of the group's rows, then their second ones, and so on. The kernels read
-/// four rows at once, and this way they read them as one forward stream: with the rows apart,
-/// the four streams ran at half the speed on the Qwen2.5-Coder-1.5B target (weights far larger
-/// than the caches).
+/// Rows of `block`-byte units, interleaved by groups of [`interleaved_rows`]: the first unit of
+/// each of the group's rows, then their second ones, and so on. The kernels read four rows at
+/// once, and this way they read them as one forward stream: with the rows apart, the four
+/// streams ran at half the speed on the Qwen2.5-Coder-1.5B target (weights far larger than the
+/// caches).
 fn interleave_rows(rows: &[u8], n_out: usize, block: usize) -> Vec<u8> {
     let group = interleaved_rows(n_out);
     let supers = rows.len() / n_out.max(1) / block;
@@ -240,9 +244,9 @@ fn interleave_rows(rows: &[u8], n_out: usize, block: usize) -> Vec<u8> {
     out
 }
 
-/// One row of a k-quant weight: super-block `s` at `bytes[s * stride..]`.
+/// One row of a weight: unit `u` (block, group or super-block) at `bytes[u * stride..]`.
 #[derive(Clone, Copy)]
-pub(super) struct KWeightRow<'a> {
+pub(super) struct WeightRow<'a> {
     pub(super) bytes: &'a [u8],
     pub(super) stride: usize,
 }
@@ -411,9 +415,10 @@ fn hsum4(acc: &[f32; GROUP]) -> f32 {
 
 /// Portable Q8_0 dot product of one weight row with one input row, lane by lane as the AVX2
 /// kernel does it: lane `l` of a block holds the integer products of its values `4l..4l + 4`.
-fn dot_q8_0_portable(w: &[u8], x: InputRow<'_>) -> f32 {
+fn dot_q8_0_portable(w: WeightRow<'_>, x: InputRow<'_>) -> f32 {
     let mut acc = [0f32; LANES];
-    for (b, wb) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+    for b in 0..x.d.len() {
+        let wb = &w.bytes[b * w.stride..b * w.stride + Q8_0_BYTES];
         let xq = &x.qs[b * BLOCK..(b + 1) * BLOCK];
         let scale = f16_at(wb, 0) * x.d[b];
         for (l, a) in acc.iter_mut().enumerate() {
@@ -430,10 +435,11 @@ fn dot_q8_0_portable(w: &[u8], x: InputRow<'_>) -> f32 {
 /// AVX-512 kernel does it: lane `l` of a group belongs to block `l / 4` and sums the products of
 /// its values `4(l % 4)..+4` and `16 + 4(l % 4)..+4` (the low and high nibbles of its quant bytes
 /// `4(l % 4)..+4`).
-fn dot_q4_1_portable(w: &[u8], x: GroupedRow<'_>) -> f32 {
+fn dot_q4_1_portable(w: WeightRow<'_>, x: GroupedRow<'_>) -> f32 {
     let mut acc = [0f32; GROUP_LANES];
     let mut acc_min = [0f32; GROUP];
-    for (g, wg) in w.chunks_exact(Q4_1_GROUP_BYTES).enumerate() {
+    for g in 0..x.s.len() / GROUP {
+        let wg = &w.bytes[g * w.stride..g * w.stride + Q4_1_GROUP_BYTES];
         let xlo = &x.qs[g * 128..g * 128 + 64];
         let xhi = &x.qs[g * 128 + 64..g * 128 + 128];
         for (l, a) in acc.iter_mut().enumerate() {
@@ -458,8 +464,8 @@ fn dot_q4_1_portable(w: &[u8], x: GroupedRow<'_>) -> f32 {
 mod x86 {
     use super::super::qgemv_k::x86 as k;
     use super::{
-        hsum16, hsum4, hsum_lanes, GroupedRow, InputRow, KRow, KWeightRow, BLOCK, GROUP, GROUP_LANES, LANES,
-        Q4_1_GROUP_BYTES, Q8_0_BYTES,
+        hsum16, hsum4, hsum_lanes, GroupedRow, InputRow, KRow, WeightRow, BLOCK, GROUP,
+        GROUP_LANES, LANES,
     };
     use std::arch::x86_64::*;
 
@@ -505,7 +511,7 @@ mod x86 {
     /// (`maddubs`'s i16 pair sums cannot saturate: 2 * 128 * 127 < 32768).
     #[inline(always)]
     unsafe fn dot_q8_0<const VNNI: bool, const R: usize>(
-        rows: [&[u8]; R],
+        rows: [WeightRow<'_>; R],
         x: InputRow<'_>,
     ) -> [f32; R] {
         let mut acc = [_mm256_setzero_ps(); R];
@@ -513,7 +519,7 @@ mod x86 {
             let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
             let xd = x.d[b];
             for r in 0..R {
-                let wb = rows[r].as_ptr().add(b * Q8_0_BYTES);
+                let wb = rows[r].bytes.as_ptr().add(b * rows[r].stride);
                 let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
                 let isum = dot_u8_i8::<VNNI>(
                     _mm256_setzero_si256(),
@@ -531,7 +537,7 @@ mod x86 {
     /// each group is two halves of the AVX-512 kernel's 16 lanes, so the results are the same.
     #[inline(always)]
     unsafe fn dot_q4_1_avx2<const VNNI: bool, const R: usize>(
-        rows: [&[u8]; R],
+        rows: [WeightRow<'_>; R],
         x: GroupedRow<'_>,
     ) -> [f32; R] {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -556,7 +562,7 @@ mod x86 {
             ];
             let xs = _mm_loadu_ps(x.s.as_ptr().add(g * GROUP));
             for r in 0..R {
-                let wg = rows[r].as_ptr().add(g * Q4_1_GROUP_BYTES);
+                let wg = rows[r].bytes.as_ptr().add(g * rows[r].stride);
                 let wd = _mm256_castps128_ps256(f16x4(wg.add(64)));
                 let wd = [
                     _mm256_permutevar8x32_ps(wd, first_pair),
@@ -586,7 +592,10 @@ mod x86 {
     /// Q4_1 dot products of `R` regrouped weight rows with one input row, a group (4 blocks, 128
     /// values) per 512-bit step.
     #[inline(always)]
-    unsafe fn dot_q4_1_avx512<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R] {
+    unsafe fn dot_q4_1_avx512<const R: usize>(
+        rows: [WeightRow<'_>; R],
+        x: GroupedRow<'_>,
+    ) -> [f32; R] {
         let mut acc = [_mm512_setzero_ps(); R];
         let mut acc_min = [_mm_setzero_ps(); R];
         let low = _mm512_set1_epi8(0x0F);
@@ -599,7 +608,7 @@ mod x86 {
             let xd = _mm512_loadu_ps(x.d.as_ptr().add(g * GROUP_LANES));
             let xs = _mm_loadu_ps(x.s.as_ptr().add(g * GROUP));
             for r in 0..R {
-                let wg = rows[r].as_ptr().add(g * Q4_1_GROUP_BYTES);
+                let wg = rows[r].bytes.as_ptr().add(g * rows[r].stride);
                 let packed = _mm512_loadu_si512(wg as *const __m512i);
                 let lo = _mm512_and_si512(packed, low);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
@@ -620,10 +629,10 @@ mod x86 {
 
     /// The kernels a CPU level runs, as one `R`-row dot product per format.
     pub(super) trait Level {
-        unsafe fn q8_0<const R: usize>(rows: [&[u8]; R], x: InputRow<'_>) -> [f32; R];
-        unsafe fn q4_1<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R];
-        unsafe fn q4k<const R: usize>(rows: [KWeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
-        unsafe fn q6k<const R: usize>(rows: [KWeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
+        unsafe fn q8_0<const R: usize>(rows: [WeightRow<'_>; R], x: InputRow<'_>) -> [f32; R];
+        unsafe fn q4_1<const R: usize>(rows: [WeightRow<'_>; R], x: GroupedRow<'_>) -> [f32; R];
+        unsafe fn q4k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
+        unsafe fn q6k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
     }
 
     pub(super) struct Avx2;
@@ -631,38 +640,38 @@ mod x86 {
 
     impl Level for Avx2 {
         #[inline(always)]
-        unsafe fn q8_0<const R: usize>(rows: [&[u8]; R], x: InputRow<'_>) -> [f32; R] {
+        unsafe fn q8_0<const R: usize>(rows: [WeightRow<'_>; R], x: InputRow<'_>) -> [f32; R] {
             dot_q8_0::<false, R>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q4_1<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R] {
+        unsafe fn q4_1<const R: usize>(rows: [WeightRow<'_>; R], x: GroupedRow<'_>) -> [f32; R] {
             dot_q4_1_avx2::<false, R>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q4k<const R: usize>(rows: [KWeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
+        unsafe fn q4k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
             k::dot_q4k_avx2::<false, R>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q6k<const R: usize>(rows: [KWeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
+        unsafe fn q6k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
             k::dot_q6k_avx2::<false, R>(rows, x)
         }
     }
 
     impl Level for Avx512 {
         #[inline(always)]
-        unsafe fn q8_0<const R: usize>(rows: [&[u8]; R], x: InputRow<'_>) -> [f32; R] {
+        unsafe fn q8_0<const R: usize>(rows: [WeightRow<'_>; R], x: InputRow<'_>) -> [f32; R] {
             dot_q8_0::<true, R>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q4_1<const R: usize>(rows: [&[u8]; R], x: GroupedRow<'_>) -> [f32; R] {
+        unsafe fn q4_1<const R: usize>(rows: [WeightRow<'_>; R], x: GroupedRow<'_>) -> [f32; R] {
             dot_q4_1_avx512::<R>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q4k<const R: usize>(rows: [KWeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
+        unsafe fn q4k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
             k::dot_q4k_avx512::<R>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q6k<const R: usize>(rows: [KWeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
+        unsafe fn q6k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
             k::dot_q6k_avx512::<R>(rows, x)
         }
     }
@@ -736,14 +745,14 @@ unsafe fn rows_with<L: x86::Level>(
                     }
                 }
                 (BlockFormat::Q4K, 4) => {
-                    let ws = [w.k_row(r), w.k_row(r + 1), w.k_row(r + 2), w.k_row(r + 3)];
+                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
                     let y = L::q4k::<4>(ws, input.k_row(i));
                     for (j, v) in y.into_iter().enumerate() {
                         *out.add(at(j)) = v;
                     }
                 }
                 (BlockFormat::Q6K, 4) => {
-                    let ws = [w.k_row(r), w.k_row(r + 1), w.k_row(r + 2), w.k_row(r + 3)];
+                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
                     let y = L::q6k::<4>(ws, input.k_row(i));
                     for (j, v) in y.into_iter().enumerate() {
                         *out.add(at(j)) = v;
@@ -753,10 +762,10 @@ unsafe fn rows_with<L: x86::Level>(
                     *out.add(at(0)) = L::q8_0::<1>([w.row(r)], input.row(i))[0];
                 }
                 (BlockFormat::Q4K, _) => {
-                    *out.add(at(0)) = L::q4k::<1>([w.k_row(r)], input.k_row(i))[0];
+                    *out.add(at(0)) = L::q4k::<1>([w.row(r)], input.k_row(i))[0];
                 }
                 (BlockFormat::Q6K, _) => {
-                    *out.add(at(0)) = L::q6k::<1>([w.k_row(r)], input.k_row(i))[0];
+                    *out.add(at(0)) = L::q6k::<1>([w.row(r)], input.k_row(i))[0];
                 }
                 (BlockFormat::Q4_1, _) => {
                     *out.add(at(0)) = L::q4_1::<1>([w.row(r)], input.grouped_row(i))[0];
@@ -802,8 +811,8 @@ fn dot_portable(w: &QuantWeights, r: usize, input: &QuantizedInput, i: usize) ->
     match w.format {
         BlockFormat::Q8_0 => dot_q8_0_portable(w.row(r), input.row(i)),
         BlockFormat::Q4_1 => dot_q4_1_portable(w.row(r), input.grouped_row(i)),
-        BlockFormat::Q4K => dot_q4k_portable(w.k_row(r), input.k_row(i)),
-        BlockFormat::Q6K => dot_q6k_portable(w.k_row(r), input.k_row(i)),
+        BlockFormat::Q4K => dot_q4k_portable(w.row(r), input.k_row(i)),
+        BlockFormat::Q6K => dot_q6k_portable(w.row(r), input.k_row(i)),
     }
 }
 
@@ -955,9 +964,7 @@ mod tests {
                     if simd() == Simd::Avx512 {
                         let mut out = vec![0f32; 2 * n_out];
                         // SAFETY: as above.
-                        unsafe {
-                            x86::rows_avx512(&w, first..n_out, &input, 2, out.as_mut_ptr())
-                        };
+                        unsafe { x86::rows_avx512(&w, first..n_out, &input, 2, out.as_mut_ptr()) };
                         assert_eq!(out, portable, "{dtype:?}, {n_out} rows, AVX-512");
                         checked += 1;
                     }
@@ -971,9 +978,11 @@ mod tests {
     }
 
     #[test]
-    fn regrouped_and_unpacked_layouts_keep_every_value() {
+    fn regrouped_unpacked_and_interleaved_layouts_keep_every_value() {
         for (dtype, n_in, n_out) in [
+            (GgmlDType::Q8_0, 96, 8),
             (GgmlDType::Q4_1, 96 + 256, 5),
+            (GgmlDType::Q4_1, 96 + 256, 8),
             (GgmlDType::Q4K, 512, 5),
             (GgmlDType::Q4K, 512, 8),
             (GgmlDType::Q6K, 512, 8),
@@ -1046,8 +1055,10 @@ mod tests {
         let w = Tensor::from_vec(values(16 * 256, 1), (16, 256), &Device::Cpu).expect("w");
         for dtype in [GgmlDType::Q5_0, GgmlDType::Q5K, GgmlDType::Q2K] {
             let q = QTensor::quantize(&w, dtype).expect("quantize");
-            assert!(QuantWeights::from_qtensor(&q).expect("ok").is_none(), "{dtype:?}");
+            assert!(
+                QuantWeights::from_qtensor(&q).expect("ok").is_none(),
+                "{dtype:?}"
+            );
         }
-
     }
 }

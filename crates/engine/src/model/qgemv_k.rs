@@ -19,7 +19,7 @@
 //! (tested): lane `l` of a super-block's integer accumulator holds the same products in each.
 use half::f16;
 
-use super::qgemv::KWeightRow;
+use super::qgemv::WeightRow;
 
 /// Values per super-block.
 pub(super) const SUPER: usize = 256;
@@ -181,7 +181,7 @@ fn hsum4(acc: &[f32; 4]) -> f32 {
 /// Portable Q4_K dot product of one unpacked weight row with one input row, lane by lane as the
 /// AVX-512 kernel: in the half `p` of a super-block, lane `l` holds bytes `4(l % 8)..+4` of quant
 /// chunk `2p + l / 8`: low nibbles (sub-block `4p + 2(l / 8)`) and high nibbles (the next one).
-pub(super) fn dot_q4k_portable(w: KWeightRow<'_>, x: KRow<'_>) -> f32 {
+pub(super) fn dot_q4k_portable(w: WeightRow<'_>, x: KRow<'_>) -> f32 {
     let mut acc = [0f32; LANES];
     let mut acc_min = [0f32; 4];
     for s in 0..x.d.len() {
@@ -216,7 +216,7 @@ pub(super) fn dot_q4k_portable(w: KWeightRow<'_>, x: KRow<'_>) -> f32 {
 /// Portable Q6_K dot product, lane by lane as the AVX-512 kernel: in the half `n` of a
 /// super-block, lane `l` holds bytes `4(l % 8)..+4` of the 32-byte run `l / 8` of the half's 64
 /// low-bit bytes (values `128n + 32(l / 8) + ..`, and 64 further on for the high nibbles).
-pub(super) fn dot_q6k_portable(w: KWeightRow<'_>, x: KRow<'_>) -> f32 {
+pub(super) fn dot_q6k_portable(w: WeightRow<'_>, x: KRow<'_>) -> f32 {
     let mut acc = [0f32; LANES];
     for s in 0..x.d.len() {
         let wb = &w.bytes[s * w.stride..s * w.stride + Q6K_BYTES];
@@ -252,9 +252,8 @@ pub(super) fn dot_q6k_portable(w: KWeightRow<'_>, x: KRow<'_>) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::{hsum16, hsum4, KRow, KWeightRow, SUPER};
+    use super::{hsum16, hsum4, KRow, WeightRow, SUPER};
     use std::arch::x86_64::*;
-
 
     #[inline(always)]
     unsafe fn f16_at_ptr(p: *const u8) -> f32 {
@@ -291,7 +290,7 @@ pub(super) mod x86 {
     /// Q4_K, `R` rows at a time, 512 bits per step.
     #[inline(always)]
     pub(in super::super) unsafe fn dot_q4k_avx512<const R: usize>(
-        rows: [KWeightRow<'_>; R],
+        rows: [WeightRow<'_>; R],
         x: KRow<'_>,
     ) -> [f32; R] {
         let mut acc = [_mm512_setzero_ps(); R];
@@ -338,7 +337,7 @@ pub(super) mod x86 {
     /// Q6_K, `R` rows at a time, 512 bits per step.
     #[inline(always)]
     pub(in super::super) unsafe fn dot_q6k_avx512<const R: usize>(
-        rows: [KWeightRow<'_>; R],
+        rows: [WeightRow<'_>; R],
         x: KRow<'_>,
     ) -> [f32; R] {
         let mut acc = [_mm512_setzero_ps(); R];
@@ -425,7 +424,7 @@ pub(super) mod x86 {
     /// Q4_K, `R` rows at a time, as two 256-bit halves of the AVX-512 kernel's lanes.
     #[inline(always)]
     pub(in super::super) unsafe fn dot_q4k_avx2<const VNNI: bool, const R: usize>(
-        rows: [KWeightRow<'_>; R],
+        rows: [WeightRow<'_>; R],
         x: KRow<'_>,
     ) -> [f32; R] {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -470,7 +469,7 @@ pub(super) mod x86 {
     /// Q6_K, `R` rows at a time, as two 256-bit halves of the AVX-512 kernel's lanes.
     #[inline(always)]
     pub(in super::super) unsafe fn dot_q6k_avx2<const VNNI: bool, const R: usize>(
-        rows: [KWeightRow<'_>; R],
+        rows: [WeightRow<'_>; R],
         x: KRow<'_>,
     ) -> [f32; R] {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
