@@ -109,12 +109,20 @@ fn main() {
         median(b8.clone())
     );
 
-    // Prefill through the f32 prompt path (default) and through the quantized kernels only,
-    // interleaved run by run so that load drift hits both alike.
+    // Prefill through the quantized kernels (default for this model's types) and through the
+    // f32 prompt path, interleaved run by run so that load drift hits both alike.
     let quantized_only = Model::load_with_options(
         &path,
         &LoadOptions {
             dense_weights_max_bytes: 0,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("model loads");
+    let model = Model::load_with_options(
+        &path,
+        &LoadOptions {
+            dense_for_own_kernels: true,
             ..LoadOptions::default()
         },
     )

@@ -1,4 +1,4 @@
-//! How far each `--weights` mode's logits are from an f64 evaluation of the GGUF file's own
+//! How far each `--weights` mode's logits (and those of the f32 prompt path) are from an f64 evaluation of the GGUF file's own
 //! weights (`model::reference`), on the prompt path (one forward of the whole prompt) and on the
 //! generated-token path (one token per forward), for a few prompts. Prints a Markdown table.
 //!
@@ -110,8 +110,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| weights | path | mean relative RMS | max relative | top-1 agreement | mean KL (nats) |"
     );
     println!("|---|---|---|---|---|---|");
-    for mode in [WeightMode::Fast, WeightMode::Exact] {
-        let model = Model::load_with_options(&path, &LoadOptions::for_weights(mode))?;
+    let configurations = [
+        (
+            "fast".to_string(),
+            LoadOptions::for_weights(WeightMode::Fast),
+        ),
+        (
+            "exact".to_string(),
+            LoadOptions::for_weights(WeightMode::Exact),
+        ),
+        (
+            "fast, f32 copy kept (`dense_for_own_kernels`)".to_string(),
+            LoadOptions {
+                dense_for_own_kernels: true,
+                ..LoadOptions::for_weights(WeightMode::Fast)
+            },
+        ),
+    ];
+    for (mode, options) in &configurations {
+        let model = Model::load_with_options(&path, options)?;
         let (mut prompt_path, mut token_path) = (Distance::default(), Distance::default());
         for (ids, want) in prompts.iter().zip(&expected) {
             let mut cache = model.new_cache();

@@ -303,8 +303,19 @@ fn prompts(model: &Model, tokenizer: &Tokenizer) -> Vec<Vec<u32>> {
     prompts
 }
 
+/// Default options but with the f32 copy of every projection kept for prompts (by default
+/// only candle-served weights keep one), so that the folder's f32 projections and the GGUF's
+/// f32 prompt path can be compared.
+fn with_f32_prompt_path() -> LoadOptions {
+    LoadOptions {
+        dense_for_own_kernels: true,
+        ..LoadOptions::default()
+    }
+}
+
 fn gguf_model() -> (Model, Tokenizer) {
-    Model::load_with_tokenizer(&model_path()).expect("the embedded model loads")
+    Model::load_with_tokenizer_options(&model_path(), &with_f32_prompt_path())
+        .expect("the embedded model loads")
 }
 
 /// The embedded model with its Q4_1 projections re-quantized to Q8_0 at load: the arithmetic of
@@ -312,7 +323,7 @@ fn gguf_model() -> (Model, Tokenizer) {
 fn gguf_model_as_q8_0() -> (Model, Tokenizer) {
     let options = LoadOptions {
         requantize_all_to_q8_0: true,
-        ..LoadOptions::default()
+        ..with_f32_prompt_path()
     };
     Model::load_with_tokenizer_options(&model_path(), &options).expect("the embedded model loads")
 }
@@ -330,7 +341,8 @@ fn an_f32_folder_gives_the_gguf_models_text_and_logits() {
         },
     );
     let (gguf, gguf_tok) = gguf_model_as_q8_0();
-    let (folder, folder_tok) = Model::load_with_tokenizer(&dir.0).expect("the folder loads");
+    let (folder, folder_tok) = Model::load_with_tokenizer_options(&dir.0, &with_f32_prompt_path())
+        .expect("the folder loads");
 
     let (a, b) = (gguf.info(), folder.info());
     assert_eq!(b.architecture, "llama");
@@ -373,7 +385,16 @@ fn an_f32_folder_gives_the_gguf_models_text_and_logits() {
     }
 
     // The engine takes the folder as its target and as a draft model (`model:DIR`): greedy
-    // speculative decoding gives the GGUF model's greedy tokens.
+    // speculative decoding gives the GGUF model's greedy tokens. The engine loads with default
+    // options (no f32 prompt copy for the own kernels' weights), so the GGUF model does too.
+    let gguf_default = Model::load_with_options(
+        &model_path(),
+        &LoadOptions {
+            requantize_all_to_q8_0: true,
+            ..LoadOptions::default()
+        },
+    )
+    .expect("the embedded model loads");
     let mut engine = SdEngine::load(EngineConfig {
         model_path: dir.0.clone(),
         draft: format!("model:{}", dir.0.display())
@@ -387,13 +408,13 @@ fn an_f32_folder_gives_the_gguf_models_text_and_logits() {
         .add_sequence(1, prompt.clone(), greedy_params(NEW_TOKENS as u32))
         .expect("sequence added");
     let out = run_to_end(&mut engine, &[(1, 4)], |_, _| {});
-    assert_eq!(out[&1], greedy(&gguf, &prompt).0);
+    assert_eq!(out[&1], greedy(&gguf_default, &prompt).0);
     drop(engine);
 
     // Unquantized: f32 projections everywhere. The prompt's f32 path is the GGUF's too.
     let options = LoadOptions {
         quantize_float_weights: false,
-        ..LoadOptions::default()
+        ..with_f32_prompt_path()
     };
     let exact = Model::load_with_options(&dir.0, &options).expect("the folder loads unquantized");
     let prompt = &folder_prompts[0];
@@ -451,8 +472,10 @@ fn f16_and_bf16_folders_load_with_their_rounding() {
             },
         );
     }
-    let (half, half_tok) = Model::load_with_tokenizer(&half_dir.0).expect("the folder loads");
-    let (rounded, _) = Model::load_with_tokenizer(&rounded_dir.0).expect("the folder loads");
+    let (half, half_tok) = Model::load_with_tokenizer_options(&half_dir.0, &with_f32_prompt_path())
+        .expect("the folder loads");
+    let (rounded, _) = Model::load_with_tokenizer_options(&rounded_dir.0, &with_f32_prompt_path())
+        .expect("the folder loads");
     let (gguf, gguf_tok) = gguf_model();
     assert_eq!(half.info().chat_template, gguf.info().chat_template);
     let folder_prompts = prompts(&half, &half_tok);
@@ -490,7 +513,8 @@ fn a_folder_with_qk_rows_in_the_wrong_order_does_not_match() {
         },
     );
     let (gguf, gguf_tok) = gguf_model();
-    let (folder, _) = Model::load_with_tokenizer(&dir.0).expect("the folder loads");
+    let (folder, _) = Model::load_with_tokenizer_options(&dir.0, &with_f32_prompt_path())
+        .expect("the folder loads");
     let prompt = &prompts(&gguf, &gguf_tok)[0];
     let (want_tokens, want) = greedy(&gguf, prompt);
     let (got_tokens, got) = greedy(&folder, prompt);

@@ -3,9 +3,10 @@
 //! Tolerance: max |diff| <= 1e-4 x max(1, largest |logit|). Linear layers are row-independent and
 //! attention sums in the same order either way, so in practice the results are bit-identical; the
 //! tolerance only allows for kernels that might block rows differently. A sequence's first forward
-//! of >= 16 rows (its prompt) runs through an f32 copy of the weights instead (faster prefill), so
-//! tests that split a prompt differently use a model loaded without that copy; the two paths are
-//! compared with their own, looser tolerance.
+//! of >= 16 rows (its prompt) runs through an f32 copy of the weights instead when the model keeps
+//! one (here it is asked to: `dense_for_own_kernels`), so tests that split a prompt differently
+//! use a model loaded without that copy; the two paths are compared with their own, looser
+//! tolerance.
 mod spec_common;
 use spec_common::model_path;
 
@@ -16,7 +17,13 @@ use lapsd_engine::{EngineError, KvCache, LoadOptions, Model, SeqForward, Tokeniz
 
 fn model() -> &'static (Model, Tokenizer) {
     static MODEL: OnceLock<(Model, Tokenizer)> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load_with_tokenizer(&model_path()).expect("model loads"))
+    MODEL.get_or_init(|| {
+        let options = LoadOptions {
+            dense_for_own_kernels: true,
+            ..LoadOptions::default()
+        };
+        Model::load_with_tokenizer_options(&model_path(), &options).expect("model loads")
+    })
 }
 
 /// The same weights without the f32 prompt path: every position takes the quantized kernels.

@@ -87,21 +87,37 @@ fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
 #[test]
 fn exact_weights_run_prompt_and_generated_positions_alike() {
     let tokens = tokens();
-    // Exact: a 24-token prompt (which fast mode sends through the f32 copy) and the same tokens
-    // run one at a time take the same quantized kernels, row for row.
+    // Exact: a 24-token prompt (which the f32 prompt path would take) and the same tokens run
+    // one at a time take the same quantized kernels, row for row.
     let exact = load(&LoadOptions::for_weights(WeightMode::Exact));
     let prompt = in_one_forward(&exact, &tokens);
     let decoded = one_by_one(&exact, &tokens);
     let exact_gap = relative_max_diff(&prompt, &widen(&decoded));
     assert!(exact_gap <= 1e-5, "exact: prompt vs one by one {exact_gap}");
-    // Fast: the prompt takes the f32 copy and the one-by-one rows the quantized weights, which
-    // round differently; the comparison above would catch a mode that mixed them.
-    let fast = load(&LoadOptions::for_weights(WeightMode::Fast));
-    let fast_gap = relative_max_diff(
-        &in_one_forward(&fast, &tokens),
-        &widen(&one_by_one(&fast, &tokens)),
+    // With the f32 copy kept for the own kernels' weights, the prompt takes it and the
+    // one-by-one rows the quantized weights, which round differently: the comparison above
+    // would catch a mode that mixed them.
+    let with_f32_prompt_path = load(&LoadOptions {
+        dense_for_own_kernels: true,
+        ..LoadOptions::for_weights(WeightMode::Fast)
+    });
+    let f32_gap = relative_max_diff(
+        &in_one_forward(&with_f32_prompt_path, &tokens),
+        &widen(&one_by_one(&with_f32_prompt_path, &tokens)),
     );
-    assert!(fast_gap > 1e-3, "fast: prompt vs one by one {fast_gap}");
+    assert!(
+        f32_gap > 1e-3,
+        "f32 prompt path: prompt vs one by one {f32_gap}"
+    );
+    // Fast mode on a Q4_1 file keeps no f32 copy (the own kernels take prompts faster), so its
+    // prompt rows are exact mode's.
+    let fast = load(&LoadOptions::for_weights(WeightMode::Fast));
+    let fast_prompt = in_one_forward(&fast, &tokens);
+    assert_eq!(
+        relative_max_diff(&fast_prompt, &widen(&prompt)),
+        0.0,
+        "fast vs exact prompt"
+    );
 }
 
 #[test]
@@ -120,7 +136,7 @@ fn exact_weights_keep_the_files_quantized_values() {
 
 #[test]
 fn the_f64_reference_agrees_with_the_f32_prompt_path() {
-    // Fast mode's prompt path multiplies the file's weights, dequantized to f32, in f32; the
+    // The f32 prompt path multiplies the file's weights, dequantized to f32, in f32; the
     // reference does the same in f64 with code of its own. They differ by f32 rounding only
     // (measured ~1e-5 of the largest logit), so a wrong RoPE pairing, norm or head in either
     // would show at once.
@@ -129,8 +145,11 @@ fn the_f64_reference_agrees_with_the_f32_prompt_path() {
         .expect("the reference loads")
         .forward(&tokens)
         .expect("reference forward");
-    let fast = load(&LoadOptions::for_weights(WeightMode::Fast));
-    let prompt = in_one_forward(&fast, &tokens);
+    let f32_path = load(&LoadOptions {
+        dense_for_own_kernels: true,
+        ..LoadOptions::for_weights(WeightMode::Fast)
+    });
+    let prompt = in_one_forward(&f32_path, &tokens);
     let gap = relative_max_diff(&prompt, &reference);
     assert!(gap <= 1e-3, "f32 prompt path vs f64 reference: {gap}");
     for (i, (a, b)) in prompt.iter().zip(&reference).enumerate() {

@@ -36,7 +36,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
     /// Target arithmetic: `fast` (Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load,
-    /// prompts of 16+ tokens through an f32 copy of the weights) or `exact` (the file's own
+    /// prompts of 16+ tokens through an f32 copy of the weights candle's kernels serve; for
+    /// Q8_0/Q4_1/Q4_K/Q6_K files the same as `exact`) or `exact` (the file's own
     /// quantized weights for every position). Measured: docs/speculative-decoding.md, "Exact or
     /// fast weights".
     #[arg(long, default_value = "fast")]

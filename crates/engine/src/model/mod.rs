@@ -80,12 +80,17 @@ pub struct LoadOptions {
     /// the arithmetic of a Hugging Face folder of the same values quantized at load
     /// (`quantize_float_weights`), for comparing the two. Default: false.
     pub requantize_all_to_q8_0: bool,
-    /// Also keep an f32 copy of every projection, used for inputs of many rows (prefill, large
-    /// batched verifies), when all the model's weights in f32 take at most this many bytes
-    /// (candle's quantized CPU matmul costs a full pass per row; f32 GEMM amortises the weight
-    /// read over the rows). 0 = never. Default: 2 GiB (SmolLM2-135M: 0.54 GB; Qwen2.5 0.5B:
-    /// 2.0 GB; the 1.5B model stays quantized only).
+    /// Also keep an f32 copy of the projections candle's kernels serve (types other than Q8_0,
+    /// Q4_1, Q4_K and Q6_K, padded Q8_0, a Hugging Face folder's f32 weights), used for inputs
+    /// of many rows (prefill, large batched verifies), when all the model's weights in f32 take
+    /// at most this many bytes (candle's quantized CPU matmul costs a full pass per row; f32
+    /// GEMM amortises the weight read over the rows). 0 = never. Default: 2 GiB (SmolLM2-135M:
+    /// 0.54 GB; Qwen2.5 0.5B: 2.0 GB; the 1.5B model stays quantized only).
     pub dense_weights_max_bytes: u64,
+    /// Keep the f32 copy (`dense_weights_max_bytes`) for the projections this crate's own
+    /// kernels serve too. They take a prompt faster than the f32 GEMM does, so this is for
+    /// comparing the two paths. Default: false.
+    pub dense_for_own_kernels: bool,
     /// Pad Q8_0 weights (including re-quantized ones) whose input width is not a multiple of 256
     /// with zero columns, so that candle's repacked AVX-512 VNNI kernel serves them instead of its
     /// per-row dot product (no effect on CPUs without AVX-512 VNNI). Faster (SmolLM2-135M decode
@@ -103,8 +108,8 @@ pub struct LoadOptions {
     pub lm_head_rows: Option<usize>,
     /// Quantize the f32/f16/bf16 projection weights of a Hugging Face folder to Q8_0 at load
     /// (LM head included; embedding and norms stay f32), so that decoding takes the same int8
-    /// kernels as a GGUF model, at ~0.27x the f32 bytes per step; prompts still take the f32 copy
-    /// (`dense_weights_max_bytes`). Each weight moves by at most half a Q8_0 step. False keeps
+    /// kernels as a GGUF model, at ~0.27x the f32 bytes per step (and prompts too: the own
+    /// kernels keep no f32 copy unless `dense_for_own_kernels`). Each weight moves by at most half a Q8_0 step. False keeps
     /// every projection f32 (exact weights, no f32 copy needed; decode reads 4 bytes per weight).
     /// No effect on GGUF files, whose float weights stay as they are. Default: true.
     pub quantize_float_weights: bool,
@@ -124,6 +129,7 @@ impl LoadOptions {
             requantize_slow_types: fast,
             requantize_all_to_q8_0: false,
             dense_weights_max_bytes: if fast { 2 << 30 } else { 0 },
+            dense_for_own_kernels: false,
             pad_q8_0_for_repack: false,
             lm_head_rows: None,
             quantize_float_weights: fast,
@@ -139,8 +145,10 @@ pub enum WeightMode {
     /// Faster on the CPU: Q5_0/Q5_1/Q8_1 projections re-quantized to Q8_0 at load
     /// ([`LoadOptions::requantize_slow_types`]), a Hugging Face folder's float projections
     /// quantized to Q8_0 ([`LoadOptions::quantize_float_weights`]), and prompts of 16 tokens or
-    /// more through an f32 copy of the weights ([`LoadOptions::dense_weights_max_bytes`]), so a
-    /// prompt's positions and generated positions round differently.
+    /// more through an f32 copy of the weights candle's kernels serve
+    /// ([`LoadOptions::dense_weights_max_bytes`]), so that a prompt's positions and generated
+    /// positions can round differently. For Q8_0, Q4_1, Q4_K and Q6_K files nothing differs
+    /// from `Exact`.
     #[default]
     Fast,
     /// The file's own weights for every position, prompt and generated alike: a GGUF's
@@ -255,6 +263,7 @@ impl Model {
             requantize: options.requantize_slow_types,
             requantize_all: options.requantize_all_to_q8_0,
             dense: dense_bytes <= options.dense_weights_max_bytes,
+            dense_for_own_kernels: options.dense_for_own_kernels,
             pad_q8_0: options.pad_q8_0_for_repack,
             lm_head_rows: options.lm_head_rows,
             // GGUF float weights keep their behaviour (f32 matmuls).
@@ -329,6 +338,7 @@ impl Model {
             requantize_all: options.requantize_all_to_q8_0,
             // Unquantized projections are f32 already: a second f32 copy would change nothing.
             dense: options.quantize_float_weights && dense_bytes <= options.dense_weights_max_bytes,
+            dense_for_own_kernels: options.dense_for_own_kernels,
             pad_q8_0: options.pad_q8_0_for_repack,
             lm_head_rows: options.lm_head_rows,
             quantize_float: options.quantize_float_weights,

@@ -721,7 +721,7 @@ unsafe fn rows_with<L: x86::Level>(
         let step = match w.format {
             BlockFormat::Q8_0 | BlockFormat::Q4_1 if r + 4 <= rows.end => 4,
             BlockFormat::Q4K | BlockFormat::Q6K
-                if r + 4 <= rows.end && r % 4 == 0 && interleaved_rows(w.n_out) == 4 =>
+                if r + 4 <= rows.end && r.is_multiple_of(4) && interleaved_rows(w.n_out) == 4 =>
             {
                 4
             }
