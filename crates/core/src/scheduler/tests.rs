@@ -521,3 +521,66 @@ fn auto_speculation_follows_each_requests_acceptance() {
     let fixed = run(SpeculationMode::Fixed, 0);
     assert!(fixed.iter().all(|&k| k == 4), "{fixed:?}");
 }
+
+/// Auto speculation: a member's length does not depend on a prefill sharing its step. The
+/// prefill's time is spent whatever the members draft; counted as work the drafts amortize, a
+/// long prompt made every member draft its longest and delayed the prompt's first token.
+#[test]
+fn auto_speculation_ignores_the_prefills_in_the_step() {
+    let cost = LinearCost {
+        draft_base_s: 0.001,
+        draft_per_seq_s: 0.0,
+        verify_base_s: 0.005,
+        verify_per_token_s: 0.005,
+        prefill_base_s: 0.0,
+        prefill_per_token_s: 0.005,
+    };
+    let scheduler = || {
+        let config = SchedulerConfig {
+            capacity: Capacity {
+                max_batch: 4,
+                max_step_tokens: 4096,
+                kv_budget_tokens: 100_000,
+            },
+            speculation_length: 6,
+            stability: StabilityRule::default(),
+            cost,
+        };
+        let policy =
+            build_policy(PolicyKind::Fcfs, &PolicyConfig::default()).expect("valid default config");
+        let mut s = Scheduler::new(config, policy).with_speculation_mode(SpeculationMode::Auto);
+        s.add_request(RequestSpec::new(1, 0.0, 10, 400), 0.0)
+            .unwrap();
+        s
+    };
+    let (mut alone, mut shared) = (scheduler(), scheduler());
+    let mut now = 0.0;
+    // Half the drafts accepted: a middling estimate, so the chosen length is neither 0 nor 6.
+    for _ in 0..30 {
+        step(&mut alone, now, 1);
+        step(&mut shared, now, 1);
+        now += 0.1;
+    }
+    shared
+        .add_request(RequestSpec::new(2, now, 2000, 50), now)
+        .unwrap();
+    let (alone_out, _) = step(&mut alone, now, 1);
+    let (shared_out, _) = step(&mut shared, now, 1);
+    let length = |out: &SchedulerOutput| {
+        out.batch.iter().find_map(|b| match (b.id, b.kind) {
+            (1, StepKind::Decode { speculation_length }) => Some(speculation_length),
+            _ => None,
+        })
+    };
+    assert!(
+        shared_out
+            .batch
+            .iter()
+            .any(|b| b.id == 2 && matches!(b.kind, StepKind::Prefill { .. })),
+        "the prompt is prefilled beside the decoding member: {:?}",
+        shared_out.batch
+    );
+    let k = length(&alone_out).expect("request 1 decodes");
+    assert!(k > 0 && k < 6, "a middling length: {k}");
+    assert_eq!(length(&shared_out), Some(k));
+}
