@@ -214,12 +214,14 @@ fn is_float(dtype: GgmlDType) -> bool {
 }
 
 /// A sequence's first forward of at least this many rows (its prompt) runs those positions
-/// through the f32 copy of the weights instead of the quantized ones. Candle's quantized CPU kernel costs about one full pass of integer dot
-/// products per row (measured on SmolLM2-135M, 2 cores: ~11.4 ms per row for the whole model),
-/// while the f32 GEMM costs a fixed weight read (~100 ms) plus ~3.6 ms per row: the f32 path wins
-/// from ~13 rows on. It is used for prompts only: the choice must be a function of the position,
-/// not of the batch, or greedy output would depend on what else is batched (the two paths round
-/// differently), so decode and verify rows always take the quantized weights.
+/// through the f32 copy of the weights that keep one (those candle's kernels serve, see
+/// `projection`) instead of the quantized ones. Candle's quantized CPU kernel costs about one
+/// full pass of integer dot products per row (measured on SmolLM2-135M, 2 cores: ~11.4 ms per row
+/// for the whole model), while the f32 GEMM costs a fixed weight read (~100 ms) plus ~3.6 ms per
+/// row: the f32 path wins from ~13 rows on. It is used for prompts only: the choice must be a
+/// function of the position, not of the batch, or greedy output would depend on what else is
+/// batched (the two paths round differently), so decode and verify rows always take the
+/// quantized weights.
 pub(crate) const DENSE_MIN_ROWS: usize = 16;
 
 /// Which code multiplies a projection's quantized weights.

@@ -1,5 +1,5 @@
 //! Quantized matrix-vector products for the decode path, on the weights' own values (Q8_0 and
-//! Q4_1): the input rows are quantized once to 8-bit blocks of 32 (ggml's `quantize_row_q8_1`),
+//! Q4_1 here, Q4_K and Q6_K in `super::qgemv_k`): the input rows are quantized once to 8-bit blocks of 32 (ggml's `quantize_row_q8_1`),
 //! and every output is a block-wise integer dot product (ggml's `vec_dot_q8_0_q8_0` /
 //! `vec_dot_q4_1_q8_1` arithmetic: per block, scale times the exact integer sum, plus Q4_1's
 //! minimum times the input block's sum). Projections that read the same input (Q, K and V; gate
@@ -11,7 +11,9 @@
 //!
 //! Q4_1 weights are regrouped at load, four blocks at a time (their 4-bit quants together, then
 //! their f16 scales and minimums: the same 20 bytes per block), so that one 512-bit load feeds
-//! four blocks to VNNI's `vpdpbusd`. Q8_0 weights stay in their GGUF blocks.
+//! four blocks to VNNI's `vpdpbusd`. Q8_0 weights stay in their GGUF blocks. Then every weight's
+//! rows are interleaved by fours, unit by unit (see `interleave_rows`), so that the kernels,
+//! which take four rows per pass over the input, read memory as one forward stream.
 //!
 //! Every output value is computed by the same function whatever the number of rows, so a
 //! position's logits do not depend on what it is batched with (greedy speculative decoding relies
