@@ -43,15 +43,26 @@ impl Tokenizer {
         Self::from_gguf(&GgufFile::open(path)?)
     }
 
-    /// The tokenizer of a model path as [`crate::Model::load_with_options`] takes it: a Hugging
-    /// Face folder's `tokenizer.json` (with its `tokenizer_config.json`), else the one a GGUF
-    /// file's metadata describes.
+    /// The tokenizer of a model path as [`crate::Model::load_with_tokenizer`] takes it: a
+    /// Hugging Face folder's `tokenizer.json` (with its `tokenizer_config.json`); for a GGUF
+    /// file, a `tokenizer.json` beside it if there is one (see [`Self::beside_gguf`]), else the
+    /// one the file's metadata describes.
     pub fn for_model_path(path: &Path) -> Result<Self, EngineError> {
         if path.is_dir() {
             crate::model::hf_folder::load_tokenizer(path)
+        } else if let Some(json) = Self::beside_gguf(path) {
+            Self::from_tokenizer_json(&json)
         } else {
             Self::from_gguf_file(path)
         }
+    }
+
+    /// A `tokenizer.json` in the GGUF file's folder, which takes precedence over the file's own
+    /// vocabulary (for files whose metadata a converter got wrong, or a tokenizer it cannot
+    /// express).
+    pub(crate) fn beside_gguf(path: &Path) -> Option<std::path::PathBuf> {
+        let beside = path.with_file_name("tokenizer.json");
+        beside.is_file().then_some(beside)
     }
 
     /// Prepends `bos` in `encode(.., true)` (a folder whose tokenizer.json does not add it).

@@ -883,3 +883,38 @@ fn tiny_llama_and_qwen2_models_load_alike_from_gguf_and_folder() {
         );
     }
 }
+
+/// A `tokenizer.json` beside a GGUF file replaces the file's vocabulary for every caller: the
+/// engine's load and the tokenizer `lapsd serve`'s HTTP handlers build
+/// (`Tokenizer::for_model_path`) encode alike. Here the file beside it is a two-word vocabulary,
+/// so the GGUF's own BPE ids would give other ids.
+#[test]
+fn a_tokenizer_json_beside_a_gguf_file_is_used_by_every_loader() {
+    let dir = TempDir::new("beside");
+    let gguf = dir.0.join("model.gguf");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(model_path(), &gguf).expect("links the model");
+    #[cfg(not(unix))]
+    std::fs::copy(model_path(), &gguf).expect("copies the model");
+    let own = Tokenizer::for_model_path(&gguf).expect("the GGUF's tokenizer");
+    let own_ids = own.encode("hello world", false).expect("encodes");
+    std::fs::write(
+        dir.0.join("tokenizer.json"),
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+            "decoder":null,"model":{"type":"WordLevel",
+            "vocab":{"hello":0,"world":1,"[UNK]":2},"unk_token":"[UNK]"}}"#,
+    )
+    .expect("writes tokenizer.json");
+    let for_http = Tokenizer::for_model_path(&gguf).expect("the tokenizer beside it");
+    assert_eq!(
+        for_http.encode("hello world", false).expect("encodes"),
+        [0, 1]
+    );
+    assert_ne!(own_ids, [0, 1]);
+    let (_, for_engine) = Model::load_with_tokenizer(&gguf).expect("the model loads");
+    assert_eq!(
+        for_engine.encode("hello world", false).expect("encodes"),
+        [0, 1]
+    );
+}

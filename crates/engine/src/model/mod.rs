@@ -248,11 +248,9 @@ impl Model {
         }
         let mut gguf = GgufFile::open(path)?;
         let model = Self::from_gguf(&mut gguf, options)?;
-        let beside = path.with_file_name("tokenizer.json");
-        let tokenizer = if beside.is_file() {
-            Tokenizer::from_tokenizer_json(&beside)?
-        } else {
-            Tokenizer::from_gguf(&gguf)?
+        let tokenizer = match Tokenizer::beside_gguf(path) {
+            Some(json) => Tokenizer::from_tokenizer_json(&json)?,
+            None => Tokenizer::from_gguf(&gguf)?,
         };
         Ok((model, tokenizer))
     }
