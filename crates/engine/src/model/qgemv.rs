@@ -311,14 +311,8 @@ impl QuantizedInput {
         let mut s = Vec::with_capacity(n_blocks);
         let mut qs = vec![0i8; n_blocks * BLOCK];
         for (block, q) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (qv, &v) in q.iter_mut().zip(block) {
-                *qv = (v * inv).round() as i8;
-                sum += i32::from(*qv);
-            }
+            let scale = quantize_block(block, q);
+            let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
             d.push(f16::from_f32(scale).to_f32());
             s.push(f16::from_f32(sum as f32 * scale).to_f32());
         }
@@ -394,8 +388,21 @@ struct GroupedRow<'a> {
     s: &'a [f32],
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Quantizes `block` to 8 bits into `q` (same length): scale = largest magnitude / 127, each
+/// value rounded to the nearest step. Returns the scale (0 for an all-zero block).
+pub(super) fn quantize_block(block: &[f32], q: &mut [i8]) -> f32 {
+    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    for (qv, &v) in q.iter_mut().zip(block) {
+        // |v * inv| <= 127 up to rounding, so the cast never saturates below -127.
+        *qv = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    scale
 }
 
 /// Sums 8 lanes as the SIMD kernels do: halves, then pairs, then the two.
@@ -406,12 +413,12 @@ fn hsum_lanes(acc: &[f32; LANES]) -> f32 {
 }
 
 /// Sums 16 lanes as the SIMD kernels do: the two halves, then [`hsum_lanes`].
-fn hsum16(acc: &[f32; GROUP_LANES]) -> f32 {
+pub(super) fn hsum16(acc: &[f32; GROUP_LANES]) -> f32 {
     hsum_lanes(&std::array::from_fn(|i| acc[i] + acc[i + LANES]))
 }
 
 /// Sums a group's 4 minimum terms as the SIMD kernels do.
-fn hsum4(acc: &[f32; GROUP]) -> f32 {
+pub(super) fn hsum4(acc: &[f32; GROUP]) -> f32 {
     (acc[0] + acc[2]) + (acc[1] + acc[3])
 }
 
@@ -463,7 +470,7 @@ fn dot_q4_1_portable(w: WeightRow<'_>, x: GroupedRow<'_>) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::super::qgemv_k::x86 as k;
     use super::{
         hsum16, hsum4, hsum_lanes, GroupedRow, InputRow, KRow, WeightRow, BLOCK, GROUP,
@@ -491,14 +498,14 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn store4(acc: __m128) -> [f32; GROUP] {
+    pub(in crate::model) unsafe fn store4(acc: __m128) -> [f32; GROUP] {
         let mut out = [0f32; GROUP];
         _mm_storeu_ps(out.as_mut_ptr(), acc);
         out
     }
 
     #[inline(always)]
-    unsafe fn f16_at_ptr(p: *const u8) -> f32 {
+    pub(in crate::model) unsafe fn f16_at_ptr(p: *const u8) -> f32 {
         half::f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32()
     }
 
@@ -730,51 +737,40 @@ unsafe fn rows_with<L: x86::Level>(
             _ => 1,
         };
         for i in 0..m {
-            let at = |j: usize| i * w.n_out + r + j;
-            match (w.format, step) {
-                (BlockFormat::Q8_0, 4) => {
-                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                    let y = L::q8_0::<4>(ws, input.row(i));
-                    for (j, v) in y.into_iter().enumerate() {
-                        *out.add(at(j)) = v;
-                    }
+            let out_row = out.add(i * w.n_out + r);
+            if step == 4 {
+                let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                for (j, v) in dot_rows::<L, 4>(w.format, ws, input, i)
+                    .into_iter()
+                    .enumerate()
+                {
+                    *out_row.add(j) = v;
                 }
-                (BlockFormat::Q4_1, 4) => {
-                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                    let y = L::q4_1::<4>(ws, input.grouped_row(i));
-                    for (j, v) in y.into_iter().enumerate() {
-                        *out.add(at(j)) = v;
-                    }
-                }
-                (BlockFormat::Q4K, 4) => {
-                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                    let y = L::q4k::<4>(ws, input.k_row(i));
-                    for (j, v) in y.into_iter().enumerate() {
-                        *out.add(at(j)) = v;
-                    }
-                }
-                (BlockFormat::Q6K, 4) => {
-                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                    let y = L::q6k::<4>(ws, input.k_row(i));
-                    for (j, v) in y.into_iter().enumerate() {
-                        *out.add(at(j)) = v;
-                    }
-                }
-                (BlockFormat::Q8_0, _) => {
-                    *out.add(at(0)) = L::q8_0::<1>([w.row(r)], input.row(i))[0];
-                }
-                (BlockFormat::Q4K, _) => {
-                    *out.add(at(0)) = L::q4k::<1>([w.row(r)], input.k_row(i))[0];
-                }
-                (BlockFormat::Q6K, _) => {
-                    *out.add(at(0)) = L::q6k::<1>([w.row(r)], input.k_row(i))[0];
-                }
-                (BlockFormat::Q4_1, _) => {
-                    *out.add(at(0)) = L::q4_1::<1>([w.row(r)], input.grouped_row(i))[0];
-                }
+            } else {
+                *out_row = dot_rows::<L, 1>(w.format, [w.row(r)], input, i)[0];
             }
         }
         r += step;
+    }
+}
+
+/// `R` weight rows of `format` against input row `i`, by the level's kernel for the format.
+///
+/// # Safety
+/// As [`rows_with`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot_rows<L: x86::Level, const R: usize>(
+    format: BlockFormat,
+    rows: [WeightRow<'_>; R],
+    input: &QuantizedInput,
+    i: usize,
+) -> [f32; R] {
+    match format {
+        BlockFormat::Q8_0 => L::q8_0::<R>(rows, input.row(i)),
+        BlockFormat::Q4_1 => L::q4_1::<R>(rows, input.grouped_row(i)),
+        BlockFormat::Q4K => L::q4k::<R>(rows, input.k_row(i)),
+        BlockFormat::Q6K => L::q6k::<R>(rows, input.k_row(i)),
     }
 }
 

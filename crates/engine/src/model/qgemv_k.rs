@@ -17,9 +17,7 @@
 //!
 //! As in `super::qgemv`, the AVX-512, AVX2 and portable kernels give bit-identical results
 //! (tested): lane `l` of a super-block's integer accumulator holds the same products in each.
-use half::f16;
-
-use super::qgemv::WeightRow;
+use super::qgemv::{f16_at, hsum16, hsum4, quantize_block, WeightRow};
 
 /// Values per super-block.
 pub(super) const SUPER: usize = 256;
@@ -110,13 +108,8 @@ impl KInput {
         let mut sums16 = vec![0i16; n * 16];
         let mut sums32 = vec![0i16; n * 8];
         for (s, block) in x.chunks_exact(SUPER).enumerate() {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
             let q = &mut qs[s * SUPER..(s + 1) * SUPER];
-            for (qv, &v) in q.iter_mut().zip(block) {
-                *qv = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            }
+            let scale = quantize_block(block, q);
             for (i, chunk) in q.chunks_exact(16).enumerate() {
                 sums16[s * 16 + i] = chunk.iter().map(|&v| i16::from(v)).sum();
             }
@@ -159,23 +152,6 @@ pub(super) struct KRow<'a> {
     qs_q4k: &'a [i8],
     sums16: &'a [i16],
     sums32: &'a [i16],
-}
-
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
-
-/// Sums 16 lanes as the SIMD kernels do (see `super::qgemv`).
-fn hsum16(acc: &[f32; LANES]) -> f32 {
-    let h: [f32; 8] = std::array::from_fn(|i| acc[i] + acc[i + 8]);
-    let q: [f32; 4] = std::array::from_fn(|i| h[i] + h[i + 4]);
-    let p = [q[0] + q[2], q[1] + q[3]];
-    p[0] + p[1]
-}
-
-/// Sums 4 lanes as the SIMD kernels do.
-fn hsum4(acc: &[f32; 4]) -> f32 {
-    (acc[0] + acc[2]) + (acc[1] + acc[3])
 }
 
 /// Portable Q4_K dot product of one unpacked weight row with one input row, lane by lane as the
@@ -252,25 +228,14 @@ pub(super) fn dot_q6k_portable(w: WeightRow<'_>, x: KRow<'_>) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
+    use super::super::qgemv::x86::{f16_at_ptr, store4 as lanes4};
     use super::{hsum16, hsum4, KRow, WeightRow, SUPER};
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn f16_at_ptr(p: *const u8) -> f32 {
-        half::f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32()
-    }
 
     #[inline(always)]
     unsafe fn lanes16(v: __m512) -> [f32; 16] {
         let mut out = [0f32; 16];
         _mm512_storeu_ps(out.as_mut_ptr(), v);
-        out
-    }
-
-    #[inline(always)]
-    unsafe fn lanes4(v: __m128) -> [f32; 4] {
-        let mut out = [0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), v);
         out
     }
 
