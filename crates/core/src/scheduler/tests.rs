@@ -468,6 +468,16 @@ fn a_chunked_prefill_under_way_keeps_its_kv_and_runs_alone_of_its_kind() {
     assert_eq!(finished, vec![1, 2]);
 }
 
+/// FCFS, batch 4, speculation length `k` in `mode`, costs `cost`, and one request (10 prompt
+/// tokens, 400 to generate) admitted at time 0.
+fn one_request_scheduler(mode: SpeculationMode, cost: LinearCost, k: u32) -> Scheduler {
+    let mut s = scheduler(PolicyKind::Fcfs, 4, 100_000, k).with_speculation_mode(mode);
+    s.config.cost = cost;
+    s.add_request(RequestSpec::new(1, 0.0, 10, 400), 0.0)
+        .unwrap();
+    s
+}
+
 /// Auto speculation: a request whose drafts are all accepted comes to draft the longest length;
 /// one whose drafts are all rejected probes with one token until it has tried enough positions,
 /// then stops drafting; fixed mode drafts the configured length whatever happens.
@@ -483,21 +493,7 @@ fn auto_speculation_follows_each_requests_acceptance() {
         prefill_per_token_s: 0.005,
     };
     let run = |mode: SpeculationMode, accepted: u32| {
-        let config = SchedulerConfig {
-            capacity: Capacity {
-                max_batch: 4,
-                max_step_tokens: 4096,
-                kv_budget_tokens: 100_000,
-            },
-            speculation_length: 4,
-            stability: StabilityRule::default(),
-            cost,
-        };
-        let policy =
-            build_policy(PolicyKind::Fcfs, &PolicyConfig::default()).expect("valid default config");
-        let mut s = Scheduler::new(config, policy).with_speculation_mode(mode);
-        s.add_request(RequestSpec::new(1, 0.0, 10, 400), 0.0)
-            .unwrap();
+        let mut s = one_request_scheduler(mode, cost, 4);
         let mut lengths = Vec::new();
         let mut now = 0.0;
         for _ in 0..40 {
@@ -535,24 +531,7 @@ fn auto_speculation_ignores_the_prefills_in_the_step() {
         prefill_base_s: 0.0,
         prefill_per_token_s: 0.005,
     };
-    let scheduler = || {
-        let config = SchedulerConfig {
-            capacity: Capacity {
-                max_batch: 4,
-                max_step_tokens: 4096,
-                kv_budget_tokens: 100_000,
-            },
-            speculation_length: 6,
-            stability: StabilityRule::default(),
-            cost,
-        };
-        let policy =
-            build_policy(PolicyKind::Fcfs, &PolicyConfig::default()).expect("valid default config");
-        let mut s = Scheduler::new(config, policy).with_speculation_mode(SpeculationMode::Auto);
-        s.add_request(RequestSpec::new(1, 0.0, 10, 400), 0.0)
-            .unwrap();
-        s
-    };
+    let scheduler = || one_request_scheduler(SpeculationMode::Auto, cost, 6);
     let (mut alone, mut shared) = (scheduler(), scheduler());
     let mut now = 0.0;
     // Half the drafts accepted: a middling estimate, so the chosen length is neither 0 nor 6.
