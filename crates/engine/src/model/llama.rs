@@ -108,11 +108,6 @@ pub(crate) fn is_slow_on_cpu(dtype: GgmlDType) -> bool {
 /// Q8_0 the same way when `opts.quantize_float`, and otherwise run as f32 matmuls.
 fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, EngineError> {
     let (n_out, n_in) = t.shape().dims2()?;
-    let dense = if opts.dense {
-        Some(t.dequantize(&Device::Cpu)?)
-    } else {
-        None
-    };
     // Q8_0 blocks are 32 wide: a float weight of another width stays as it is (f32 matmul).
     let quantize_float = opts.quantize_float
         && is_float(t.dtype())
@@ -125,15 +120,15 @@ fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, Engine
     } else {
         0
     };
+    // The file's values in f32, when re-quantizing needs them (kept for the f32 copy below).
+    let mut original_f32 = None;
     let weights = if requantize || pad_cols > 0 {
-        let f32_weights = match &dense {
-            Some(d) => d.clone(),
-            None => t.dequantize(&Device::Cpu)?,
-        };
-        let f32_weights = f32_weights.pad_with_zeros(1, 0, pad_cols)?;
-        Arc::new(QTensor::quantize(&f32_weights, GgmlDType::Q8_0)?)
+        let f32_weights = t.dequantize(&Device::Cpu)?;
+        let padded = f32_weights.pad_with_zeros(1, 0, pad_cols)?;
+        original_f32 = Some(f32_weights);
+        Arc::new(QTensor::quantize(&padded, GgmlDType::Q8_0)?)
     } else {
-        t
+        Arc::clone(&t)
     };
     // Padded weights are for candle's repacked kernel; the others take ours where it applies.
     let own = if pad_cols == 0 {
@@ -142,11 +137,15 @@ fn projection(t: Arc<QTensor>, opts: WeightOptions) -> Result<Projection, Engine
         None
     };
     // The own kernels take a prompt faster than the f32 copy does (SmolLM2-135M, 2 cores:
-    // 1.2-1.5x at 64 to 512 rows), so that copy is kept only where candle's kernels serve.
-    let dense = if own.is_some() && !opts.dense_for_own_kernels {
-        None
+    // 1.2-1.5x at 64 to 512 rows), so that copy is kept only where candle's kernels serve; and
+    // it is not even computed otherwise.
+    let dense = if opts.dense && (own.is_none() || opts.dense_for_own_kernels) {
+        Some(match original_f32 {
+            Some(d) => d,
+            None => t.dequantize(&Device::Cpu)?,
+        })
     } else {
-        dense
+        None
     };
     let quantized = match own {
         Some(w) => QuantKernel::Own(w),
