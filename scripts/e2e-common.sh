@@ -15,8 +15,8 @@ stop_server() {
 workload_flags() {
     case "$1" in
         sharegpt) echo "--dataset sharegpt $sharegpt" ;;
-        mbpp) echo "--workload mbpp" ;;
-        *) echo "error: unknown workload $1 (sharegpt or mbpp)" >&2; exit 1 ;;
+        mbpp | mixed) echo "--workload $1" ;;
+        *) echo "error: unknown workload $1 (sharegpt, mbpp or mixed)" >&2; exit 1 ;;
     esac
 }
 

@@ -6,7 +6,9 @@
 //! - chatbot: median 100 tokens, sigma 0.8 (short chat answers; ShareGPT replies have a median of
 //!   ~1,115 characters = ~280 tokens, chat-instruction datasets are shorter);
 //! - mbpp: median 150 tokens, sigma 0.6 (a short Python function with a sentence of explanation);
-//! - thinky: median 600 tokens, sigma 0.5 (step-by-step reasoning traces).
+//! - thinky: median 600 tokens, sigma 0.5 (step-by-step reasoning traces);
+//! - mixed: each request is an mbpp or a chatbot one with probability 1/2 (code and chat in one
+//!   stream, where the best speculation length differs by request).
 //!
 //! Lengths are clamped to [4, max_output_tokens]; with the default cap of 512 most thinky requests
 //! ask for the cap.
@@ -23,27 +25,47 @@ pub enum Profile {
     Chatbot,
     Mbpp,
     Thinky,
+    /// Half mbpp, half chatbot requests, drawn independently per request.
+    Mixed,
 }
 
 /// Shortest output length drawn (the ShareGPT filter of vLLM also drops replies under 4 tokens).
 pub const MIN_OUTPUT_TOKENS: u32 = 4;
 
-impl Profile {
-    /// Median and log-space sigma of the output length in tokens.
-    pub fn output_length_params(self) -> (f64, f64) {
-        match self {
-            Profile::Chatbot => (100.0, 0.8),
-            Profile::Mbpp => (150.0, 0.6),
-            Profile::Thinky => (600.0, 0.5),
-        }
-    }
+/// The prompts and output-length distribution of one kind of request.
+#[derive(Debug)]
+pub struct RequestKind {
+    pub prompts: &'static [&'static str],
+    /// Median of the output length in tokens.
+    pub median_output_tokens: f64,
+    /// Log-space sigma of the output length.
+    pub sigma: f64,
+}
 
-    /// The built-in prompts.
-    pub fn prompts(self) -> &'static [&'static str] {
+const CHATBOT: RequestKind = RequestKind {
+    prompts: CHATBOT_PROMPTS,
+    median_output_tokens: 100.0,
+    sigma: 0.8,
+};
+const MBPP: RequestKind = RequestKind {
+    prompts: MBPP_PROMPTS,
+    median_output_tokens: 150.0,
+    sigma: 0.6,
+};
+const THINKY: RequestKind = RequestKind {
+    prompts: THINKY_PROMPTS,
+    median_output_tokens: 600.0,
+    sigma: 0.5,
+};
+
+impl Profile {
+    /// The kinds of request this profile sends, each equally likely.
+    pub fn kinds(self) -> &'static [RequestKind] {
         match self {
-            Profile::Chatbot => CHATBOT_PROMPTS,
-            Profile::Mbpp => MBPP_PROMPTS,
-            Profile::Thinky => THINKY_PROMPTS,
+            Profile::Chatbot => &[CHATBOT],
+            Profile::Mbpp => &[MBPP],
+            Profile::Thinky => &[THINKY],
+            Profile::Mixed => &[MBPP, CHATBOT],
         }
     }
 
@@ -54,9 +76,16 @@ impl Profile {
         max_output_tokens: u32,
         output_scale: f64,
     ) -> (&'static str, u32) {
+        let kinds = self.kinds();
+        // Single-kind profiles draw no extra number, so their plans are the same as before
+        // mixed profiles existed.
+        let kind = match kinds {
+            [only] => only,
+            _ => &kinds[rng.gen_range(0..kinds.len())],
+        };
         // Non-empty constant lists: `choose` cannot return None.
-        let prompt = self.prompts().choose(rng).copied().unwrap_or("Hello!");
-        let (median, sigma) = self.output_length_params();
+        let prompt = kind.prompts.choose(rng).copied().unwrap_or("Hello!");
+        let (median, sigma) = (kind.median_output_tokens, kind.sigma);
         // median > 0 and sigma > 0 are constants: the distribution is valid.
         let lengths = LogNormal::new(median.ln(), sigma).expect("valid log-normal constants");
         // Scaled before the cap, as datasets are (`--output-scale`).
@@ -181,7 +210,7 @@ mod tests {
     #[test]
     fn each_profile_has_a_few_dozen_distinct_prompts() {
         for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
-            let prompts = profile.prompts();
+            let prompts = profile.kinds()[0].prompts;
             assert!(prompts.len() >= 30, "{profile:?}");
             let mut unique = prompts.to_vec();
             unique.sort();
@@ -194,7 +223,7 @@ mod tests {
     fn drawn_lengths_have_the_profile_median_and_respect_the_cap() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
-            let (median, _) = profile.output_length_params();
+            let median = profile.kinds()[0].median_output_tokens;
             let mut lengths: Vec<u32> = (0..20_001)
                 .map(|_| profile.sample(&mut rng, 100_000, 1.0).1)
                 .collect();
@@ -214,7 +243,7 @@ mod tests {
     #[test]
     fn output_scale_scales_profile_lengths_before_the_cap() {
         for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
-            let (median, _) = profile.output_length_params();
+            let median = profile.kinds()[0].median_output_tokens;
             let draw = |scale: f64| -> Vec<u32> {
                 let mut rng = ChaCha8Rng::seed_from_u64(5);
                 (0..2_001)
@@ -239,5 +268,25 @@ mod tests {
                 0.25 * median
             );
         }
+    }
+
+    #[test]
+    fn mixed_sends_mbpp_and_chatbot_requests_in_equal_shares() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let n = 4_000u32;
+        let (mut mbpp, mut chatbot) = (0u32, 0u32);
+        for _ in 0..n {
+            let (prompt, _) = Profile::Mixed.sample(&mut rng, 512, 1.0);
+            if MBPP_PROMPTS.contains(&prompt) {
+                mbpp += 1;
+            } else if CHATBOT_PROMPTS.contains(&prompt) {
+                chatbot += 1;
+            } else {
+                panic!("mixed drew a prompt of neither kind: {prompt}");
+            }
+        }
+        // Binomial(4000, 1/2): sd ~32, so +-200 is >6 sd.
+        assert!(mbpp.abs_diff(n / 2) < 200, "mbpp {mbpp}, chatbot {chatbot}");
+        assert_eq!(mbpp + chatbot, n);
     }
 }

@@ -43,6 +43,10 @@ fn main() -> anyhow::Result<()> {
         // print their busy time when they close: a per-phase timing without a profiler.
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();
+    // Still single-threaded here, as setting the environment requires.
+    if let Some(threads) = lapsd_engine::threads::fit_threads_to_cpu_affinity() {
+        tracing::info!(threads, "kernel threads capped at the CPUs this process may use");
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => lapsd_sim::cli::run(args),

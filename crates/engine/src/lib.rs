@@ -8,6 +8,7 @@ pub mod error;
 pub mod gguf;
 pub mod model;
 pub mod spec;
+pub mod threads;
 pub mod tokenizer;
 
 pub use error::EngineError;
