@@ -83,8 +83,8 @@ stop_all() {
 }
 trap stop_all EXIT INT TERM
 
-# One server per side, pinned with its client to one core; one thread each (candle sizes its
-# pool from the affinity mask, RAYON_NUM_THREADS makes it explicit).
+# One server per side, pinned with its client to one core; one kernel thread each (lapsd caps
+# candle's pools at the affinity mask; RAYON_NUM_THREADS makes it explicit).
 start_server() { # CORE PORT POLICY FLAGS LOG STEP_LOG
     rm -f "$6"
     # shellcheck disable=SC2086

@@ -45,7 +45,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     // Still single-threaded here, as setting the environment requires.
     if let Some(threads) = lapsd_engine::threads::fit_threads_to_cpu_affinity() {
-        tracing::info!(threads, "kernel threads capped at the CPUs this process may use");
+        tracing::info!(
+            threads,
+            "kernel threads capped at the CPUs this process may use"
+        );
     }
     let cli = Cli::parse();
     match cli.command {

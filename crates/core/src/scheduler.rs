@@ -478,9 +478,8 @@ impl Scheduler {
             };
             let tracker = &r.acceptance;
             members.push(DecodeMember {
-                alpha: speculation::acceptance_estimate(tracker, prior),
+                alpha: speculation::optimistic_acceptance(tracker, prior),
                 max_k: speculation_length,
-                probe: speculation::attempted_positions(tracker) < speculation::MIN_PROBE_ATTEMPTS,
             });
             slots.push(slot);
         }
@@ -544,7 +543,7 @@ impl Scheduler {
                 state.phase = RequestPhase::Finished(reason);
                 self.kv.free(id);
                 let attempts = speculation::attempted_positions(&state.acceptance);
-                if attempts >= speculation::MIN_PROBE_ATTEMPTS {
+                if attempts >= speculation::MIN_PRIOR_ATTEMPTS {
                     self.acceptance_sum +=
                         state.acceptance.accepted_tokens as f64 / attempts as f64;
                     self.acceptance_count += 1.0;
