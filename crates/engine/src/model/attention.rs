@@ -96,27 +96,11 @@ pub(crate) struct HeadDims {
 
 /// Dot product with four independent 8-lane accumulators: a 64-wide head is then 2 dependent
 /// fused multiply-adds per accumulator instead of 8 (the score loop is latency-bound otherwise).
-/// On x86 with AVX2 and FMA the same lanes run as vector instructions (the compiler kept the
-/// portable loop scalar: 21-23% of SmolLM2's decode time at 300-500 tokens went here); both
-/// give the same bits.
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-/// Lanes of the dot product's accumulators per chunk of `a` and `b`.
-const DOT_CHUNK: usize = 32;
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    const W: usize = 32;
     let mut acc = [[0f32; 8]; 4];
-    let (ca, cb) = (a.chunks_exact(DOT_CHUNK), b.chunks_exact(DOT_CHUNK));
+    let (ca, cb) = (a.chunks_exact(W), b.chunks_exact(W));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for (c, lanes) in acc.iter_mut().enumerate() {
@@ -125,57 +109,13 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
             }
         }
     }
-    let lanes: [f32; 8] =
-        std::array::from_fn(|i| (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]));
-    finish_dot(lanes, ra, rb)
-}
-
-/// The lanes summed in order, plus the tail that did not fill a chunk.
-#[inline(always)]
-fn finish_dot(lanes: [f32; 8], ra: &[f32], rb: &[f32]) -> f32 {
     let mut tail = 0f32;
     for (x, y) in ra.iter().zip(rb) {
         tail = x.mul_add(*y, tail);
     }
+    let lanes: [f32; 8] =
+        std::array::from_fn(|i| (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]));
     lanes.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    })
-}
-
-/// [`dot_portable`] with the four accumulators in 256-bit registers.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let chunks = n / DOT_CHUNK;
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for c in 0..chunks {
-        let (pa, pb) = (a.as_ptr().add(c * DOT_CHUNK), b.as_ptr().add(c * DOT_CHUNK));
-        for (j, lanes) in acc.iter_mut().enumerate() {
-            // SAFETY: chunk `c` lies within both slices (c < n / DOT_CHUNK).
-            let (x, y) = (
-                _mm256_loadu_ps(pa.add(8 * j)),
-                _mm256_loadu_ps(pb.add(8 * j)),
-            );
-            *lanes = _mm256_fmadd_ps(x, y, *lanes);
-        }
-    }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    let done = chunks * DOT_CHUNK;
-    finish_dot(lanes, &a[done..n], &b[done..n])
 }
 
 #[inline]
@@ -316,29 +256,6 @@ fn attend_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vector_and_portable_dot_products_agree_bit_for_bit() {
-        for n in [1, 8, 31, 32, 64, 96, 128, 133] {
-            let a: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-                .collect();
-            let b: Vec<f32> = (0..n)
-                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 3.0)
-                .collect();
-            let portable = dot_portable(&a, &b);
-            let exact: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| f64::from(*x) * f64::from(*y))
-                .sum();
-            assert!(
-                (f64::from(portable) - exact).abs() <= 1e-4 * exact.abs().max(1.0),
-                "{n}"
-            );
-            assert_eq!(dot(&a, &b).to_bits(), portable.to_bits(), "{n}");
-        }
-    }
 
     #[test]
     fn rope_at_position_zero_is_identity_and_preserves_norm_elsewhere() {
