@@ -57,8 +57,9 @@ pub struct ServeArgs {
     /// `fixed`: every request drafts --speculation-length tokens per step. `auto`: each request's
     /// k is chosen every step, up to --speculation-length, from its acceptance so far and the
     /// cost profile, for the most tokens per second of step time (0 for requests whose drafts
-    /// are rejected). Experimental: measured in the simulator and in one served CPU run
-    /// (docs/speculative-decoding.md).
+    /// are rejected; give it the cost profile of the machine it serves on). Experimental:
+    /// measured in the simulator and served on one CPU core per server, where no draft paid and
+    /// it drafted nothing (docs/speculative-decoding.md).
     #[arg(long, value_enum, default_value = "fixed")]
     pub speculation_mode: SpeculationMode,
     /// Most requests in one step.
