@@ -111,7 +111,7 @@ for seed in $SEEDS; do
             echo "== seed $seed, $rate req/s: $POLICY_A on core $core_a, $POLICY_B on core $core_b"
             # The server started second ran ~6% faster through a whole run (the Qwen2.5-Coder
             # pair, both sides the same settings: 0.943 and 0.933 in the two arrangements), so
-            # the second arrangement also swaps the start order.
+            # the second arrangement also swaps the start order (then 0.920 and 1.101).
             if [ "$core_a" = "$core_1" ]; then
                 start_server "$core_a" "$PORT" "$POLICY_A" "$FLAGS_A" "$dir/serve-a.log" \
                     "$dir/steps-a.jsonl"
