@@ -112,17 +112,17 @@ for seed in $SEEDS; do
             # The server started second ran ~6% faster through a whole run (the Qwen2.5-Coder
             # pair, both sides the same settings: 0.943 and 0.933 in the two arrangements), so
             # the second arrangement also swaps the start order (then 0.920 and 1.101).
-            if [ "$core_a" = "$core_1" ]; then
-                start_server "$core_a" "$PORT" "$POLICY_A" "$FLAGS_A" "$dir/serve-a.log" \
-                    "$dir/steps-a.jsonl"
-                start_server "$core_b" "$((PORT + 1))" "$POLICY_B" "$FLAGS_B" "$dir/serve-b.log" \
-                    "$dir/steps-b.jsonl"
-            else
-                start_server "$core_b" "$((PORT + 1))" "$POLICY_B" "$FLAGS_B" "$dir/serve-b.log" \
-                    "$dir/steps-b.jsonl"
-                start_server "$core_a" "$PORT" "$POLICY_A" "$FLAGS_A" "$dir/serve-a.log" \
-                    "$dir/steps-a.jsonl"
-            fi
+            order="a b"
+            [ "$core_a" = "$core_1" ] || order="b a"
+            for side in $order; do
+                if [ "$side" = a ]; then
+                    start_server "$core_a" "$PORT" "$POLICY_A" "$FLAGS_A" "$dir/serve-a.log" \
+                        "$dir/steps-a.jsonl"
+                else
+                    start_server "$core_b" "$((PORT + 1))" "$POLICY_B" "$FLAGS_B" \
+                        "$dir/serve-b.log" "$dir/steps-b.jsonl"
+                fi
+            done
             run_bench "$core_a" "$PORT" "$seed" "$rate" "$POLICY_A" "$dir/a.json" &
             bench_a=$!
             run_bench "$core_b" "$((PORT + 1))" "$seed" "$rate" "$POLICY_B" "$dir/b.json" &

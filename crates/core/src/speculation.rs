@@ -24,9 +24,9 @@
 //! after a few rejections; where a verified position costs most of a decode step (one CPU core)
 //! and the population's drafts are mostly rejected, a new request does not draft at all. Kept
 //! for the whole request, the bonus made known requests draft too long where drafts are cheap
-//! (GPU-shaped profile, mixed workload: 1.2% above the best fixed k). Forcing every request to draft
-//! one token until it had tried 16 positions instead cost 9-11% mean latency served on one core
-//! with n-gram drafts accepted 30% of the time (docs/speculative-decoding.md).
+//! (GPU-shaped profile, mixed workload: 1.2% above the best fixed k). Forcing every request to
+//! draft one token until it had tried 16 positions instead cost 9-11% mean latency served on
+//! one core with n-gram drafts accepted 30% of the time (docs/speculative-decoding.md).
 use serde::{Deserialize, Serialize};
 
 use crate::cost::StepCostModel;
@@ -71,10 +71,11 @@ pub fn attempted_positions(t: &AcceptanceTracker) -> u64 {
 }
 
 /// Beta posterior parameters of a request's per-position acceptance: `prior_mean` carried by
-/// [`PRIOR_ATTEMPTS`] pseudo-attempts, plus its own accepted and rejected positions.
-fn posterior(t: &AcceptanceTracker, prior_mean: f64) -> (f64, f64) {
+/// [`PRIOR_ATTEMPTS`] pseudo-attempts, plus its own accepted and rejected positions (`attempts`
+/// = [`attempted_positions`]).
+fn posterior(t: &AcceptanceTracker, prior_mean: f64, attempts: u64) -> (f64, f64) {
     let prior_mean = prior_mean.clamp(0.0, 1.0);
-    let attempts = attempted_positions(t) as f64;
+    let attempts = attempts as f64;
     let accepted = (t.accepted_tokens as f64).min(attempts);
     (
         accepted + PRIOR_ATTEMPTS * prior_mean,
@@ -85,7 +86,7 @@ fn posterior(t: &AcceptanceTracker, prior_mean: f64) -> (f64, f64) {
 /// Per-position acceptance estimate of a request (its posterior mean), shrunk toward
 /// `prior_mean`.
 pub fn acceptance_estimate(t: &AcceptanceTracker, prior_mean: f64) -> f64 {
-    let (a, b) = posterior(t, prior_mean);
+    let (a, b) = posterior(t, prior_mean, attempted_positions(t));
     (a / (a + b)).clamp(0.0, 1.0)
 }
 
@@ -93,10 +94,11 @@ pub fn acceptance_estimate(t: &AcceptanceTracker, prior_mean: f64) -> f64 {
 /// fading linearly to the mean over the first [`LEARNING_ATTEMPTS`] positions (module docs),
 /// at most 1.
 pub fn optimistic_acceptance(t: &AcceptanceTracker, prior_mean: f64) -> f64 {
-    let (a, b) = posterior(t, prior_mean);
+    let attempts = attempted_positions(t);
+    let (a, b) = posterior(t, prior_mean, attempts);
     let n = a + b;
     let sd = (a * b / (n * n * (n + 1.0))).sqrt();
-    let fade = 1.0 - (attempted_positions(t) as f64 / LEARNING_ATTEMPTS as f64).min(1.0);
+    let fade = 1.0 - (attempts as f64 / LEARNING_ATTEMPTS as f64).min(1.0);
     (a / n + sd * fade).clamp(0.0, 1.0)
 }
 
