@@ -17,7 +17,8 @@
 #   RATES      request rates in req/s, per server (one core each)  ["0.3 0.36"]
 #   SEEDS      workload seeds                                      ["2 3"]
 #   REQUESTS   requests per run                                    [200]
-#   WORKLOAD   sharegpt, mbpp or mixed (half mbpp, half chatbot)   [sharegpt]
+#   WORKLOAD   sharegpt, mbpp, code-edit or mixed (half code-edit,  [sharegpt]
+#              half chatbot)
 #   MAX_OUTPUT_TOKENS                                              [128]
 #   SERVE_ARGS extra flags for both servers                        [""]
 #   BENCH_ARGS extra `lapsd bench` flags                           ["--ignore-eos --output-scale

@@ -15,8 +15,8 @@ stop_server() {
 workload_flags() {
     case "$1" in
         sharegpt) echo "--dataset sharegpt $sharegpt" ;;
-        mbpp | mixed) echo "--workload $1" ;;
-        *) echo "error: unknown workload $1 (sharegpt, mbpp or mixed)" >&2; exit 1 ;;
+        mbpp | code-edit | mixed) echo "--workload $1" ;;
+        *) echo "error: unknown workload $1 (sharegpt, mbpp, code-edit or mixed)" >&2; exit 1 ;;
     esac
 }
 

@@ -7,8 +7,11 @@
 //!   ~1,115 characters = ~280 tokens, chat-instruction datasets are shorter);
 //! - mbpp: median 150 tokens, sigma 0.6 (a short Python function with a sentence of explanation);
 //! - thinky: median 600 tokens, sigma 0.5 (step-by-step reasoning traces);
-//! - mixed: each request is an mbpp or a chatbot one with probability 1/2 (code and chat in one
-//!   stream, where the best speculation length differs by request).
+//! - code-edit: median 120 tokens, sigma 0.4 (a short Python function given in the prompt, returned
+//!   with an edit: most of the reply repeats the prompt, so prompt-lookup drafts are mostly
+//!   accepted);
+//! - mixed: each request is a code-edit or a chatbot one with probability 1/2 (code and chat in
+//!   one stream, where the best speculation length differs by request).
 //!
 //! Lengths are clamped to [4, max_output_tokens]; with the default cap of 512 most thinky requests
 //! ask for the cap.
@@ -20,12 +23,14 @@ use rand_distr::{Distribution, LogNormal};
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Profile {
     Chatbot,
     Mbpp,
     Thinky,
-    /// Half mbpp, half chatbot requests, drawn independently per request.
+    /// Edits of a Python function given in the prompt (the reply mostly repeats it).
+    CodeEdit,
+    /// Half code-edit, half chatbot requests, drawn independently per request.
     Mixed,
 }
 
@@ -52,6 +57,11 @@ const MBPP: RequestKind = RequestKind {
     median_output_tokens: 150.0,
     sigma: 0.6,
 };
+const CODE_EDIT: RequestKind = RequestKind {
+    prompts: CODE_EDIT_PROMPTS,
+    median_output_tokens: 120.0,
+    sigma: 0.4,
+};
 const THINKY: RequestKind = RequestKind {
     prompts: THINKY_PROMPTS,
     median_output_tokens: 600.0,
@@ -65,7 +75,8 @@ impl Profile {
             Profile::Chatbot => &[CHATBOT],
             Profile::Mbpp => &[MBPP],
             Profile::Thinky => &[THINKY],
-            Profile::Mixed => &[MBPP, CHATBOT],
+            Profile::CodeEdit => &[CODE_EDIT],
+            Profile::Mixed => &[CODE_EDIT, CHATBOT],
         }
     }
 
@@ -201,6 +212,41 @@ const THINKY_PROMPTS: &[&str] = &[
     "A box of 24 chocolates is shared so that Ann gets twice as many as Ben and Ben gets twice as many as Cal. How many does each get? Explain.",
 ];
 
+const CODE_EDIT_PROMPTS: &[&str] = &[
+    "Add type hints and a docstring to this Python function, and return the whole function:\n\ndef merge_intervals(intervals):\n    intervals.sort(key=lambda x: x[0])\n    merged = []\n    for start, end in intervals:\n        if merged and start <= merged[-1][1]:\n            merged[-1][1] = max(merged[-1][1], end)\n        else:\n            merged.append([start, end])\n    return merged",
+    "Rename the variable `lst` to `numbers` in this Python function and return the whole function:\n\ndef second_largest(lst):\n    first = second = None\n    for x in lst:\n        if first is None or x > first:\n            first, second = x, first\n        elif x != first and (second is None or x > second):\n            second = x\n    return second",
+    "Add a docstring to this Python function and return the whole function unchanged otherwise:\n\ndef is_palindrome(text):\n    cleaned = [c.lower() for c in text if c.isalnum()]\n    left, right = 0, len(cleaned) - 1\n    while left < right:\n        if cleaned[left] != cleaned[right]:\n            return False\n        left += 1\n        right -= 1\n    return True",
+    "Add type hints to this Python function and return the whole function:\n\ndef count_words(text):\n    counts = {}\n    for word in text.lower().split():\n        word = word.strip('.,;:!?')\n        if word:\n            counts[word] = counts.get(word, 0) + 1\n    return counts",
+    "Make this Python function raise a ValueError for negative input, and return the whole function:\n\ndef factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result",
+    "Add type hints and a docstring to this Python function, and return the whole function:\n\ndef merge_sorted(a, b):\n    i = j = 0\n    out = []\n    while i < len(a) and j < len(b):\n        if a[i] <= b[j]:\n            out.append(a[i])\n            i += 1\n        else:\n            out.append(b[j])\n            j += 1\n    out.extend(a[i:])\n    out.extend(b[j:])\n    return out",
+    "Rename the function `f` to `gcd` and its arguments to `a` and `b`, and return the whole function:\n\ndef f(x, y):\n    while y:\n        x, y = y, x % y\n    return abs(x)",
+    "Add comments explaining each step of this Python function and return the whole function:\n\ndef primes_below(n):\n    if n < 3:\n        return []\n    sieve = [True] * n\n    sieve[0] = sieve[1] = False\n    for i in range(2, int(n ** 0.5) + 1):\n        if sieve[i]:\n            for j in range(i * i, n, i):\n                sieve[j] = False\n    return [i for i, is_prime in enumerate(sieve) if is_prime]",
+    "Add type hints to this Python function and return the whole function:\n\ndef flatten(nested):\n    flat = []\n    for item in nested:\n        if isinstance(item, list):\n            flat.extend(flatten(item))\n        else:\n            flat.append(item)\n    return flat",
+    "Add a docstring with an example to this Python function and return the whole function:\n\ndef dedupe(items):\n    seen = set()\n    out = []\n    for item in items:\n        if item not in seen:\n            seen.add(item)\n            out.append(item)\n    return out",
+    "Add type hints and a docstring to this Python function, and return the whole function:\n\ndef roman_to_int(s):\n    values = {'I': 1, 'V': 5, 'X': 10, 'L': 50, 'C': 100, 'D': 500, 'M': 1000}\n    total = 0\n    for i, ch in enumerate(s):\n        if i + 1 < len(s) and values[ch] < values[s[i + 1]]:\n            total -= values[ch]\n        else:\n            total += values[ch]\n    return total",
+    "Rename the variable `memo` to `cache` in this Python function and return the whole function:\n\ndef fib(n, memo=None):\n    if memo is None:\n        memo = {}\n    if n < 2:\n        return n\n    if n not in memo:\n        memo[n] = fib(n - 1, memo) + fib(n - 2, memo)\n    return memo[n]",
+    "Add a docstring to this Python function and return the whole function:\n\ndef are_anagrams(a, b):\n    a = a.replace(' ', '').lower()\n    b = b.replace(' ', '').lower()\n    if len(a) != len(b):\n        return False\n    counts = {}\n    for ch in a:\n        counts[ch] = counts.get(ch, 0) + 1\n    for ch in b:\n        if counts.get(ch, 0) == 0:\n            return False\n        counts[ch] -= 1\n    return True",
+    "Add type hints to this Python function and return the whole function:\n\ndef rotate_right(items, k):\n    if not items:\n        return items\n    k %= len(items)\n    return items[-k:] + items[:-k]",
+    "Add a docstring and type hints to this Python function, and return the whole function:\n\ndef longest_common_prefix(words):\n    if not words:\n        return ''\n    prefix = words[0]\n    for word in words[1:]:\n        while not word.startswith(prefix):\n            prefix = prefix[:-1]\n            if not prefix:\n                return ''\n    return prefix",
+    "Make this Python function return an empty list for an empty matrix, and return the whole function:\n\ndef transpose(matrix):\n    rows = len(matrix)\n    cols = len(matrix[0])\n    result = [[0] * rows for _ in range(cols)]\n    for i in range(rows):\n        for j in range(cols):\n            result[j][i] = matrix[i][j]\n    return result",
+    "Add type hints and a docstring to this Python function, and return the whole function:\n\ndef binary_search(items, target):\n    low, high = 0, len(items) - 1\n    while low <= high:\n        mid = (low + high) // 2\n        if items[mid] == target:\n            return mid\n        if items[mid] < target:\n            low = mid + 1\n        else:\n            high = mid - 1\n    return -1",
+    "Rename the variable `n` to `number` in this Python function and return the whole function:\n\ndef to_binary(n):\n    if n == 0:\n        return '0'\n    digits = []\n    while n > 0:\n        digits.append(str(n % 2))\n        n //= 2\n    return ''.join(reversed(digits))",
+    "Add a docstring to this Python function and return the whole function:\n\ndef max_subarray_sum(numbers):\n    best = current = numbers[0]\n    for x in numbers[1:]:\n        current = max(x, current + x)\n        best = max(best, current)\n    return best",
+    "Add type hints and comments to this Python function, and return the whole function:\n\ndef balanced(text):\n    pairs = {')': '(', ']': '[', '}': '{'}\n    stack = []\n    for ch in text:\n        if ch in '([{':\n            stack.append(ch)\n        elif ch in pairs:\n            if not stack or stack.pop() != pairs[ch]:\n                return False\n    return not stack",
+    "Add a docstring to this Python function and return the whole function:\n\ndef running_average(values):\n    averages = []\n    total = 0.0\n    for i, value in enumerate(values, start=1):\n        total += value\n        averages.append(total / i)\n    return averages",
+    "Add type hints to this Python function and return the whole function:\n\ndef group_by_first_letter(words):\n    groups = {}\n    for word in words:\n        if not word:\n            continue\n        key = word[0].lower()\n        groups.setdefault(key, []).append(word)\n    return groups",
+    "Make this Python function raise a ValueError when the sides cannot form a triangle, and return the whole function:\n\nimport math\n\ndef triangle_area(a, b, c):\n    s = (a + b + c) / 2\n    return math.sqrt(s * (s - a) * (s - b) * (s - c))",
+    "Add a docstring and type hints to this Python function, and return the whole function:\n\ndef is_leap_year(year):\n    if year % 400 == 0:\n        return True\n    if year % 100 == 0:\n        return False\n    return year % 4 == 0",
+    "Rename the function `chunk` to `split_into_chunks` and return the whole function:\n\ndef chunk(items, size):\n    if size <= 0:\n        raise ValueError('size must be positive')\n    return [items[i:i + size] for i in range(0, len(items), size)]",
+    "Add type hints and a docstring to this Python class, and return the whole class:\n\nclass Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        if not self.items:\n            raise IndexError('pop from empty stack')\n        return self.items.pop()\n\n    def peek(self):\n        return self.items[-1] if self.items else None\n\n    def __len__(self):\n        return len(self.items)",
+    "Add a docstring to each method of this Python class and return the whole class:\n\nclass Counter:\n    def __init__(self, start=0):\n        self.value = start\n\n    def increment(self, step=1):\n        self.value += step\n        return self.value\n\n    def reset(self):\n        self.value = 0",
+    "Add error handling for a missing file to this Python function and return the whole function:\n\ndef read_lines(path):\n    with open(path, encoding='utf-8') as f:\n        lines = [line.rstrip('\\n') for line in f]\n    return [line for line in lines if line.strip()]",
+    "Add type hints and a docstring to this Python function, and return the whole function:\n\ndef parse_key_values(text):\n    result = {}\n    for line in text.splitlines():\n        line = line.strip()\n        if not line or line.startswith('#'):\n            continue\n        key, _, value = line.partition('=')\n        result[key.strip()] = value.strip()\n    return result",
+    "Rename the variable `d` to `distances` in this Python function and return the whole function:\n\ndef nearest(points, origin):\n    d = []\n    for x, y in points:\n        d.append(((x - origin[0]) ** 2 + (y - origin[1]) ** 2) ** 0.5)\n    best = min(range(len(points)), key=lambda i: d[i])\n    return points[best]",
+    "Add a docstring to this Python function and return the whole function:\n\ndef matrix_multiply(a, b):\n    rows, inner, cols = len(a), len(b), len(b[0])\n    result = [[0] * cols for _ in range(rows)]\n    for i in range(rows):\n        for j in range(cols):\n            for k in range(inner):\n                result[i][j] += a[i][k] * b[k][j]\n    return result",
+    "Add type hints to this Python function and return the whole function:\n\ndef top_k_frequent(items, k):\n    counts = {}\n    for item in items:\n        counts[item] = counts.get(item, 0) + 1\n    ordered = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))\n    return [item for item, _ in ordered[:k]]",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +255,12 @@ mod tests {
 
     #[test]
     fn each_profile_has_a_few_dozen_distinct_prompts() {
-        for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
+        for profile in [
+            Profile::Chatbot,
+            Profile::Mbpp,
+            Profile::Thinky,
+            Profile::CodeEdit,
+        ] {
             let prompts = profile.kinds()[0].prompts;
             assert!(prompts.len() >= 30, "{profile:?}");
             let mut unique = prompts.to_vec();
@@ -222,7 +273,12 @@ mod tests {
     #[test]
     fn drawn_lengths_have_the_profile_median_and_respect_the_cap() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
+        for profile in [
+            Profile::Chatbot,
+            Profile::Mbpp,
+            Profile::Thinky,
+            Profile::CodeEdit,
+        ] {
             let median = profile.kinds()[0].median_output_tokens;
             let mut lengths: Vec<u32> = (0..20_001)
                 .map(|_| profile.sample(&mut rng, 100_000, 1.0).1)
@@ -242,7 +298,12 @@ mod tests {
 
     #[test]
     fn output_scale_scales_profile_lengths_before_the_cap() {
-        for profile in [Profile::Chatbot, Profile::Mbpp, Profile::Thinky] {
+        for profile in [
+            Profile::Chatbot,
+            Profile::Mbpp,
+            Profile::Thinky,
+            Profile::CodeEdit,
+        ] {
             let median = profile.kinds()[0].median_output_tokens;
             let draw = |scale: f64| -> Vec<u32> {
                 let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -271,14 +332,14 @@ mod tests {
     }
 
     #[test]
-    fn mixed_sends_mbpp_and_chatbot_requests_in_equal_shares() {
+    fn mixed_sends_code_edit_and_chatbot_requests_in_equal_shares() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let n = 4_000u32;
-        let (mut mbpp, mut chatbot) = (0u32, 0u32);
+        let (mut code_edit, mut chatbot) = (0u32, 0u32);
         for _ in 0..n {
             let (prompt, _) = Profile::Mixed.sample(&mut rng, 512, 1.0);
-            if MBPP_PROMPTS.contains(&prompt) {
-                mbpp += 1;
+            if CODE_EDIT_PROMPTS.contains(&prompt) {
+                code_edit += 1;
             } else if CHATBOT_PROMPTS.contains(&prompt) {
                 chatbot += 1;
             } else {
@@ -286,7 +347,10 @@ mod tests {
             }
         }
         // Binomial(4000, 1/2): sd ~32, so +-200 is >6 sd.
-        assert!(mbpp.abs_diff(n / 2) < 200, "mbpp {mbpp}, chatbot {chatbot}");
-        assert_eq!(mbpp + chatbot, n);
+        assert!(
+            code_edit.abs_diff(n / 2) < 200,
+            "code-edit {code_edit}, chatbot {chatbot}"
+        );
+        assert_eq!(code_edit + chatbot, n);
     }
 }

@@ -152,14 +152,10 @@ pub struct Scheduler {
     /// [`BatchBuilder::prefill_chunk_tokens`]).
     partial_prefill: Option<RequestId>,
     speculation_mode: SpeculationMode,
-    /// Finished requests' per-position acceptance: sum and count (the prior of
-    /// [`SpeculationMode::Auto`]'s estimates).
-    acceptance_sum: f64,
-    acceptance_count: f64,
+    /// Finished requests' per-position acceptance (the prior of [`SpeculationMode::Auto`]'s
+    /// estimates).
+    acceptance_population: speculation::AcceptancePopulation,
 }
-
-/// Prior mean per-position acceptance before any request has finished.
-const DEFAULT_PRIOR_ACCEPTANCE: f64 = 0.5;
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, policy: Box<dyn Policy>) -> Self {
@@ -173,8 +169,7 @@ impl Scheduler {
             kv,
             partial_prefill: None,
             speculation_mode: SpeculationMode::Fixed,
-            acceptance_sum: 0.0,
-            acceptance_count: 0.0,
+            acceptance_population: speculation::AcceptancePopulation::default(),
         }
     }
 
@@ -185,13 +180,9 @@ impl Scheduler {
         self
     }
 
-    /// Mean per-position acceptance of finished requests that drafted enough to say.
-    fn prior_acceptance(&self) -> f64 {
-        if self.acceptance_count > 0.0 {
-            self.acceptance_sum / self.acceptance_count
-        } else {
-            DEFAULT_PRIOR_ACCEPTANCE
-        }
+    /// The acceptance prior of new requests, from finished requests that drafted enough to say.
+    fn prior_acceptance(&self) -> speculation::AcceptancePrior {
+        self.acceptance_population.prior()
     }
 
     /// Uses `predictor` to fill `predicted_output_tokens` of requests that arrive without one,
@@ -542,12 +533,7 @@ impl Scheduler {
                 };
                 state.phase = RequestPhase::Finished(reason);
                 self.kv.free(id);
-                let attempts = speculation::attempted_positions(&state.acceptance);
-                if attempts >= speculation::MIN_PRIOR_ATTEMPTS {
-                    self.acceptance_sum +=
-                        state.acceptance.accepted_tokens as f64 / attempts as f64;
-                    self.acceptance_count += 1.0;
-                }
+                self.acceptance_population.observe(&state.acceptance);
                 self.policy.on_finish(&state);
                 if let Some(p) = &mut self.predictor {
                     p.observe(state.spec.prompt_tokens, state.generated_tokens);

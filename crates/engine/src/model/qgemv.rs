@@ -636,12 +636,66 @@ pub(super) mod x86 {
         })
     }
 
+    /// [`dot_q4_1_avx512`] for two input rows at once: each weight group is loaded, unpacked
+    /// and its scales spread once for both rows (in the one-row kernel that work is as much as
+    /// the dot products themselves, and a verify step or a prefill multiplies several rows by
+    /// the same weights). Every accumulator takes the same operations in the same order as in
+    /// the one-row kernel, so the results are bit for bit the same.
+    #[inline(always)]
+    unsafe fn dot_q4_1_avx512_pair<const R: usize>(
+        rows: [WeightRow<'_>; R],
+        x: [GroupedRow<'_>; 2],
+    ) -> [[f32; R]; 2] {
+        let mut acc = [[_mm512_setzero_ps(); R]; 2];
+        let mut acc_min = [[_mm_setzero_ps(); R]; 2];
+        let low = _mm512_set1_epi8(0x0F);
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let groups = x[0].s.len() / GROUP;
+        for g in 0..groups {
+            let xq = x.map(|x| x.qs.as_ptr().add(g * 128));
+            let xlo = xq.map(|q| _mm512_loadu_si512(q as *const __m512i));
+            let xhi = xq.map(|q| _mm512_loadu_si512(q.add(64) as *const __m512i));
+            let xd = x.map(|x| _mm512_loadu_ps(x.d.as_ptr().add(g * GROUP_LANES)));
+            let xs = x.map(|x| _mm_loadu_ps(x.s.as_ptr().add(g * GROUP)));
+            for r in 0..R {
+                let wg = rows[r].bytes.as_ptr().add(g * rows[r].stride);
+                let packed = _mm512_loadu_si512(wg as *const __m512i);
+                let lo = _mm512_and_si512(packed, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+                let wd = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(f16x4(wg.add(64))));
+                let wmin = f16x4(wg.add(72));
+                for j in 0..2 {
+                    let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo[j]);
+                    let isum = _mm512_dpbusd_epi32(isum, hi, xhi[j]);
+                    let scale = _mm512_mul_ps(wd, xd[j]);
+                    acc[j][r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[j][r]);
+                    acc_min[j][r] = _mm_fmadd_ps(wmin, xs[j], acc_min[j][r]);
+                }
+            }
+        }
+        std::array::from_fn(|j| {
+            std::array::from_fn(|r| {
+                let mut lanes = [0f32; GROUP_LANES];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[j][r]);
+                hsum16(&lanes) + hsum4(&store4(acc_min[j][r]))
+            })
+        })
+    }
+
     /// The kernels a CPU level runs, as one `R`-row dot product per format.
     pub(super) trait Level {
         unsafe fn q8_0<const R: usize>(rows: [WeightRow<'_>; R], x: InputRow<'_>) -> [f32; R];
         unsafe fn q4_1<const R: usize>(rows: [WeightRow<'_>; R], x: GroupedRow<'_>) -> [f32; R];
         unsafe fn q4k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
         unsafe fn q6k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
+        /// Q4_1 against two input rows; by default one row after the other.
+        #[inline(always)]
+        unsafe fn q4_1_pair<const R: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [GroupedRow<'_>; 2],
+        ) -> [[f32; R]; 2] {
+            [Self::q4_1::<R>(rows, x[0]), Self::q4_1::<R>(rows, x[1])]
+        }
     }
 
     pub(super) struct Avx2;
@@ -682,6 +736,13 @@ pub(super) mod x86 {
         #[inline(always)]
         unsafe fn q6k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
             k::dot_q6k_avx512::<R>(rows, x)
+        }
+        #[inline(always)]
+        unsafe fn q4_1_pair<const R: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [GroupedRow<'_>; 2],
+        ) -> [[f32; R]; 2] {
+            dot_q4_1_avx512_pair::<R>(rows, x)
         }
     }
 
@@ -736,7 +797,22 @@ unsafe fn rows_with<L: x86::Level>(
             }
             _ => 1,
         };
-        for i in 0..m {
+        let mut i = 0;
+        while i < m {
+            if step == 4 && w.format == BlockFormat::Q4_1 && i + 1 < m {
+                // Two input rows per pass over the four weight rows (positions of one verify
+                // step, a batch, a prompt): the weights are unpacked once for both.
+                let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                let pair = L::q4_1_pair::<4>(ws, [input.grouped_row(i), input.grouped_row(i + 1)]);
+                for (di, values) in pair.into_iter().enumerate() {
+                    let out_row = out.add((i + di) * w.n_out + r);
+                    for (j, v) in values.into_iter().enumerate() {
+                        *out_row.add(j) = v;
+                    }
+                }
+                i += 2;
+                continue;
+            }
             let out_row = out.add(i * w.n_out + r);
             if step == 4 {
                 let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
@@ -749,6 +825,7 @@ unsafe fn rows_with<L: x86::Level>(
             } else {
                 *out_row = dot_rows::<L, 1>(w.format, [w.row(r)], input, i)[0];
             }
+            i += 1;
         }
         r += step;
     }
@@ -924,7 +1001,8 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_agree_bit_for_bit() {
-        // 22 rows (five passes of four, two single rows), two input rows; 576 inputs are 18
+        // 22 rows (five passes of four, two single rows), three input rows (a pair and one
+        // alone); 576 inputs are 18
         // blocks (four Q4_1 groups and a padded one), 768 are three super-blocks.
         for (dtype, n_in) in [
             (GgmlDType::Q8_0, 576),
@@ -936,9 +1014,9 @@ mod tests {
             // a group's first row and, for rows 2..24, from inside one.
             for (n_out, first) in [(22, 0), (24, 0), (24, 2)] {
                 let (w, _) = weights(dtype, n_out, n_in);
-                let x: Vec<f32> = values(2 * n_in, 11).iter().map(|v| v * 3.0).collect();
-                let input = QuantizedInput::new(&x, 2);
-                let portable: Vec<f32> = (0..2)
+                let x: Vec<f32> = values(3 * n_in, 11).iter().map(|v| v * 3.0).collect();
+                let input = QuantizedInput::new(&x, 3);
+                let portable: Vec<f32> = (0..3)
                     .flat_map(|i| (0..n_out).map(move |r| (i, r)))
                     .map(|(i, r)| {
                         if r < first {
@@ -953,23 +1031,23 @@ mod tests {
                     use std::arch::is_x86_feature_detected as has;
                     let mut checked = 0;
                     if has!("avx2") && has!("fma") && has!("f16c") {
-                        let mut out = vec![0f32; 2 * n_out];
-                        // SAFETY: the features are checked; `out` holds 2 x n_out values.
-                        unsafe { x86::rows_avx2(&w, first..n_out, &input, 2, out.as_mut_ptr()) };
+                        let mut out = vec![0f32; 3 * n_out];
+                        // SAFETY: the features are checked; `out` holds 3 x n_out values.
+                        unsafe { x86::rows_avx2(&w, first..n_out, &input, 3, out.as_mut_ptr()) };
                         assert_eq!(out, portable, "{dtype:?}, {n_out} rows, AVX2");
                         checked += 1;
                     }
                     if simd() == Simd::Avx512 {
-                        let mut out = vec![0f32; 2 * n_out];
+                        let mut out = vec![0f32; 3 * n_out];
                         // SAFETY: as above.
-                        unsafe { x86::rows_avx512(&w, first..n_out, &input, 2, out.as_mut_ptr()) };
+                        unsafe { x86::rows_avx512(&w, first..n_out, &input, 3, out.as_mut_ptr()) };
                         assert_eq!(out, portable, "{dtype:?}, {n_out} rows, AVX-512");
                         checked += 1;
                     }
                     eprintln!("{dtype:?}: {checked} SIMD levels checked against the portable one");
                 }
                 if first == 0 {
-                    assert_eq!(gemv(&[&w], &x, 2).remove(0), portable, "{dtype:?}");
+                    assert_eq!(gemv(&[&w], &x, 3).remove(0), portable, "{dtype:?}");
                 }
             }
         }
