@@ -86,7 +86,7 @@ impl AcceptancePrior {
 /// request could learn that it was of the accepting kind.
 #[derive(Debug, Clone, Default)]
 pub struct AcceptancePopulation {
-    count: f64,
+    count: u64,
     rate_sum: f64,
     rate_square_sum: f64,
     /// Sum of each rate's binomial sampling variance `rate (1 - rate) / attempts`.
@@ -103,29 +103,29 @@ impl AcceptancePopulation {
         }
         let attempts = attempts as f64;
         let rate = (t.accepted_tokens as f64 / attempts).clamp(0.0, 1.0);
-        self.count += 1.0;
+        self.count += 1;
         self.rate_sum += rate;
         self.rate_square_sum += rate * rate;
         self.sampling_variance_sum += rate * (1.0 - rate) / attempts;
     }
 
     /// Requests whose rates joined.
-    pub fn len(&self) -> usize {
-        self.count as usize
+    pub fn len(&self) -> u64 {
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0.0
+        self.count == 0
     }
 
     /// The prior of a new request's estimate.
     pub fn prior(&self) -> AcceptancePrior {
-        if self.count == 0.0 {
+        if self.count == 0 {
             return AcceptancePrior::UNINFORMED;
         }
-        let n = self.count;
+        let n = self.count as f64;
         let mean = self.rate_sum / n;
-        if n < 2.0 {
+        if self.count < 2 {
             return AcceptancePrior {
                 mean,
                 attempts: MIN_PRIOR_ATTEMPTS,
