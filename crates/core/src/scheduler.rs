@@ -180,11 +180,6 @@ impl Scheduler {
         self
     }
 
-    /// The acceptance prior of new requests, from finished requests that drafted enough to say.
-    fn prior_acceptance(&self) -> speculation::AcceptancePrior {
-        self.acceptance_population.prior()
-    }
-
     /// Uses `predictor` to fill `predicted_output_tokens` of requests that arrive without one,
     /// re-predict (conditionally) when a request outgrows its prediction, and learn from finishes.
     pub fn with_predictor(mut self, predictor: Box<dyn LengthPredictor>) -> Self {
@@ -451,7 +446,7 @@ impl Scheduler {
     /// maximises the step's expected tokens per second (see [`crate::speculation`]). The KV
     /// lookahead stays reserved for the configured length, the longest any member may take.
     fn choose_speculation_lengths(&self, output: &mut SchedulerOutput) {
-        let prior = self.prior_acceptance();
+        let prior = self.acceptance_population.prior();
         let cost = &self.config.cost;
         let mut members = Vec::new();
         let mut slots = Vec::new();

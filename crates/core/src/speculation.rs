@@ -109,11 +109,7 @@ impl AcceptancePopulation {
         self.sampling_variance_sum += rate * (1.0 - rate) / attempts;
     }
 
-    /// Requests whose rates joined.
-    pub fn len(&self) -> u64 {
-        self.count
-    }
-
+    /// No finished request's rate has joined yet.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
