@@ -170,9 +170,14 @@ impl SharedOut {
     }
 }
 
+/// Query rows of one sequence and head per work item of [`attend_all`]: the rows of a verify step
+/// (or a slice of a prompt) read each key and value of the head once for all of them.
+const ROWS_PER_ITEM: usize = 8;
+
 /// Causal attention of every new row of every sequence (`q` and `out`: the stacked batch's rows,
-/// `n_heads * head_dim` floats each), one work item per (row, head) on candle's worker pool. Each
-/// item's arithmetic does not depend on the others, so results do not depend on the batch.
+/// `n_heads * head_dim` floats each), one work item per (sequence, head, up to
+/// [`ROWS_PER_ITEM`] rows) on candle's worker pool. Each (row, head)'s arithmetic does not depend
+/// on the others, so results do not depend on the batch or on how rows are grouped.
 pub(crate) fn attend_all(q: &[f32], seqs: &[SeqAttention<'_>], dims: HeadDims, out: &mut [f32]) {
     let HeadDims {
         n_heads,
@@ -180,12 +185,15 @@ pub(crate) fn attend_all(q: &[f32], seqs: &[SeqAttention<'_>], dims: HeadDims, o
         head_dim,
     } = dims;
     let q_row = n_heads * head_dim;
-    // (sequence, row within it, head)
-    let items: Vec<(usize, usize, usize)> = seqs
+    // (sequence, first row within it, rows, head)
+    let items: Vec<(usize, usize, usize, usize)> = seqs
         .iter()
         .enumerate()
         .flat_map(|(s, seq)| {
-            (0..seq.n_rows).flat_map(move |i| (0..n_heads).map(move |h| (s, i, h)))
+            (0..seq.n_rows).step_by(ROWS_PER_ITEM).flat_map(move |i| {
+                let rows = ROWS_PER_ITEM.min(seq.n_rows - i);
+                (0..n_heads).map(move |h| (s, i, rows, h))
+            })
         })
         .collect();
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -198,58 +206,97 @@ pub(crate) fn attend_all(q: &[f32], seqs: &[SeqAttention<'_>], dims: HeadDims, o
                 .unwrap_or(0)
     );
     let run = |range: std::ops::Range<usize>| {
-        let mut scores = Vec::new();
-        for &(s, i, h) in &items[range] {
+        let mut scratch = Scratch::default();
+        let mut heads: Vec<HeadRow<'_>> = Vec::with_capacity(ROWS_PER_ITEM);
+        for &(s, first, rows, h) in &items[range] {
             let seq = &seqs[s];
-            let row = seq.row_offset + i;
-            let at = row * q_row + h * head_dim;
-            // SAFETY: in bounds (asserted above), and (row, h) belongs to this item only.
-            let oh = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), head_dim) };
+            heads.clear();
+            for i in first..first + rows {
+                let at = (seq.row_offset + i) * q_row + h * head_dim;
+                heads.push(HeadRow {
+                    q: &q[at..at + head_dim],
+                    // SAFETY: in bounds (asserted above), and (row, h) belongs to this item only.
+                    out: unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), head_dim) },
+                    n_keys: seq.first_pos + i + 1,
+                });
+            }
             attend_head(
-                &q[at..at + head_dim],
+                &mut heads,
                 seq,
-                seq.first_pos + i + 1,
                 h / (n_heads / n_kv_heads),
                 dims,
-                &mut scores,
-                oh,
+                &mut scratch,
             );
         }
     };
     candle_core::utils::barrier_pool().execute_chunked(items.len(), run);
 }
 
-/// One query head against the first `n_keys` keys of KV head `g`.
-fn attend_head(
-    qh: &[f32],
-    seq: &SeqAttention<'_>,
+/// A worker's buffers, reused from item to item: per row and key the scores, per row the
+/// largest score and the softmax's normalization.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    max: Vec<f32>,
+    weight: Vec<f32>,
+}
+
+/// One query row of one head: its query, its output, and how many keys it sees (causality).
+struct HeadRow<'a> {
+    q: &'a [f32],
+    out: &'a mut [f32],
     n_keys: usize,
+}
+
+/// Query rows of one head (ascending positions) against their first `n_keys` keys of KV head
+/// `g`. Keys and values are read once for all rows; each row's scores, softmax and weighted sum
+/// are computed key by key in order, as they would be alone.
+fn attend_head(
+    rows: &mut [HeadRow<'_>],
+    seq: &SeqAttention<'_>,
     g: usize,
     dims: HeadDims,
-    scores: &mut Vec<f32>,
-    oh: &mut [f32],
+    scratch: &mut Scratch,
 ) {
+    let Scratch {
+        scores,
+        max,
+        weight,
+    } = scratch;
     let head_dim = dims.head_dim;
     let kv_row = dims.n_kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
+    let Some(n_keys) = rows.iter().map(|r| r.n_keys).max() else {
+        return;
+    };
     scores.clear();
-    scores.resize(n_keys, 0.0);
-    let mut max = f32::NEG_INFINITY;
-    for (j, s) in scores.iter_mut().enumerate() {
+    scores.resize(rows.len() * n_keys, 0.0);
+    max.clear();
+    max.resize(rows.len(), f32::NEG_INFINITY);
+    for j in 0..n_keys {
         let kh = &seq.k[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
-        *s = dot(qh, kh) * scale;
-        max = max.max(*s);
+        for (i, row) in rows.iter().enumerate().filter(|(_, r)| j < r.n_keys) {
+            let s = dot(row.q, kh) * scale;
+            scores[i * n_keys + j] = s;
+            max[i] = max[i].max(s);
+        }
     }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    weight.clear();
+    weight.resize(rows.len(), 0.0);
+    for (i, row) in rows.iter_mut().enumerate() {
+        let mut sum = 0f32;
+        for s in &mut scores[i * n_keys..i * n_keys + row.n_keys] {
+            *s = (*s - max[i]).exp();
+            sum += *s;
+        }
+        weight[i] = 1.0 / sum;
+        row.out.fill(0.0);
     }
-    let inv_sum = 1.0 / sum;
-    oh.fill(0.0);
-    for (j, s) in scores.iter().enumerate() {
+    for j in 0..n_keys {
         let vh = &seq.v[j * kv_row + g * head_dim..j * kv_row + (g + 1) * head_dim];
-        axpy(oh, s * inv_sum, vh);
+        for (i, row) in rows.iter_mut().enumerate().filter(|(_, r)| j < r.n_keys) {
+            axpy(row.out, scores[i * n_keys + j] * weight[i], vh);
+        }
     }
 }
 
@@ -297,6 +344,40 @@ mod tests {
         let mut out = vec![0.0; 4];
         attend(&q, &k, &v, 0, dims, &mut out);
         assert_eq!(out, vec![4.0, -1.0, 4.0, -1.0]);
+    }
+
+    #[test]
+    fn rows_attended_together_equal_rows_attended_one_by_one() {
+        // 11 new rows after 5 cached ones: two work items per head (8 + 3 rows), 2 query heads
+        // per kv head. Each row alone (its own call, with the keys it sees) must give the same
+        // bits: a verify step's positions must not depend on each other.
+        let dims = HeadDims {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 40,
+        };
+        let (cached, new) = (5usize, 11usize);
+        let kv = dims.n_kv_heads * dims.head_dim;
+        let q_row = dims.n_heads * dims.head_dim;
+        let val = |i: usize, m: usize| ((i * m % 97) as f32) / 40.0 - 1.2;
+        let k: Vec<f32> = (0..(cached + new) * kv).map(|i| val(i, 31)).collect();
+        let v: Vec<f32> = (0..(cached + new) * kv).map(|i| val(i, 53)).collect();
+        let q: Vec<f32> = (0..new * q_row).map(|i| val(i, 17)).collect();
+        let mut together = vec![0f32; new * q_row];
+        attend(&q, &k, &v, cached, dims, &mut together);
+        for i in 0..new {
+            let n_keys = cached + i + 1;
+            let mut alone = vec![0f32; q_row];
+            attend(
+                &q[i * q_row..(i + 1) * q_row],
+                &k[..n_keys * kv],
+                &v[..n_keys * kv],
+                cached + i,
+                dims,
+                &mut alone,
+            );
+            assert_eq!(&together[i * q_row..(i + 1) * q_row], &alone[..], "row {i}");
+        }
     }
 
     #[test]

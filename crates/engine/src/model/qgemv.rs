@@ -515,31 +515,55 @@ pub(super) mod x86 {
         _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i))
     }
 
-    /// Q8_0 dot products of `R` weight rows with one input row, each accumulated exactly as
-    /// `super::dot_q8_0_portable` does. `|w| * sign(w) x` keeps the unsigned operand non-negative
-    /// (`maddubs`'s i16 pair sums cannot saturate: 2 * 128 * 127 < 32768).
+    /// Q8_0 dot products of `R` weight rows with `N` input rows, each accumulated exactly as
+    /// `super::dot_q8_0_portable` does; each weight block is loaded and its scale converted once
+    /// for all `N` inputs (a verify step, a batch or a prompt multiplies several rows by the
+    /// same weights).
+    ///
+    /// The integer sums are exact either way: with VNNI, the unsigned operand is the input plus
+    /// 128 (its sign bit flipped) and `128 * sum(w)`, one more `vpdpbusd` per weight block that
+    /// every input shares, is taken off; without, `|w| * sign(w) x` keeps the unsigned operand
+    /// non-negative (`maddubs`'s i16 pair sums cannot saturate: 2 * 128 * 127 < 32768).
     #[inline(always)]
-    unsafe fn dot_q8_0<const VNNI: bool, const R: usize>(
+    unsafe fn dot_q8_0<const VNNI: bool, const R: usize, const N: usize>(
         rows: [WeightRow<'_>; R],
-        x: InputRow<'_>,
-    ) -> [f32; R] {
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..x.d.len() {
-            let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-            let xd = x.d[b];
+        x: [InputRow<'_>; N],
+    ) -> [[f32; R]; N] {
+        let mut acc = [[_mm256_setzero_ps(); R]; N];
+        let zero = _mm256_setzero_si256();
+        let offset = _mm256_set1_epi8(i8::MIN);
+        for b in 0..x[0].d.len() {
+            // Explicit loops, not `array::map`: its closures are not always inlined here.
+            let mut xq = [zero; N];
+            let mut xu = [zero; N];
+            let mut xd = [_mm256_setzero_ps(); N];
+            for j in 0..N {
+                xq[j] = _mm256_loadu_si256(x[j].qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                xu[j] = _mm256_xor_si256(xq[j], offset);
+                xd[j] = _mm256_set1_ps(*x[j].d.get_unchecked(b));
+            }
             for r in 0..R {
                 let wb = rows[r].bytes.as_ptr().add(b * rows[r].stride);
                 let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-                let isum = dot_u8_i8::<VNNI>(
-                    _mm256_setzero_si256(),
-                    _mm256_sign_epi8(wq, wq),
-                    _mm256_sign_epi8(xq, wq),
-                );
-                let scale = _mm256_set1_ps(f16_at_ptr(wb) * xd);
-                acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r]);
+                let wd = _mm256_set1_ps(f16_at_ptr(wb));
+                if VNNI {
+                    let bias = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, wq));
+                    for j in 0..N {
+                        let isum = _mm256_dpbusd_epi32(bias, xu[j], wq);
+                        let scale = _mm256_mul_ps(wd, xd[j]);
+                        acc[j][r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[j][r]);
+                    }
+                } else {
+                    let wabs = _mm256_sign_epi8(wq, wq);
+                    for j in 0..N {
+                        let isum = dot_u8_i8::<false>(zero, wabs, _mm256_sign_epi8(xq[j], wq));
+                        let scale = _mm256_mul_ps(wd, xd[j]);
+                        acc[j][r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[j][r]);
+                    }
+                }
             }
         }
-        std::array::from_fn(|r| hsum_lanes(&store8(acc[r])))
+        acc.map(|acc| acc.map(|a| hsum_lanes(&store8(a))))
     }
 
     /// Q4_1 dot products of `R` regrouped weight rows with one input row, 256 bits at a time:
@@ -598,65 +622,33 @@ pub(super) mod x86 {
         })
     }
 
-    /// Q4_1 dot products of `R` regrouped weight rows with one input row, a group (4 blocks, 128
-    /// values) per 512-bit step.
+    /// Q4_1 dot products of `R` regrouped weight rows with `N` input rows, a group (4 blocks,
+    /// 128 values) per 512-bit step. Each weight group is loaded, unpacked and its scales spread
+    /// once for all `N` inputs (at one input that work is as much as the dot products
+    /// themselves); every accumulator takes the same operations in the same order whatever `N`.
     #[inline(always)]
-    unsafe fn dot_q4_1_avx512<const R: usize>(
+    unsafe fn dot_q4_1_avx512<const R: usize, const N: usize>(
         rows: [WeightRow<'_>; R],
-        x: GroupedRow<'_>,
-    ) -> [f32; R] {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut acc_min = [_mm_setzero_ps(); R];
-        let low = _mm512_set1_epi8(0x0F);
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        let groups = x.s.len() / GROUP;
-        for g in 0..groups {
-            let xq = x.qs.as_ptr().add(g * 128);
-            let xlo = _mm512_loadu_si512(xq as *const __m512i);
-            let xhi = _mm512_loadu_si512(xq.add(64) as *const __m512i);
-            let xd = _mm512_loadu_ps(x.d.as_ptr().add(g * GROUP_LANES));
-            let xs = _mm_loadu_ps(x.s.as_ptr().add(g * GROUP));
-            for r in 0..R {
-                let wg = rows[r].bytes.as_ptr().add(g * rows[r].stride);
-                let packed = _mm512_loadu_si512(wg as *const __m512i);
-                let lo = _mm512_and_si512(packed, low);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
-                let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo);
-                let isum = _mm512_dpbusd_epi32(isum, hi, xhi);
-                let wd = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(f16x4(wg.add(64))));
-                let scale = _mm512_mul_ps(wd, xd);
-                acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[r]);
-                acc_min[r] = _mm_fmadd_ps(f16x4(wg.add(72)), xs, acc_min[r]);
-            }
-        }
-        std::array::from_fn(|r| {
-            let mut lanes = [0f32; GROUP_LANES];
-            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r]);
-            hsum16(&lanes) + hsum4(&store4(acc_min[r]))
-        })
-    }
-
-    /// [`dot_q4_1_avx512`] for two input rows at once: each weight group is loaded, unpacked
-    /// and its scales spread once for both rows (in the one-row kernel that work is as much as
-    /// the dot products themselves, and a verify step or a prefill multiplies several rows by
-    /// the same weights). Every accumulator takes the same operations in the same order as in
-    /// the one-row kernel, so the results are bit for bit the same.
-    #[inline(always)]
-    unsafe fn dot_q4_1_avx512_pair<const R: usize>(
-        rows: [WeightRow<'_>; R],
-        x: [GroupedRow<'_>; 2],
-    ) -> [[f32; R]; 2] {
-        let mut acc = [[_mm512_setzero_ps(); R]; 2];
-        let mut acc_min = [[_mm_setzero_ps(); R]; 2];
+        x: [GroupedRow<'_>; N],
+    ) -> [[f32; R]; N] {
+        let mut acc = [[_mm512_setzero_ps(); R]; N];
+        let mut acc_min = [[_mm_setzero_ps(); R]; N];
         let low = _mm512_set1_epi8(0x0F);
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         let groups = x[0].s.len() / GROUP;
         for g in 0..groups {
-            let xq = x.map(|x| x.qs.as_ptr().add(g * 128));
-            let xlo = xq.map(|q| _mm512_loadu_si512(q as *const __m512i));
-            let xhi = xq.map(|q| _mm512_loadu_si512(q.add(64) as *const __m512i));
-            let xd = x.map(|x| _mm512_loadu_ps(x.d.as_ptr().add(g * GROUP_LANES)));
-            let xs = x.map(|x| _mm_loadu_ps(x.s.as_ptr().add(g * GROUP)));
+            // Explicit loops, not `array::map`: its closures are not always inlined here.
+            let mut xlo = [_mm512_setzero_si512(); N];
+            let mut xhi = [_mm512_setzero_si512(); N];
+            let mut xd = [_mm512_setzero_ps(); N];
+            let mut xs = [_mm_setzero_ps(); N];
+            for j in 0..N {
+                let xq = x[j].qs.as_ptr().add(g * 128);
+                xlo[j] = _mm512_loadu_si512(xq as *const __m512i);
+                xhi[j] = _mm512_loadu_si512(xq.add(64) as *const __m512i);
+                xd[j] = _mm512_loadu_ps(x[j].d.as_ptr().add(g * GROUP_LANES));
+                xs[j] = _mm_loadu_ps(x[j].s.as_ptr().add(g * GROUP));
+            }
             for r in 0..R {
                 let wg = rows[r].bytes.as_ptr().add(g * rows[r].stride);
                 let packed = _mm512_loadu_si512(wg as *const __m512i);
@@ -664,7 +656,7 @@ pub(super) mod x86 {
                 let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
                 let wd = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(f16x4(wg.add(64))));
                 let wmin = f16x4(wg.add(72));
-                for j in 0..2 {
+                for j in 0..N {
                     let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo[j]);
                     let isum = _mm512_dpbusd_epi32(isum, hi, xhi[j]);
                     let scale = _mm512_mul_ps(wd, xd[j]);
@@ -682,20 +674,19 @@ pub(super) mod x86 {
         })
     }
 
-    /// The kernels a CPU level runs, as one `R`-row dot product per format.
+    /// The kernels a CPU level runs: `R` weight rows against `N` input rows for the block
+    /// formats, against one input row for the k-quants.
     pub(super) trait Level {
-        unsafe fn q8_0<const R: usize>(rows: [WeightRow<'_>; R], x: InputRow<'_>) -> [f32; R];
-        unsafe fn q4_1<const R: usize>(rows: [WeightRow<'_>; R], x: GroupedRow<'_>) -> [f32; R];
+        unsafe fn q8_0<const R: usize, const N: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [InputRow<'_>; N],
+        ) -> [[f32; R]; N];
+        unsafe fn q4_1<const R: usize, const N: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [GroupedRow<'_>; N],
+        ) -> [[f32; R]; N];
         unsafe fn q4k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
         unsafe fn q6k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R];
-        /// Q4_1 against two input rows; by default one row after the other.
-        #[inline(always)]
-        unsafe fn q4_1_pair<const R: usize>(
-            rows: [WeightRow<'_>; R],
-            x: [GroupedRow<'_>; 2],
-        ) -> [[f32; R]; 2] {
-            [Self::q4_1::<R>(rows, x[0]), Self::q4_1::<R>(rows, x[1])]
-        }
     }
 
     pub(super) struct Avx2;
@@ -703,12 +694,18 @@ pub(super) mod x86 {
 
     impl Level for Avx2 {
         #[inline(always)]
-        unsafe fn q8_0<const R: usize>(rows: [WeightRow<'_>; R], x: InputRow<'_>) -> [f32; R] {
-            dot_q8_0::<false, R>(rows, x)
+        unsafe fn q8_0<const R: usize, const N: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [InputRow<'_>; N],
+        ) -> [[f32; R]; N] {
+            dot_q8_0::<false, R, N>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q4_1<const R: usize>(rows: [WeightRow<'_>; R], x: GroupedRow<'_>) -> [f32; R] {
-            dot_q4_1_avx2::<false, R>(rows, x)
+        unsafe fn q4_1<const R: usize, const N: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [GroupedRow<'_>; N],
+        ) -> [[f32; R]; N] {
+            x.map(|x| dot_q4_1_avx2::<false, R>(rows, x))
         }
         #[inline(always)]
         unsafe fn q4k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
@@ -722,12 +719,18 @@ pub(super) mod x86 {
 
     impl Level for Avx512 {
         #[inline(always)]
-        unsafe fn q8_0<const R: usize>(rows: [WeightRow<'_>; R], x: InputRow<'_>) -> [f32; R] {
-            dot_q8_0::<true, R>(rows, x)
+        unsafe fn q8_0<const R: usize, const N: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [InputRow<'_>; N],
+        ) -> [[f32; R]; N] {
+            dot_q8_0::<true, R, N>(rows, x)
         }
         #[inline(always)]
-        unsafe fn q4_1<const R: usize>(rows: [WeightRow<'_>; R], x: GroupedRow<'_>) -> [f32; R] {
-            dot_q4_1_avx512::<R>(rows, x)
+        unsafe fn q4_1<const R: usize, const N: usize>(
+            rows: [WeightRow<'_>; R],
+            x: [GroupedRow<'_>; N],
+        ) -> [[f32; R]; N] {
+            dot_q4_1_avx512::<R, N>(rows, x)
         }
         #[inline(always)]
         unsafe fn q4k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
@@ -736,13 +739,6 @@ pub(super) mod x86 {
         #[inline(always)]
         unsafe fn q6k<const R: usize>(rows: [WeightRow<'_>; R], x: KRow<'_>) -> [f32; R] {
             k::dot_q6k_avx512::<R>(rows, x)
-        }
-        #[inline(always)]
-        unsafe fn q4_1_pair<const R: usize>(
-            rows: [WeightRow<'_>; R],
-            x: [GroupedRow<'_>; 2],
-        ) -> [[f32; R]; 2] {
-            dot_q4_1_avx512_pair::<R>(rows, x)
         }
     }
 
@@ -770,7 +766,8 @@ pub(super) mod x86 {
 }
 
 /// Output rows `rows` of `w` for every input row, written at `out[i * n_out + r]`, four weight
-/// rows per pass over the input.
+/// rows per pass over the input; Q8_0 and Q4_1 weights against up to [`INPUTS_PER_PASS`] input
+/// rows per pass (the positions of a verify step, a batch, a prompt).
 ///
 /// # Safety
 /// The CPU must have the features of `L`; `out` must hold `m * w.n_out()` values, `rows` must lie
@@ -786,68 +783,172 @@ unsafe fn rows_with<L: x86::Level>(
 ) {
     let mut r = rows.start;
     while r < rows.end {
-        // Four k-quant rows at once only from an interleaved group's first row (see
-        // `interleave_rows`).
-        let step = match w.format {
-            BlockFormat::Q8_0 | BlockFormat::Q4_1 if r + 4 <= rows.end => 4,
-            BlockFormat::Q4K | BlockFormat::Q6K
-                if r + 4 <= rows.end && r.is_multiple_of(4) && interleaved_rows(w.n_out) == 4 =>
-            {
-                4
-            }
-            _ => 1,
-        };
-        let mut i = 0;
-        while i < m {
-            if step == 4 && w.format == BlockFormat::Q4_1 && i + 1 < m {
-                // Two input rows per pass over the four weight rows (positions of one verify
-                // step, a batch, a prompt): the weights are unpacked once for both.
+        match w.format {
+            BlockFormat::Q8_0 if r + 4 <= rows.end => {
                 let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                let pair = L::q4_1_pair::<4>(ws, [input.grouped_row(i), input.grouped_row(i + 1)]);
-                for (di, values) in pair.into_iter().enumerate() {
-                    let out_row = out.add((i + di) * w.n_out + r);
-                    for (j, v) in values.into_iter().enumerate() {
-                        *out_row.add(j) = v;
+                block_rows::<L, 4, true>(w, ws, r, input, m, out);
+                r += 4;
+            }
+            BlockFormat::Q4_1 if r + 4 <= rows.end => {
+                let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                block_rows::<L, 4, false>(w, ws, r, input, m, out);
+                r += 4;
+            }
+            BlockFormat::Q8_0 => {
+                block_rows::<L, 1, true>(w, [w.row(r)], r, input, m, out);
+                r += 1;
+            }
+            BlockFormat::Q4_1 => {
+                block_rows::<L, 1, false>(w, [w.row(r)], r, input, m, out);
+                r += 1;
+            }
+            BlockFormat::Q4K | BlockFormat::Q6K => {
+                // Four k-quant rows at once only from an interleaved group's first row (see
+                // `interleave_rows`).
+                if r + 4 <= rows.end && r.is_multiple_of(4) && interleaved_rows(w.n_out) == 4 {
+                    let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                    for i in 0..m {
+                        let values = k_rows::<L, 4>(w.format, ws, input, i);
+                        write_values(out, w.n_out, i, r, values);
                     }
+                    r += 4;
+                } else {
+                    for i in 0..m {
+                        write_values(
+                            out,
+                            w.n_out,
+                            i,
+                            r,
+                            k_rows::<L, 1>(w.format, [w.row(r)], input, i),
+                        );
+                    }
+                    r += 1;
                 }
-                i += 2;
-                continue;
             }
-            let out_row = out.add(i * w.n_out + r);
-            if step == 4 {
-                let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                for (j, v) in dot_rows::<L, 4>(w.format, ws, input, i)
-                    .into_iter()
-                    .enumerate()
-                {
-                    *out_row.add(j) = v;
-                }
-            } else {
-                *out_row = dot_rows::<L, 1>(w.format, [w.row(r)], input, i)[0];
-            }
-            i += 1;
         }
-        r += step;
     }
 }
 
-/// `R` weight rows of `format` against input row `i`, by the level's kernel for the format.
+/// Input rows per pass over a group of Q8_0 weight rows: enough to share each weight block's
+/// load and scale among the positions of a verify step, few enough for the registers.
+const INPUTS_PER_PASS: usize = 4;
+
+/// `R` Q8_0 (`Q8`) or Q4_1 weight rows from row `r` against every input row, up to
+/// [`INPUTS_PER_PASS`] at a time.
 ///
 /// # Safety
 /// As [`rows_with`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn dot_rows<L: x86::Level, const R: usize>(
+unsafe fn block_rows<L: x86::Level, const R: usize, const Q8: bool>(
+    w: &QuantWeights,
+    ws: [WeightRow<'_>; R],
+    r: usize,
+    input: &QuantizedInput,
+    m: usize,
+    out: *mut f32,
+) {
+    let mut i = 0;
+    if Q8 {
+        // A remainder is split evenly (5 = 3 + 2, not 4 + 1).
+        while i < m {
+            let n = match m - i {
+                5 => 3,
+                left => left.min(INPUTS_PER_PASS),
+            };
+            match n {
+                4 => q8_0_inputs::<L, R, 4>(w, ws, r, input, i, out),
+                3 => q8_0_inputs::<L, R, 3>(w, ws, r, input, i, out),
+                2 => q8_0_inputs::<L, R, 2>(w, ws, r, input, i, out),
+                _ => q8_0_inputs::<L, R, 1>(w, ws, r, input, i, out),
+            }
+            i += n;
+        }
+    } else {
+        // Q4_1's accumulators fill the registers at two inputs (more spill and run slower).
+        while i + 2 <= m {
+            q4_1_inputs::<L, R, 2>(w, ws, r, input, i, out);
+            i += 2;
+        }
+        if i < m {
+            q4_1_inputs::<L, R, 1>(w, ws, r, input, i, out);
+        }
+    }
+}
+
+/// `R` Q8_0 weight rows from row `r` against input rows `i..i + N`.
+///
+/// # Safety
+/// As [`rows_with`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q8_0_inputs<L: x86::Level, const R: usize, const N: usize>(
+    w: &QuantWeights,
+    ws: [WeightRow<'_>; R],
+    r: usize,
+    input: &QuantizedInput,
+    i: usize,
+    out: *mut f32,
+) {
+    let values = L::q8_0::<R, N>(ws, std::array::from_fn(|j| input.row(i + j)));
+    for (j, v) in values.into_iter().enumerate() {
+        write_values(out, w.n_out, i + j, r, v);
+    }
+}
+
+/// `R` Q4_1 weight rows from row `r` against input rows `i..i + N`.
+///
+/// # Safety
+/// As [`rows_with`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q4_1_inputs<L: x86::Level, const R: usize, const N: usize>(
+    w: &QuantWeights,
+    ws: [WeightRow<'_>; R],
+    r: usize,
+    input: &QuantizedInput,
+    i: usize,
+    out: *mut f32,
+) {
+    let values = L::q4_1::<R, N>(ws, std::array::from_fn(|j| input.grouped_row(i + j)));
+    for (j, v) in values.into_iter().enumerate() {
+        write_values(out, w.n_out, i + j, r, v);
+    }
+}
+
+/// Writes `values` as outputs `r..r + R` of input row `i`.
+///
+/// # Safety
+/// `out` must hold at least `(i + 1) * n_out` values and `r + R <= n_out`.
+#[inline(always)]
+unsafe fn write_values<const R: usize>(
+    out: *mut f32,
+    n_out: usize,
+    i: usize,
+    r: usize,
+    values: [f32; R],
+) {
+    let out_row = out.add(i * n_out + r);
+    for (j, v) in values.into_iter().enumerate() {
+        *out_row.add(j) = v;
+    }
+}
+
+/// `R` k-quant weight rows against input row `i`, by the level's kernel for the format.
+///
+/// # Safety
+/// As [`rows_with`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn k_rows<L: x86::Level, const R: usize>(
     format: BlockFormat,
     rows: [WeightRow<'_>; R],
     input: &QuantizedInput,
     i: usize,
 ) -> [f32; R] {
     match format {
-        BlockFormat::Q8_0 => L::q8_0::<R>(rows, input.row(i)),
-        BlockFormat::Q4_1 => L::q4_1::<R>(rows, input.grouped_row(i)),
         BlockFormat::Q4K => L::q4k::<R>(rows, input.k_row(i)),
-        BlockFormat::Q6K => L::q6k::<R>(rows, input.k_row(i)),
+        _ => L::q6k::<R>(rows, input.k_row(i)),
     }
 }
 
@@ -1001,9 +1102,10 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_agree_bit_for_bit() {
-        // 22 rows (five passes of four, two single rows), three input rows (a pair and one
-        // alone); 576 inputs are 18
-        // blocks (four Q4_1 groups and a padded one), 768 are three super-blocks.
+        // 22 rows (five passes of four, two single rows), seven input rows (four, two and one
+        // per pass); 576 inputs are 18 blocks (four Q4_1 groups and a padded one), 768 are
+        // three super-blocks.
+        const M: usize = 7;
         for (dtype, n_in) in [
             (GgmlDType::Q8_0, 576),
             (GgmlDType::Q4_1, 576),
@@ -1014,9 +1116,9 @@ mod tests {
             // a group's first row and, for rows 2..24, from inside one.
             for (n_out, first) in [(22, 0), (24, 0), (24, 2)] {
                 let (w, _) = weights(dtype, n_out, n_in);
-                let x: Vec<f32> = values(3 * n_in, 11).iter().map(|v| v * 3.0).collect();
-                let input = QuantizedInput::new(&x, 3);
-                let portable: Vec<f32> = (0..3)
+                let x: Vec<f32> = values(M * n_in, 11).iter().map(|v| v * 3.0).collect();
+                let input = QuantizedInput::new(&x, M);
+                let portable: Vec<f32> = (0..M)
                     .flat_map(|i| (0..n_out).map(move |r| (i, r)))
                     .map(|(i, r)| {
                         if r < first {
@@ -1031,23 +1133,23 @@ mod tests {
                     use std::arch::is_x86_feature_detected as has;
                     let mut checked = 0;
                     if has!("avx2") && has!("fma") && has!("f16c") {
-                        let mut out = vec![0f32; 3 * n_out];
-                        // SAFETY: the features are checked; `out` holds 3 x n_out values.
-                        unsafe { x86::rows_avx2(&w, first..n_out, &input, 3, out.as_mut_ptr()) };
+                        let mut out = vec![0f32; M * n_out];
+                        // SAFETY: the features are checked; `out` holds M x n_out values.
+                        unsafe { x86::rows_avx2(&w, first..n_out, &input, M, out.as_mut_ptr()) };
                         assert_eq!(out, portable, "{dtype:?}, {n_out} rows, AVX2");
                         checked += 1;
                     }
                     if simd() == Simd::Avx512 {
-                        let mut out = vec![0f32; 3 * n_out];
+                        let mut out = vec![0f32; M * n_out];
                         // SAFETY: as above.
-                        unsafe { x86::rows_avx512(&w, first..n_out, &input, 3, out.as_mut_ptr()) };
+                        unsafe { x86::rows_avx512(&w, first..n_out, &input, M, out.as_mut_ptr()) };
                         assert_eq!(out, portable, "{dtype:?}, {n_out} rows, AVX-512");
                         checked += 1;
                     }
                     eprintln!("{dtype:?}: {checked} SIMD levels checked against the portable one");
                 }
                 if first == 0 {
-                    assert_eq!(gemv(&[&w], &x, 3).remove(0), portable, "{dtype:?}");
+                    assert_eq!(gemv(&[&w], &x, M).remove(0), portable, "{dtype:?}");
                 }
             }
         }
