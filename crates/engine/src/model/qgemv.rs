@@ -535,11 +535,11 @@ pub(super) mod x86 {
         for b in 0..x[0].d.len() {
             // Explicit loops, not `array::map`: its closures are not always inlined here.
             let mut xq = [zero; N];
-            let mut xu = [zero; N];
             let mut xd = [_mm256_setzero_ps(); N];
             for j in 0..N {
-                xq[j] = _mm256_loadu_si256(x[j].qs.as_ptr().add(b * BLOCK) as *const __m256i);
-                xu[j] = _mm256_xor_si256(xq[j], offset);
+                let q = _mm256_loadu_si256(x[j].qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                // With VNNI the unsigned operand: the input plus 128.
+                xq[j] = if VNNI { _mm256_xor_si256(q, offset) } else { q };
                 xd[j] = _mm256_set1_ps(*x[j].d.get_unchecked(b));
             }
             for r in 0..R {
@@ -549,7 +549,7 @@ pub(super) mod x86 {
                 if VNNI {
                     let bias = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, wq));
                     for j in 0..N {
-                        let isum = _mm256_dpbusd_epi32(bias, xu[j], wq);
+                        let isum = _mm256_dpbusd_epi32(bias, xq[j], wq);
                         let scale = _mm256_mul_ps(wd, xd[j]);
                         acc[j][r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[j][r]);
                     }
@@ -784,24 +784,8 @@ unsafe fn rows_with<L: x86::Level>(
     let mut r = rows.start;
     while r < rows.end {
         match w.format {
-            BlockFormat::Q8_0 if r + 4 <= rows.end => {
-                let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                block_rows::<L, 4, true>(w, ws, r, input, m, out);
-                r += 4;
-            }
-            BlockFormat::Q4_1 if r + 4 <= rows.end => {
-                let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                block_rows::<L, 4, false>(w, ws, r, input, m, out);
-                r += 4;
-            }
-            BlockFormat::Q8_0 => {
-                block_rows::<L, 1, true>(w, [w.row(r)], r, input, m, out);
-                r += 1;
-            }
-            BlockFormat::Q4_1 => {
-                block_rows::<L, 1, false>(w, [w.row(r)], r, input, m, out);
-                r += 1;
-            }
+            BlockFormat::Q8_0 => r += block_rows::<L, true>(w, r, rows.end, input, m, out),
+            BlockFormat::Q4_1 => r += block_rows::<L, false>(w, r, rows.end, input, m, out),
             BlockFormat::Q4K | BlockFormat::Q6K => {
                 // Four k-quant rows at once only from an interleaved group's first row (see
                 // `interleave_rows`).
@@ -833,6 +817,31 @@ unsafe fn rows_with<L: x86::Level>(
 /// load and scale among the positions of a verify step, few enough for the registers.
 const INPUTS_PER_PASS: usize = 4;
 
+/// Q8_0 (`Q8`) or Q4_1 weight rows from row `r` (four if `r + 4 <= end`, else one) against
+/// every input row; returns how many weight rows it did.
+///
+/// # Safety
+/// As [`rows_with`], with `r < end <= w.n_out()`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_rows<L: x86::Level, const Q8: bool>(
+    w: &QuantWeights,
+    r: usize,
+    end: usize,
+    input: &QuantizedInput,
+    m: usize,
+    out: *mut f32,
+) -> usize {
+    if r + 4 <= end {
+        let ws = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+        block_inputs_all::<L, 4, Q8>(w, ws, r, input, m, out);
+        4
+    } else {
+        block_inputs_all::<L, 1, Q8>(w, [w.row(r)], r, input, m, out);
+        1
+    }
+}
+
 /// `R` Q8_0 (`Q8`) or Q4_1 weight rows from row `r` against every input row, up to
 /// [`INPUTS_PER_PASS`] at a time.
 ///
@@ -840,7 +849,7 @@ const INPUTS_PER_PASS: usize = 4;
 /// As [`rows_with`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block_rows<L: x86::Level, const R: usize, const Q8: bool>(
+unsafe fn block_inputs_all<L: x86::Level, const R: usize, const Q8: bool>(
     w: &QuantWeights,
     ws: [WeightRow<'_>; R],
     r: usize,
@@ -857,32 +866,34 @@ unsafe fn block_rows<L: x86::Level, const R: usize, const Q8: bool>(
                 left => left.min(INPUTS_PER_PASS),
             };
             match n {
-                4 => q8_0_inputs::<L, R, 4>(w, ws, r, input, i, out),
-                3 => q8_0_inputs::<L, R, 3>(w, ws, r, input, i, out),
-                2 => q8_0_inputs::<L, R, 2>(w, ws, r, input, i, out),
-                _ => q8_0_inputs::<L, R, 1>(w, ws, r, input, i, out),
+                4 => block_inputs::<L, R, 4, Q8>(w, ws, r, input, i, out),
+                3 => block_inputs::<L, R, 3, Q8>(w, ws, r, input, i, out),
+                2 => block_inputs::<L, R, 2, Q8>(w, ws, r, input, i, out),
+                _ => block_inputs::<L, R, 1, Q8>(w, ws, r, input, i, out),
             }
             i += n;
         }
     } else {
         // Q4_1's accumulators fill the registers at two inputs (more spill and run slower).
         while i + 2 <= m {
-            q4_1_inputs::<L, R, 2>(w, ws, r, input, i, out);
+            block_inputs::<L, R, 2, Q8>(w, ws, r, input, i, out);
             i += 2;
         }
         if i < m {
-            q4_1_inputs::<L, R, 1>(w, ws, r, input, i, out);
+            block_inputs::<L, R, 1, Q8>(w, ws, r, input, i, out);
         }
     }
 }
 
-/// `R` Q8_0 weight rows from row `r` against input rows `i..i + N`.
+/// `R` Q8_0 (`Q8`) or Q4_1 weight rows from row `r` against input rows `i..i + N`. The format is
+/// a constant, so each instance holds one kernel (a format chosen at run time here, with both
+/// kernels in one function, ran Q4_1 markedly slower).
 ///
 /// # Safety
 /// As [`rows_with`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn q8_0_inputs<L: x86::Level, const R: usize, const N: usize>(
+unsafe fn block_inputs<L: x86::Level, const R: usize, const N: usize, const Q8: bool>(
     w: &QuantWeights,
     ws: [WeightRow<'_>; R],
     r: usize,
@@ -890,27 +901,11 @@ unsafe fn q8_0_inputs<L: x86::Level, const R: usize, const N: usize>(
     i: usize,
     out: *mut f32,
 ) {
-    let values = L::q8_0::<R, N>(ws, std::array::from_fn(|j| input.row(i + j)));
-    for (j, v) in values.into_iter().enumerate() {
-        write_values(out, w.n_out, i + j, r, v);
-    }
-}
-
-/// `R` Q4_1 weight rows from row `r` against input rows `i..i + N`.
-///
-/// # Safety
-/// As [`rows_with`].
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn q4_1_inputs<L: x86::Level, const R: usize, const N: usize>(
-    w: &QuantWeights,
-    ws: [WeightRow<'_>; R],
-    r: usize,
-    input: &QuantizedInput,
-    i: usize,
-    out: *mut f32,
-) {
-    let values = L::q4_1::<R, N>(ws, std::array::from_fn(|j| input.grouped_row(i + j)));
+    let values = if Q8 {
+        L::q8_0::<R, N>(ws, std::array::from_fn(|j| input.row(i + j)))
+    } else {
+        L::q4_1::<R, N>(ws, std::array::from_fn(|j| input.grouped_row(i + j)))
+    };
     for (j, v) in values.into_iter().enumerate() {
         write_values(out, w.n_out, i + j, r, v);
     }
@@ -948,7 +943,8 @@ unsafe fn k_rows<L: x86::Level, const R: usize>(
 ) -> [f32; R] {
     match format {
         BlockFormat::Q4K => L::q4k::<R>(rows, input.k_row(i)),
-        _ => L::q6k::<R>(rows, input.k_row(i)),
+        BlockFormat::Q6K => L::q6k::<R>(rows, input.k_row(i)),
+        BlockFormat::Q8_0 | BlockFormat::Q4_1 => unreachable!("block formats go to block_rows"),
     }
 }
 
